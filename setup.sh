@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building and testing sockleak needs on a fresh machine, then gets out of the way.
+# Idempotent and quick when everything is already there. Everything else (bpf-linker, the eBPF
+# object) is installed or built by `cargo xtask`, which needs the toolchains below to run at all.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+toolchain_of() { sed -n 's/^channel *= *"\(.*\)"/\1/p' "$1"; }
+STABLE=$(toolchain_of rust-toolchain.toml)
+NIGHTLY=$(toolchain_of sockleak-ebpf/rust-toolchain.toml)
+
+if ! command -v rustup >/dev/null; then
+    echo "setup.sh: rustup is required (https://rustup.rs)" >&2
+    exit 1
+fi
+installed=$(rustup toolchain list)
+if ! grep -q "^$STABLE-" <<<"$installed"; then
+    rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
+fi
+if ! grep -q "^$NIGHTLY-" <<<"$installed" \
+    || ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src'; then
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+fi
+
+# Debian packages: iproute2 for `ss` (tests cross-check sockleak against it), procps for `ps`.
+need=()
+command -v ss >/dev/null || need+=(iproute2)
+command -v ps >/dev/null || need+=(procps)
+if ((${#need[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi

@@ -1,0 +1,127 @@
+//! `cargo xtask`: the one place that knows how to build sockleak.
+//!
+//! - `build-ebpf`: the eBPF object, with the pinned nightly and a bpf-linker linked against that
+//!   nightly's own libLLVM (installed here on first use; see shared/TOOLCHAIN.md).
+//! - `build`: everything, leaving `target/release/sockleak` with the eBPF object embedded.
+//! - `test`: everything, then the whole test suite (as root: the tests load real programs).
+//! - `run -- ARGS`: build, then run `sockleak ARGS` (through sudo when not root).
+mod ebpf;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the eBPF object only.
+    BuildEbpf,
+    /// Build the eBPF object and the release binary `target/release/sockleak`.
+    Build,
+    /// Build everything and run the whole test suite (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build everything, then run `sockleak` with these arguments.
+    Run {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Cmd::BuildEbpf => {
+            ebpf::build(&root)?;
+        }
+        Cmd::Build => build_release(&root)?,
+        Cmd::Test { args } => test(&root, &args)?,
+        Cmd::Run { args } => {
+            build_release(&root)?;
+            let bin = root.join("target/release/sockleak");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&bin);
+                sudo
+            };
+            cmd.args(&args);
+            let status = cmd.status().context("running sockleak")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+    }
+    Ok(())
+}
+
+fn build_release(root: &Path) -> Result<()> {
+    let object = ebpf::build(root)?;
+    run(cargo(root)
+        .args(["build", "--release", "--package", "sockleak-user"])
+        .env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    println!("built {}", root.join("target/release/sockleak").display());
+    Ok(())
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the test suite loads real eBPF programs and needs root: run `sudo -E env PATH=$PATH cargo xtask test`"
+        );
+    }
+    let object = ebpf::build(root)?;
+    // The scenario tests run the real binary, built exactly as users get it.
+    run(cargo(root)
+        .args(["build", "--release", "--package", "sockleak-user"])
+        .env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    run(cargo(root)
+        .args(["test", "--workspace", "--release"])
+        .env("SOCKLEAK_EBPF_OBJECT", &object)
+        .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
+        .arg("--")
+        .args(extra))
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions. Avoids a libc dependency for one call.
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    unsafe { geteuid() == 0 }
+}
