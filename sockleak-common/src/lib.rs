@@ -1,0 +1,157 @@
+//! The contract between the eBPF programs (`sockleak-ebpf`) and userspace (`sockleak-user`).
+//!
+//! Read this file first. Everything the kernel side tells userspace is a [`SockEvent`] in the
+//! `EVENTS` ring buffer, plus the per-CPU counters in `STATS` indexed by [`Stat`]. Everything
+//! userspace tells the kernel side is the [`Config`] global, written before the programs load.
+//!
+//! The kernel side stays small: it records *who* (only ever from process context) and *which
+//! socket* (cookie, and the `struct sock` address for joins); userspace does the thinking.
+#![no_std]
+
+/// Length of `task_struct.comm`, including the NUL.
+pub const COMM_LEN: usize = 16;
+
+/// Ring buffer size in bytes (a power of two, as the kernel requires): room for ~40k events,
+/// which absorbs a burst of connection churn between two userspace wake-ups.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+
+/// The task that created, accepted or released a socket. Only filled in process context: in a
+/// softirq, `current` is whoever happened to be running, not the owner.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Task {
+    /// Process id (`tgid` in kernel terms).
+    pub pid: u32,
+    /// Thread id (`pid` in kernel terms).
+    pub tid: u32,
+    pub uid: u32,
+    pub _pad: u32,
+    /// cgroup v2 id of the task (the inode number of its cgroup directory).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// What happened to a socket.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// `socket()` created an AF_INET/AF_INET6 socket (cgroup/sock_create, process context).
+    Created = 1,
+    /// `socket()`, `accept()` or `accept4()` returned a new fd for a socket (syscall exit,
+    /// process context): gives the fd, the socket inode and the `struct sock` address. For
+    /// accepted sockets this is the only owner information there is.
+    FdInstalled = 2,
+    /// The TCP state changed (`inet_sock_set_state`, any context: no task).
+    StateChanged = 3,
+    /// The socket was released: its last file reference is gone (cgroup/sock_release).
+    Released = 4,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Created,
+            2 => Self::FdInstalled,
+            3 => Self::StateChanged,
+            4 => Self::Released,
+            _ => return None,
+        })
+    }
+}
+
+/// Which program emitted an event; userspace names the hooks in use from these.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    CgroupSockCreate = 1,
+    CgroupSockRelease = 2,
+    TpBtfInetSockSetState = 3,
+    TracepointInetSockSetState = 4,
+    SysExitSocket = 5,
+    SysExitAccept = 6,
+    SysExitAccept4 = 7,
+}
+
+/// One event, fixed size so the kernel side can reserve it in the ring buffer without branching.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockEvent {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// A [`Hook`].
+    pub hook: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    /// Socket cookie; 0 when the hook could not get it (the classic tracepoint has none).
+    pub cookie: u64,
+    /// Address of the kernel `struct sock`: joins an event without a cookie to one with it.
+    pub skaddr: u64,
+    /// Zero for [`EventKind::StateChanged`].
+    pub task: Task,
+    /// Socket inode number ([`EventKind::FdInstalled`]): what `/proc/PID/fd` links name.
+    pub inode: u64,
+    /// The new fd ([`EventKind::FdInstalled`]).
+    pub fd: i32,
+    /// AF_INET or AF_INET6 ([`EventKind::Created`], [`EventKind::FdInstalled`]).
+    pub family: u16,
+    /// IPPROTO_TCP or IPPROTO_UDP ([`EventKind::Created`]).
+    pub protocol: u16,
+    /// SOCK_STREAM, SOCK_DGRAM, ... ([`EventKind::Created`]).
+    pub sock_type: u16,
+    /// Kernel TCP states (`TCP_ESTABLISHED` = 1 ...) for [`EventKind::StateChanged`].
+    pub old_state: u16,
+    pub new_state: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(core::mem::size_of::<Task>() == 40);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
+
+/// Per-CPU counters in the `STATS` map, indexed by these values.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events written to the ring buffer.
+    EventsSent = 0,
+    /// Events that could not be delivered because the ring buffer was full.
+    EventsLost = 1,
+    /// fd-table walks at syscall exit that failed (fd raced away, unexpected layout).
+    FdWalkFailed = 2,
+}
+
+pub const STAT_COUNT: u32 = 3;
+
+/// Field offsets the programs need but cannot get from CO-RE (Rust eBPF has no field
+/// relocations yet): userspace reads them from the running kernel's BTF and tracefs formats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Non-zero once userspace filled in the kernel struct offsets below; the fd walk is
+    /// skipped otherwise (a kernel without BTF).
+    pub have_offsets: u32,
+    /// Offset of `ret` in the `syscalls/sys_exit_*` tracepoint records.
+    pub sys_exit_ret: u32,
+    /// Offsets of `skaddr`, `oldstate`, `newstate` in the classic `sock/inet_sock_set_state`
+    /// record (the fallback when tp_btf is unavailable).
+    pub tp_skaddr: u32,
+    pub tp_oldstate: u32,
+    pub tp_newstate: u32,
+    pub _pad: u32,
+    pub task_files: u64,
+    pub files_fdt: u64,
+    pub fdtable_fd: u64,
+    pub file_private_data: u64,
+    pub file_inode: u64,
+    pub inode_ino: u64,
+    pub socket_sk: u64,
+    pub sock_cookie: u64,
+    /// `sock.__sk_common.skc_family`: lets the fd walk skip AF_UNIX and other non-inet sockets.
+    pub sock_family: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::SockEvent {}
+}

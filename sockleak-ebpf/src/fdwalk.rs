@@ -1,0 +1,57 @@
+//! From a file descriptor of the current task to its socket, at syscall exit.
+//!
+//! An accepted socket is born in softirq and reaches its owner only in `accept()`, which has no
+//! tracepoint of its own; the syscall exit is the first moment in process context where the
+//! socket and its owner meet. Rust eBPF has no CO-RE, so every offset comes from the running
+//! kernel's BTF via [`Config`] (see `sockleak-user/src/hooks/offsets.rs`).
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use sockleak_common::Config;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+pub struct FdSocket {
+    pub skaddr: u64,
+    pub cookie: u64,
+    pub inode: u64,
+    pub family: u16,
+}
+
+#[inline(always)]
+unsafe fn read_ptr(base: u64, offset: u64) -> Result<u64, i32> {
+    unsafe { bpf_probe_read_kernel((base + offset) as *const u64) }
+}
+
+/// `current->files->fdt->fd[fd]` -> `file->private_data` (a `struct socket`) -> `sk`.
+/// `Ok(None)` for a socket that is not AF_INET/AF_INET6.
+#[inline(always)]
+pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
+    if cfg.have_offsets == 0 || fd < 0 {
+        return Err(-1);
+    }
+    unsafe {
+        let task = bpf_get_current_task();
+        let files = read_ptr(task, cfg.task_files)?;
+        let fdt = read_ptr(files, cfg.files_fdt)?;
+        let fd_array = read_ptr(fdt, cfg.fdtable_fd)?;
+        let file = read_ptr(fd_array, (fd as u64) * 8)?;
+        if file == 0 {
+            return Err(-2);
+        }
+        let socket = read_ptr(file, cfg.file_private_data)?;
+        let sk = read_ptr(socket, cfg.socket_sk)?;
+        if sk == 0 {
+            return Err(-3);
+        }
+        let family: u16 = bpf_probe_read_kernel((sk + cfg.sock_family) as *const u16)?;
+        if family != AF_INET && family != AF_INET6 {
+            return Ok(None);
+        }
+        let inode = read_ptr(file, cfg.file_inode)?;
+        let ino = read_ptr(inode, cfg.inode_ino)?;
+        // skc_cookie is generated lazily; 0 means nobody asked for it yet and userspace joins
+        // on `skaddr` instead.
+        let cookie = read_ptr(sk, cfg.sock_cookie)?;
+        Ok(Some(FdSocket { skaddr: sk, cookie, inode: ino, family }))
+    }
+}

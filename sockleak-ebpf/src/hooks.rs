@@ -1,0 +1,166 @@
+//! The programs. Each one fills a `SockEvent` and sends it; none of them keeps state.
+//!
+//! | program                  | attach point                         | context  | tells              |
+//! |--------------------------|--------------------------------------|----------|--------------------|
+//! | `sock_create`            | cgroup/sock_create (cgroup v2 root)  | process  | new socket + owner |
+//! | `sock_release`           | cgroup/sock_release                  | process* | socket gone        |
+//! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | TCP state + cookie |
+//! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
+//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets |
+//!
+//! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
+use aya_ebpf::{
+    EbpfContext,
+    cty::c_void,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    },
+    macros::{btf_tracepoint, cgroup_sock, tracepoint},
+    programs::{BtfTracePointContext, SockContext, TracePointContext},
+};
+use aya_log_ebpf::debug;
+use sockleak_common::{EventKind, Hook, SockEvent, Stat, Task};
+
+use crate::{
+    fdwalk::socket_of_fd,
+    maps::{config, count, send},
+};
+
+/// cgroup sock programs decide whether a socket may exist. sockleak only watches.
+const ALLOW: i32 = 1;
+
+#[inline(always)]
+fn current_task() -> Task {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    Task {
+        pid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        _pad: 0,
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+#[inline(always)]
+fn event(kind: EventKind, hook: Hook) -> SockEvent {
+    SockEvent {
+        kind: kind as u32,
+        hook: hook as u32,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        cookie: 0,
+        skaddr: 0,
+        task: Task::default(),
+        inode: 0,
+        fd: -1,
+        family: 0,
+        protocol: 0,
+        sock_type: 0,
+        old_state: 0,
+        new_state: 0,
+        _pad: 0,
+    }
+}
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let mut ev = event(EventKind::Created, Hook::CgroupSockCreate);
+    ev.task = current_task();
+    unsafe {
+        let sock = &*ctx.sock;
+        ev.family = sock.family as u16;
+        ev.protocol = sock.protocol as u16;
+        ev.sock_type = sock.type_ as u16;
+        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+    }
+    send(&ev);
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    let mut ev = event(EventKind::Released, Hook::CgroupSockRelease);
+    ev.task = current_task();
+    unsafe {
+        let sock = &*ctx.sock;
+        ev.family = sock.family as u16;
+        ev.protocol = sock.protocol as u16;
+        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+    }
+    send(&ev);
+    ALLOW
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    let mut ev = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    ev.skaddr = sk as u64;
+    ev.cookie = unsafe { bpf_get_socket_cookie(sk) };
+    ev.old_state = old_state as u16;
+    ev.new_state = new_state as u16;
+    send(&ev);
+    0
+}
+
+/// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> i32 {
+    let cfg = config();
+    let mut ev = event(EventKind::StateChanged, Hook::TracepointInetSockSetState);
+    unsafe {
+        ev.skaddr = ctx.read_at::<u64>(cfg.tp_skaddr as usize).unwrap_or(0);
+        ev.old_state = ctx.read_at::<i32>(cfg.tp_oldstate as usize).unwrap_or(0) as u16;
+        ev.new_state = ctx.read_at::<i32>(cfg.tp_newstate as usize).unwrap_or(0) as u16;
+    }
+    send(&ev);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_socket")]
+pub fn sys_exit_socket(ctx: TracePointContext) -> i32 {
+    fd_installed(&ctx, Hook::SysExitSocket);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
+pub fn sys_exit_accept(ctx: TracePointContext) -> i32 {
+    fd_installed(&ctx, Hook::SysExitAccept);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> i32 {
+    fd_installed(&ctx, Hook::SysExitAccept4);
+    0
+}
+
+#[inline(always)]
+fn fd_installed(ctx: &TracePointContext, hook: Hook) {
+    let cfg = config();
+    let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize) }.unwrap_or(-1);
+    if ret < 0 {
+        return; // the syscall failed: no socket
+    }
+    let fd = ret as i32;
+    match socket_of_fd(&cfg, fd) {
+        Ok(Some(found)) => {
+            let mut ev = event(EventKind::FdInstalled, hook);
+            ev.task = current_task();
+            ev.fd = fd;
+            ev.skaddr = found.skaddr;
+            ev.cookie = found.cookie;
+            ev.inode = found.inode;
+            ev.family = found.family;
+            send(&ev);
+        }
+        Ok(None) => {} // not an inet socket
+        Err(err) => {
+            count(Stat::FdWalkFailed);
+            debug!(ctx, "sockleak: fd walk failed for fd {}: {}", fd, err);
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Every map is bounded; sockleak keeps no per-socket state in the kernel (the userspace table
+//! holds it), so nothing here can grow with the number of sockets.
+use aya_ebpf::{
+    btf_maps::{PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use sockleak_common::{Config, EVENTS_RING_BYTES, STAT_COUNT, SockEvent, Stat};
+
+#[btf_map]
+pub static EVENTS: RingBuf<SockEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
+
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+/// Written by userspace before load (`EbpfLoader::override_global`); read-only afterwards.
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config {
+    have_offsets: 0,
+    sys_exit_ret: 16,
+    tp_skaddr: 8,
+    tp_oldstate: 16,
+    tp_newstate: 20,
+    _pad: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_fd: 0,
+    file_private_data: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    socket_sk: 0,
+    sock_cookie: 0,
+    sock_family: 0,
+};
+
+#[inline(always)]
+pub fn config() -> Config {
+    // Volatile: the value is patched into .rodata at load time, so the compiler must not
+    // constant-fold the defaults above.
+    unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+#[inline(always)]
+pub fn count(stat: Stat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // Per-CPU slot: no other CPU writes it, and programs do not preempt each other here.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Sends `event` to userspace, or counts it as lost when the ring buffer is full.
+#[inline(always)]
+pub fn send(event: &SockEvent) {
+    match EVENTS.output(event, 0) {
+        Ok(()) => count(Stat::EventsSent),
+        Err(_) => count(Stat::EventsLost),
+    }
+}
