@@ -1,0 +1,111 @@
+//! The command line. `--help` is the reference; every flag says what it does and its default.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::render::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sockleak",
+    version,
+    about = "Find socket leaks in running services",
+    long_about = "Find socket leaks in running services.\n\nsockleak follows every TCP and UDP \
+                  socket from creation (socket(), accept()) to release with eBPF, and reports the \
+                  ones still open: who opened them, where, in which state, with how many unread \
+                  and unsent bytes. Needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace sockets and report the ones still open, every interval and on exit.
+    Trace(TraceArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// Only report sockets created or accepted by this process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only report sockets open at least this long (e.g. 500ms, 30s, 5m).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub min_age: Duration,
+    /// Time between reports.
+    #[arg(short, long, value_name = "DUR", default_value = "10s", value_parser = parse_positive_duration)]
+    pub interval: Duration,
+    /// Stop after this long, with a final report (default: until Ctrl-C or SIGTERM).
+    #[arg(short, long, value_name = "DUR", value_parser = parse_positive_duration)]
+    pub duration: Option<Duration>,
+    /// Output format: `text` for people, `json` for scripts (one JSON object per line).
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    pub max_sockets: usize,
+}
+
+/// Parses `500ms`, `10s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration '{text}': use a number with a unit, like 500ms, 10s, 5m or 1h");
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 1e9 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_millis(1) {
+        return Err(format!("duration '{text}' must be at least 1ms"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        for bad in ["", "abc", "5x", "-1s", "1..2s", "ms", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn duration_parser_never_panics(s in "\\PC*") {
+            let _ = parse_duration(&s);
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Loading and attaching the eBPF programs, choosing hooks by what the running kernel allows.
+//!
+//! Required: cgroup/sock_create and cgroup/sock_release on the cgroup v2 root (socket birth and
+//! release). Preferred/fallback: tp_btf/inet_sock_set_state, else the classic tracepoint.
+//! Optional: the syscall-exit fd walk (needs BTF offsets), without which accepted sockets are
+//! attributed by the periodic /proc scan instead of at accept time.
+//! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
+pub mod offsets;
+pub mod tracefs;
+
+use std::{fs::File, path::PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, TracePoint},
+};
+use sockleak_common::Config;
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
+
+/// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub hooks: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Checks privileges, loads the programs and attaches every hook this kernel allows.
+pub fn attach() -> Result<Attached> {
+    check_capabilities()?;
+    let mut warnings = Vec::new();
+
+    let tracefs = tracefs::ensure_mounted()?;
+    let mut config = Config {
+        sys_exit_ret: 16,
+        tp_skaddr: 8,
+        tp_oldstate: 16,
+        tp_newstate: 20,
+        ..Config::default()
+    };
+    if let Ok(layout) = tracefs::record_layout(&tracefs, "syscalls", "sys_exit_socket") {
+        if let Some(f) = layout.get("ret") {
+            config.sys_exit_ret = f.offset;
+        }
+    }
+    // Layout of the classic tracepoint, used only if tp_btf cannot attach; globals are fixed at
+    // load time, so it is read up front.
+    if let Ok(layout) = tracefs::record_layout(&tracefs, "sock", "inet_sock_set_state") {
+        for (name, slot) in [
+            ("skaddr", &mut config.tp_skaddr),
+            ("oldstate", &mut config.tp_oldstate),
+            ("newstate", &mut config.tp_newstate),
+        ] {
+            if let Some(field) = layout.get(name) {
+                *slot = field.offset;
+            }
+        }
+    }
+    let has_btf = std::path::Path::new(offsets::VMLINUX_BTF).exists();
+    if has_btf {
+        if let Err(err) = offsets::fill_from_btf(&mut config, offsets::VMLINUX_BTF) {
+            warnings.push(format!(
+                "accepted sockets will be attributed by /proc scans only: {err:#}"
+            ));
+        }
+    } else {
+        warnings.push(format!(
+            "{} is missing (kernel without BTF): using classic tracepoints; accepted sockets \
+             are attributed by /proc scans only",
+            offsets::VMLINUX_BTF
+        ));
+    }
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF programs")?;
+
+    let mut hooks = Vec::new();
+
+    // Socket birth and release: required.
+    let cgroup_root = cgroup2_root()?;
+    let cgroup = File::open(&cgroup_root)
+        .with_context(|| format!("opening the cgroup v2 root {}", cgroup_root.display()))?;
+    for (prog, hook) in [
+        ("sock_create", "cgroup/sock_create"),
+        ("sock_release", "cgroup/sock_release"),
+    ] {
+        let program: &mut CgroupSock = program_mut(&mut ebpf, prog)?;
+        program.load().with_context(|| format!("loading {hook}"))?;
+        program
+            // Attached as a bpf_link (kernel >= 5.7), which takes no flags and always coexists
+            // with other tools' programs on the same cgroup; the link dies with the process.
+            .attach(&cgroup, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {hook} to {}", cgroup_root.display()))?;
+        hooks.push(hook.to_owned());
+    }
+
+    // TCP state changes: typed tp_btf (gives the cookie) or the classic tracepoint.
+    let btf_attach = if has_btf {
+        attach_tp_btf(&mut ebpf, "inet_sock_set_state")
+    } else {
+        Err(anyhow!("no BTF"))
+    };
+    match btf_attach {
+        Ok(()) => hooks.push("tp_btf/inet_sock_set_state".to_owned()),
+        Err(btf_err) => {
+            let program: &mut TracePoint = program_mut(&mut ebpf, "inet_sock_set_state_tp")?;
+            program.load()?;
+            program
+                .attach("sock", "inet_sock_set_state")
+                .with_context(|| {
+                    format!("attaching sock/inet_sock_set_state (tp_btf failed too: {btf_err:#})")
+                })?;
+            hooks.push("tracepoint/sock/inet_sock_set_state".to_owned());
+        }
+    }
+
+    // fd installs: owners of accepted sockets, inodes of created ones.
+    if config.have_offsets != 0 {
+        for syscall in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
+            let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
+            let attached = program
+                .load()
+                .map_err(anyhow::Error::from)
+                .and_then(|()| Ok(program.attach("syscalls", syscall)?));
+            match attached {
+                Ok(_) => hooks.push(format!("tracepoint/syscalls/{syscall}")),
+                Err(err) => warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}"))),
+            }
+        }
+    }
+
+    Ok(Attached {
+        ebpf,
+        hooks,
+        warnings,
+    })
+}
+
+/// Verifier logs span many lines; a warning is one.
+fn one_line(text: &str) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match joined.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &joined[..cut]),
+        None => joined,
+    }
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+    let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
+    program.load(name, &btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
+    Ok(program.try_into()?)
+}
+
+/// The cgroup v2 mount point (not always /sys/fs/cgroup: hybrid setups mount it elsewhere).
+fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    tracefs::mount_point_of(&mounts, "cgroup2").ok_or_else(|| {
+        anyhow!("no cgroup v2 filesystem is mounted: sockleak needs it for its socket create/release hooks (mount -t cgroup2 none /sys/fs/cgroup/unified)")
+    })
+}
+
+// Capability numbers from linux/capability.h.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Says which capability is missing instead of letting a load fail with a bare EPERM.
+fn check_capabilities() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_SYS_ADMIN) {
+        if !has(CAP_BPF) {
+            missing.push("CAP_BPF");
+        }
+        if !has(CAP_PERFMON) {
+            missing.push("CAP_PERFMON");
+        }
+    }
+    if !has(CAP_NET_ADMIN) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "sockleak needs root or {} to load its eBPF programs (missing: {}); try sudo",
+            "CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! What /proc says about processes: who holds which socket inode, and process names.
+//!
+//! Scanned once per report, never per event: the fd scan costs one readlink per open fd on the
+//! machine.
+use std::{collections::HashMap, fs, path::Path};
+
+/// Socket inode -> pids holding an fd to it (sorted, deduplicated).
+pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
+    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+    let Ok(proc_dir) = fs::read_dir("/proc") else {
+        return holders;
+    };
+    for entry in proc_dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // Processes come and go during the scan; a vanished one simply holds nothing.
+        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            if let Some(inode) = target.to_str().and_then(parse_socket_link) {
+                let pids = holders.entry(inode).or_default();
+                if pids.last() != Some(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+    }
+    for pids in holders.values_mut() {
+        pids.sort_unstable();
+        pids.dedup();
+    }
+    holders
+}
+
+/// `socket:[12345]` -> 12345.
+pub fn parse_socket_link(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// The process name (`comm`), or None if the process is gone.
+pub fn comm_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end_matches('\n').to_owned())
+}
+
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Monotonic clock in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_socket_links_only() {
+        assert_eq!(parse_socket_link("socket:[4026]"), Some(4026));
+        assert_eq!(parse_socket_link("pipe:[4026]"), None);
+        assert_eq!(parse_socket_link("socket:[x]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
+    }
+
+    #[test]
+    fn finds_our_own_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let me = std::process::id();
+        let holders = socket_holders();
+        assert!(holders.values().any(|pids| pids.contains(&me)));
+        drop(listener);
+    }
+}

@@ -1,0 +1,144 @@
+//! The table a person reads in an incident: groups first (the likely leaks), then a few
+//! sockets of each group as evidence.
+use std::fmt::Write;
+
+use super::{Started, escape::for_terminal};
+use crate::report::{Report, SocketRow};
+
+/// Sockets listed under each group; the JSON output has all of them.
+const SOCKETS_PER_GROUP: usize = 5;
+
+pub fn started(s: &Started) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "sockleak {}: tracing sockets ({} pre-existing found); hooks: {}",
+        s.version,
+        s.pre_existing,
+        s.hooks.join(", ")
+    );
+    for w in &s.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let pids = if s.pids.is_empty() {
+        "all processes".to_owned()
+    } else {
+        format!(
+            "pid {}",
+            s.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let _ = writeln!(
+        out,
+        "reporting sockets of {pids} open longer than {} every {}; Ctrl-C for a final report",
+        human_ms(s.min_age_ms),
+        human_ms(s.interval_ms)
+    );
+    out
+}
+
+pub fn report(r: &Report, final_report: bool) -> String {
+    let mut out = String::new();
+    let st = &r.stats;
+    let _ = writeln!(
+        out,
+        "\n=== {}: {} open sockets in {} groups (table {}; events {} seen, {} lost) ===",
+        if final_report { "final report" } else { "report" },
+        r.sockets.len(),
+        r.groups.len(),
+        st.open_sockets,
+        st.events_seen,
+        st.events_lost,
+    );
+    if st.events_lost > 0 || st.dropped_table_full > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} events lost in the kernel, {} sockets not tracked (table full): \
+             counts may be low until the next reconciliation",
+            st.events_lost, st.dropped_table_full
+        );
+    }
+    if r.groups.is_empty() {
+        let _ = writeln!(out, "no open sockets match");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  STATES",
+        "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q"
+    );
+    for g in &r.groups {
+        let states = g
+            .states
+            .iter()
+            .map(|(state, n)| format!("{state}:{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = writeln!(
+            out,
+            "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {}",
+            g.count,
+            g.pid,
+            for_terminal(&g.comm),
+            g.site,
+            human_ms(g.oldest_age_ms),
+            g.rx_queue,
+            g.tx_queue,
+            states
+        );
+        let members: Vec<&SocketRow> = r
+            .sockets
+            .iter()
+            .filter(|s| s.pid == g.pid && s.comm == g.comm && s.group_site == g.site)
+            .collect();
+        for s in members.iter().take(SOCKETS_PER_GROUP) {
+            let _ = writeln!(
+                out,
+                "{:>8}{} {} {} -> {}  {}  age {}  rx {} tx {}{}",
+                "",
+                s.protocol,
+                s.family,
+                s.local,
+                s.remote,
+                s.state,
+                human_ms(s.age_ms),
+                s.rx_queue,
+                s.tx_queue,
+                if s.holders.is_empty() || s.holders == [s.pid] {
+                    String::new()
+                } else {
+                    format!(
+                        "  held by {}",
+                        s.holders.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                    )
+                }
+            );
+        }
+        if members.len() > SOCKETS_PER_GROUP {
+            let _ = writeln!(out, "{:>8}... and {} more", "", members.len() - SOCKETS_PER_GROUP);
+        }
+    }
+    out
+}
+
+fn human_ms(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{}m{:02}s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{}h{:02}m", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human_ms(250), "250ms");
+        assert_eq!(human_ms(12_300), "12.3s");
+        assert_eq!(human_ms(125_000), "2m05s");
+        assert_eq!(human_ms(7_380_000), "2h03m");
+    }
+}

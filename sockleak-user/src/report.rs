@@ -1,0 +1,227 @@
+//! A report: the open sockets older than `--min-age`, grouped by owner and creation site,
+//! biggest groups first. Built from the table; rendered by `render`.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::{
+    sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    table::{Origin, Site, Socket, SocketTable, TCP_CLOSE},
+};
+
+pub struct Filter {
+    /// Owner pids to report; empty means all.
+    pub pids: Vec<u32>,
+    pub min_age_ns: u64,
+}
+
+impl Filter {
+    fn admits(&self, s: &Socket, now_ns: u64) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&s.owner.pid))
+            && now_ns.saturating_sub(s.created_ns) >= self.min_age_ns
+    }
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct SocketRow {
+    pub cookie: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub family: &'static str,
+    pub protocol: &'static str,
+    pub state: &'static str,
+    pub local: String,
+    pub remote: String,
+    pub age_ms: u64,
+    pub rx_queue: u32,
+    pub tx_queue: u32,
+    pub origin: &'static str,
+    /// How the owner got it: `socket`, `accept` or `pre-existing`.
+    pub site: &'static str,
+    pub holders: Vec<u32>,
+    pub flags: Vec<&'static str>,
+    /// The group this socket belongs to (`Group::site`); implied by the other fields in JSON.
+    #[serde(skip)]
+    pub group_site: String,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Group {
+    pub pid: u32,
+    pub comm: String,
+    /// `socket()`, `accept() on :PORT` or `pre-existing`: the creation site until stacks land.
+    pub site: String,
+    pub count: usize,
+    pub states: BTreeMap<&'static str, usize>,
+    pub oldest_age_ms: u64,
+    pub rx_queue: u64,
+    pub tx_queue: u64,
+    pub stack: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, Default)]
+pub struct Stats {
+    /// Events read from the ring buffer by userspace.
+    pub events_seen: u64,
+    /// Events the kernel side wrote to the ring buffer.
+    pub events_sent: u64,
+    /// Events the kernel side could not deliver (ring buffer full).
+    pub events_lost: u64,
+    pub fd_walk_failed: u64,
+    pub open_sockets: usize,
+    pub created: u64,
+    pub accepted: u64,
+    pub released: u64,
+    pub reconciled: u64,
+    pub pre_existing: u64,
+    pub dropped_table_full: u64,
+    pub dropped_unowned: u64,
+    pub ignored: u64,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Report {
+    pub sockets: Vec<SocketRow>,
+    pub groups: Vec<Group>,
+    pub stats: Stats,
+}
+
+pub fn build(table: &SocketTable, filter: &Filter, now_ns: u64, mut stats: Stats) -> Report {
+    let mut rows: Vec<SocketRow> = table
+        .sockets()
+        .filter(|s| filter.admits(s, now_ns))
+        .map(|s| row(s, now_ns))
+        .collect();
+    rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
+
+    let mut groups: HashMap<(u32, String, String), Group> = HashMap::new();
+    for r in &rows {
+        let site = r.group_site.clone();
+        let g = groups
+            .entry((r.pid, r.comm.clone(), site.clone()))
+            .or_insert_with(|| Group {
+                pid: r.pid,
+                comm: r.comm.clone(),
+                site,
+                count: 0,
+                states: BTreeMap::new(),
+                oldest_age_ms: 0,
+                rx_queue: 0,
+                tx_queue: 0,
+                stack: Vec::new(),
+            });
+        g.count += 1;
+        *g.states.entry(r.state).or_default() += 1;
+        g.oldest_age_ms = g.oldest_age_ms.max(r.age_ms);
+        g.rx_queue += u64::from(r.rx_queue);
+        g.tx_queue += u64::from(r.tx_queue);
+    }
+    let mut groups: Vec<Group> = groups.into_values().collect();
+    groups.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(b.oldest_age_ms.cmp(&a.oldest_age_ms))
+            .then(a.pid.cmp(&b.pid))
+            .then(a.site.cmp(&b.site))
+    });
+
+    let t = &table.stats;
+    stats.events_seen = t.events;
+    stats.open_sockets = table.len();
+    stats.created = t.created;
+    stats.accepted = t.accepted;
+    stats.released = t.released;
+    stats.reconciled = t.reconciled;
+    stats.pre_existing = t.pre_existing;
+    stats.dropped_table_full = t.dropped_table_full;
+    stats.dropped_unowned = t.dropped_unowned;
+    stats.ignored = t.ignored;
+    Report {
+        sockets: rows,
+        groups,
+        stats,
+    }
+}
+
+fn site_label(s: &Socket) -> String {
+    match s.site {
+        Site::Socket => "socket()".to_owned(),
+        // The listening port ties accepted sockets to the server that accepts them.
+        Site::Accept => match s.local {
+            Some(local) => format!("accept() on :{}", local.port()),
+            None => "accept()".to_owned(),
+        },
+        Site::PreExisting => "pre-existing".to_owned(),
+    }
+}
+
+fn row(s: &Socket, now_ns: u64) -> SocketRow {
+    SocketRow {
+        cookie: s.cookie,
+        pid: s.owner.pid,
+        tid: s.owner.tid,
+        comm: s.owner.comm.to_string(),
+        uid: s.owner.uid,
+        cgroup_id: s.owner.cgroup_id,
+        family: if s.family == AF_INET6 { "ipv6" } else { "ipv4" },
+        protocol: match s.protocol {
+            IPPROTO_TCP => "tcp",
+            IPPROTO_UDP => "udp",
+            _ => "other",
+        },
+        state: state_name(s.protocol, s.state),
+        local: addr_or_unbound(s.local, s.family),
+        remote: addr_or_unbound(s.remote, s.family),
+        age_ms: now_ns.saturating_sub(s.created_ns) / 1_000_000,
+        rx_queue: s.unread_bytes(),
+        tx_queue: s.tx_queue,
+        origin: match s.origin {
+            Origin::Traced => "traced",
+            Origin::PreExisting => "pre-existing",
+        },
+        site: match s.site {
+            Site::Socket => "socket",
+            Site::Accept => "accept",
+            Site::PreExisting => "pre-existing",
+        },
+        holders: s.holders.clone(),
+        flags: Vec::new(),
+        group_site: site_label(s),
+    }
+}
+
+fn addr_or_unbound(addr: Option<std::net::SocketAddr>, family: u8) -> String {
+    match addr {
+        // SocketAddr's Display already brackets IPv6: [::1]:8080.
+        Some(a) => a.to_string(),
+        None if family == AF_INET6 => "[::]:0".to_owned(),
+        None => "0.0.0.0:0".to_owned(),
+    }
+}
+
+/// Kernel TCP state names (include/net/tcp_states.h). An unconnected UDP socket is in TCP_CLOSE
+/// as far as the kernel is concerned; `UNCONN` (as `ss` says) reads better than CLOSE there.
+pub fn state_name(protocol: u8, state: u8) -> &'static str {
+    if protocol == IPPROTO_UDP && state == TCP_CLOSE {
+        return "UNCONN";
+    }
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        13 => "BOUND_INACTIVE",
+        _ => "UNKNOWN",
+    }
+}

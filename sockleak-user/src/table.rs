@@ -1,0 +1,595 @@
+//! The socket table: every open TCP/UDP socket sockleak knows about, keyed by socket cookie.
+//!
+//! Fed by kernel events (created, fd installed, state changed, released) and reconciled once per
+//! interval against sock_diag and the /proc fd scan, which are the ground truth: a release the
+//! ring buffer lost cannot leave a ghost behind, because a socket that no process holds any more
+//! is dropped after two consecutive scans.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use sockleak_common::{EventKind, Hook, SockEvent, Task};
+
+use crate::{
+    procfs,
+    sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP},
+};
+
+pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_CLOSE: u8 = 7;
+pub const TCP_CLOSE_WAIT: u8 = 8;
+pub const TCP_LAST_ACK: u8 = 9;
+pub const TCP_LISTEN: u8 = 10;
+pub const TCP_CLOSING: u8 = 11;
+
+/// How many TCP sockets seen only through state changes (children waiting in an accept queue)
+/// are remembered until a process accepts them.
+const UNOWNED_CAPACITY: usize = 65_536;
+/// A socket younger than this may not have its fd installed yet; it is never judged a ghost.
+const GHOST_GRACE_NS: u64 = 1_000_000_000;
+/// Consecutive /proc scans without a holder before a socket is declared released.
+const GHOST_SCANS: u8 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Seen being created or accepted.
+    Traced,
+    /// Already open when sockleak started.
+    PreExisting,
+}
+
+/// How the owner came to have the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Site {
+    Socket,
+    Accept,
+    PreExisting,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    /// Shared: thousands of sockets of one process carry the same name.
+    pub comm: Arc<str>,
+}
+
+impl Owner {
+    fn from_task(task: &Task) -> Self {
+        let len = task.comm.iter().position(|&b| b == 0).unwrap_or(task.comm.len());
+        Self {
+            pid: task.pid,
+            tid: task.tid,
+            uid: task.uid,
+            cgroup_id: task.cgroup_id,
+            comm: Arc::from(String::from_utf8_lossy(&task.comm[..len]).as_ref()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Socket {
+    pub cookie: u64,
+    pub origin: Origin,
+    pub site: Site,
+    pub owner: Owner,
+    /// AF_INET / AF_INET6; 0 until known.
+    pub family: u8,
+    pub protocol: u8,
+    /// CLOCK_MONOTONIC ns when created or accepted (when first seen, for pre-existing sockets).
+    pub created_ns: u64,
+    pub state: u8,
+    pub skaddr: u64,
+    /// Socket inode; 0 until the fd is seen.
+    pub inode: u64,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub rx_queue: u32,
+    pub tx_queue: u32,
+    /// Pids holding an fd to this socket at the last scan.
+    pub holders: Vec<u32>,
+    unheld_scans: u8,
+}
+
+impl Socket {
+    /// Bytes the owner has not read. A CLOSE_WAIT socket's receive sequence counts the peer's
+    /// FIN, which is not data; and the FIN can only be consumed after all data before it, so a
+    /// non-zero queue in these states always includes exactly one FIN.
+    pub fn unread_bytes(&self) -> u32 {
+        let fin_counted = self.protocol == IPPROTO_TCP
+            && matches!(self.state, TCP_CLOSE_WAIT | TCP_LAST_ACK | TCP_CLOSING);
+        if fin_counted {
+            self.rx_queue.saturating_sub(1)
+        } else {
+            self.rx_queue
+        }
+    }
+}
+
+/// What the table did with events, for `stats` in reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub events: u64,
+    pub created: u64,
+    pub accepted: u64,
+    pub released: u64,
+    /// Dropped by reconciliation: their release event was lost or never came.
+    pub reconciled: u64,
+    pub pre_existing: u64,
+    /// Sockets not tracked because the table was full.
+    pub dropped_table_full: u64,
+    /// Unowned TCP sockets forgotten because that list was full.
+    pub dropped_unowned: u64,
+    /// Events for protocols sockleak does not track (raw, ICMP, SCTP...).
+    pub ignored: u64,
+    pub malformed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Unowned {
+    cookie: u64,
+    state: u8,
+}
+
+pub struct SocketTable {
+    sockets: HashMap<u64, Socket>,
+    cookie_by_skaddr: HashMap<u64, u64>,
+    /// TCP sockets seen only through state changes, by `struct sock` address: accept children
+    /// waiting for `accept()`.
+    unowned: HashMap<u64, Unowned>,
+    unowned_order: VecDeque<u64>,
+    capacity: usize,
+    pub stats: TableStats,
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sockets: HashMap::new(),
+            cookie_by_skaddr: HashMap::new(),
+            unowned: HashMap::new(),
+            unowned_order: VecDeque::new(),
+            capacity,
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.sockets.values()
+    }
+
+    pub fn get(&self, cookie: u64) -> Option<&Socket> {
+        self.sockets.get(&cookie)
+    }
+
+    pub fn apply(&mut self, ev: &SockEvent) {
+        self.stats.events += 1;
+        match EventKind::from_u32(ev.kind) {
+            Some(EventKind::Created) => self.on_created(ev),
+            Some(EventKind::FdInstalled) => self.on_fd_installed(ev),
+            Some(EventKind::StateChanged) => self.on_state_changed(ev),
+            Some(EventKind::Released) => self.on_released(ev),
+            None => self.stats.malformed += 1,
+        }
+    }
+
+    fn on_created(&mut self, ev: &SockEvent) {
+        let protocol = ev.protocol as u8;
+        if ev.protocol > 255 || !matches!(protocol, IPPROTO_TCP | IPPROTO_UDP) {
+            self.stats.ignored += 1;
+            return;
+        }
+        let owner = Owner::from_task(&ev.task);
+        if let Some(existing) = self.sockets.get_mut(&ev.cookie) {
+            // Created between attaching and the pre-existing scan: the event knows better.
+            existing.origin = Origin::Traced;
+            existing.site = Site::Socket;
+            existing.owner = owner;
+            existing.created_ns = ev.ts_ns;
+            return;
+        }
+        self.stats.created += 1;
+        self.insert(Socket {
+            cookie: ev.cookie,
+            origin: Origin::Traced,
+            site: Site::Socket,
+            owner,
+            family: ev.family as u8,
+            protocol,
+            created_ns: ev.ts_ns,
+            state: TCP_CLOSE,
+            skaddr: 0,
+            inode: 0,
+            local: None,
+            remote: None,
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: Vec::new(),
+            unheld_scans: 0,
+        });
+    }
+
+    fn on_fd_installed(&mut self, ev: &SockEvent) {
+        let known = self.lookup(ev.cookie, ev.skaddr);
+        if let Some(cookie) = known {
+            if let Some(s) = self.sockets.get_mut(&cookie) {
+                s.inode = ev.inode;
+                if s.skaddr != ev.skaddr && ev.skaddr != 0 {
+                    s.skaddr = ev.skaddr;
+                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                }
+            }
+            return;
+        }
+        let accepted = ev.hook == Hook::SysExitAccept as u32 || ev.hook == Hook::SysExitAccept4 as u32;
+        if !accepted {
+            // socket() of a protocol we do not track (its Created event was ignored).
+            return;
+        }
+        let unowned = self.unowned.remove(&ev.skaddr);
+        let cookie = match (ev.cookie, unowned) {
+            (c, _) if c != 0 => c,
+            (_, Some(u)) if u.cookie != 0 => u.cookie,
+            // No cookie anywhere (classic tracepoint fallback): a synthetic key that cannot
+            // collide with real cookies, which count up from 1.
+            _ => ev.skaddr | 1 << 63,
+        };
+        self.stats.accepted += 1;
+        self.insert(Socket {
+            cookie,
+            origin: Origin::Traced,
+            site: Site::Accept,
+            owner: Owner::from_task(&ev.task),
+            family: ev.family as u8,
+            protocol: IPPROTO_TCP,
+            created_ns: ev.ts_ns,
+            state: unowned.map_or(TCP_ESTABLISHED, |u| u.state),
+            skaddr: ev.skaddr,
+            inode: ev.inode,
+            local: None,
+            remote: None,
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: Vec::new(),
+            unheld_scans: 0,
+        });
+    }
+
+    fn on_state_changed(&mut self, ev: &SockEvent) {
+        let new_state = ev.new_state as u8;
+        if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
+            if let Some(s) = self.sockets.get_mut(&cookie) {
+                s.state = new_state;
+                if s.skaddr == 0 && ev.skaddr != 0 {
+                    s.skaddr = ev.skaddr;
+                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                }
+            }
+            return;
+        }
+        if new_state == TCP_CLOSE {
+            // Died before anyone accepted it.
+            self.unowned.remove(&ev.skaddr);
+            return;
+        }
+        let entry = Unowned {
+            cookie: ev.cookie,
+            state: new_state,
+        };
+        if self.unowned.insert(ev.skaddr, entry).is_none() {
+            self.unowned_order.push_back(ev.skaddr);
+            while self.unowned.len() > UNOWNED_CAPACITY {
+                let Some(oldest) = self.unowned_order.pop_front() else {
+                    break;
+                };
+                if self.unowned.remove(&oldest).is_some() {
+                    self.stats.dropped_unowned += 1;
+                }
+            }
+            // Keys removed elsewhere linger in the order queue; compact when it drifts.
+            if self.unowned_order.len() > 2 * UNOWNED_CAPACITY {
+                let live = &self.unowned;
+                self.unowned_order.retain(|k| live.contains_key(k));
+            }
+        }
+    }
+
+    fn on_released(&mut self, ev: &SockEvent) {
+        if self.remove(ev.cookie) {
+            self.stats.released += 1;
+        }
+    }
+
+    fn lookup(&self, cookie: u64, skaddr: u64) -> Option<u64> {
+        if cookie != 0 && self.sockets.contains_key(&cookie) {
+            return Some(cookie);
+        }
+        if skaddr != 0 {
+            return self.cookie_by_skaddr.get(&skaddr).copied();
+        }
+        None
+    }
+
+    fn insert(&mut self, socket: Socket) {
+        if self.sockets.len() >= self.capacity {
+            self.stats.dropped_table_full += 1;
+            return;
+        }
+        if socket.skaddr != 0 {
+            self.cookie_by_skaddr.insert(socket.skaddr, socket.cookie);
+        }
+        self.sockets.insert(socket.cookie, socket);
+    }
+
+    fn remove(&mut self, cookie: u64) -> bool {
+        match self.sockets.remove(&cookie) {
+            Some(s) => {
+                if s.skaddr != 0 && self.cookie_by_skaddr.get(&s.skaddr) == Some(&cookie) {
+                    self.cookie_by_skaddr.remove(&s.skaddr);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Adds the sockets that were open before sockleak started: every socket sock_diag lists
+    /// that some process holds an fd to. The lowest holding pid is taken as the owner.
+    pub fn seed_pre_existing(
+        &mut self,
+        diag: &[DiagSocket],
+        holders: &HashMap<u64, Vec<u32>>,
+        now_ns: u64,
+    ) {
+        for d in diag {
+            if d.inode == 0 || self.sockets.contains_key(&d.cookie) {
+                continue;
+            }
+            let Some(pids) = holders.get(&u64::from(d.inode)) else {
+                continue;
+            };
+            let Some(&pid) = pids.first() else { continue };
+            let comm = procfs::comm_of(pid).unwrap_or_default();
+            self.stats.pre_existing += 1;
+            self.insert(Socket {
+                cookie: d.cookie,
+                origin: Origin::PreExisting,
+                site: Site::PreExisting,
+                owner: Owner {
+                    pid,
+                    tid: pid,
+                    uid: d.uid,
+                    cgroup_id: 0,
+                    comm: Arc::from(comm.as_str()),
+                },
+                family: d.family,
+                protocol: d.protocol,
+                created_ns: now_ns,
+                state: d.state,
+                skaddr: 0,
+                inode: u64::from(d.inode),
+                local: Some(d.local),
+                remote: Some(d.remote),
+                rx_queue: if d.state == TCP_LISTEN { 0 } else { d.rx_queue },
+                tx_queue: if d.state == TCP_LISTEN { 0 } else { d.tx_queue },
+                holders: pids.clone(),
+                unheld_scans: 0,
+            });
+        }
+    }
+
+    /// Brings every socket up to date with the kernel's view and drops the ones no process
+    /// holds any more (their release was missed).
+    pub fn reconcile(
+        &mut self,
+        diag: &[DiagSocket],
+        holders: &HashMap<u64, Vec<u32>>,
+        now_ns: u64,
+    ) {
+        let by_cookie: HashMap<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
+        let mut ghosts = Vec::new();
+        for s in self.sockets.values_mut() {
+            let seen = by_cookie.get(&s.cookie);
+            if let Some(d) = seen {
+                s.state = d.state;
+                s.local = Some(d.local);
+                s.remote = Some(d.remote);
+                // For a listener sock_diag puts the accept queue length and its limit in these
+                // fields: connections, not bytes.
+                let listening = s.protocol == IPPROTO_TCP && d.state == TCP_LISTEN;
+                s.rx_queue = if listening { 0 } else { d.rx_queue };
+                s.tx_queue = if listening { 0 } else { d.tx_queue };
+                if s.family == 0 {
+                    s.family = d.family;
+                }
+                if s.inode == 0 {
+                    s.inode = u64::from(d.inode);
+                }
+            }
+            s.holders = match holders.get(&s.inode) {
+                Some(pids) if s.inode != 0 => pids.clone(),
+                _ => Vec::new(),
+            };
+            let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
+            let gone = if s.inode != 0 {
+                s.holders.is_empty()
+            } else {
+                // Never saw its fd: judge by sock_diag and by whether the owner still lives.
+                seen.is_none() && !procfs::process_exists(s.owner.pid)
+            };
+            if gone && old_enough {
+                s.unheld_scans += 1;
+                if s.unheld_scans >= GHOST_SCANS {
+                    ghosts.push(s.cookie);
+                }
+            } else {
+                s.unheld_scans = 0;
+            }
+        }
+        for cookie in ghosts {
+            if self.remove(cookie) {
+                self.stats.reconciled += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sockleak_common::Hook;
+
+    fn task(pid: u32, comm: &str) -> Task {
+        let mut t = Task {
+            pid,
+            tid: pid,
+            ..Task::default()
+        };
+        t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+        t
+    }
+
+    fn event(kind: EventKind, hook: Hook) -> SockEvent {
+        SockEvent {
+            kind: kind as u32,
+            hook: hook as u32,
+            ts_ns: 1,
+            cookie: 0,
+            skaddr: 0,
+            task: Task::default(),
+            inode: 0,
+            fd: -1,
+            family: 2,
+            protocol: 6,
+            sock_type: 1,
+            old_state: 0,
+            new_state: 0,
+            _pad: 0,
+        }
+    }
+
+    fn created(cookie: u64, pid: u32) -> SockEvent {
+        let mut e = event(EventKind::Created, Hook::CgroupSockCreate);
+        e.cookie = cookie;
+        e.task = task(pid, "client");
+        e
+    }
+
+    fn released(cookie: u64) -> SockEvent {
+        let mut e = event(EventKind::Released, Hook::CgroupSockRelease);
+        e.cookie = cookie;
+        e
+    }
+
+    #[test]
+    fn created_then_released_leaves_nothing() {
+        let mut t = SocketTable::new(16);
+        t.apply(&created(5, 100));
+        assert_eq!(t.get(5).unwrap().owner.pid, 100);
+        assert_eq!(&*t.get(5).unwrap().owner.comm, "client");
+        t.apply(&released(5));
+        assert!(t.is_empty());
+        assert_eq!(t.stats.released, 1);
+    }
+
+    #[test]
+    fn accepted_socket_is_owned_by_the_acceptor_not_the_softirq() {
+        let mut t = SocketTable::new(16);
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 77;
+        est.skaddr = 0xffff_0000;
+        est.new_state = TCP_ESTABLISHED as u16;
+        est.task = task(0, "swapper/0"); // whatever ran the softirq; must be ignored
+        t.apply(&est);
+        assert!(t.is_empty(), "nobody owns it before accept()");
+        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+        acc.skaddr = 0xffff_0000;
+        acc.inode = 999;
+        acc.task = task(4242, "server");
+        t.apply(&acc);
+        let s = t.get(77).expect("joined on skaddr");
+        assert_eq!((s.owner.pid, s.site, s.state), (4242, Site::Accept, TCP_ESTABLISHED));
+        let mut cw = est;
+        cw.new_state = TCP_CLOSE_WAIT as u16;
+        t.apply(&cw);
+        assert_eq!(t.get(77).unwrap().state, TCP_CLOSE_WAIT);
+    }
+
+    #[test]
+    fn table_is_bounded() {
+        let mut t = SocketTable::new(3);
+        for cookie in 1..=5 {
+            t.apply(&created(cookie, 1));
+        }
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.stats.dropped_table_full, 2);
+    }
+
+    #[test]
+    fn ignores_protocols_it_does_not_track() {
+        let mut t = SocketTable::new(3);
+        let mut raw = created(1, 1);
+        raw.protocol = 1; // ICMP
+        t.apply(&raw);
+        assert!(t.is_empty());
+        assert_eq!(t.stats.ignored, 1);
+    }
+
+    #[test]
+    fn a_missed_release_is_reconciled_away_after_two_scans() {
+        let mut t = SocketTable::new(16);
+        t.apply(&created(9, std::process::id()));
+        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        fd.cookie = 9;
+        fd.inode = 31337;
+        t.apply(&fd);
+        let later = 10 * GHOST_GRACE_NS;
+        let nobody = HashMap::new();
+        t.reconcile(&[], &nobody, later);
+        assert_eq!(t.len(), 1, "one scan is not proof");
+        t.reconcile(&[], &nobody, later);
+        assert!(t.is_empty());
+        assert_eq!(t.stats.reconciled, 1);
+    }
+
+    #[test]
+    fn a_held_socket_survives_reconciliation() {
+        let mut t = SocketTable::new(16);
+        t.apply(&created(9, 1));
+        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        fd.cookie = 9;
+        fd.inode = 31337;
+        t.apply(&fd);
+        let holders = HashMap::from([(31337u64, vec![1u32, 2])]);
+        for _ in 0..5 {
+            t.reconcile(&[], &holders, 10 * GHOST_GRACE_NS);
+        }
+        assert_eq!(t.get(9).unwrap().holders, vec![1, 2]);
+    }
+
+    #[test]
+    fn fin_in_close_wait_is_not_unread_data() {
+        let mut t = SocketTable::new(4);
+        t.apply(&created(1, 1));
+        let mut s = t.get(1).unwrap().clone();
+        s.state = TCP_CLOSE_WAIT;
+        s.rx_queue = 1;
+        assert_eq!(s.unread_bytes(), 0);
+        s.rx_queue = 11;
+        assert_eq!(s.unread_bytes(), 10);
+        s.state = TCP_ESTABLISHED;
+        assert_eq!(s.unread_bytes(), 11);
+    }
+}

@@ -1,0 +1,160 @@
+//! `sockleak trace`: attach, seed the table with the sockets already open, then apply events as
+//! they arrive and report every interval and once more on exit.
+use std::{io, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use sockleak_common::{SockEvent, Stat};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    time::{Instant, interval_at, sleep},
+};
+
+use crate::{
+    cli::TraceArgs,
+    hooks, procfs,
+    render::{Output, Started},
+    report::{self, Filter, Stats},
+    sockdiag,
+    table::SocketTable,
+};
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    for &pid in &args.pids {
+        if !procfs::process_exists(pid) {
+            bail!("no process with pid {pid}");
+        }
+    }
+    let hooks::Attached {
+        mut ebpf,
+        hooks,
+        warnings,
+    } = hooks::attach()?;
+    let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+    let kernel_stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
+    // After every program is loaded: init takes the log map out of `ebpf`.
+    let mut logger = aya_log::EbpfLogger::init(&mut ebpf)
+        .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))
+        .ok()
+        // SAFETY: the logger owns its ring buffer fd for as long as it lives, and never swaps it.
+        .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
+
+    let mut table = SocketTable::new(args.max_sockets);
+    // The programs are attached: every socket born from now on arrives as an event, so one
+    // snapshot now catches all the ones born before.
+    let diag = sockdiag::dump_all()?;
+    let holders = procfs::socket_holders();
+    table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns());
+
+    let mut out = Output::new(args.format);
+    let filter = Filter {
+        pids: args.pids.clone(),
+        min_age_ns: args.min_age.as_nanos() as u64,
+    };
+    let started = Started {
+        hooks,
+        warnings,
+        pids: args.pids.clone(),
+        min_age_ms: args.min_age.as_millis() as u64,
+        interval_ms: args.interval.as_millis() as u64,
+        pre_existing: table.stats.pre_existing,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    if stopped_by_pipe(out.started(&started))? {
+        return Ok(());
+    }
+
+    // SAFETY: the RingBuf owns the map fd until it is dropped with the AsyncFd.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| e.into_parts().1)
+        .context("polling the ring buffer")?;
+    let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
+    let deadline = sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(deadline);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut table);
+                guard.clear_ready();
+            }
+            guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = ticks.tick() => {
+                let report = snapshot(ring.get_mut(), &mut table, &filter, &kernel_stats)?;
+                if stopped_by_pipe(out.report(&report, false))? {
+                    return Ok(());
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = &mut deadline => break,
+        }
+    }
+    let report = snapshot(ring.get_mut(), &mut table, &filter, &kernel_stats)?;
+    stopped_by_pipe(out.report(&report, true))?;
+    Ok(())
+}
+
+/// Applies every pending event, reconciles with the kernel's view, and builds a report.
+fn snapshot(
+    ring: &mut RingBuf<MapData>,
+    table: &mut SocketTable,
+    filter: &Filter,
+    kernel_stats: &PerCpuArray<MapData, u64>,
+) -> Result<report::Report> {
+    drain(ring, table);
+    let diag = sockdiag::dump_all()?;
+    let holders = procfs::socket_holders();
+    // Events that raced with the scans are applied before judging what is gone.
+    drain(ring, table);
+    let now = procfs::monotonic_ns();
+    table.reconcile(&diag, &holders, now);
+    let stat = |s: Stat| -> u64 {
+        kernel_stats
+            .get(&(s as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    };
+    let stats = Stats {
+        events_sent: stat(Stat::EventsSent),
+        events_lost: stat(Stat::EventsLost),
+        fd_walk_failed: stat(Stat::FdWalkFailed),
+        ..Stats::default()
+    };
+    Ok(report::build(table, filter, now, stats))
+}
+
+fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable) {
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Some(ev) => table.apply(&ev),
+            None => table.stats.malformed += 1,
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<SockEvent> {
+    if bytes.len() < size_of::<SockEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; SockEvent is plain integers, valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockEvent>()) })
+}
+
+/// A reader that went away (`| head`) ends the trace quietly; other write errors are errors.
+fn stopped_by_pipe(result: io::Result<()>) -> Result<bool> {
+    match result {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e).context("writing to stdout"),
+    }
+}
