@@ -162,16 +162,8 @@ impl SocketTable {
         self.sockets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sockets.is_empty()
-    }
-
     pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values()
-    }
-
-    pub fn get(&self, cookie: u64) -> Option<&Socket> {
-        self.sockets.get(&cookie)
     }
 
     pub fn apply(&mut self, ev: &SockEvent) {
@@ -443,6 +435,17 @@ impl SocketTable {
                 self.stats.reconciled += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl SocketTable {
+    fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    fn get(&self, cookie: u64) -> Option<&Socket> {
+        self.sockets.get(&cookie)
     }
 }
 

@@ -1,1 +1,231 @@
-pub fn placeholder() {}
+//! Test harness: the real `sockleak` binary with its programs attached, and scenario processes
+//! whose sockets it must see. Tests read as specs: start the tracer, do the thing, expect.
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long to wait for the tracer to say anything before failing the test.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The release binary `cargo xtask test` builds, or SOCKLEAK_BIN.
+pub fn sockleak_bin() -> PathBuf {
+    let path = std::env::var_os("SOCKLEAK_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sockleak")
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing: run the suite with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Cargo builds `sockleak-scenario` next to the test executables' `deps/` directory.
+fn scenario_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let path = dir.join("sockleak-scenario");
+    assert!(path.is_file(), "{} missing", path.display());
+    path
+}
+
+/// These tests load real eBPF programs. Not being root is a failure, never a silent skip.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "\n!!! sockleak's kernel tests must run as root (they attach real eBPF programs); \
+         run `sudo -E env PATH=$PATH cargo xtask test` !!!\n"
+    );
+}
+
+/// A `sockleak-scenario` process.
+pub struct Scenario {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Scenario {
+    pub fn spawn() -> Self {
+        let mut child = Command::new(scenario_bin())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawning sockleak-scenario");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs one command; returns the words after `ok`.
+    pub fn run(&mut self, command: &str) -> Vec<String> {
+        writeln!(self.stdin, "{command}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        let line = line.trim();
+        let rest = line
+            .strip_prefix("ok")
+            .unwrap_or_else(|| panic!("scenario {command:?} failed: {line:?}"));
+        rest.split_whitespace().map(str::to_owned).collect()
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `sockleak trace --format json`.
+pub struct Tracer {
+    child: Option<Child>,
+    lines: Receiver<Value>,
+    pub started: Value,
+}
+
+impl Tracer {
+    /// Starts tracing the given pids with a short interval and no minimum age, and waits for
+    /// the `started` line (every hook attached).
+    pub fn start(pids: &[u32]) -> Self {
+        Self::start_with(pids, &["--interval", "300ms", "--min-age", "0s"])
+    }
+
+    pub fn start_with(pids: &[u32], extra: &[&str]) -> Self {
+        require_root();
+        let mut cmd = Command::new(sockleak_bin());
+        cmd.args(["trace", "--format", "json"]).args(extra);
+        for pid in pids {
+            cmd.args(["--pid", &pid.to_string()]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning sockleak");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("sockleak printed invalid JSON ({e}): {line}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = rx
+            .recv_timeout(PATIENCE)
+            .expect("sockleak did not print its started line");
+        assert_eq!(started["type"], "started", "first line: {started}");
+        Self {
+            child: Some(child),
+            lines: rx,
+            started,
+        }
+    }
+
+    fn next_line(&self) -> Value {
+        match self.lines.recv_timeout(PATIENCE) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => panic!("sockleak said nothing for {PATIENCE:?}"),
+            Err(RecvTimeoutError::Disconnected) => panic!("sockleak exited early"),
+        }
+    }
+
+    /// A report that reflects everything done before this call: reports already in flight
+    /// may predate it, so the second full report after now is taken.
+    pub fn fresh_report(&self) -> Report {
+        while self.lines.try_recv().is_ok() {}
+        let since = Instant::now();
+        let mut seen = 0;
+        loop {
+            let v = self.next_line();
+            assert_eq!(v["type"], "report", "{v}");
+            seen += 1;
+            if seen >= 2 && since.elapsed() > Duration::from_millis(400) {
+                return Report(v);
+            }
+        }
+    }
+
+    /// SIGINT; the final report comes out and sockleak exits with status 0.
+    pub fn stop(mut self) -> Report {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let mut last = None;
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(200)) {
+                Ok(v) => {
+                    if v["final"] == true {
+                        last = Some(v);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(status.success(), "sockleak exited with {status} after SIGINT");
+        Report(last.expect("no final report after SIGINT"))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `{"type":"report"}` line with helpers for the questions tests ask.
+pub struct Report(pub Value);
+
+impl Report {
+    pub fn sockets(&self) -> &Vec<Value> {
+        self.0["sockets"].as_array().expect("sockets array")
+    }
+
+    pub fn sockets_of(&self, pid: u32) -> Vec<&Value> {
+        self.sockets().iter().filter(|s| s["pid"] == pid).collect()
+    }
+
+    pub fn groups(&self) -> &Vec<Value> {
+        self.0["groups"].as_array().expect("groups array")
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        self.0["stats"][name].as_u64().unwrap_or_else(|| panic!("no stat {name}"))
+    }
+}
+
+/// Counts values of `field` over `sockets`.
+pub fn count_by<'a>(sockets: impl IntoIterator<Item = &'a Value>, field: &str) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for s in sockets {
+        *counts.entry(s[field].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+    }
+    counts
+}

@@ -1,0 +1,51 @@
+//! Bad input: one clear line on stderr, a non-zero exit, never a panic.
+use std::process::Command;
+
+use sockleak_tests::sockleak_bin;
+
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(sockleak_bin()).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn unknown_pid_is_a_one_line_error() {
+    let (code, err) = run(&["trace", "--pid", "999999999"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.trim(), "sockleak: error: no process with pid 999999999");
+}
+
+#[test]
+fn bad_durations_are_rejected() {
+    for bad in ["--interval=0s", "--interval=soon", "--min-age=-3s", "--duration=5x"] {
+        let (code, err) = run(&["trace", bad]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("invalid value") && !err.contains("panicked"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
+    sockleak_tests::require_root();
+    let out = Command::new(sockleak_bin())
+        .args(["trace", "--format", "json", "--interval", "200ms", "--duration", "700ms"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "started");
+    let hooks = lines[0]["hooks"].as_array().unwrap();
+    for hook in ["cgroup/sock_create", "cgroup/sock_release"] {
+        assert!(hooks.contains(&hook.into()), "{hooks:?}");
+    }
+    assert!(lines.len() >= 3, "started, an interval report, the final report");
+    let last = lines.last().unwrap();
+    assert_eq!((&last["type"], &last["final"]), (&"report".into(), &true.into()));
+    for key in ["sockets", "groups", "stats"] {
+        assert!(last.get(key).is_some(), "{key} missing");
+    }
+}

@@ -1,0 +1,197 @@
+//! `sockleak trace` against real sockets, with the real programs attached (root required).
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use sockleak_tests::{Scenario, Tracer, count_by};
+
+fn states(sockets: &[&Value]) -> BTreeMap<String, usize> {
+    count_by(sockets.iter().copied(), "state")
+}
+
+#[test]
+fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut client = Scenario::spawn();
+    let tracer = Tracer::start(&[client.pid()]);
+
+    let ports = client.run(&format!("connect 127.0.0.1:{port} 40"));
+    server.run("accept 40"); // and keeps them: the client's side stays ESTABLISHED
+    client.run("close 15");
+    let (closed, open) = ports.split_at(15);
+
+    let report = tracer.fresh_report();
+    let mine = report.sockets_of(client.pid());
+    assert_eq!(mine.len(), 25, "{mine:#?}");
+    for s in &mine {
+        assert_eq!((s["protocol"].as_str(), s["family"].as_str()), (Some("tcp"), Some("ipv4")));
+        assert_eq!(s["origin"], "traced");
+        assert_eq!(s["comm"], "sockleak-scenar"); // comm is 15 bytes at most
+        let local_port = s["local"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
+        assert!(open.contains(&local_port), "{local_port} is not one of the open ones");
+        assert!(!closed.contains(&local_port), "closed socket {local_port} reported");
+        assert_eq!(s["remote"], format!("127.0.0.1:{port}"));
+        assert!(s["holders"].as_array().unwrap().contains(&Value::from(client.pid())));
+    }
+    assert_eq!(states(&mine), BTreeMap::from([("ESTABLISHED".into(), 25)]));
+    let group = &report.groups()[0];
+    assert_eq!((group["pid"].as_u64(), group["count"].as_u64()), (Some(client.pid().into()), Some(25)));
+    assert_eq!(group["states"]["ESTABLISHED"], 25);
+    assert_eq!(report.stat("events_lost"), 0);
+
+    let last = tracer.stop();
+    assert_eq!(last.sockets_of(client.pid()).len(), 25);
+}
+
+#[test]
+fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut client = Scenario::spawn();
+    let tracer = Tracer::start(&[server.pid(), client.pid()]);
+
+    client.run(&format!("connect 127.0.0.1:{port} 20"));
+    server.run("accept 20");
+    client.run("close 20"); // the peers leave; the server never closes its side
+
+    let report = tracer.fresh_report();
+    let close_wait: Vec<&Value> =
+        report.sockets().iter().filter(|s| s["state"] == "CLOSE_WAIT").collect();
+    assert_eq!(close_wait.len(), 20, "{:#?}", report.sockets());
+    for s in &close_wait {
+        assert_eq!(s["pid"], server.pid(), "attributed to the acceptor: {s}");
+        assert_eq!(s["site"], "accept");
+        assert_eq!(s["local"], format!("127.0.0.1:{port}"));
+        // The peer's FIN is counted in the receive sequence but is not unread data.
+        assert_eq!(s["rx_queue"], 0, "{s}");
+    }
+    assert!(report.sockets_of(client.pid()).is_empty(), "the client closed everything");
+    assert!(report.sockets_of(0).is_empty(), "nothing belongs to the softirq's pid 0");
+    let group = report
+        .groups()
+        .iter()
+        .find(|g| g["states"]["CLOSE_WAIT"] == 20)
+        .expect("one group holds the 20 CLOSE_WAIT sockets");
+    assert_eq!(group["pid"], server.pid());
+    assert_eq!(group["site"], format!("accept() on :{port}"));
+}
+
+#[test]
+fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
+    let mut app = Scenario::spawn();
+    let tracer = Tracer::start(&[app.pid()]);
+    app.run("udp 127.0.0.1:0 3");
+    app.run("udp [::1]:0 2");
+    let port6 = app.run("listen [::1]:0")[0].clone();
+    app.run(&format!("connect [::1]:{port6} 4"));
+
+    let report = tracer.fresh_report();
+    let mine = report.sockets_of(app.pid());
+    let kinds = mine.iter().fold(BTreeMap::new(), |mut m, s| {
+        let key = format!("{} {} {}", s["protocol"].as_str().unwrap(), s["family"].as_str().unwrap(), s["state"].as_str().unwrap());
+        *m.entry(key).or_insert(0) += 1;
+        m
+    });
+    assert_eq!(
+        kinds,
+        BTreeMap::from([
+            ("udp ipv4 UNCONN".to_owned(), 3),
+            ("udp ipv6 UNCONN".to_owned(), 2),
+            ("tcp ipv6 LISTEN".to_owned(), 1),
+            ("tcp ipv6 ESTABLISHED".to_owned(), 4),
+        ]),
+        "{mine:#?}"
+    );
+    for s in mine.iter().filter(|s| s["family"] == "ipv6") {
+        assert!(s["local"].as_str().unwrap().starts_with("[::1]:"), "{s}");
+    }
+    for s in mine.iter().filter(|s| s["protocol"] == "udp" && s["family"] == "ipv4") {
+        assert!(s["local"].as_str().unwrap().starts_with("127.0.0.1:"), "{s}");
+    }
+}
+
+#[test]
+fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
+    let mut app = Scenario::spawn();
+    let port = app.run("listen 127.0.0.1:0")[0].clone();
+    app.run(&format!("connect 127.0.0.1:{port} 3"));
+    app.run("udp 127.0.0.1:0 1");
+    let tracer = Tracer::start(&[app.pid()]);
+    assert!(tracer.started["pre_existing"].as_u64().unwrap() >= 5, "{}", tracer.started);
+
+    let report = tracer.fresh_report();
+    let mine = report.sockets_of(app.pid());
+    assert_eq!(mine.len(), 5, "listener + 3 connections + 1 UDP: {mine:#?}");
+    for s in &mine {
+        assert_eq!(s["origin"], "pre-existing", "{s}");
+        assert_eq!(s["holders"], serde_json::json!([app.pid()]), "{s}");
+        assert_eq!(s["comm"], "sockleak-scenar");
+    }
+    assert_eq!(
+        states(&mine),
+        BTreeMap::from([("ESTABLISHED".into(), 3), ("LISTEN".into(), 1), ("UNCONN".into(), 1)])
+    );
+}
+
+#[test]
+fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    server.run("serve"); // accepts and closes each connection at once
+    let mut client = Scenario::spawn();
+    let tracer = Tracer::start(&[server.pid(), client.pid()]);
+
+    client.run(&format!("churn 127.0.0.1:{port} 2000"));
+
+    let report = tracer.fresh_report();
+    assert!(report.sockets_of(client.pid()).is_empty(), "{:#?}", report.sockets_of(client.pid()));
+    let server_sockets = report.sockets_of(server.pid());
+    assert_eq!(server_sockets.len(), 1, "only the listener stays: {server_sockets:#?}");
+    assert_eq!(server_sockets[0]["state"], "LISTEN");
+    assert!(report.stat("created") >= 2000, "{}", report.0["stats"]);
+    assert!(report.stat("accepted") >= 2000, "{}", report.0["stats"]);
+    assert!(report.stat("released") >= 4000, "{}", report.0["stats"]);
+    assert_eq!(report.stat("events_lost"), 0);
+    assert_eq!(report.stat("dropped_unowned"), 0);
+}
+
+#[test]
+fn socket_creation_keeps_working_for_every_family_while_attached() {
+    let all_kinds = [
+        (libc::AF_INET, libc::SOCK_STREAM, 0),
+        (libc::AF_INET, libc::SOCK_DGRAM, 0),
+        (libc::AF_INET6, libc::SOCK_STREAM, 0),
+        (libc::AF_INET6, libc::SOCK_DGRAM, 0),
+        (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        (libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
+        (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        (libc::AF_UNIX, libc::SOCK_DGRAM, 0),
+        (libc::AF_NETLINK, libc::SOCK_RAW, 0),
+        (libc::AF_PACKET, libc::SOCK_RAW, 0),
+    ];
+    // Whatever this machine allows without sockleak (ping sockets depend on a sysctl, say)
+    // must still be allowed with it.
+    let try_socket = |(family, kind, protocol): (i32, i32, i32)| {
+        // SAFETY: plain socket(2)/close(2).
+        let fd = unsafe { libc::socket(family, kind, protocol) };
+        if fd >= 0 {
+            unsafe { libc::close(fd) };
+        }
+        fd >= 0
+    };
+    let kinds: Vec<_> = all_kinds.into_iter().filter(|&k| try_socket(k)).collect();
+    assert!(kinds.len() >= 8, "most kinds work on any Linux: {kinds:?}");
+    let tracer = Tracer::start(&[std::process::id()]);
+    for round in 0..50 {
+        for &(family, kind, protocol) in &kinds {
+            // SAFETY: plain socket(2)/close(2).
+            let fd = unsafe { libc::socket(family, kind, protocol) };
+            let err = std::io::Error::last_os_error();
+            assert!(fd >= 0, "socket({family}, {kind}, {protocol}) failed in round {round}: {err}");
+            unsafe { libc::close(fd) };
+        }
+    }
+    let report = tracer.stop();
+    assert!(report.sockets_of(std::process::id()).is_empty(), "all were closed");
+    assert!(report.stat("ignored") >= 50, "raw sockets are counted, not tracked");
+}
