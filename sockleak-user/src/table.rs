@@ -230,7 +230,11 @@ impl SocketTable {
             // socket() of a protocol we do not track (its Created event was ignored).
             return;
         }
-        let unowned = self.unowned.remove(&ev.skaddr);
+        // An unowned entry at this address from an earlier socket (cookies differ) is stale.
+        let unowned = self
+            .unowned
+            .remove(&ev.skaddr)
+            .filter(|u| ev.cookie == 0 || u.cookie == 0 || u.cookie == ev.cookie);
         let cookie = match (ev.cookie, unowned) {
             (c, _) if c != 0 => c,
             (_, Some(u)) if u.cookie != 0 => u.cookie,
@@ -304,9 +308,12 @@ impl SocketTable {
         }
     }
 
+    /// A cookie, when the event has one, is the only identity that counts: `struct sock`
+    /// addresses are reused after free, so the address join is for cookie-less events only
+    /// (the classic tracepoint fallback).
     fn lookup(&self, cookie: u64, skaddr: u64) -> Option<u64> {
-        if cookie != 0 && self.sockets.contains_key(&cookie) {
-            return Some(cookie);
+        if cookie != 0 {
+            return self.sockets.contains_key(&cookie).then_some(cookie);
         }
         if skaddr != 0 {
             return self.cookie_by_skaddr.get(&skaddr).copied();
@@ -528,6 +535,28 @@ mod tests {
         cw.new_state = TCP_CLOSE_WAIT as u16;
         t.apply(&cw);
         assert_eq!(t.get(77).unwrap().state, TCP_CLOSE_WAIT);
+    }
+
+    #[test]
+    fn a_reused_sock_address_does_not_join_a_new_socket_to_an_old_one() {
+        let mut t = SocketTable::new(16);
+        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+        acc.cookie = 1;
+        acc.skaddr = 0xabc;
+        acc.task = task(10, "old");
+        t.apply(&acc);
+        // The old socket's release was lost; the address is reused by a new socket.
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 2;
+        est.skaddr = 0xabc;
+        est.new_state = TCP_CLOSE_WAIT as u16;
+        t.apply(&est);
+        assert_eq!(t.get(1).unwrap().state, TCP_ESTABLISHED, "old socket untouched");
+        let mut acc2 = acc;
+        acc2.cookie = 2;
+        acc2.task = task(20, "new");
+        t.apply(&acc2);
+        assert_eq!((t.get(2).unwrap().owner.pid, t.get(2).unwrap().state), (20, TCP_CLOSE_WAIT));
     }
 
     #[test]

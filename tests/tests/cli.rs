@@ -49,3 +49,18 @@ fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
         assert!(last.get(key).is_some(), "{key} missing");
     }
 }
+
+#[test]
+fn every_json_line_starts_with_its_type() {
+    sockleak_tests::require_root();
+    let out = Command::new(sockleak_bin())
+        .args(["trace", "--format", "json", "--interval", "100ms", "--duration", "350ms"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut lines = stdout.lines();
+    assert!(lines.next().unwrap().starts_with(r#"{"type":"started","#));
+    for line in lines {
+        assert!(line.starts_with(r#"{"type":"report","#), "{line}");
+    }
+}

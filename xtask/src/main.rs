@@ -87,12 +87,47 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run(cargo(root)
         .args(["build", "--release", "--package", "sockleak-user"])
         .env("SOCKLEAK_EBPF_OBJECT", &object))?;
-    run(cargo(root)
-        .args(["test", "--workspace", "--release"])
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--workspace", "--release", "--lib", "--bins", "--tests"])
         .env("SOCKLEAK_EBPF_OBJECT", &object)
         .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
         .arg("--")
-        .args(extra))
+        .args(extra);
+    run_tests_and_summarize(&mut cmd)
+}
+
+/// cargo prints one `test result:` line per test binary, and the last one is often a binary
+/// with no tests; one total at the end says what the whole suite did.
+fn run_tests_and_summarize(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().strip_suffix(word))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    let status = child.wait()?;
+    println!("summary: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("tests failed: {status}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }
 
 fn cargo(root: &Path) -> Command {
