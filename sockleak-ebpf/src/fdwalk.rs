@@ -52,6 +52,11 @@ pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
         // skc_cookie is generated lazily; 0 means nobody asked for it yet and userspace joins
         // on `skaddr` instead.
         let cookie = read_ptr(sk, cfg.sock_cookie)?;
-        Ok(Some(FdSocket { skaddr: sk, cookie, inode: ino, family }))
+        Ok(Some(FdSocket {
+            skaddr: sk,
+            cookie,
+            inode: ino,
+            family,
+        }))
     }
 }

@@ -53,9 +53,13 @@ pub struct TraceArgs {
 
 /// Parses `500ms`, `10s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration '{text}': use a number with a unit, like 500ms, 10s, 5m or 1h");
+    let bad = || {
+        format!("invalid duration '{text}': use a number with a unit, like 500ms, 10s, 5m or 1h")
+    };
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
     let value: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {

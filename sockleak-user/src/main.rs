@@ -27,7 +27,10 @@ fn main() {
         .format_timestamp(None)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => fail(&anyhow::Error::from(err)),
     };

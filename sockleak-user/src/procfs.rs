@@ -11,7 +11,11 @@ pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
         return holders;
     };
     for entry in proc_dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         // Processes come and go during the scan; a vanished one simply holds nothing.

@@ -51,8 +51,9 @@ pub fn dump_all() -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();
     for family in [AF_INET, AF_INET6] {
         for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-            nl.dump(family, protocol, &mut all)
-                .with_context(|| format!("sock_diag dump of family {family} protocol {protocol}"))?;
+            nl.dump(family, protocol, &mut all).with_context(|| {
+                format!("sock_diag dump of family {family} protocol {protocol}")
+            })?;
         }
     }
     Ok(all)
@@ -98,9 +99,8 @@ impl NetlinkSocket {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: receiving into a buffer we own, bounded by its length.
-            let n = unsafe {
-                libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -145,7 +145,10 @@ pub fn parse_messages(mut buf: &[u8], protocol: u8, out: &mut Vec<DiagSocket>) -
         let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
         let kind = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
         if len < NLMSG_HDRLEN || len > buf.len() {
-            bail!("malformed netlink message (length {len}, {} bytes left)", buf.len());
+            bail!(
+                "malformed netlink message (length {len}, {} bytes left)",
+                buf.len()
+            );
         }
         let payload = &buf[NLMSG_HDRLEN..len];
         match kind {
@@ -238,7 +241,10 @@ mod tests {
         let mut buf = message(SOCK_DIAG_BY_FAMILY, &p);
         buf.extend(message(NLMSG_DONE, &[0; 4]));
         let mut out = Vec::new();
-        assert_eq!(parse_messages(&buf, IPPROTO_TCP, &mut out).unwrap(), Parsed::Done);
+        assert_eq!(
+            parse_messages(&buf, IPPROTO_TCP, &mut out).unwrap(),
+            Parsed::Done
+        );
         assert_eq!(out.len(), 1);
         let s = &out[0];
         assert_eq!(s.cookie, 7 | (1 << 32));
@@ -259,7 +265,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let all = dump_all().unwrap();
         assert!(
-            all.iter().any(|s| s.local.port() == port && s.state == 10 && s.inode != 0),
+            all.iter()
+                .any(|s| s.local.port() == port && s.state == 10 && s.inode != 0),
             "listener on port {port} not in the dump"
         );
     }

@@ -60,7 +60,11 @@ pub struct Owner {
 
 impl Owner {
     fn from_task(task: &Task) -> Self {
-        let len = task.comm.iter().position(|&b| b == 0).unwrap_or(task.comm.len());
+        let len = task
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(task.comm.len());
         Self {
             pid: task.pid,
             tid: task.tid,
@@ -225,7 +229,8 @@ impl SocketTable {
             }
             return;
         }
-        let accepted = ev.hook == Hook::SysExitAccept as u32 || ev.hook == Hook::SysExitAccept4 as u32;
+        let accepted =
+            ev.hook == Hook::SysExitAccept as u32 || ev.hook == Hook::SysExitAccept4 as u32;
         if !accepted {
             // socket() of a protocol we do not track (its Created event was ignored).
             return;
@@ -530,7 +535,10 @@ mod tests {
         acc.task = task(4242, "server");
         t.apply(&acc);
         let s = t.get(77).expect("joined on skaddr");
-        assert_eq!((s.owner.pid, s.site, s.state), (4242, Site::Accept, TCP_ESTABLISHED));
+        assert_eq!(
+            (s.owner.pid, s.site, s.state),
+            (4242, Site::Accept, TCP_ESTABLISHED)
+        );
         let mut cw = est;
         cw.new_state = TCP_CLOSE_WAIT as u16;
         t.apply(&cw);
@@ -551,12 +559,19 @@ mod tests {
         est.skaddr = 0xabc;
         est.new_state = TCP_CLOSE_WAIT as u16;
         t.apply(&est);
-        assert_eq!(t.get(1).unwrap().state, TCP_ESTABLISHED, "old socket untouched");
+        assert_eq!(
+            t.get(1).unwrap().state,
+            TCP_ESTABLISHED,
+            "old socket untouched"
+        );
         let mut acc2 = acc;
         acc2.cookie = 2;
         acc2.task = task(20, "new");
         t.apply(&acc2);
-        assert_eq!((t.get(2).unwrap().owner.pid, t.get(2).unwrap().state), (20, TCP_CLOSE_WAIT));
+        assert_eq!(
+            (t.get(2).unwrap().owner.pid, t.get(2).unwrap().state),
+            (20, TCP_CLOSE_WAIT)
+        );
     }
 
     #[test]

@@ -15,9 +15,11 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// The release binary `cargo xtask test` builds, or SOCKLEAK_BIN.
 pub fn sockleak_bin() -> PathBuf {
-    let path = std::env::var_os("SOCKLEAK_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sockleak")
-    });
+    let path = std::env::var_os("SOCKLEAK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/sockleak")
+        });
     assert!(
         path.is_file(),
         "{} is missing: run the suite with `cargo xtask test`",
@@ -186,7 +188,10 @@ impl Tracer {
             }
         }
         let status = child.wait().unwrap();
-        assert!(status.success(), "sockleak exited with {status} after SIGINT");
+        assert!(
+            status.success(),
+            "sockleak exited with {status} after SIGINT"
+        );
         Report(last.expect("no final report after SIGINT"))
     }
 }
@@ -217,15 +222,22 @@ impl Report {
     }
 
     pub fn stat(&self, name: &str) -> u64 {
-        self.0["stats"][name].as_u64().unwrap_or_else(|| panic!("no stat {name}"))
+        self.0["stats"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no stat {name}"))
     }
 }
 
 /// Counts values of `field` over `sockets`.
-pub fn count_by<'a>(sockets: impl IntoIterator<Item = &'a Value>, field: &str) -> std::collections::BTreeMap<String, usize> {
+pub fn count_by<'a>(
+    sockets: impl IntoIterator<Item = &'a Value>,
+    field: &str,
+) -> std::collections::BTreeMap<String, usize> {
     let mut counts = std::collections::BTreeMap::new();
     for s in sockets {
-        *counts.entry(s[field].as_str().unwrap_or("?").to_owned()).or_default() += 1;
+        *counts
+            .entry(s[field].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
     }
     counts
 }

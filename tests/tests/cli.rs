@@ -5,7 +5,10 @@ use sockleak_tests::sockleak_bin;
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(sockleak_bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -17,10 +20,18 @@ fn unknown_pid_is_a_one_line_error() {
 
 #[test]
 fn bad_durations_are_rejected() {
-    for bad in ["--interval=0s", "--interval=soon", "--min-age=-3s", "--duration=5x"] {
+    for bad in [
+        "--interval=0s",
+        "--interval=soon",
+        "--min-age=-3s",
+        "--duration=5x",
+    ] {
         let (code, err) = run(&["trace", bad]);
         assert_eq!(code, 2, "{bad}: {err}");
-        assert!(err.contains("invalid value") && !err.contains("panicked"), "{bad}: {err}");
+        assert!(
+            err.contains("invalid value") && !err.contains("panicked"),
+            "{bad}: {err}"
+        );
     }
 }
 
@@ -28,10 +39,22 @@ fn bad_durations_are_rejected() {
 fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
     sockleak_tests::require_root();
     let out = Command::new(sockleak_bin())
-        .args(["trace", "--format", "json", "--interval", "200ms", "--duration", "700ms"])
+        .args([
+            "trace",
+            "--format",
+            "json",
+            "--interval",
+            "200ms",
+            "--duration",
+            "700ms",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -42,9 +65,15 @@ fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
     for hook in ["cgroup/sock_create", "cgroup/sock_release"] {
         assert!(hooks.contains(&hook.into()), "{hooks:?}");
     }
-    assert!(lines.len() >= 3, "started, an interval report, the final report");
+    assert!(
+        lines.len() >= 3,
+        "started, an interval report, the final report"
+    );
     let last = lines.last().unwrap();
-    assert_eq!((&last["type"], &last["final"]), (&"report".into(), &true.into()));
+    assert_eq!(
+        (&last["type"], &last["final"]),
+        (&"report".into(), &true.into())
+    );
     for key in ["sockets", "groups", "stats"] {
         assert!(last.get(key).is_some(), "{key} missing");
     }
@@ -54,7 +83,15 @@ fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
 fn every_json_line_starts_with_its_type() {
     sockleak_tests::require_root();
     let out = Command::new(sockleak_bin())
-        .args(["trace", "--format", "json", "--interval", "100ms", "--duration", "350ms"])
+        .args([
+            "trace",
+            "--format",
+            "json",
+            "--interval",
+            "100ms",
+            "--duration",
+            "350ms",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();

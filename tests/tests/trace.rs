@@ -24,18 +24,41 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     let mine = report.sockets_of(client.pid());
     assert_eq!(mine.len(), 25, "{mine:#?}");
     for s in &mine {
-        assert_eq!((s["protocol"].as_str(), s["family"].as_str()), (Some("tcp"), Some("ipv4")));
+        assert_eq!(
+            (s["protocol"].as_str(), s["family"].as_str()),
+            (Some("tcp"), Some("ipv4"))
+        );
         assert_eq!(s["origin"], "traced");
         assert_eq!(s["comm"], "sockleak-scenar"); // comm is 15 bytes at most
-        let local_port = s["local"].as_str().unwrap().rsplit(':').next().unwrap().to_owned();
-        assert!(open.contains(&local_port), "{local_port} is not one of the open ones");
-        assert!(!closed.contains(&local_port), "closed socket {local_port} reported");
+        let local_port = s["local"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert!(
+            open.contains(&local_port),
+            "{local_port} is not one of the open ones"
+        );
+        assert!(
+            !closed.contains(&local_port),
+            "closed socket {local_port} reported"
+        );
         assert_eq!(s["remote"], format!("127.0.0.1:{port}"));
-        assert!(s["holders"].as_array().unwrap().contains(&Value::from(client.pid())));
+        assert!(
+            s["holders"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from(client.pid()))
+        );
     }
     assert_eq!(states(&mine), BTreeMap::from([("ESTABLISHED".into(), 25)]));
     let group = &report.groups()[0];
-    assert_eq!((group["pid"].as_u64(), group["count"].as_u64()), (Some(client.pid().into()), Some(25)));
+    assert_eq!(
+        (group["pid"].as_u64(), group["count"].as_u64()),
+        (Some(client.pid().into()), Some(25))
+    );
     assert_eq!(group["states"]["ESTABLISHED"], 25);
     assert_eq!(report.stat("events_lost"), 0);
 
@@ -55,8 +78,11 @@ fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
     client.run("close 20"); // the peers leave; the server never closes its side
 
     let report = tracer.fresh_report();
-    let close_wait: Vec<&Value> =
-        report.sockets().iter().filter(|s| s["state"] == "CLOSE_WAIT").collect();
+    let close_wait: Vec<&Value> = report
+        .sockets()
+        .iter()
+        .filter(|s| s["state"] == "CLOSE_WAIT")
+        .collect();
     assert_eq!(close_wait.len(), 20, "{:#?}", report.sockets());
     for s in &close_wait {
         assert_eq!(s["pid"], server.pid(), "attributed to the acceptor: {s}");
@@ -65,8 +91,14 @@ fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
         // The peer's FIN is counted in the receive sequence but is not unread data.
         assert_eq!(s["rx_queue"], 0, "{s}");
     }
-    assert!(report.sockets_of(client.pid()).is_empty(), "the client closed everything");
-    assert!(report.sockets_of(0).is_empty(), "nothing belongs to the softirq's pid 0");
+    assert!(
+        report.sockets_of(client.pid()).is_empty(),
+        "the client closed everything"
+    );
+    assert!(
+        report.sockets_of(0).is_empty(),
+        "nothing belongs to the softirq's pid 0"
+    );
     let group = report
         .groups()
         .iter()
@@ -88,7 +120,12 @@ fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
     let report = tracer.fresh_report();
     let mine = report.sockets_of(app.pid());
     let kinds = mine.iter().fold(BTreeMap::new(), |mut m, s| {
-        let key = format!("{} {} {}", s["protocol"].as_str().unwrap(), s["family"].as_str().unwrap(), s["state"].as_str().unwrap());
+        let key = format!(
+            "{} {} {}",
+            s["protocol"].as_str().unwrap(),
+            s["family"].as_str().unwrap(),
+            s["state"].as_str().unwrap()
+        );
         *m.entry(key).or_insert(0) += 1;
         m
     });
@@ -105,8 +142,14 @@ fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
     for s in mine.iter().filter(|s| s["family"] == "ipv6") {
         assert!(s["local"].as_str().unwrap().starts_with("[::1]:"), "{s}");
     }
-    for s in mine.iter().filter(|s| s["protocol"] == "udp" && s["family"] == "ipv4") {
-        assert!(s["local"].as_str().unwrap().starts_with("127.0.0.1:"), "{s}");
+    for s in mine
+        .iter()
+        .filter(|s| s["protocol"] == "udp" && s["family"] == "ipv4")
+    {
+        assert!(
+            s["local"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{s}"
+        );
     }
 }
 
@@ -117,7 +160,11 @@ fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
     app.run(&format!("connect 127.0.0.1:{port} 3"));
     app.run("udp 127.0.0.1:0 1");
     let tracer = Tracer::start(&[app.pid()]);
-    assert!(tracer.started["pre_existing"].as_u64().unwrap() >= 5, "{}", tracer.started);
+    assert!(
+        tracer.started["pre_existing"].as_u64().unwrap() >= 5,
+        "{}",
+        tracer.started
+    );
 
     let report = tracer.fresh_report();
     let mine = report.sockets_of(app.pid());
@@ -129,7 +176,11 @@ fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
     }
     assert_eq!(
         states(&mine),
-        BTreeMap::from([("ESTABLISHED".into(), 3), ("LISTEN".into(), 1), ("UNCONN".into(), 1)])
+        BTreeMap::from([
+            ("ESTABLISHED".into(), 3),
+            ("LISTEN".into(), 1),
+            ("UNCONN".into(), 1)
+        ])
     );
 }
 
@@ -144,9 +195,17 @@ fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
     client.run(&format!("churn 127.0.0.1:{port} 2000"));
 
     let report = tracer.fresh_report();
-    assert!(report.sockets_of(client.pid()).is_empty(), "{:#?}", report.sockets_of(client.pid()));
+    assert!(
+        report.sockets_of(client.pid()).is_empty(),
+        "{:#?}",
+        report.sockets_of(client.pid())
+    );
     let server_sockets = report.sockets_of(server.pid());
-    assert_eq!(server_sockets.len(), 1, "only the listener stays: {server_sockets:#?}");
+    assert_eq!(
+        server_sockets.len(),
+        1,
+        "only the listener stays: {server_sockets:#?}"
+    );
     assert_eq!(server_sockets[0]["state"], "LISTEN");
     assert!(report.stat("created") >= 2000, "{}", report.0["stats"]);
     assert!(report.stat("accepted") >= 2000, "{}", report.0["stats"]);
@@ -187,11 +246,20 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
             // SAFETY: plain socket(2)/close(2).
             let fd = unsafe { libc::socket(family, kind, protocol) };
             let err = std::io::Error::last_os_error();
-            assert!(fd >= 0, "socket({family}, {kind}, {protocol}) failed in round {round}: {err}");
+            assert!(
+                fd >= 0,
+                "socket({family}, {kind}, {protocol}) failed in round {round}: {err}"
+            );
             unsafe { libc::close(fd) };
         }
     }
     let report = tracer.stop();
-    assert!(report.sockets_of(std::process::id()).is_empty(), "all were closed");
-    assert!(report.stat("ignored") >= 50, "raw sockets are counted, not tracked");
+    assert!(
+        report.sockets_of(std::process::id()).is_empty(),
+        "all were closed"
+    );
+    assert!(
+        report.stat("ignored") >= 50,
+        "raw sockets are counted, not tracked"
+    );
 }

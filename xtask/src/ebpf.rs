@@ -31,7 +31,14 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         .current_dir(&ebpf_dir)
         .env("PATH", path);
     // The outer cargo (stable) exports these; they must not leak into the nightly build.
-    for var in ["RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO"] {
+    for var in [
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO",
+    ] {
         cmd.env_remove(var);
     }
     run(&mut cmd)?;
@@ -60,7 +67,9 @@ fn ensure_bpf_linker(nightly: &str, stable: &str) -> Result<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    let prefix = cache.join(format!("sockleak/bpf-linker-{BPF_LINKER_VERSION}-{nightly}"));
+    let prefix = cache.join(format!(
+        "sockleak/bpf-linker-{BPF_LINKER_VERSION}-{nightly}"
+    ));
     let bin_dir = prefix.join("bin");
     if bin_dir.join("bpf-linker").is_file() {
         return Ok(bin_dir);
@@ -96,18 +105,29 @@ fn ensure_bpf_linker(nightly: &str, stable: &str) -> Result<PathBuf> {
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link)?;
 
-    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} against {name} (about a minute, once)");
+    eprintln!(
+        "xtask: installing bpf-linker {BPF_LINKER_VERSION} against {name} (about a minute, once)"
+    );
     let mut cmd = Command::new("rustup");
     cmd.args(["run", stable, "cargo", "install", "--locked", "bpf-linker"])
         .args(["--version", BPF_LINKER_VERSION, "--root"])
         .arg(&prefix)
-        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
         .env("LLVM_PREFIX", &llvm_prefix)
         .env(
             "RUSTFLAGS",
             format!("-C link-arg=-Wl,-rpath,{}", llvm_lib_dir.display()),
         );
-    for var in ["RUSTC", "RUSTUP_TOOLCHAIN", "CARGO", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in [
+        "RUSTC",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     run(&mut cmd)?;

@@ -88,11 +88,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(["build", "--release", "--package", "sockleak-user"])
         .env("SOCKLEAK_EBPF_OBJECT", &object))?;
     let mut cmd = cargo(root);
-    cmd.args(["test", "--workspace", "--release", "--lib", "--bins", "--tests"])
-        .env("SOCKLEAK_EBPF_OBJECT", &object)
-        .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
-        .arg("--")
-        .args(extra);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--release",
+        "--lib",
+        "--bins",
+        "--tests",
+    ])
+    .env("SOCKLEAK_EBPF_OBJECT", &object)
+    .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
+    .arg("--")
+    .args(extra);
     run_tests_and_summarize(&mut cmd)
 }
 

@@ -17,7 +17,8 @@ use aya::{
 };
 use sockleak_common::Config;
 
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
 
 /// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
 pub struct Attached {
@@ -39,10 +40,10 @@ pub fn attach() -> Result<Attached> {
         tp_newstate: 20,
         ..Config::default()
     };
-    if let Ok(layout) = tracefs::record_layout(&tracefs, "syscalls", "sys_exit_socket") {
-        if let Some(f) = layout.get("ret") {
-            config.sys_exit_ret = f.offset;
-        }
+    if let Ok(layout) = tracefs::record_layout(&tracefs, "syscalls", "sys_exit_socket")
+        && let Some(f) = layout.get("ret")
+    {
+        config.sys_exit_ret = f.offset;
     }
     // Layout of the classic tracepoint, used only if tp_btf cannot attach; globals are fixed at
     // load time, so it is read up front.
@@ -127,7 +128,9 @@ pub fn attach() -> Result<Attached> {
                 .and_then(|()| Ok(program.attach("syscalls", syscall)?));
             match attached {
                 Ok(_) => hooks.push(format!("tracepoint/syscalls/{syscall}")),
-                Err(err) => warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}"))),
+                Err(err) => {
+                    warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}")))
+                }
             }
         }
     }
@@ -168,7 +171,8 @@ where
 
 /// The cgroup v2 mount point (not always /sys/fs/cgroup: hybrid setups mount it elsewhere).
 fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     tracefs::mount_point_of(&mounts, "cgroup2").ok_or_else(|| {
         anyhow!("no cgroup v2 filesystem is mounted: sockleak needs it for its socket create/release hooks (mount -t cgroup2 none /sys/fs/cgroup/unified)")
     })
@@ -182,7 +186,8 @@ const CAP_BPF: u32 = 39;
 
 /// Says which capability is missing instead of letting a load fail with a bare EPERM.
 fn check_capabilities() -> Result<()> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let effective = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))

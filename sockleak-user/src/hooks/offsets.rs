@@ -88,6 +88,9 @@ mod tests {
         fill_from_btf(&mut c, VMLINUX_BTF).unwrap();
         // struct sock starts with struct sock_common, whose family is in its first 32 bytes.
         assert!(c.sock_family < 32, "{c:?}");
-        assert!(c.task_files > 0 && c.file_private_data > 0 && c.sock_cookie > 0, "{c:?}");
+        assert!(
+            c.task_files > 0 && c.file_private_data > 0 && c.sock_cookie > 0,
+            "{c:?}"
+        );
     }
 }

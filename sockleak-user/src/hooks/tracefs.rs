@@ -60,7 +60,9 @@ fn unescape_mount_path(path: &str) -> String {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let oct = &bytes[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                let value = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                let value = oct
+                    .iter()
+                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
                 out.push(value as u8);
                 i += 4;
                 continue;
@@ -85,7 +87,11 @@ pub fn record_layout(
     category: &str,
     name: &str,
 ) -> Result<HashMap<String, Field>> {
-    let path = tracefs.join("events").join(category).join(name).join("format");
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let layout = parse_format(&text);
     if layout.is_empty() {
@@ -146,9 +152,27 @@ print fmt: \"family=%s\"";
     fn parses_pointer_int_and_array_fields() {
         let f = parse_format(INET_SOCK_SET_STATE);
         assert_eq!(f["skaddr"], Field { offset: 8, size: 8 });
-        assert_eq!(f["oldstate"], Field { offset: 16, size: 4 });
-        assert_eq!(f["newstate"], Field { offset: 20, size: 4 });
-        assert_eq!(f["saddr"], Field { offset: 32, size: 4 });
+        assert_eq!(
+            f["oldstate"],
+            Field {
+                offset: 16,
+                size: 4
+            }
+        );
+        assert_eq!(
+            f["newstate"],
+            Field {
+                offset: 20,
+                size: 4
+            }
+        );
+        assert_eq!(
+            f["saddr"],
+            Field {
+                offset: 32,
+                size: 4
+            }
+        );
     }
 
     #[test]

@@ -25,7 +25,11 @@ pub fn started(s: &Started) -> String {
     } else {
         format!(
             "pid {}",
-            s.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+            s.pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     };
     let _ = writeln!(
@@ -43,7 +47,11 @@ pub fn report(r: &Report, final_report: bool) -> String {
     let _ = writeln!(
         out,
         "\n=== {}: {} open sockets in {} groups (table {}; events {} seen, {} lost) ===",
-        if final_report { "final report" } else { "report" },
+        if final_report {
+            "final report"
+        } else {
+            "report"
+        },
         r.sockets.len(),
         r.groups.len(),
         st.open_sockets,
@@ -109,13 +117,22 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 } else {
                     format!(
                         "  held by {}",
-                        s.holders.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                        s.holders
+                            .iter()
+                            .map(u32::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
                     )
                 }
             );
         }
         if members.len() > SOCKETS_PER_GROUP {
-            let _ = writeln!(out, "{:>8}... and {} more", "", members.len() - SOCKETS_PER_GROUP);
+            let _ = writeln!(
+                out,
+                "{:>8}... and {} more",
+                "",
+                members.len() - SOCKETS_PER_GROUP
+            );
         }
     }
     out

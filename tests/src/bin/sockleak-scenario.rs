@@ -25,66 +25,72 @@ fn main() {
     for line in stdin.lock().lines() {
         let Ok(line) = line else { break };
         let words: Vec<&str> = line.split_whitespace().collect();
-        let n = |i: usize| words.get(i).and_then(|w| w.parse::<usize>().ok()).unwrap_or(0);
-        let reply: Result<String, String> = (|| {
-            match words.first().copied() {
-                Some("listen") => {
-                    let l = TcpListener::bind(words[1]).map_err(|e| e.to_string())?;
-                    let port = l.local_addr().unwrap().port();
-                    listeners.push(l);
-                    Ok(port.to_string())
-                }
-                Some("serve") => {
-                    let l = listeners[0].try_clone().map_err(|e| e.to_string())?;
-                    std::thread::spawn(move || {
-                        for conn in l.incoming() {
-                            drop(conn);
-                        }
-                    });
-                    Ok(String::new())
-                }
-                Some("accept") => {
-                    for _ in 0..n(1) {
-                        let (s, _) = listeners[0].accept().map_err(|e| e.to_string())?;
-                        accepted.push(s);
-                    }
-                    Ok(String::new())
-                }
-                Some("connect") => {
-                    let mut ports = Vec::new();
-                    for _ in 0..n(2) {
-                        let s = TcpStream::connect(words[1]).map_err(|e| e.to_string())?;
-                        ports.push(s.local_addr().unwrap().port().to_string());
-                        conns.push(s);
-                    }
-                    Ok(ports.join(" "))
-                }
-                Some("close") => {
-                    let k = n(1).min(conns.len());
-                    conns.drain(..k);
-                    Ok(String::new())
-                }
-                Some("udp") => {
-                    for _ in 0..n(2) {
-                        udps.push(UdpSocket::bind(words[1]).map_err(|e| e.to_string())?);
-                    }
-                    Ok(String::new())
-                }
-                Some("churn") => {
-                    for _ in 0..n(2) {
-                        drop(TcpStream::connect(words[1]).map_err(|e| e.to_string())?);
-                    }
-                    Ok(String::new())
-                }
-                Some("exit") => std::process::exit(0),
-                other => Err(format!("unknown command {other:?}")),
+        let n = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let reply: Result<String, String> = (|| match words.first().copied() {
+            Some("listen") => {
+                let l = TcpListener::bind(words[1]).map_err(|e| e.to_string())?;
+                let port = l.local_addr().unwrap().port();
+                listeners.push(l);
+                Ok(port.to_string())
             }
+            Some("serve") => {
+                let l = listeners[0].try_clone().map_err(|e| e.to_string())?;
+                std::thread::spawn(move || {
+                    for conn in l.incoming() {
+                        drop(conn);
+                    }
+                });
+                Ok(String::new())
+            }
+            Some("accept") => {
+                for _ in 0..n(1) {
+                    let (s, _) = listeners[0].accept().map_err(|e| e.to_string())?;
+                    accepted.push(s);
+                }
+                Ok(String::new())
+            }
+            Some("connect") => {
+                let mut ports = Vec::new();
+                for _ in 0..n(2) {
+                    let s = TcpStream::connect(words[1]).map_err(|e| e.to_string())?;
+                    ports.push(s.local_addr().unwrap().port().to_string());
+                    conns.push(s);
+                }
+                Ok(ports.join(" "))
+            }
+            Some("close") => {
+                let k = n(1).min(conns.len());
+                conns.drain(..k);
+                Ok(String::new())
+            }
+            Some("udp") => {
+                for _ in 0..n(2) {
+                    udps.push(UdpSocket::bind(words[1]).map_err(|e| e.to_string())?);
+                }
+                Ok(String::new())
+            }
+            Some("churn") => {
+                for _ in 0..n(2) {
+                    drop(TcpStream::connect(words[1]).map_err(|e| e.to_string())?);
+                }
+                Ok(String::new())
+            }
+            Some("exit") => std::process::exit(0),
+            other => Err(format!("unknown command {other:?}")),
         })();
         let text = match reply {
             Ok(details) => format!("ok {details}"),
             Err(e) => format!("err {e}"),
         };
-        if writeln!(out, "{}", text.trim_end()).and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{}", text.trim_end())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             break;
         }
     }
