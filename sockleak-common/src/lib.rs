@@ -45,6 +45,10 @@ pub enum EventKind {
     StateChanged = 3,
     /// The socket was released: its last file reference is gone (cgroup/sock_release).
     Released = 4,
+    /// A packet was dropped because the receive queue was full (`sock_rcvqueue_full`).
+    RcvQueueFull = 5,
+    /// The socket hit its memory limit (`sock_exceed_buf_limit`).
+    ExceedBufLimit = 6,
 }
 
 impl EventKind {
@@ -54,6 +58,8 @@ impl EventKind {
             2 => Self::FdInstalled,
             3 => Self::StateChanged,
             4 => Self::Released,
+            5 => Self::RcvQueueFull,
+            6 => Self::ExceedBufLimit,
             _ => return None,
         })
     }
@@ -70,6 +76,8 @@ pub enum Hook {
     SysExitSocket = 5,
     SysExitAccept = 6,
     SysExitAccept4 = 7,
+    TpBtfSockRcvqueueFull = 8,
+    TpBtfSockExceedBufLimit = 9,
 }
 
 /// One event, fixed size so the kernel side can reserve it in the ring buffer without branching.
@@ -102,10 +110,18 @@ pub struct SockEvent {
     pub old_state: u16,
     pub new_state: u16,
     pub _pad: u16,
+    /// Local and remote port (host byte order) and addresses (IPv4 in the first 4 bytes), read
+    /// at [`EventKind::StateChanged`] so sockets that die between two sock_diag samples still
+    /// have them. Zero when unknown.
+    pub sport: u16,
+    pub dport: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub _pad2: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 96);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 136);
 
 /// Per-CPU counters in the `STATS` map, indexed by these values.
 #[repr(u32)]
@@ -147,6 +163,13 @@ pub struct Config {
     pub sock_cookie: u64,
     /// `sock.__sk_common.skc_family`: lets the fd walk skip AF_UNIX and other non-inet sockets.
     pub sock_family: u64,
+    /// `sock.__sk_common` address fields, for addresses at state changes.
+    pub sock_daddr: u64,
+    pub sock_rcv_saddr: u64,
+    pub sock_dport: u64,
+    pub sock_num: u64,
+    pub sock_v6_daddr: u64,
+    pub sock_v6_rcv_saddr: u64,
 }
 
 #[cfg(feature = "user")]

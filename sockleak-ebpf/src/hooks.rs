@@ -7,6 +7,7 @@
 //! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | TCP state + cookie |
 //! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
 //! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets |
+//! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
 use aya_ebpf::{
@@ -14,6 +15,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, cgroup_sock, tracepoint},
@@ -29,6 +31,7 @@ use crate::{
 
 /// cgroup sock programs decide whether a socket may exist. sockleak only watches.
 const ALLOW: i32 = 1;
+const AF_INET6: u16 = 10;
 
 #[inline(always)]
 fn current_task() -> Task {
@@ -60,6 +63,11 @@ fn event(kind: EventKind, hook: Hook) -> SockEvent {
         old_state: 0,
         new_state: 0,
         _pad: 0,
+        sport: 0,
+        dport: 0,
+        saddr: [0; 16],
+        daddr: [0; 16],
+        _pad2: 0,
     }
 }
 
@@ -102,8 +110,61 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     ev.cookie = unsafe { bpf_get_socket_cookie(sk) };
     ev.old_state = old_state as u16;
     ev.new_state = new_state as u16;
+    let _ = read_addresses(sk as u64, &mut ev);
     send(&ev);
     0
+}
+
+/// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
+#[inline(always)]
+fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
+    let cfg = config();
+    if cfg.have_offsets == 0 {
+        return Ok(());
+    }
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel((sk + cfg.sock_family) as *const u16)?;
+        let dport: u16 = bpf_probe_read_kernel((sk + cfg.sock_dport) as *const u16)?;
+        ev.family = family;
+        ev.dport = u16::from_be(dport);
+        ev.sport = bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16)?;
+        if family == AF_INET6 {
+            ev.saddr = bpf_probe_read_kernel((sk + cfg.sock_v6_rcv_saddr) as *const [u8; 16])?;
+            ev.daddr = bpf_probe_read_kernel((sk + cfg.sock_v6_daddr) as *const [u8; 16])?;
+        } else {
+            let s: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_rcv_saddr) as *const [u8; 4])?;
+            let d: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_daddr) as *const [u8; 4])?;
+            ev.saddr[..4].copy_from_slice(&s);
+            ev.daddr[..4].copy_from_slice(&d);
+        }
+    }
+    Ok(())
+}
+
+/// Only as tp_btf: the classic formats of these two tracepoints do not say which socket.
+#[btf_tracepoint(function = "sock_rcvqueue_full")]
+pub fn sock_rcvqueue_full(ctx: BtfTracePointContext) -> i32 {
+    pressure(&ctx, EventKind::RcvQueueFull, Hook::TpBtfSockRcvqueueFull);
+    0
+}
+
+#[btf_tracepoint(function = "sock_exceed_buf_limit")]
+pub fn sock_exceed_buf_limit(ctx: BtfTracePointContext) -> i32 {
+    pressure(
+        &ctx,
+        EventKind::ExceedBufLimit,
+        Hook::TpBtfSockExceedBufLimit,
+    );
+    0
+}
+
+#[inline(always)]
+fn pressure(ctx: &BtfTracePointContext, kind: EventKind, hook: Hook) {
+    let sk: *mut c_void = ctx.arg(0);
+    let mut ev = event(kind, hook);
+    ev.skaddr = sk as u64;
+    ev.cookie = unsafe { bpf_get_socket_cookie(sk) };
+    send(&ev);
 }
 
 /// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).

@@ -30,6 +30,12 @@ static CONFIG: Config = Config {
     socket_sk: 0,
     sock_cookie: 0,
     sock_family: 0,
+    sock_daddr: 0,
+    sock_rcv_saddr: 0,
+    sock_dport: 0,
+    sock_num: 0,
+    sock_v6_daddr: 0,
+    sock_v6_rcv_saddr: 0,
 };
 
 #[inline(always)]

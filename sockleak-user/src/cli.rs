@@ -46,6 +46,23 @@ pub struct TraceArgs {
     /// Output format: `text` for people, `json` for scripts (one JSON object per line).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Flag `close_wait` (peer closed, owner has not) and `reset_held` (reset by the kernel,
+    /// fd still held) after this long in that state.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub close_wait_after: Duration,
+    /// Flag `unread` when received data sits unconsumed this long (a reader making progress,
+    /// however slow, is not flagged).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub unread_after: Duration,
+    /// Flag `send_stuck` when queued data gets no acknowledgement this long.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub send_stuck_after: Duration,
+    /// Flag `idle` when an established connection moves no data either way this long.
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_duration)]
+    pub idle_after: Duration,
+    /// Flag a group `growing` when its count rose at each of this many consecutive reports.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub growing_reports: u32,
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_sockets: usize,

@@ -2,7 +2,7 @@
 //!
 //! The path of data: `hooks` (eBPF programs, attached) -> ring buffer -> `table` (one entry
 //! per open socket, reconciled with `sockdiag` and `procfs`) -> `report` (filter, group) ->
-//! `render` (text or JSON). `trace` drives the loop; `cli` defines the command line.
+//! `render` (text or JSON), with `verdict` judging each socket on the way. `trace` drives the loop; `cli` defines the command line.
 mod cli;
 mod hooks;
 mod procfs;
@@ -11,6 +11,7 @@ mod report;
 mod sockdiag;
 mod table;
 mod trace;
+mod verdict;
 
 use clap::Parser;
 

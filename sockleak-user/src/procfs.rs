@@ -93,3 +93,42 @@ mod tests {
         drop(listener);
     }
 }
+
+/// A process's RLIMIT_NOFILE soft limit and how many fds it has open.
+pub fn fd_usage(pid: u32) -> (Option<u64>, Option<u64>) {
+    let limit = fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()
+        .and_then(|text| parse_nofile_limit(&text));
+    let open = fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|dir| dir.count() as u64);
+    (limit, open)
+}
+
+/// The soft limit from the `Max open files` line of /proc/PID/limits.
+pub fn parse_nofile_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_nofile_soft_limit() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\n\
+                    Max open files            1024                 524288               files\n";
+        assert_eq!(parse_nofile_limit(text), Some(1024));
+        assert_eq!(
+            parse_nofile_limit("Max open files unlimited unlimited files"),
+            None
+        );
+        let (limit, open) = fd_usage(std::process::id());
+        assert!(limit.unwrap() > 0 && open.unwrap() > 0);
+    }
+}

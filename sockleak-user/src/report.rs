@@ -5,9 +5,20 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::{
-    sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
+    sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE},
+    verdict::{Growth, GrowthTracker, Thresholds, socket_flags},
 };
+
+/// Order of flags in a group's union, most specific first.
+const FLAG_ORDER: [&str; 6] = [
+    "close_wait",
+    "reset_held",
+    "unread",
+    "send_stuck",
+    "idle",
+    "growing",
+];
 
 pub struct Filter {
     /// Owner pids to report; empty means all.
@@ -43,6 +54,15 @@ pub struct SocketRow {
     pub site: &'static str,
     pub holders: Vec<u32>,
     pub flags: Vec<&'static str>,
+    /// How long the socket has been in its current state.
+    pub state_age_ms: u64,
+    /// Socket memory from sock_diag (`ss -m`): rmem_alloc, rcvbuf, wmem_queued, sndbuf, ...
+    pub memory: Option<SkMem>,
+    /// TCP evidence: times since last data, retransmits, zero-window probes, progress counters.
+    pub tcp: Option<TcpInfo>,
+    /// Drops on a full receive queue and memory-limit hits, counted since sockleak started.
+    pub rcvqueue_full: u32,
+    pub exceed_buf_limit: u32,
     /// The group this socket belongs to (`Group::site`); implied by the other fields in JSON.
     #[serde(skip)]
     pub group_site: String,
@@ -59,7 +79,22 @@ pub struct Group {
     pub oldest_age_ms: u64,
     pub rx_queue: u64,
     pub tx_queue: u64,
+    /// Kernel memory the group's sockets pin (rmem_alloc + wmem_queued + fwd_alloc), bytes.
+    pub memory_bytes: u64,
+    /// Union of the members' verdicts, plus `growing`.
+    pub flags: Vec<&'static str>,
+    /// Present when the group is `growing`.
+    pub growth: Option<Growth>,
     pub stack: Vec<String>,
+}
+
+/// Sockets a process closed that linger in the kernel: connection churn, not leaks.
+#[derive(Serialize, Debug, Clone)]
+pub struct ChurnRow {
+    pub pid: u32,
+    pub comm: String,
+    pub time_wait: u32,
+    pub orphaned: u32,
 }
 
 #[derive(Serialize, Debug, Clone, Default)]
@@ -86,14 +121,50 @@ pub struct Stats {
 pub struct Report {
     pub sockets: Vec<SocketRow>,
     pub groups: Vec<Group>,
+    pub churn: Vec<ChurnRow>,
     pub stats: Stats,
 }
 
-pub fn build(table: &SocketTable, filter: &Filter, now_ns: u64, mut stats: Stats) -> Report {
+/// Builds reports; remembers what growth detection needs between them.
+pub struct Reporter {
+    pub filter: Filter,
+    pub thresholds: Thresholds,
+    growth: GrowthTracker,
+}
+
+impl Reporter {
+    pub fn new(filter: Filter, thresholds: Thresholds) -> Self {
+        Self {
+            filter,
+            thresholds,
+            growth: GrowthTracker::default(),
+        }
+    }
+
+    pub fn report(&mut self, table: &SocketTable, now_ns: u64, stats: Stats) -> Report {
+        build(
+            table,
+            &self.filter,
+            &self.thresholds,
+            &mut self.growth,
+            now_ns,
+            stats,
+        )
+    }
+}
+
+fn build(
+    table: &SocketTable,
+    filter: &Filter,
+    thresholds: &Thresholds,
+    growth: &mut GrowthTracker,
+    now_ns: u64,
+    mut stats: Stats,
+) -> Report {
     let mut rows: Vec<SocketRow> = table
         .sockets()
         .filter(|s| filter.admits(s, now_ns))
-        .map(|s| row(s, now_ns))
+        .map(|s| row(s, now_ns, thresholds))
         .collect();
     rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
 
@@ -111,6 +182,9 @@ pub fn build(table: &SocketTable, filter: &Filter, now_ns: u64, mut stats: Stats
                 oldest_age_ms: 0,
                 rx_queue: 0,
                 tx_queue: 0,
+                memory_bytes: 0,
+                flags: Vec::new(),
+                growth: None,
                 stack: Vec::new(),
             });
         g.count += 1;
@@ -118,8 +192,27 @@ pub fn build(table: &SocketTable, filter: &Filter, now_ns: u64, mut stats: Stats
         g.oldest_age_ms = g.oldest_age_ms.max(r.age_ms);
         g.rx_queue += u64::from(r.rx_queue);
         g.tx_queue += u64::from(r.tx_queue);
+        g.memory_bytes += r.memory.map_or(0, |m| m.pinned());
+        for flag in &r.flags {
+            if !g.flags.contains(flag) {
+                g.flags.push(flag);
+            }
+        }
     }
+    let counts: HashMap<(u32, String), usize> = groups
+        .values()
+        .map(|g| ((g.pid, g.site.clone()), g.count))
+        .collect();
+    let growing = growth.observe(&counts, now_ns, thresholds.growing_reports);
     let mut groups: Vec<Group> = groups.into_values().collect();
+    for g in &mut groups {
+        if let Some(rate) = growing.get(&(g.pid, g.site.clone())) {
+            g.growth = Some(rate.clone());
+            g.flags.push("growing");
+        }
+        g.flags
+            .sort_by_key(|f| FLAG_ORDER.iter().position(|o| o == f));
+    }
     groups.sort_by(|a, b| {
         b.count
             .cmp(&a.count)
@@ -139,9 +232,26 @@ pub fn build(table: &SocketTable, filter: &Filter, now_ns: u64, mut stats: Stats
     stats.dropped_table_full = t.dropped_table_full;
     stats.dropped_unowned = t.dropped_unowned;
     stats.ignored = t.ignored;
+    let mut churn: Vec<ChurnRow> = table
+        .churn()
+        .iter()
+        .filter(|(pid, _)| filter.pids.is_empty() || filter.pids.contains(pid))
+        .map(|(&pid, c)| ChurnRow {
+            pid,
+            comm: c.comm.to_string(),
+            time_wait: c.time_wait,
+            orphaned: c.orphaned,
+        })
+        .collect();
+    churn.sort_by(|a, b| {
+        (b.time_wait + b.orphaned)
+            .cmp(&(a.time_wait + a.orphaned))
+            .then(a.pid.cmp(&b.pid))
+    });
     Report {
         sockets: rows,
         groups,
+        churn,
         stats,
     }
 }
@@ -158,7 +268,7 @@ fn site_label(s: &Socket) -> String {
     }
 }
 
-fn row(s: &Socket, now_ns: u64) -> SocketRow {
+fn row(s: &Socket, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
     SocketRow {
         cookie: s.cookie,
         pid: s.owner.pid,
@@ -188,7 +298,12 @@ fn row(s: &Socket, now_ns: u64) -> SocketRow {
             Site::PreExisting => "pre-existing",
         },
         holders: s.holders.clone(),
-        flags: Vec::new(),
+        flags: socket_flags(s, now_ns, thresholds),
+        state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
+        memory: s.evidence.mem,
+        tcp: s.evidence.tcp.filter(|_| s.protocol == IPPROTO_TCP),
+        rcvqueue_full: s.evidence.rcvqueue_full,
+        exceed_buf_limit: s.evidence.exceed_buf_limit,
         group_site: site_label(s),
     }
 }

@@ -1,8 +1,11 @@
 //! A snapshot of every TCP and UDP socket from the kernel's sock_diag netlink interface
 //! (what `ss` uses). One dump per family and protocol gives, per socket cookie: state,
-//! addresses, queue sizes, inode and uid. sockleak takes it once per interval rather than per
-//! event: it is the ground truth the table is reconciled against, and it costs nothing while
-//! sockets are quiet.
+//! addresses, queue sizes, inode, uid, socket memory and, for TCP, `tcp_info`.
+//!
+//! Why sock_diag rather than a bpf iterator for the evidence: it is sampled every interval
+//! whether or not the application touches the socket (a leaked socket is precisely one nobody
+//! touches, so hooks on send/receive would never see it), it is a stable ABI that needs no
+//! struct offsets (Rust eBPF has no CO-RE), and it costs nothing between samples.
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -20,6 +23,8 @@ const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 /// struct inet_diag_msg without attributes.
 const INET_DIAG_MSG_LEN: usize = 72;
+const INET_DIAG_INFO: u16 = 2;
+const INET_DIAG_SKMEMINFO: u16 = 7;
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -43,6 +48,46 @@ pub struct DiagSocket {
     pub uid: u32,
     /// 0 for sockets no file refers to (TIME_WAIT, orphans, request sockets).
     pub inode: u32,
+    pub mem: Option<SkMem>,
+    pub tcp: Option<TcpInfo>,
+}
+
+/// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SkMem {
+    pub rmem_alloc: u32,
+    pub rcvbuf: u32,
+    pub wmem_alloc: u32,
+    pub sndbuf: u32,
+    pub fwd_alloc: u32,
+    pub wmem_queued: u32,
+    pub drops: u32,
+}
+
+impl SkMem {
+    /// Kernel memory this socket pins: received data, queued data, and reserved pages.
+    pub fn pinned(&self) -> u64 {
+        u64::from(self.rmem_alloc) + u64::from(self.wmem_queued) + u64::from(self.fwd_alloc)
+    }
+}
+
+/// The parts of `struct tcp_info` (`INET_DIAG_INFO`) the verdicts use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TcpInfo {
+    /// Milliseconds since data was last sent / received / an ACK was received.
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+    /// Retransmissions of the current unacknowledged segment, and over the connection's life.
+    pub retransmits: u8,
+    pub total_retrans: u32,
+    /// Unanswered zero-window (or keepalive) probes.
+    pub probes: u8,
+    /// Progress counters: bytes the peer acknowledged, bytes received from the peer.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub notsent_bytes: u32,
+    pub snd_wnd: u32,
 }
 
 /// Dumps all TCP and UDP sockets of both families.
@@ -126,7 +171,8 @@ fn dump_request(family: u8, protocol: u8) -> Vec<u8> {
     // struct inet_diag_req_v2
     req.push(family);
     req.push(protocol);
-    req.push(0); // no extensions yet
+    // Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
+    req.push((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1)));
     req.push(0);
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
     req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
@@ -195,6 +241,14 @@ fn parse_inet_diag_msg(p: &[u8], protocol: u8) -> Option<DiagSocket> {
         }
     };
     let cookie = u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32);
+    let (mut mem, mut tcp) = (None, None);
+    for (kind, payload) in attributes(&p[INET_DIAG_MSG_LEN..]) {
+        match kind {
+            INET_DIAG_SKMEMINFO => mem = parse_skmeminfo(payload),
+            INET_DIAG_INFO if protocol == IPPROTO_TCP => tcp = Some(parse_tcp_info(payload)),
+            _ => {}
+        }
+    }
     Some(DiagSocket {
         cookie,
         family,
@@ -206,7 +260,69 @@ fn parse_inet_diag_msg(p: &[u8], protocol: u8) -> Option<DiagSocket> {
         tx_queue: u32_at(60),
         uid: u32_at(64),
         inode: u32_at(68),
+        mem,
+        tcp,
     })
+}
+
+/// Netlink attributes (`struct rtattr`: u16 length including the header, u16 type, payload,
+/// padded to 4 bytes). Stops at the first malformed one.
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]);
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn parse_skmeminfo(p: &[u8]) -> Option<SkMem> {
+    // SK_MEMINFO_RMEM_ALLOC, RCVBUF, WMEM_ALLOC, SNDBUF, FWD_ALLOC, WMEM_QUEUED, OPTMEM,
+    // BACKLOG, DROPS: u32 each.
+    let at = |i: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            p.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+        ))
+    };
+    Some(SkMem {
+        rmem_alloc: at(0)?,
+        rcvbuf: at(1)?,
+        wmem_alloc: at(2)?,
+        sndbuf: at(3)?,
+        fwd_alloc: at(4)?,
+        wmem_queued: at(5)?,
+        drops: at(8).unwrap_or(0),
+    })
+}
+
+/// Older kernels send a shorter `tcp_info`; missing fields read as zero.
+fn parse_tcp_info(p: &[u8]) -> TcpInfo {
+    // SAFETY: tcp_info is plain integers; all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let n = p.len().min(size_of::<libc::tcp_info>());
+    // SAFETY: copying n <= size_of::<tcp_info>() bytes into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.as_ptr(), (&raw mut info).cast::<u8>(), n);
+    }
+    TcpInfo {
+        last_data_sent_ms: info.tcpi_last_data_sent,
+        last_data_recv_ms: info.tcpi_last_data_recv,
+        last_ack_recv_ms: info.tcpi_last_ack_recv,
+        retransmits: info.tcpi_retransmits,
+        total_retrans: info.tcpi_total_retrans,
+        probes: info.tcpi_probes,
+        bytes_acked: info.tcpi_bytes_acked,
+        bytes_received: info.tcpi_bytes_received,
+        notsent_bytes: info.tcpi_notsent_bytes,
+        snd_wnd: info.tcpi_snd_wnd,
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +367,41 @@ mod tests {
         assert_eq!(s.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.remote, "127.0.0.2:40000".parse().unwrap());
         assert_eq!((s.state, s.rx_queue, s.inode), (8, 1, 4242));
+    }
+
+    #[test]
+    fn parses_memory_and_tcp_info_attributes() {
+        let mut p = vec![0u8; INET_DIAG_MSG_LEN];
+        p[0] = AF_INET;
+        let mut mem = Vec::new();
+        for v in [100u32, 200, 300, 400, 500, 600, 0, 0, 9] {
+            mem.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut attr = |kind: u16, payload: &[u8]| {
+            p.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(payload);
+            while !p.len().is_multiple_of(4) {
+                p.push(0);
+            }
+        };
+        attr(INET_DIAG_SKMEMINFO, &mem);
+        let mut info = vec![0u8; 136];
+        info[120..128].copy_from_slice(&777u64.to_ne_bytes()); // tcpi_bytes_acked
+        info[52..56].copy_from_slice(&1234u32.to_ne_bytes()); // tcpi_last_data_recv
+        attr(INET_DIAG_INFO, &info);
+        let s = parse_inet_diag_msg(&p, IPPROTO_TCP).unwrap();
+        let m = s.mem.unwrap();
+        assert_eq!(
+            (m.rmem_alloc, m.wmem_queued, m.fwd_alloc, m.drops),
+            (100, 600, 500, 9)
+        );
+        assert_eq!(m.pinned(), 1200);
+        let t = s.tcp.unwrap();
+        assert_eq!(
+            (t.bytes_acked, t.last_data_recv_ms, t.bytes_received),
+            (777, 1234, 0)
+        );
     }
 
     #[test]

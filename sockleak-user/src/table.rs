@@ -14,10 +14,13 @@ use sockleak_common::{EventKind, Hook, SockEvent, Task};
 
 use crate::{
     procfs,
-    sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP},
+    sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
 };
 
 pub const TCP_ESTABLISHED: u8 = 1;
+pub const TCP_FIN_WAIT1: u8 = 4;
+pub const TCP_FIN_WAIT2: u8 = 5;
+pub const TCP_TIME_WAIT: u8 = 6;
 pub const TCP_CLOSE: u8 = 7;
 pub const TCP_CLOSE_WAIT: u8 = 8;
 pub const TCP_LAST_ACK: u8 = 9;
@@ -31,6 +34,8 @@ const UNOWNED_CAPACITY: usize = 65_536;
 const GHOST_GRACE_NS: u64 = 1_000_000_000;
 /// Consecutive /proc scans without a holder before a socket is declared released.
 const GHOST_SCANS: u8 = 2;
+/// Released sockets remembered so their TIME_WAIT and orphan afterlife can be attributed.
+const RELEASED_MEMORY: usize = 65_536;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -97,9 +102,85 @@ pub struct Socket {
     /// Pids holding an fd to this socket at the last scan.
     pub holders: Vec<u32>,
     unheld_scans: u8,
+    pub evidence: Evidence,
+}
+
+/// What the kernel said about a socket over time: the raw material of verdicts.
+#[derive(Clone, Debug, Default)]
+pub struct Evidence {
+    pub mem: Option<SkMem>,
+    pub tcp: Option<TcpInfo>,
+    /// Packets dropped because the receive queue was full; times the socket hit its memory limit.
+    pub rcvqueue_full: u32,
+    pub exceed_buf_limit: u32,
+    /// When the socket entered its current state (CLOCK_MONOTONIC ns).
+    pub state_since_ns: u64,
+    /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
+    pub was_connected: bool,
+    /// Last sample at which the owner had nothing unread or had read something since.
+    pub rx_progress_ns: u64,
+    /// Last sample at which nothing was unacknowledged or the peer acknowledged something.
+    pub tx_progress_ns: u64,
+    consumed: Option<u64>,
+    acked: Option<u64>,
+    last_rx_queue: u32,
+}
+
+impl Evidence {
+    fn new(now_ns: u64, state: u8) -> Self {
+        Self {
+            state_since_ns: now_ns,
+            was_connected: connected_state(state),
+            rx_progress_ns: now_ns,
+            tx_progress_ns: now_ns,
+            ..Self::default()
+        }
+    }
+}
+
+fn connected_state(state: u8) -> bool {
+    !matches!(state, TCP_CLOSE | TCP_LISTEN)
 }
 
 impl Socket {
+    fn set_state(&mut self, state: u8, now_ns: u64) {
+        if state != self.state {
+            self.state = state;
+            self.evidence.state_since_ns = now_ns;
+        }
+        self.evidence.was_connected |= connected_state(state);
+    }
+
+    /// Folds one sock_diag sample into the progress tracking.
+    fn sample(&mut self, d: &DiagSocket, now_ns: u64) {
+        let unread = self.unread_bytes();
+        let e = &mut self.evidence;
+        e.mem = d.mem;
+        e.tcp = d.tcp;
+        match d.tcp {
+            Some(info) if self.protocol == IPPROTO_TCP => {
+                // Bytes the owner consumed = bytes received - bytes still queued.
+                let consumed = info.bytes_received.saturating_sub(u64::from(d.rx_queue));
+                if unread == 0 || e.consumed.is_some_and(|c| c != consumed) {
+                    e.rx_progress_ns = now_ns;
+                }
+                if self.tx_queue == 0 || e.acked.is_some_and(|a| a != info.bytes_acked) {
+                    e.tx_progress_ns = now_ns;
+                }
+                e.consumed = Some(consumed);
+                e.acked = Some(info.bytes_acked);
+            }
+            _ => {
+                // UDP has no sequence numbers: a queue that shrank was read from.
+                if unread == 0 || unread < e.last_rx_queue {
+                    e.rx_progress_ns = now_ns;
+                }
+                e.tx_progress_ns = now_ns;
+            }
+        }
+        e.last_rx_queue = unread;
+    }
+
     /// Bytes the owner has not read. A CLOSE_WAIT socket's receive sequence counts the peer's
     /// FIN, which is not data; and the FIN can only be consumed after all data before it, so a
     /// non-zero queue in these states always includes exactly one FIN.
@@ -137,10 +218,55 @@ pub struct TableStats {
 struct Unowned {
     cookie: u64,
     state: u8,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+}
+
+/// The state-change tracepoint fires after the kernel released the port on the way to CLOSE
+/// (and before it assigned one on the way to SYN_SENT): a zero port never replaces a known one.
+fn merge_addresses(
+    known: (Option<SocketAddr>, Option<SocketAddr>),
+    new: (SocketAddr, SocketAddr),
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let pick = |old: Option<SocketAddr>, new: SocketAddr| match old {
+        Some(old) if new.port() == 0 => Some(old),
+        _ => Some(new),
+    };
+    (pick(known.0, new.0), pick(known.1, new.1))
+}
+
+/// Local and remote address carried by a state-change event, if the kernel side read them.
+fn event_addresses(ev: &SockEvent) -> Option<(SocketAddr, SocketAddr)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if ev.sport == 0 && ev.dport == 0 {
+        return None;
+    }
+    let ip = |b: &[u8; 16]| -> Option<IpAddr> {
+        match ev.family {
+            2 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            10 => Some(IpAddr::V6(Ipv6Addr::from(*b))),
+            _ => None,
+        }
+    };
+    Some((
+        SocketAddr::new(ip(&ev.saddr)?, ev.sport),
+        SocketAddr::new(ip(&ev.daddr)?, ev.dport),
+    ))
+}
+
+/// A process's sockets that outlived their file: normal after close, but costly in bulk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub comm: Arc<str>,
+    pub time_wait: u32,
+    pub orphaned: u32,
 }
 
 pub struct SocketTable {
     sockets: HashMap<u64, Socket>,
+    /// Recently released TCP sockets: cookie -> owner, for churn attribution.
+    released: HashMap<u64, (u32, Arc<str>)>,
+    released_order: VecDeque<u64>,
+    churn: HashMap<u32, Churn>,
     cookie_by_skaddr: HashMap<u64, u64>,
     /// TCP sockets seen only through state changes, by `struct sock` address: accept children
     /// waiting for `accept()`.
@@ -154,6 +280,9 @@ impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             sockets: HashMap::new(),
+            released: HashMap::new(),
+            released_order: VecDeque::new(),
+            churn: HashMap::new(),
             cookie_by_skaddr: HashMap::new(),
             unowned: HashMap::new(),
             unowned_order: VecDeque::new(),
@@ -177,6 +306,9 @@ impl SocketTable {
             Some(EventKind::FdInstalled) => self.on_fd_installed(ev),
             Some(EventKind::StateChanged) => self.on_state_changed(ev),
             Some(EventKind::Released) => self.on_released(ev),
+            Some(kind @ (EventKind::RcvQueueFull | EventKind::ExceedBufLimit)) => {
+                self.on_pressure(ev, kind)
+            }
             None => self.stats.malformed += 1,
         }
     }
@@ -214,6 +346,7 @@ impl SocketTable {
             tx_queue: 0,
             holders: Vec::new(),
             unheld_scans: 0,
+            evidence: Evidence::new(ev.ts_ns, TCP_CLOSE),
         });
     }
 
@@ -248,6 +381,8 @@ impl SocketTable {
             _ => ev.skaddr | 1 << 63,
         };
         self.stats.accepted += 1;
+        let state = unowned.map_or(TCP_ESTABLISHED, |u| u.state);
+        let addresses = unowned.and_then(|u| u.addresses);
         self.insert(Socket {
             cookie,
             origin: Origin::Traced,
@@ -256,15 +391,16 @@ impl SocketTable {
             family: ev.family as u8,
             protocol: IPPROTO_TCP,
             created_ns: ev.ts_ns,
-            state: unowned.map_or(TCP_ESTABLISHED, |u| u.state),
+            state,
             skaddr: ev.skaddr,
             inode: ev.inode,
-            local: None,
-            remote: None,
+            local: addresses.map(|a| a.0),
+            remote: addresses.map(|a| a.1),
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
             unheld_scans: 0,
+            evidence: Evidence::new(ev.ts_ns, state),
         });
     }
 
@@ -272,7 +408,10 @@ impl SocketTable {
         let new_state = ev.new_state as u8;
         if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
             if let Some(s) = self.sockets.get_mut(&cookie) {
-                s.state = new_state;
+                s.set_state(new_state, ev.ts_ns);
+                if let Some(addresses) = event_addresses(ev) {
+                    (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
+                }
                 if s.skaddr == 0 && ev.skaddr != 0 {
                     s.skaddr = ev.skaddr;
                     self.cookie_by_skaddr.insert(ev.skaddr, cookie);
@@ -285,9 +424,18 @@ impl SocketTable {
             self.unowned.remove(&ev.skaddr);
             return;
         }
+        let previous = self.unowned.get(&ev.skaddr).and_then(|u| u.addresses);
+        let addresses = match (previous, event_addresses(ev)) {
+            (Some(old), Some(new)) => {
+                let (l, r) = merge_addresses((Some(old.0), Some(old.1)), new);
+                l.zip(r)
+            }
+            (old, new) => new.or(old),
+        };
         let entry = Unowned {
             cookie: ev.cookie,
             state: new_state,
+            addresses,
         };
         if self.unowned.insert(ev.skaddr, entry).is_none() {
             self.unowned_order.push_back(ev.skaddr);
@@ -308,9 +456,49 @@ impl SocketTable {
     }
 
     fn on_released(&mut self, ev: &SockEvent) {
+        if let Some(s) = self.sockets.get(&ev.cookie)
+            && s.protocol == IPPROTO_TCP
+            && s.state != TCP_LISTEN
+        {
+            let owner = (s.owner.pid, s.owner.comm.clone());
+            self.remember_released(ev.cookie, owner);
+        }
         if self.remove(ev.cookie) {
             self.stats.released += 1;
         }
+    }
+
+    fn remember_released(&mut self, cookie: u64, owner: (u32, Arc<str>)) {
+        if self.released.insert(cookie, owner).is_none() {
+            self.released_order.push_back(cookie);
+            while self.released.len() > RELEASED_MEMORY {
+                match self.released_order.pop_front() {
+                    Some(old) => {
+                        self.released.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn on_pressure(&mut self, ev: &SockEvent, kind: EventKind) {
+        let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) else {
+            return;
+        };
+        if let Some(s) = self.sockets.get_mut(&cookie) {
+            let counter = match kind {
+                EventKind::RcvQueueFull => &mut s.evidence.rcvqueue_full,
+                _ => &mut s.evidence.exceed_buf_limit,
+            };
+            *counter = counter.saturating_add(1);
+        }
+    }
+
+    /// TIME_WAIT and orphaned (FIN_WAIT, LAST_ACK, CLOSING without a file) sockets per process,
+    /// from the last reconciliation: connection churn, not leaks.
+    pub fn churn(&self) -> &HashMap<u32, Churn> {
+        &self.churn
     }
 
     /// A cookie, when the event has one, is the only identity that counts: `struct sock`
@@ -390,7 +578,26 @@ impl SocketTable {
                 tx_queue: if d.state == TCP_LISTEN { 0 } else { d.tx_queue },
                 holders: pids.clone(),
                 unheld_scans: 0,
+                evidence: Evidence::new(now_ns, d.state),
             });
+        }
+    }
+
+    fn count_churn(&mut self, diag: &[DiagSocket]) {
+        self.churn.clear();
+        for d in diag.iter().filter(|d| d.inode == 0) {
+            let Some((pid, comm)) = self.released.get(&d.cookie) else {
+                continue;
+            };
+            let entry = self.churn.entry(*pid).or_insert_with(|| Churn {
+                comm: comm.clone(),
+                ..Churn::default()
+            });
+            match d.state {
+                TCP_TIME_WAIT => entry.time_wait += 1,
+                TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSING | TCP_LAST_ACK => entry.orphaned += 1,
+                _ => {}
+            }
         }
     }
 
@@ -403,11 +610,12 @@ impl SocketTable {
         now_ns: u64,
     ) {
         let by_cookie: HashMap<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
+        self.count_churn(diag);
         let mut ghosts = Vec::new();
         for s in self.sockets.values_mut() {
             let seen = by_cookie.get(&s.cookie);
             if let Some(d) = seen {
-                s.state = d.state;
+                s.set_state(d.state, now_ns);
                 s.local = Some(d.local);
                 s.remote = Some(d.remote);
                 // For a listener sock_diag puts the accept queue length and its limit in these
@@ -421,6 +629,7 @@ impl SocketTable {
                 if s.inode == 0 {
                     s.inode = u64::from(d.inode);
                 }
+                s.sample(d, now_ns);
             }
             s.holders = match holders.get(&s.inode) {
                 Some(pids) if s.inode != 0 => pids.clone(),
@@ -492,6 +701,11 @@ mod tests {
             old_state: 0,
             new_state: 0,
             _pad: 0,
+            sport: 0,
+            dport: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            _pad2: 0,
         }
     }
 
@@ -572,6 +786,70 @@ mod tests {
             (t.get(2).unwrap().owner.pid, t.get(2).unwrap().state),
             (20, TCP_CLOSE_WAIT)
         );
+    }
+
+    #[test]
+    fn state_changes_carry_addresses_for_short_lived_sockets() {
+        let mut t = SocketTable::new(4);
+        t.apply(&created(3, 1));
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 3;
+        est.new_state = TCP_ESTABLISHED as u16;
+        est.family = 10;
+        est.sport = 40000;
+        est.dport = 443;
+        est.saddr[15] = 1;
+        est.daddr[15] = 1;
+        t.apply(&est);
+        let s = t.get(3).unwrap();
+        assert_eq!(s.local, Some("[::1]:40000".parse().unwrap()));
+        assert_eq!(s.remote, Some("[::1]:443".parse().unwrap()));
+        let mut reset = est;
+        reset.new_state = TCP_CLOSE as u16;
+        reset.sport = 0; // already released by the kernel when the tracepoint fires
+        t.apply(&reset);
+        let s = t.get(3).unwrap();
+        assert_eq!(s.local, Some("[::1]:40000".parse().unwrap()), "port kept");
+        assert_eq!(s.state, TCP_CLOSE);
+    }
+
+    #[test]
+    fn closed_sockets_lingering_in_the_kernel_count_as_churn_of_their_owner() {
+        let mut t = SocketTable::new(8);
+        for cookie in [1, 2] {
+            t.apply(&created(cookie, 55));
+            let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+            est.cookie = cookie;
+            est.new_state = TCP_ESTABLISHED as u16;
+            t.apply(&est);
+            t.apply(&released(cookie));
+        }
+        let lingering = |cookie, state| DiagSocket {
+            cookie,
+            family: 2,
+            protocol: IPPROTO_TCP,
+            state,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            rx_queue: 0,
+            tx_queue: 0,
+            uid: 0,
+            inode: 0,
+            mem: None,
+            tcp: None,
+        };
+        let diag = [
+            lingering(1, TCP_TIME_WAIT),
+            lingering(2, TCP_FIN_WAIT2),
+            lingering(3, TCP_TIME_WAIT),
+        ];
+        t.reconcile(&diag, &HashMap::new(), 1);
+        let churn = &t.churn()[&55];
+        assert_eq!(
+            (churn.time_wait, churn.orphaned, &*churn.comm),
+            (1, 1, "client")
+        );
+        assert_eq!(t.churn().len(), 1, "cookie 3 belongs to nobody we saw");
     }
 
     #[test]

@@ -15,9 +15,10 @@ use crate::{
     cli::TraceArgs,
     hooks, procfs,
     render::{Output, Started},
-    report::{self, Filter, Stats},
+    report::{Filter, Report, Reporter, Stats},
     sockdiag,
     table::SocketTable,
+    verdict::Thresholds,
 };
 
 pub async fn run(args: TraceArgs) -> Result<()> {
@@ -49,10 +50,19 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns());
 
     let mut out = Output::new(args.format);
-    let filter = Filter {
-        pids: args.pids.clone(),
-        min_age_ns: args.min_age.as_nanos() as u64,
-    };
+    let mut reporter = Reporter::new(
+        Filter {
+            pids: args.pids.clone(),
+            min_age_ns: args.min_age.as_nanos() as u64,
+        },
+        Thresholds {
+            close_wait: args.close_wait_after,
+            unread: args.unread_after,
+            send_stuck: args.send_stuck_after,
+            idle: args.idle_after,
+            growing_reports: args.growing_reports as usize,
+        },
+    );
     let started = Started {
         hooks,
         warnings,
@@ -89,7 +99,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = ticks.tick() => {
-                let report = snapshot(ring.get_mut(), &mut table, &filter, &kernel_stats)?;
+                let report = snapshot(ring.get_mut(), &mut table, &mut reporter, &kernel_stats)?;
                 if stopped_by_pipe(out.report(&report, false))? {
                     return Ok(());
                 }
@@ -99,7 +109,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             _ = &mut deadline => break,
         }
     }
-    let report = snapshot(ring.get_mut(), &mut table, &filter, &kernel_stats)?;
+    let report = snapshot(ring.get_mut(), &mut table, &mut reporter, &kernel_stats)?;
     stopped_by_pipe(out.report(&report, true))?;
     Ok(())
 }
@@ -108,9 +118,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
 fn snapshot(
     ring: &mut RingBuf<MapData>,
     table: &mut SocketTable,
-    filter: &Filter,
+    reporter: &mut Reporter,
     kernel_stats: &PerCpuArray<MapData, u64>,
-) -> Result<report::Report> {
+) -> Result<Report> {
     drain(ring, table);
     let diag = sockdiag::dump_all()?;
     let holders = procfs::socket_holders();
@@ -130,7 +140,7 @@ fn snapshot(
         fd_walk_failed: stat(Stat::FdWalkFailed),
         ..Stats::default()
     };
-    Ok(report::build(table, filter, now, stats))
+    Ok(reporter.report(table, now, stats))
 }
 
 fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable) {

@@ -169,6 +169,12 @@ impl Tracer {
         }
     }
 
+    /// Waits `settle` (for verdict thresholds to pass), then takes a fresh report.
+    pub fn report_after(&self, settle: Duration) -> Report {
+        std::thread::sleep(settle);
+        self.fresh_report()
+    }
+
     /// SIGINT; the final report comes out and sockleak exits with status 0.
     pub fn stop(mut self) -> Report {
         let mut child = self.child.take().unwrap();
@@ -221,11 +227,49 @@ impl Report {
         self.0["groups"].as_array().expect("groups array")
     }
 
+    /// The one socket of `pid` whose `field` (`local` or `remote`) ends with `:port`.
+    pub fn socket_at(&self, pid: u32, field: &str, port: &str) -> &Value {
+        let suffix = format!(":{port}");
+        let found: Vec<&Value> = self
+            .sockets_of(pid)
+            .into_iter()
+            .filter(|s| s[field].as_str().is_some_and(|a| a.ends_with(&suffix)))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "pid {pid}, {field} port {port} among {:#?}",
+            self.sockets_of(pid)
+        );
+        found[0]
+    }
+
+    /// The listening socket of `pid` (accepted sockets share its local port).
+    pub fn listener_of(&self, pid: u32) -> &Value {
+        let found: Vec<&Value> = self
+            .sockets_of(pid)
+            .into_iter()
+            .filter(|s| s["state"] == "LISTEN")
+            .collect();
+        assert_eq!(found.len(), 1, "listeners of {pid}: {found:#?}");
+        found[0]
+    }
+
     pub fn stat(&self, name: &str) -> u64 {
         self.0["stats"][name]
             .as_u64()
             .unwrap_or_else(|| panic!("no stat {name}"))
     }
+}
+
+/// The verdicts on one socket or group.
+pub fn flags(v: &Value) -> Vec<&str> {
+    v["flags"]
+        .as_array()
+        .expect("flags array")
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
 }
 
 /// Counts values of `field` over `sockets`.

@@ -118,6 +118,19 @@ pub fn attach() -> Result<Attached> {
         }
     }
 
+    // Memory pressure per socket: evidence for verdicts, optional.
+    for name in ["sock_rcvqueue_full", "sock_exceed_buf_limit"] {
+        let attached = if has_btf {
+            attach_tp_btf(&mut ebpf, name)
+        } else {
+            Err(anyhow!("needs BTF"))
+        };
+        match attached {
+            Ok(()) => hooks.push(format!("tp_btf/{name}")),
+            Err(err) => warnings.push(one_line(&format!("tp_btf/{name} unavailable: {err:#}"))),
+        }
+    }
+
     // fd installs: owners of accepted sockets, inodes of created ones.
     if config.have_offsets != 0 {
         for syscall in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {

@@ -22,7 +22,14 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.inode_ino = off("inode", "i_ino")?;
     config.socket_sk = off("socket", "sk")?;
     config.sock_cookie = off("sock", "__sk_common")? + off("sock_common", "skc_cookie")?;
-    config.sock_family = off("sock", "__sk_common")? + off("sock_common", "skc_family")?;
+    let common = off("sock", "__sk_common")?;
+    config.sock_family = common + off("sock_common", "skc_family")?;
+    config.sock_daddr = common + off("sock_common", "skc_daddr")?;
+    config.sock_rcv_saddr = common + off("sock_common", "skc_rcv_saddr")?;
+    config.sock_dport = common + off("sock_common", "skc_dport")?;
+    config.sock_num = common + off("sock_common", "skc_num")?;
+    config.sock_v6_daddr = common + off("sock_common", "skc_v6_daddr")?;
+    config.sock_v6_rcv_saddr = common + off("sock_common", "skc_v6_rcv_saddr")?;
     config.have_offsets = 1;
     Ok(())
 }

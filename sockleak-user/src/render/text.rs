@@ -68,12 +68,13 @@ pub fn report(r: &Report, final_report: bool) -> String {
     }
     if r.groups.is_empty() {
         let _ = writeln!(out, "no open sockets match");
+        churn(&mut out, r);
         return out;
     }
     let _ = writeln!(
         out,
-        "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  STATES",
-        "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q"
+        "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  STATES",
+        "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q", "MEM", "FLAGS"
     );
     for g in &r.groups {
         let states = g
@@ -82,9 +83,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             .map(|(state, n)| format!("{state}:{n}"))
             .collect::<Vec<_>>()
             .join(" ");
+        let flags = if g.flags.is_empty() {
+            "-".to_owned()
+        } else {
+            g.flags.join(",")
+        };
         let _ = writeln!(
             out,
-            "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {}",
+            "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
             g.count,
             g.pid,
             for_terminal(&g.comm),
@@ -92,26 +98,56 @@ pub fn report(r: &Report, final_report: bool) -> String {
             human_ms(g.oldest_age_ms),
             g.rx_queue,
             g.tx_queue,
+            human_bytes(g.memory_bytes),
+            flags,
             states
         );
-        let members: Vec<&SocketRow> = r
+        if let Some(growth) = &g.growth {
+            let eta = match (growth.seconds_to_fd_limit, growth.fd_limit, growth.open_fds) {
+                (Some(secs), Some(limit), Some(open)) => format!(
+                    "; {open}/{limit} fds open, limit reached in {}",
+                    human_ms(secs.saturating_mul(1000))
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{:>8}growing by {:.1} sockets/min{eta}",
+                "", growth.per_minute
+            );
+        }
+        let mut members: Vec<&SocketRow> = r
             .sockets
             .iter()
             .filter(|s| s.pid == g.pid && s.comm == g.comm && s.group_site == g.site)
             .collect();
+        // The evidence a person should see first: flagged sockets, then the fullest queues.
+        members.sort_by_key(|s| {
+            (
+                std::cmp::Reverse(s.flags.len()),
+                std::cmp::Reverse(u64::from(s.rx_queue) + u64::from(s.tx_queue)),
+                std::cmp::Reverse(s.age_ms),
+            )
+        });
         for s in members.iter().take(SOCKETS_PER_GROUP) {
             let _ = writeln!(
                 out,
-                "{:>8}{} {} {} -> {}  {}  age {}  rx {} tx {}{}",
+                "{:>8}{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
                 "",
                 s.protocol,
                 s.family,
                 s.local,
                 s.remote,
                 s.state,
+                human_ms(s.state_age_ms),
                 human_ms(s.age_ms),
                 s.rx_queue,
                 s.tx_queue,
+                if s.flags.is_empty() {
+                    String::new()
+                } else {
+                    format!("  [{}]", s.flags.join(","))
+                },
                 if s.holders.is_empty() || s.holders == [s.pid] {
                     String::new()
                 } else {
@@ -135,7 +171,35 @@ pub fn report(r: &Report, final_report: bool) -> String {
             );
         }
     }
+    churn(&mut out, r);
     out
+}
+
+/// Closed sockets still in the kernel: not leaks, but a cost worth seeing.
+fn churn(out: &mut String, r: &Report) {
+    if r.churn.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "churn (closed, still in the kernel):");
+    for c in &r.churn {
+        let _ = writeln!(
+            out,
+            "{:>8}{} {}: {} TIME_WAIT, {} orphaned",
+            "",
+            c.pid,
+            for_terminal(&c.comm),
+            c.time_wait,
+            c.orphaned
+        );
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes}B"),
+        1024..1_048_576 => format!("{:.1}K", bytes as f64 / 1024.0),
+        _ => format!("{:.1}M", bytes as f64 / 1_048_576.0),
+    }
 }
 
 fn human_ms(ms: u64) -> String {

@@ -9,17 +9,40 @@
 //! - `close N`              close the first N kept connections
 //! - `udp ADDR N`           bind N UDP sockets and keep them
 //! - `churn ADDR N`         connect and close N times
+//! - `serve-until-eof`      like `serve`, but close each connection only after the peer did
+//!   (so the client closes first and its side goes to TIME_WAIT)
+//! - `serve-keep`           accept on listener 0 forever and keep every connection
+//! - `send I BYTES`         write up to BYTES on kept connection I without blocking
+//! - `pump I`               write on kept connection I as fast as possible, forever
+//! - `chat I MS`            write one byte on kept connection I every MS ms, forever
+//! - `drain I`              read accepted connection I as fast as possible, forever
+//! - `slowread I BYTES MS`  read BYTES from accepted connection I every MS ms, forever
+//! - `reset I`              close accepted connection I with an RST (SO_LINGER 0)
+//! - `trickle ADDR MS`      open (and keep) one connection every MS ms, forever
+//! - `churn-forever ADDR`   connect and close in a loop, forever
+//! - `unconnected N`        create N TCP sockets and never connect them
+//! - `udp-flood PORT N`     send N 1 KiB datagrams to 127.0.0.1:PORT
 //! - `exit`
 use std::{
-    io::{BufRead, Write},
+    io::{BufRead, Read, Write},
     net::{TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
 };
+
+fn forever<F: FnMut() -> bool + Send + 'static>(mut step: F) {
+    thread::spawn(move || while step() {});
+}
 
 fn main() {
     let mut listeners: Vec<TcpListener> = Vec::new();
     let mut conns: Vec<TcpStream> = Vec::new();
     let mut accepted: Vec<TcpStream> = Vec::new();
     let mut udps: Vec<UdpSocket> = Vec::new();
+    let kept_by_server: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+    let mut raw_fds: Vec<i32> = Vec::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     for line in stdin.lock().lines() {
@@ -69,14 +92,146 @@ fn main() {
                 Ok(String::new())
             }
             Some("udp") => {
+                let mut ports = Vec::new();
                 for _ in 0..n(2) {
-                    udps.push(UdpSocket::bind(words[1]).map_err(|e| e.to_string())?);
+                    let u = UdpSocket::bind(words[1]).map_err(|e| e.to_string())?;
+                    ports.push(u.local_addr().unwrap().port().to_string());
+                    udps.push(u);
                 }
-                Ok(String::new())
+                Ok(ports.join(" "))
             }
             Some("churn") => {
                 for _ in 0..n(2) {
                     drop(TcpStream::connect(words[1]).map_err(|e| e.to_string())?);
+                }
+                Ok(String::new())
+            }
+            Some("serve-until-eof") => {
+                let l = listeners[0].try_clone().map_err(|e| e.to_string())?;
+                thread::spawn(move || {
+                    for mut conn in l.incoming().flatten() {
+                        thread::spawn(move || {
+                            let mut buf = [0u8; 1024];
+                            while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                        });
+                    }
+                });
+                Ok(String::new())
+            }
+            Some("serve-keep") => {
+                let l = listeners[0].try_clone().map_err(|e| e.to_string())?;
+                let kept = kept_by_server.clone();
+                thread::spawn(move || {
+                    for conn in l.incoming().flatten() {
+                        kept.lock().unwrap().push(conn);
+                    }
+                });
+                Ok(String::new())
+            }
+            Some("send") => {
+                let conn = &mut conns[n(1)];
+                conn.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let chunk = [b'x'; 65536];
+                let mut sent = 0;
+                while sent < n(2) {
+                    match conn.write(&chunk[..(n(2) - sent).min(chunk.len())]) {
+                        Ok(k) => sent += k,
+                        Err(_) => break, // the window closed: the rest stays unsent
+                    }
+                }
+                conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+                Ok(sent.to_string())
+            }
+            Some("pump") => {
+                let mut conn = conns[n(1)].try_clone().map_err(|e| e.to_string())?;
+                let chunk = [b'x'; 65536];
+                forever(move || conn.write_all(&chunk).is_ok());
+                Ok(String::new())
+            }
+            Some("chat") => {
+                let mut conn = conns[n(1)].try_clone().map_err(|e| e.to_string())?;
+                let pause = Duration::from_millis(n(2) as u64);
+                forever(move || {
+                    thread::sleep(pause);
+                    conn.write_all(b".").is_ok()
+                });
+                Ok(String::new())
+            }
+            Some("drain") => {
+                let mut conn = accepted[n(1)].try_clone().map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; 1 << 20];
+                forever(move || matches!(conn.read(&mut buf), Ok(k) if k > 0));
+                Ok(String::new())
+            }
+            Some("slowread") => {
+                let mut conn = accepted[n(1)].try_clone().map_err(|e| e.to_string())?;
+                let mut buf = vec![0u8; n(2)];
+                let pause = Duration::from_millis(n(3) as u64);
+                forever(move || {
+                    thread::sleep(pause);
+                    matches!(conn.read(&mut buf), Ok(k) if k > 0)
+                });
+                Ok(String::new())
+            }
+            Some("reset") => {
+                let conn = accepted.remove(n(1));
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                // SAFETY: setsockopt on a socket we own, with a correctly sized struct.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        conn.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&raw const linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+                if rc != 0 {
+                    return Err(std::io::Error::last_os_error().to_string());
+                }
+                drop(conn);
+                Ok(String::new())
+            }
+            Some("trickle") => {
+                let addr = words[1].to_owned();
+                let pause = Duration::from_millis(n(2) as u64);
+                let mut kept = Vec::new();
+                forever(move || {
+                    thread::sleep(pause);
+                    match TcpStream::connect(&addr) {
+                        Ok(s) => {
+                            kept.push(s);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                });
+                Ok(String::new())
+            }
+            Some("churn-forever") => {
+                let addr = words[1].to_owned();
+                forever(move || TcpStream::connect(&addr).is_ok());
+                Ok(String::new())
+            }
+            Some("unconnected") => {
+                for _ in 0..n(1) {
+                    // SAFETY: plain socket(2); the fd is kept until exit.
+                    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error().to_string());
+                    }
+                    raw_fds.push(fd);
+                }
+                Ok(String::new())
+            }
+            Some("udp-flood") => {
+                let sender = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+                let target = format!("127.0.0.1:{}", words[1]);
+                for _ in 0..n(2) {
+                    let _ = sender.send_to(&[0u8; 1024], &target);
                 }
                 Ok(String::new())
             }
