@@ -1,0 +1,50 @@
+//! Socket-memory pressure, counted per socket from `sock_exceed_buf_limit`.
+//!
+//! The kernel fires that tracepoint when a protocol's memory passes its hard limit, so this test
+//! squeezes `net.ipv4.tcp_mem` for a moment. It is the only test in this binary on purpose:
+//! cargo runs test binaries one at a time, so no other test's TCP traffic shares the squeeze.
+use std::{fs, time::Duration};
+
+use sockleak_tests::{Scenario, Tracer};
+
+const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
+
+/// Puts the sysctl back however the test ends.
+struct Restore(String);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        fs::write(TCP_MEM, &self.0).expect("restoring net.ipv4.tcp_mem");
+    }
+}
+
+#[test]
+fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut client = Scenario::spawn();
+    let t = Tracer::start(&[server.pid(), client.pid()]);
+    let ports = client.run(&format!("connect 127.0.0.1:{port} 1"));
+    server.run("accept 1");
+
+    {
+        let _restore = Restore(fs::read_to_string(TCP_MEM).unwrap());
+        fs::write(TCP_MEM, "1 1 1").unwrap();
+        client.run("send 0 1048576");
+    }
+
+    let r = t.report_after(Duration::from_millis(300));
+    let receiver = r.socket_at(server.pid(), "remote", &ports[0]);
+    assert!(
+        receiver["exceed_buf_limit"].as_u64().unwrap() > 0,
+        "{receiver}"
+    );
+    let listener = r.listener_of(server.pid());
+    assert_eq!(listener["exceed_buf_limit"], 0);
+    assert!(
+        t.started["hooks"]
+            .as_array()
+            .unwrap()
+            .contains(&"tp_btf/sock_exceed_buf_limit".into())
+    );
+}
