@@ -630,6 +630,11 @@ impl SocketTable {
                     s.inode = u64::from(d.inode);
                 }
                 s.sample(d, now_ns);
+            } else if s.protocol == IPPROTO_TCP && s.state == TCP_CLOSE {
+                // Out of sock_diag's tables because it was closed or reset; the kernel purged
+                // its queues, so the last sample's sizes would be stale evidence.
+                s.rx_queue = 0;
+                s.tx_queue = 0;
             }
             s.holders = match holders.get(&s.inode) {
                 Some(pids) if s.inode != 0 => pids.clone(),
@@ -850,6 +855,49 @@ mod tests {
             (1, 1, "client")
         );
         assert_eq!(t.churn().len(), 1, "cookie 3 belongs to nobody we saw");
+    }
+
+    #[test]
+    fn a_reset_with_bytes_in_flight_is_reset_held_not_send_stuck() {
+        use crate::verdict::{Thresholds, socket_flags};
+        let mut t = SocketTable::new(4);
+        t.apply(&created(4, 1));
+        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        fd.cookie = 4;
+        fd.inode = 77;
+        t.apply(&fd);
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 4;
+        est.new_state = TCP_ESTABLISHED as u16;
+        t.apply(&est);
+        let held = HashMap::from([(77u64, vec![1u32])]);
+        let sample = DiagSocket {
+            cookie: 4,
+            family: 2,
+            protocol: IPPROTO_TCP,
+            state: TCP_ESTABLISHED,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            rx_queue: 0,
+            tx_queue: 5000,
+            uid: 0,
+            inode: 77,
+            mem: None,
+            tcp: Some(TcpInfo::default()),
+        };
+        t.reconcile(&[sample], &held, 2);
+        let mut reset = est;
+        reset.new_state = TCP_CLOSE as u16;
+        reset.ts_ns = 3;
+        t.apply(&reset);
+        let later = 3 + 60_000_000_000;
+        t.reconcile(&[], &held, later);
+        let s = t.get(4).unwrap();
+        assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
+        assert_eq!(
+            socket_flags(s, later, &Thresholds::default()),
+            ["reset_held"]
+        );
     }
 
     #[test]
