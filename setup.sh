@@ -22,10 +22,9 @@ if ! grep -q "^$NIGHTLY-" <<<"$installed" \
     rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
 fi
 
-# Debian packages: iproute2 for `ss` (tests cross-check sockleak against it), procps for `ps`.
+# Debian packages: bpftool (tests check that nothing stays attached after SIGKILL).
 need=()
-command -v ss >/dev/null || need+=(iproute2)
-command -v ps >/dev/null || need+=(procps)
+command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq

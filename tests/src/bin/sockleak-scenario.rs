@@ -22,6 +22,7 @@
 //! - `churn-forever ADDR`   connect and close in a loop, forever
 //! - `unconnected N`        create N TCP sockets and never connect them
 //! - `udp-flood PORT N`     send N 1 KiB datagrams to 127.0.0.1:PORT
+//! - `rename HEX`           set this thread's name (comm) to the hex-encoded bytes
 //! - `exit`
 use std::{
     io::{BufRead, Read, Write},
@@ -233,6 +234,17 @@ fn main() {
                 for _ in 0..n(2) {
                     let _ = sender.send_to(&[0u8; 1024], &target);
                 }
+                Ok(String::new())
+            }
+            Some("rename") => {
+                let hex = words[1];
+                let mut name: Vec<u8> = (0..hex.len() / 2)
+                    .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(b'?'))
+                    .collect();
+                name.truncate(15);
+                name.push(0);
+                // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+                unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
                 Ok(String::new())
             }
             Some("exit") => std::process::exit(0),

@@ -1,0 +1,176 @@
+//! Faults and hostile input: signals, closed pipes, names with escape sequences, SIGKILL.
+//! Tests here count sockleak's programs in the kernel, so they run one at a time.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use sockleak_tests::{Scenario, require_root, sockleak_bin};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn bpftool() -> &'static str {
+    if std::path::Path::new("/usr/sbin/bpftool").exists() {
+        "/usr/sbin/bpftool"
+    } else {
+        "bpftool"
+    }
+}
+
+/// How many loaded eBPF programs carry this name (bpftool's view of the kernel).
+fn programs_named(name: &str) -> usize {
+    let out = Command::new(bpftool())
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("bpftool (installed by ./setup.sh)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    progs.iter().filter(|p| p["name"] == name).count()
+}
+
+fn start_json(args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    require_root();
+    let mut child = Command::new(sockleak_bin())
+        .args(["trace", "--format", "json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with(r#"{"type":"started""#), "{line}");
+    (child, out)
+}
+
+fn wait_with_deadline(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sockleak did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn after_sigkill_nothing_of_sockleak_stays_in_the_kernel() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = (
+        programs_named("sock_create"),
+        programs_named("sock_release"),
+    );
+    let (mut child, _out) = start_json(&["--interval", "10s"]);
+    assert_eq!(
+        programs_named("sock_create"),
+        before.0 + 1,
+        "attached while running"
+    );
+    assert_eq!(programs_named("sock_release"), before.1 + 1);
+
+    child.kill().unwrap(); // SIGKILL: no chance to detach by itself
+    child.wait().unwrap();
+    // The kernel frees programs and links once the last fd is gone, asynchronously.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (
+        programs_named("sock_create"),
+        programs_named("sock_release"),
+    ) != before
+    {
+        assert!(
+            Instant::now() < deadline,
+            "programs still loaded 10 s after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And sockets can still be made.
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+}
+
+#[test]
+fn sigterm_prints_the_final_report_and_exits_zero() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut child, out) = start_json(&["--interval", "10s"]);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let lines: Vec<String> = out.lines().map(Result::unwrap).collect();
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    let last: Value = serde_json::from_str(lines.last().expect("a final report")).unwrap();
+    assert_eq!(
+        (&last["type"], &last["final"]),
+        (&"report".into(), &true.into())
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_trace_quietly() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut child, out) = start_json(&["--interval", "100ms"]);
+    drop(out); // like `sockleak trace --format json | head -1`
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert_eq!(stderr, "", "no error, no panic on a closed pipe");
+}
+
+#[test]
+fn hostile_process_names_are_escaped_in_text_and_exact_in_json() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut app = Scenario::spawn();
+    app.run(&format!("rename {}", hex("ev\x1b[2J\nil")));
+    let pid = app.pid().to_string();
+    let run = |format: &str| {
+        Command::new(sockleak_bin())
+            .args([
+                "trace",
+                "--pid",
+                &pid,
+                "--format",
+                format,
+                "--min-age",
+                "0s",
+            ])
+            .args(["--interval", "300ms", "--duration", "1500ms"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (text, json) = (run("text"), run("json"));
+    std::thread::sleep(Duration::from_millis(500)); // both attached
+    app.run("udp 127.0.0.1:0 1");
+    let text = String::from_utf8(text.wait_with_output().unwrap().stdout).unwrap();
+    let json = String::from_utf8(json.wait_with_output().unwrap().stdout).unwrap();
+
+    assert!(
+        !text.contains('\x1b'),
+        "raw escape reached the terminal:\n{text}"
+    );
+    assert!(text.contains("ev\\x1b[2J\\nil"), "{text}");
+    let last: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    let socket = &last["sockets"][0];
+    assert_eq!(
+        socket["comm"], "ev\x1b[2J\nil",
+        "JSON keeps the exact name, escaped by JSON"
+    );
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
