@@ -63,6 +63,10 @@ pub struct TraceArgs {
     /// Flag a group `growing` when its count rose at each of this many consecutive reports.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub growing_reports: u32,
+    /// Size of the kernel-to-sockleak event ring buffer in bytes (a power of two, at least
+    /// 4096). Events that do not fit are counted as lost and healed by reconciliation.
+    #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
+    pub ring_buffer_bytes: u32,
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_sockets: usize,
@@ -90,6 +94,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let n: u32 = text.parse().map_err(|_| format!("invalid size '{text}'"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!(
+            "ring buffer size {n} must be a power of two of at least 4096"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {

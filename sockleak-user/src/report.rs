@@ -112,6 +112,8 @@ pub struct Stats {
     pub released: u64,
     pub reconciled: u64,
     pub pre_existing: u64,
+    /// Open sockets found by reconciliation after their creation event was lost.
+    pub recovered: u64,
     pub dropped_table_full: u64,
     pub dropped_unowned: u64,
     pub ignored: u64,
@@ -229,6 +231,7 @@ fn build(
     stats.released = t.released;
     stats.reconciled = t.reconciled;
     stats.pre_existing = t.pre_existing;
+    stats.recovered = t.recovered;
     stats.dropped_table_full = t.dropped_table_full;
     stats.dropped_unowned = t.dropped_unowned;
     stats.ignored = t.ignored;
@@ -265,6 +268,7 @@ fn site_label(s: &Socket) -> String {
             None => "accept()".to_owned(),
         },
         Site::PreExisting => "pre-existing".to_owned(),
+        Site::Recovered => "recovered (creation event lost)".to_owned(),
     }
 }
 
@@ -291,11 +295,13 @@ fn row(s: &Socket, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
         origin: match s.origin {
             Origin::Traced => "traced",
             Origin::PreExisting => "pre-existing",
+            Origin::Recovered => "recovered",
         },
         site: match s.site {
             Site::Socket => "socket",
             Site::Accept => "accept",
             Site::PreExisting => "pre-existing",
+            Site::Recovered => "recovered",
         },
         holders: s.holders.clone(),
         flags: socket_flags(s, now_ns, thresholds),

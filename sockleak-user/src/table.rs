@@ -43,6 +43,9 @@ pub enum Origin {
     Traced,
     /// Already open when sockleak started.
     PreExisting,
+    /// Found open and held by a reconciliation although no event announced it (its creation
+    /// event was lost).
+    Recovered,
 }
 
 /// How the owner came to have the socket.
@@ -51,6 +54,7 @@ pub enum Site {
     Socket,
     Accept,
     PreExisting,
+    Recovered,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -205,6 +209,8 @@ pub struct TableStats {
     /// Dropped by reconciliation: their release event was lost or never came.
     pub reconciled: u64,
     pub pre_existing: u64,
+    /// Found by reconciliation after their creation event was lost.
+    pub recovered: u64,
     /// Sockets not tracked because the table was full.
     pub dropped_table_full: u64,
     /// Unowned TCP sockets forgotten because that list was full.
@@ -545,20 +551,38 @@ impl SocketTable {
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
     ) {
+        self.stats.pre_existing += self.adopt_held(diag, holders, now_ns, Origin::PreExisting);
+    }
+
+    /// Adds held sockets the table does not know, as `origin`; returns how many.
+    fn adopt_held(
+        &mut self,
+        diag: &[DiagSocket],
+        holders: &HashMap<u64, Vec<u32>>,
+        now_ns: u64,
+        origin: Origin,
+    ) -> u64 {
+        let mut adopted = 0;
         for d in diag {
             if d.inode == 0 || self.sockets.contains_key(&d.cookie) {
                 continue;
+            }
+            if self.sockets.len() >= self.capacity {
+                break; // already counted as dropped when their events came
             }
             let Some(pids) = holders.get(&u64::from(d.inode)) else {
                 continue;
             };
             let Some(&pid) = pids.first() else { continue };
             let comm = procfs::comm_of(pid).unwrap_or_default();
-            self.stats.pre_existing += 1;
+            adopted += 1;
             self.insert(Socket {
                 cookie: d.cookie,
-                origin: Origin::PreExisting,
-                site: Site::PreExisting,
+                origin,
+                site: match origin {
+                    Origin::Recovered => Site::Recovered,
+                    _ => Site::PreExisting,
+                },
                 owner: Owner {
                     pid,
                     tid: pid,
@@ -581,6 +605,7 @@ impl SocketTable {
                 evidence: Evidence::new(now_ns, d.state),
             });
         }
+        adopted
     }
 
     fn count_churn(&mut self, diag: &[DiagSocket]) {
@@ -641,11 +666,19 @@ impl SocketTable {
                 _ => Vec::new(),
             };
             let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
-            let gone = if s.inode != 0 {
-                s.holders.is_empty()
-            } else {
-                // Never saw its fd: judge by sock_diag and by whether the owner still lives.
-                seen.is_none() && !procfs::process_exists(s.owner.pid)
+            let gone = match seen {
+                // Listed without an inode: the socket lost its file, i.e. it was released.
+                Some(d) if d.inode == 0 => true,
+                _ if s.inode != 0 => s.holders.is_empty(),
+                Some(_) => false,
+                None => {
+                    // Never saw its fd and sock_diag does not list it. Only an unconnected TCP
+                    // socket (CLOSE) or an unbound UDP socket may be absent and still open.
+                    let hashed_tcp = s.protocol == IPPROTO_TCP && s.state != TCP_CLOSE;
+                    let bound_udp =
+                        s.protocol == IPPROTO_UDP && s.local.is_some_and(|a| a.port() != 0);
+                    hashed_tcp || bound_udp || !procfs::process_exists(s.owner.pid)
+                }
             };
             if gone && old_enough {
                 s.unheld_scans += 1;
@@ -661,6 +694,8 @@ impl SocketTable {
                 self.stats.reconciled += 1;
             }
         }
+        // The other half of healing: sockets some process holds that no event announced.
+        self.stats.recovered += self.adopt_held(diag, holders, now_ns, Origin::Recovered);
     }
 }
 
@@ -935,6 +970,75 @@ mod tests {
         t.reconcile(&[], &nobody, later);
         assert!(t.is_empty());
         assert_eq!(t.stats.reconciled, 1);
+    }
+
+    #[test]
+    fn a_missed_create_is_found_by_reconciliation() {
+        let mut t = SocketTable::new(16);
+        let held = DiagSocket {
+            cookie: 42,
+            family: 2,
+            protocol: IPPROTO_TCP,
+            state: TCP_ESTABLISHED,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            rx_queue: 0,
+            tx_queue: 0,
+            uid: 0,
+            inode: 900,
+            mem: None,
+            tcp: None,
+        };
+        let orphan = DiagSocket {
+            cookie: 43,
+            inode: 0,
+            ..held.clone()
+        };
+        let holders = HashMap::from([(900u64, vec![std::process::id()])]);
+        t.reconcile(&[held, orphan], &holders, 5);
+        let s = t.get(42).expect("recovered");
+        assert_eq!(
+            (s.origin, s.owner.pid),
+            (Origin::Recovered, std::process::id())
+        );
+        assert!(t.get(43).is_none(), "nobody holds it: not ours to report");
+        assert_eq!(t.stats.recovered, 1);
+    }
+
+    #[test]
+    fn a_socket_whose_fd_and_release_were_both_missed_is_still_reconciled_away() {
+        let mut t = SocketTable::new(16);
+        let me = std::process::id(); // alive: liveness alone cannot judge
+        for cookie in [1, 2, 3] {
+            t.apply(&created(cookie, me));
+        }
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 1;
+        est.new_state = TCP_ESTABLISHED as u16;
+        t.apply(&est);
+        // 1: tracked ESTABLISHED but no longer listed: destroyed.
+        // 2: listed in TIME_WAIT without an inode: released.
+        // 3: unconnected (CLOSE), not listed, owner alive: may well be open; kept.
+        let time_wait = DiagSocket {
+            cookie: 2,
+            family: 2,
+            protocol: IPPROTO_TCP,
+            state: TCP_TIME_WAIT,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            rx_queue: 0,
+            tx_queue: 0,
+            uid: 0,
+            inode: 0,
+            mem: None,
+            tcp: None,
+        };
+        let later = 10 * GHOST_GRACE_NS;
+        t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
+        t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
+        assert!(t.get(1).is_none() && t.get(2).is_none());
+        assert!(t.get(3).is_some());
+        assert_eq!(t.stats.reconciled, 2);
     }
 
     #[test]

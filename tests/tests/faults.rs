@@ -174,3 +174,49 @@ fn hostile_process_names_are_escaped_in_text_and_exact_in_json() {
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn lost_events_are_counted_and_the_table_heals_itself() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    server.run("serve-keep");
+    let mut client = Scenario::spawn();
+    // A one-page ring: a burst of connections cannot fit, so events are lost for real.
+    let t = sockleak_tests::Tracer::start_with(
+        &[client.pid(), server.pid()],
+        &[
+            "--interval",
+            "300ms",
+            "--min-age",
+            "0s",
+            "--ring-buffer-bytes",
+            "4096",
+        ],
+    );
+    client.run(&format!("connect 127.0.0.1:{port} 300"));
+    client.run(&format!("churn 127.0.0.1:{port} 500"));
+
+    // Ghosts need two scans past a one-second grace before they are dropped.
+    let r = t.report_after(Duration::from_millis(2500));
+    assert!(
+        r.stat("events_lost") > 0,
+        "the test needs real loss: {}",
+        r.0["stats"]
+    );
+    assert!(r.stat("recovered") > 0, "{}", r.0["stats"]);
+    let client_sockets = r.sockets_of(client.pid());
+    assert_eq!(
+        client_sockets.len(),
+        300,
+        "exactly the kept connections, no ghosts"
+    );
+    assert!(client_sockets.iter().all(|s| s["state"] == "ESTABLISHED"));
+    let server_states = sockleak_tests::count_by(r.sockets_of(server.pid()), "state");
+    let expected = [("CLOSE_WAIT", 500), ("ESTABLISHED", 300), ("LISTEN", 1)];
+    assert_eq!(
+        server_states,
+        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        "every accepted socket found, whatever was lost"
+    );
+}

@@ -28,7 +28,7 @@ pub struct Attached {
 }
 
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
-pub fn attach() -> Result<Attached> {
+pub fn attach(ring_buffer_bytes: u32) -> Result<Attached> {
     check_capabilities()?;
     let mut warnings = Vec::new();
 
@@ -75,6 +75,7 @@ pub fn attach() -> Result<Attached> {
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
+        .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
 
