@@ -102,6 +102,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--lib",
         "--bins",
         "--tests",
+        // One failing binary must not hide the results of the others.
+        "--no-fail-fast",
     ])
     .env("SOCKLEAK_EBPF_OBJECT", &object)
     .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
