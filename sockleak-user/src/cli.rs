@@ -63,6 +63,10 @@ pub struct TraceArgs {
     /// Flag a group `growing` when its count rose at each of this many consecutive reports.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub growing_reports: u32,
+    /// Behave as on a kernel without BTF (classic tracepoints, no fd walk): for testing the
+    /// fallback and for diagnosing BTF trouble.
+    #[arg(long, hide = true)]
+    pub without_btf: bool,
     /// Size of the kernel-to-sockleak event ring buffer in bytes (a power of two, at least
     /// 4096). Events that do not fit are counted as lost and healed by reconciliation.
     #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]

@@ -31,7 +31,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         mut ebpf,
         hooks,
         warnings,
-    } = hooks::attach(args.ring_buffer_bytes)?;
+    } = hooks::attach(args.ring_buffer_bytes, args.without_btf)?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let kernel_stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;

@@ -101,3 +101,25 @@ fn every_json_line_starts_with_its_type() {
         assert!(line.starts_with(r#"{"type":"report","#), "{line}");
     }
 }
+
+#[test]
+fn without_privileges_it_names_the_missing_capabilities() {
+    // uid 0 but an empty bounding set: no capability survives the exec.
+    let out = Command::new("setpriv")
+        .args([
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(sockleak_bin())
+        .arg("trace")
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("missing: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+}

@@ -263,3 +263,48 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
         "raw sockets are counted, not tracked"
     );
 }
+
+#[test]
+fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut client = Scenario::spawn();
+    let tracer = Tracer::start_with(
+        &[server.pid(), client.pid()],
+        &["--interval", "300ms", "--min-age", "0s", "--without-btf"],
+    );
+    let hooks = tracer.started["hooks"].as_array().unwrap();
+    assert!(
+        hooks.contains(&"tracepoint/sock/inet_sock_set_state".into()),
+        "{hooks:?}"
+    );
+    assert!(
+        !hooks
+            .iter()
+            .any(|h| h.as_str().unwrap().starts_with("tp_btf/")),
+        "{hooks:?}"
+    );
+    assert!(!tracer.started["warnings"].as_array().unwrap().is_empty());
+
+    let ports = client.run(&format!("connect 127.0.0.1:{port} 20"));
+    server.run("accept 20");
+    client.run("close 5");
+
+    // No fd walk without BTF: accepted sockets are found by the /proc scan instead.
+    let report = tracer.fresh_report();
+    let server_states = count_by(report.sockets_of(server.pid()), "state");
+    assert_eq!(
+        server_states,
+        BTreeMap::from([
+            ("CLOSE_WAIT".into(), 5),
+            ("ESTABLISHED".into(), 15),
+            ("LISTEN".into(), 1)
+        ])
+    );
+    let mine = report.sockets_of(client.pid());
+    assert_eq!(mine.len(), 15, "{mine:#?}");
+    for s in mine {
+        let local_port = s["local"].as_str().unwrap().rsplit(':').next().unwrap();
+        assert!(ports[5..].iter().any(|p| p == local_port), "{s}");
+    }
+}

@@ -28,7 +28,7 @@ pub struct Attached {
 }
 
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
-pub fn attach(ring_buffer_bytes: u32) -> Result<Attached> {
+pub fn attach(ring_buffer_bytes: u32, without_btf: bool) -> Result<Attached> {
     check_capabilities()?;
     let mut warnings = Vec::new();
 
@@ -58,7 +58,7 @@ pub fn attach(ring_buffer_bytes: u32) -> Result<Attached> {
             }
         }
     }
-    let has_btf = std::path::Path::new(offsets::VMLINUX_BTF).exists();
+    let has_btf = !without_btf && std::path::Path::new(offsets::VMLINUX_BTF).exists();
     if has_btf {
         if let Err(err) = offsets::fill_from_btf(&mut config, offsets::VMLINUX_BTF) {
             warnings.push(format!(
@@ -67,9 +67,14 @@ pub fn attach(ring_buffer_bytes: u32) -> Result<Attached> {
         }
     } else {
         warnings.push(format!(
-            "{} is missing (kernel without BTF): using classic tracepoints; accepted sockets \
-             are attributed by /proc scans only",
-            offsets::VMLINUX_BTF
+            "no BTF ({} {}): using classic tracepoints; accepted sockets are attributed by \
+             /proc scans only",
+            offsets::VMLINUX_BTF,
+            if without_btf {
+                "ignored by request"
+            } else {
+                "is missing"
+            }
         ));
     }
 
