@@ -234,8 +234,10 @@ fn time_wait_churn_is_counted_per_process_not_reported_as_a_leak() {
         .iter()
         .find(|c| c["pid"] == client.pid())
         .expect("client churn row");
-    // Allow for a few that have not finished their FIN handshake at the sample.
-    assert!(mine["time_wait"].as_u64().unwrap() >= 2700, "{mine}");
+    // Not all 3000: loopback connects may reuse a port whose TIME_WAIT is older than a second
+    // (net.ipv4.tcp_tw_reuse=2, the default), which ends that TIME_WAIT early.
+    let lingering = mine["time_wait"].as_u64().unwrap() + mine["orphaned"].as_u64().unwrap();
+    assert!((1000..=3000).contains(&lingering), "{mine}");
     assert_eq!(mine["comm"], "sockleak-scenar");
     let groups_of_client = r
         .groups()
