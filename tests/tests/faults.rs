@@ -36,6 +36,18 @@ fn programs_named(name: &str) -> usize {
 }
 
 fn start_json(args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    let (child, (out, line)) = start_json_keep_started(args);
+    assert!(line.starts_with(r#"{"type":"started""#), "{line}");
+    (child, out)
+}
+
+/// Like `start_json`, but also returns the `started` line.
+fn start_json_keep_started(
+    args: &[&str],
+) -> (
+    std::process::Child,
+    (BufReader<std::process::ChildStdout>, String),
+) {
     require_root();
     let mut child = Command::new(sockleak_bin())
         .args(["trace", "--format", "json"])
@@ -47,8 +59,7 @@ fn start_json(args: &[&str]) -> (std::process::Child, BufReader<std::process::Ch
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert!(line.starts_with(r#"{"type":"started""#), "{line}");
-    (child, out)
+    (child, (out, line))
 }
 
 fn wait_with_deadline(
@@ -219,4 +230,45 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
         expected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         "every accepted socket found, whatever was lost"
     );
+}
+
+#[test]
+fn a_missing_tracefs_is_mounted_by_sockleak() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let tracefs_mounts = || {
+        fs_lines("/proc/self/mounts")
+            .filter(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+            .count()
+    };
+    // Lazily, so a busy mount still goes; as on this machine kind at boot.
+    while tracefs_mounts() > 0 {
+        let target = fs_lines("/proc/self/mounts")
+            .find(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+            .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .unwrap();
+        let status = Command::new("umount")
+            .args(["-l", &target])
+            .status()
+            .unwrap();
+        assert!(status.success(), "umount -l {target}");
+    }
+    let (mut child, mut out) = start_json_keep_started(&["--interval", "10s"]);
+    assert_eq!(tracefs_mounts(), 1, "sockleak mounted tracefs");
+    let started: Value = serde_json::from_str(&std::mem::take(&mut out.1)).unwrap();
+    let hooks = started["hooks"].as_array().unwrap();
+    assert!(
+        hooks.contains(&"tracepoint/syscalls/sys_exit_accept4".into()),
+        "{hooks:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+fn fs_lines(path: &str) -> impl Iterator<Item = String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect::<Vec<_>>()
+        .into_iter()
 }
