@@ -749,6 +749,24 @@ mod tests {
         }
     }
 
+    /// A TCP socket as sock_diag would list it.
+    fn diag(cookie: u64, state: u8, inode: u32) -> DiagSocket {
+        DiagSocket {
+            cookie,
+            family: 2,
+            protocol: IPPROTO_TCP,
+            state,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            rx_queue: 0,
+            tx_queue: 0,
+            uid: 0,
+            inode,
+            mem: None,
+            tcp: None,
+        }
+    }
+
     fn created(cookie: u64, pid: u32) -> SockEvent {
         let mut e = event(EventKind::Created, Hook::CgroupSockCreate);
         e.cookie = cookie;
@@ -864,20 +882,7 @@ mod tests {
             t.apply(&est);
             t.apply(&released(cookie));
         }
-        let lingering = |cookie, state| DiagSocket {
-            cookie,
-            family: 2,
-            protocol: IPPROTO_TCP,
-            state,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            rx_queue: 0,
-            tx_queue: 0,
-            uid: 0,
-            inode: 0,
-            mem: None,
-            tcp: None,
-        };
+        let lingering = |cookie, state| diag(cookie, state, 0);
         let diag = [
             lingering(1, TCP_TIME_WAIT),
             lingering(2, TCP_FIN_WAIT2),
@@ -907,18 +912,9 @@ mod tests {
         t.apply(&est);
         let held = HashMap::from([(77u64, vec![1u32])]);
         let sample = DiagSocket {
-            cookie: 4,
-            family: 2,
-            protocol: IPPROTO_TCP,
-            state: TCP_ESTABLISHED,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            rx_queue: 0,
             tx_queue: 5000,
-            uid: 0,
-            inode: 77,
-            mem: None,
             tcp: Some(TcpInfo::default()),
+            ..diag(4, TCP_ESTABLISHED, 77)
         };
         t.reconcile(&[sample], &held, 2);
         let mut reset = est;
@@ -975,20 +971,7 @@ mod tests {
     #[test]
     fn a_missed_create_is_found_by_reconciliation() {
         let mut t = SocketTable::new(16);
-        let held = DiagSocket {
-            cookie: 42,
-            family: 2,
-            protocol: IPPROTO_TCP,
-            state: TCP_ESTABLISHED,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            rx_queue: 0,
-            tx_queue: 0,
-            uid: 0,
-            inode: 900,
-            mem: None,
-            tcp: None,
-        };
+        let held = diag(42, TCP_ESTABLISHED, 900);
         let orphan = DiagSocket {
             cookie: 43,
             inode: 0,
@@ -1019,20 +1002,7 @@ mod tests {
         // 1: tracked ESTABLISHED but no longer listed: destroyed.
         // 2: listed in TIME_WAIT without an inode: released.
         // 3: unconnected (CLOSE), not listed, owner alive: may well be open; kept.
-        let time_wait = DiagSocket {
-            cookie: 2,
-            family: 2,
-            protocol: IPPROTO_TCP,
-            state: TCP_TIME_WAIT,
-            local: "127.0.0.1:1".parse().unwrap(),
-            remote: "127.0.0.1:2".parse().unwrap(),
-            rx_queue: 0,
-            tx_queue: 0,
-            uid: 0,
-            inode: 0,
-            mem: None,
-            tcp: None,
-        };
+        let time_wait = diag(2, TCP_TIME_WAIT, 0);
         let later = 10 * GHOST_GRACE_NS;
         t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
         t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
