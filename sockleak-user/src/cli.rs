@@ -34,6 +34,21 @@ pub struct TraceArgs {
     /// Only report sockets created or accepted by this process (repeatable).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
+    /// Only report sockets of processes with this name (`comm`, repeatable).
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Only report sockets with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only report sockets in this state, e.g. CLOSE_WAIT, ESTABLISHED, LISTEN, UNCONN (repeatable).
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<&'static str>,
+    /// Only report sockets of this address family.
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyFilter>,
+    /// Only report sockets of this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolFilter>,
     /// Only report sockets open at least this long (e.g. 500ms, 30s, 5m).
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub min_age: Duration,
@@ -74,6 +89,45 @@ pub struct TraceArgs {
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_sockets: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FamilyFilter {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolFilter {
+    Tcp,
+    Udp,
+}
+
+/// The state names reports use, so a filter can only name a state that can match.
+const STATE_NAMES: [&str; 14] = [
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+    "BOUND_INACTIVE",
+    "UNCONN",
+];
+
+fn parse_state(text: &str) -> Result<&'static str, String> {
+    let wanted = text.trim().to_ascii_uppercase().replace('-', "_");
+    STATE_NAMES
+        .iter()
+        .find(|s| **s == wanted)
+        .copied()
+        .ok_or_else(|| format!("unknown state '{text}': one of {}", STATE_NAMES.join(", ")))
 }
 
 /// Parses `500ms`, `10s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
@@ -133,6 +187,14 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn states_are_matched_loosely_but_must_exist() {
+        assert_eq!(parse_state("close_wait"), Ok("CLOSE_WAIT"));
+        assert_eq!(parse_state("Close-Wait"), Ok("CLOSE_WAIT"));
+        assert_eq!(parse_state("unconn"), Ok("UNCONN"));
+        assert!(parse_state("half_open").is_err());
     }
 
     #[test]

@@ -20,15 +20,45 @@ const FLAG_ORDER: [&str; 6] = [
     "growing",
 ];
 
+/// Which sockets a report shows. Every list is "any of"; an empty list admits all.
+#[derive(Default)]
 pub struct Filter {
-    /// Owner pids to report; empty means all.
+    /// Owner pids.
     pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    /// State names as reports print them.
+    pub states: Vec<&'static str>,
+    /// AF_INET / AF_INET6.
+    pub family: Option<u8>,
+    /// IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: Option<u8>,
     pub min_age_ns: u64,
 }
 
 impl Filter {
     fn admits(&self, s: &Socket, now_ns: u64) -> bool {
-        (self.pids.is_empty() || self.pids.contains(&s.owner.pid))
+        let any = |list_empty: bool, matched: bool| list_empty || matched;
+        let port_of = |a: Option<std::net::SocketAddr>| a.map(|a| a.port());
+        any(self.pids.is_empty(), self.pids.contains(&s.owner.pid))
+            && any(
+                self.comms.is_empty(),
+                self.comms.iter().any(|c| **c == *s.owner.comm),
+            )
+            && any(
+                self.ports.is_empty(),
+                [port_of(s.local), port_of(s.remote)]
+                    .iter()
+                    .flatten()
+                    .any(|p| self.ports.contains(p)),
+            )
+            && any(
+                self.states.is_empty(),
+                self.states.contains(&state_name(s.protocol, s.state)),
+            )
+            && self.family.is_none_or(|f| f == s.family)
+            && self.protocol.is_none_or(|p| p == s.protocol)
             && now_ns.saturating_sub(s.created_ns) >= self.min_age_ns
     }
 }

@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::TraceArgs,
+    cli::{FamilyFilter, ProtocolFilter, TraceArgs},
     hooks, procfs,
     render::{Output, Started},
     report::{Filter, Report, Reporter, Stats},
@@ -22,6 +22,10 @@ use crate::{
 };
 
 pub async fn run(args: TraceArgs) -> Result<()> {
+    // First of all: a Ctrl-C or SIGTERM that arrives while attaching must still end in a final
+    // report, not in the default action. tokio keeps it pending until the loop looks.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
     for &pid in &args.pids {
         if !procfs::process_exists(pid) {
             bail!("no process with pid {pid}");
@@ -53,6 +57,17 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut reporter = Reporter::new(
         Filter {
             pids: args.pids.clone(),
+            comms: args.comms.clone(),
+            ports: args.ports.clone(),
+            states: args.states.clone(),
+            family: args.family.map(|f| match f {
+                FamilyFilter::Ipv4 => sockdiag::AF_INET,
+                FamilyFilter::Ipv6 => sockdiag::AF_INET6,
+            }),
+            protocol: args.protocol.map(|p| match p {
+                ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
+                ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
+            }),
             min_age_ns: args.min_age.as_nanos() as u64,
         },
         Thresholds {
@@ -83,8 +98,6 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
     let deadline = sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
 
     loop {
         tokio::select! {

@@ -123,3 +123,19 @@ fn without_privileges_it_names_the_missing_capabilities() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bad_filter_values_are_rejected() {
+    for bad in [
+        &["--state", "half_open"][..],
+        &["--port", "70000"],
+        &["--family", "ipx"],
+        &["--protocol", "sctp"],
+    ] {
+        let mut args = vec!["trace"];
+        args.extend_from_slice(bad);
+        let (code, err) = run(&args);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.contains("invalid value"), "{bad:?}: {err}");
+    }
+}

@@ -308,3 +308,58 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
         assert!(ports[5..].iter().any(|p| p == local_port), "{s}");
     }
 }
+
+#[test]
+fn filters_narrow_the_report_to_what_was_asked() {
+    let mut app = Scenario::spawn();
+    let port4 = app.run("listen 127.0.0.1:0")[0].clone();
+    app.run(&format!("connect 127.0.0.1:{port4} 2"));
+    let port6 = app.run("listen [::1]:0")[0].clone();
+    app.run(&format!("connect [::1]:{port6} 1"));
+    app.run("udp 127.0.0.1:0 1");
+    app.run("udp [::1]:0 1");
+    let pid = app.pid();
+    let traced_with = |filters: &[&str]| {
+        let mut args = vec!["--interval", "300ms", "--min-age", "0s"];
+        args.extend_from_slice(filters);
+        Tracer::start_with(&[pid], &args)
+    };
+    let shapes = |t: &Tracer| {
+        let report = t.fresh_report();
+        let mut seen: Vec<String> = report
+            .sockets_of(pid)
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}",
+                    s["protocol"].as_str().unwrap(),
+                    s["family"].as_str().unwrap(),
+                    s["state"].as_str().unwrap()
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    let udp = traced_with(&["--protocol", "udp"]);
+    let tcp6 = traced_with(&["--family", "ipv6", "--protocol", "tcp"]);
+    let listening = traced_with(&["--state", "listen"]);
+    let on_port4 = traced_with(&["--port", &port4]);
+    let nobody = traced_with(&["--comm", "no-such-process"]);
+    let by_name = traced_with(&["--comm", "sockleak-scenar"]);
+
+    assert_eq!(shapes(&udp), ["udp ipv4 UNCONN", "udp ipv6 UNCONN"]);
+    assert_eq!(shapes(&tcp6), ["tcp ipv6 ESTABLISHED", "tcp ipv6 LISTEN"]);
+    assert_eq!(shapes(&listening), ["tcp ipv4 LISTEN", "tcp ipv6 LISTEN"]);
+    assert_eq!(
+        shapes(&on_port4),
+        [
+            "tcp ipv4 ESTABLISHED",
+            "tcp ipv4 ESTABLISHED",
+            "tcp ipv4 LISTEN"
+        ],
+        "the listener and the two connections to it"
+    );
+    assert!(shapes(&nobody).is_empty());
+    assert_eq!(shapes(&by_name).len(), 7);
+}
