@@ -10,7 +10,7 @@ STABLE=$(toolchain_of rust-toolchain.toml)
 NIGHTLY=$(toolchain_of sockleak-ebpf/rust-toolchain.toml)
 
 if ! command -v rustup >/dev/null; then
-    echo "setup.sh: rustup is required (https://rustup.rs)" >&2
+    echo "setup.sh: rustup is required to install the pinned toolchains" >&2
     exit 1
 fi
 installed=$(rustup toolchain list)
