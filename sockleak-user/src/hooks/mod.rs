@@ -104,13 +104,15 @@ pub fn attach(ring_buffer_bytes: u32, without_btf: bool) -> Result<Attached> {
         hooks.push(hook.to_owned());
     }
 
-    // TCP state changes: typed tp_btf (gives the cookie) or the classic tracepoint.
-    let btf_attach = if has_btf {
-        attach_tp_btf(&mut ebpf, "inet_sock_set_state")
+    // Parsed once and shared by every tp_btf program (and the reason each may fail).
+    let kernel_btf = if has_btf {
+        Btf::from_sys_fs().map_err(|err| format!("reading kernel BTF: {err}"))
     } else {
-        Err(anyhow!("no BTF"))
+        Err("no BTF".to_owned())
     };
-    match btf_attach {
+
+    // TCP state changes: typed tp_btf (gives the cookie) or the classic tracepoint.
+    match attach_tp_btf(&mut ebpf, &kernel_btf, "inet_sock_set_state") {
         Ok(()) => hooks.push("tp_btf/inet_sock_set_state".to_owned()),
         Err(btf_err) => {
             let program: &mut TracePoint = program_mut(&mut ebpf, "inet_sock_set_state_tp")?;
@@ -126,12 +128,7 @@ pub fn attach(ring_buffer_bytes: u32, without_btf: bool) -> Result<Attached> {
 
     // Memory pressure per socket: evidence for verdicts, optional.
     for name in ["sock_rcvqueue_full", "sock_exceed_buf_limit"] {
-        let attached = if has_btf {
-            attach_tp_btf(&mut ebpf, name)
-        } else {
-            Err(anyhow!("needs BTF"))
-        };
-        match attached {
+        match attach_tp_btf(&mut ebpf, &kernel_btf, name) {
             Ok(()) => hooks.push(format!("tp_btf/{name}")),
             Err(err) => warnings.push(one_line(&format!("tp_btf/{name} unavailable: {err:#}"))),
         }
@@ -170,10 +167,10 @@ fn one_line(text: &str) -> String {
     }
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    let btf = Btf::from_sys_fs().context("reading kernel BTF")?;
+fn attach_tp_btf(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, String>, name: &str) -> Result<()> {
+    let btf = kernel_btf.as_ref().map_err(|err| anyhow!("{err}"))?;
     let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
-    program.load(name, &btf)?;
+    program.load(name, btf)?;
     program.attach()?;
     Ok(())
 }
