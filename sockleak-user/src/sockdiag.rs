@@ -30,6 +30,7 @@ pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
+const TCP_LISTEN: u8 = 10;
 
 /// One socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,9 +42,9 @@ pub struct DiagSocket {
     pub state: u8,
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    /// TCP: bytes received and not read (for LISTEN, the accept backlog); UDP: rmem in use.
+    /// Bytes: TCP received and not read, UDP rmem in use; 0 for a TCP listener.
     pub rx_queue: u32,
-    /// TCP: bytes written and not yet acknowledged; UDP: wmem in use.
+    /// Bytes: TCP written and not yet acknowledged, UDP wmem in use; 0 for a TCP listener.
     pub tx_queue: u32,
     pub uid: u32,
     /// 0 for sockets no file refers to (TIME_WAIT, orphans, request sockets).
@@ -241,6 +242,10 @@ fn parse_inet_diag_msg(p: &[u8], protocol: u8) -> Option<DiagSocket> {
         }
     };
     let cookie = u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32);
+    // For a TCP listener the kernel puts the accept queue length and its limit in the queue
+    // fields: connections, not bytes, so they are not reported as queued bytes.
+    let listening = protocol == IPPROTO_TCP && state == TCP_LISTEN;
+    let bytes = |off: usize| if listening { 0 } else { u32_at(off) };
     let (mut mem, mut tcp) = (None, None);
     for (kind, payload) in attributes(&p[INET_DIAG_MSG_LEN..]) {
         match kind {
@@ -256,8 +261,8 @@ fn parse_inet_diag_msg(p: &[u8], protocol: u8) -> Option<DiagSocket> {
         state,
         local: SocketAddr::new(addr(8), sport),
         remote: SocketAddr::new(addr(24), dport),
-        rx_queue: u32_at(56),
-        tx_queue: u32_at(60),
+        rx_queue: bytes(56),
+        tx_queue: bytes(60),
         uid: u32_at(64),
         inode: u32_at(68),
         mem,

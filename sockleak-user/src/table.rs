@@ -598,8 +598,8 @@ impl SocketTable {
                 inode: u64::from(d.inode),
                 local: Some(d.local),
                 remote: Some(d.remote),
-                rx_queue: if d.state == TCP_LISTEN { 0 } else { d.rx_queue },
-                tx_queue: if d.state == TCP_LISTEN { 0 } else { d.tx_queue },
+                rx_queue: d.rx_queue,
+                tx_queue: d.tx_queue,
                 holders: pids.clone(),
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state),
@@ -643,11 +643,8 @@ impl SocketTable {
                 s.set_state(d.state, now_ns);
                 s.local = Some(d.local);
                 s.remote = Some(d.remote);
-                // For a listener sock_diag puts the accept queue length and its limit in these
-                // fields: connections, not bytes.
-                let listening = s.protocol == IPPROTO_TCP && d.state == TCP_LISTEN;
-                s.rx_queue = if listening { 0 } else { d.rx_queue };
-                s.tx_queue = if listening { 0 } else { d.tx_queue };
+                s.rx_queue = d.rx_queue;
+                s.tx_queue = d.tx_queue;
                 if s.family == 0 {
                     s.family = d.family;
                 }
