@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::{
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
-    table::{Origin, Site, Socket, SocketTable, TCP_CLOSE},
+    table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
     verdict::{Growth, GrowthTracker, Thresholds, socket_flags},
 };
 
@@ -127,26 +127,23 @@ pub struct ChurnRow {
     pub orphaned: u32,
 }
 
+/// Counters kept by the kernel side (per-CPU, summed).
 #[derive(Serialize, Debug, Clone, Default)]
-pub struct Stats {
-    /// Events read from the ring buffer by userspace.
-    pub events_seen: u64,
+pub struct KernelStats {
     /// Events the kernel side wrote to the ring buffer.
     pub events_sent: u64,
     /// Events the kernel side could not deliver (ring buffer full).
     pub events_lost: u64,
     pub fd_walk_failed: u64,
+}
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Stats {
+    #[serde(flatten)]
+    pub kernel: KernelStats,
     pub open_sockets: usize,
-    pub created: u64,
-    pub accepted: u64,
-    pub released: u64,
-    pub reconciled: u64,
-    pub pre_existing: u64,
-    /// Open sockets found by reconciliation after their creation event was lost.
-    pub recovered: u64,
-    pub dropped_table_full: u64,
-    pub dropped_unowned: u64,
-    pub ignored: u64,
+    #[serde(flatten)]
+    pub table: TableStats,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -173,14 +170,14 @@ impl Reporter {
         }
     }
 
-    pub fn report(&mut self, table: &SocketTable, now_ns: u64, stats: Stats) -> Report {
+    pub fn report(&mut self, table: &SocketTable, now_ns: u64, kernel: KernelStats) -> Report {
         build(
             table,
             &self.filter,
             &self.thresholds,
             &mut self.growth,
             now_ns,
-            stats,
+            kernel,
         )
     }
 }
@@ -191,7 +188,7 @@ fn build(
     thresholds: &Thresholds,
     growth: &mut GrowthTracker,
     now_ns: u64,
-    mut stats: Stats,
+    kernel: KernelStats,
 ) -> Report {
     let mut rows: Vec<SocketRow> = table
         .sockets()
@@ -253,18 +250,11 @@ fn build(
             .then(a.site.cmp(&b.site))
     });
 
-    let t = &table.stats;
-    stats.events_seen = t.events;
-    stats.open_sockets = table.len();
-    stats.created = t.created;
-    stats.accepted = t.accepted;
-    stats.released = t.released;
-    stats.reconciled = t.reconciled;
-    stats.pre_existing = t.pre_existing;
-    stats.recovered = t.recovered;
-    stats.dropped_table_full = t.dropped_table_full;
-    stats.dropped_unowned = t.dropped_unowned;
-    stats.ignored = t.ignored;
+    let stats = Stats {
+        kernel,
+        open_sockets: table.len(),
+        table: table.stats.clone(),
+    };
     let mut churn: Vec<ChurnRow> = table
         .churn()
         .iter()

@@ -200,8 +200,10 @@ impl Socket {
 }
 
 /// What the table did with events, for `stats` in reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TableStats {
+    /// Events read from the ring buffer by userspace.
+    #[serde(rename = "events_seen")]
     pub events: u64,
     pub created: u64,
     pub accepted: u64,
@@ -217,6 +219,7 @@ pub struct TableStats {
     pub dropped_unowned: u64,
     /// Events for protocols sockleak does not track (raw, ICMP, SCTP...).
     pub ignored: u64,
+    #[serde(skip)]
     pub malformed: u64,
 }
 

@@ -15,7 +15,7 @@ use crate::{
     cli::{FamilyFilter, ProtocolFilter, TraceArgs},
     hooks, procfs,
     render::{Output, Started},
-    report::{Filter, Report, Reporter, Stats},
+    report::{Filter, KernelStats, Report, Reporter},
     sockdiag,
     table::SocketTable,
     verdict::Thresholds,
@@ -147,13 +147,12 @@ fn snapshot(
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     };
-    let stats = Stats {
+    let kernel = KernelStats {
         events_sent: stat(Stat::EventsSent),
         events_lost: stat(Stat::EventsLost),
         fd_walk_failed: stat(Stat::FdWalkFailed),
-        ..Stats::default()
     };
-    Ok(reporter.report(table, now, stats))
+    Ok(reporter.report(table, now, kernel))
 }
 
 fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable) {

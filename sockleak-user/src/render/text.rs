@@ -55,15 +55,15 @@ pub fn report(r: &Report, final_report: bool) -> String {
         r.sockets.len(),
         r.groups.len(),
         st.open_sockets,
-        st.events_seen,
-        st.events_lost,
+        st.table.events,
+        st.kernel.events_lost,
     );
-    if st.events_lost > 0 || st.dropped_table_full > 0 {
+    if st.kernel.events_lost > 0 || st.table.dropped_table_full > 0 {
         let _ = writeln!(
             out,
             "warning: {} events lost in the kernel, {} sockets not tracked (table full): \
              counts may be low until the next reconciliation",
-            st.events_lost, st.dropped_table_full
+            st.kernel.events_lost, st.table.dropped_table_full
         );
     }
     if r.groups.is_empty() {
