@@ -5,7 +5,7 @@
 //! ring buffer lost cannot leave a ghost behind, because a socket that no process holds any more
 //! is dropped after two consecutive scans.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
     sync::Arc,
 };
@@ -276,6 +276,8 @@ pub struct SocketTable {
     released: HashMap<u64, (u32, Arc<str>)>,
     released_order: VecDeque<u64>,
     churn: HashMap<u32, Churn>,
+    /// Held sockets unknown to the table at the last scan: recovered if still so at the next.
+    unknown_held_last_scan: HashSet<u64>,
     cookie_by_skaddr: HashMap<u64, u64>,
     /// TCP sockets seen only through state changes, by `struct sock` address: accept children
     /// waiting for `accept()`.
@@ -292,6 +294,7 @@ impl SocketTable {
             released: HashMap::new(),
             released_order: VecDeque::new(),
             churn: HashMap::new(),
+            unknown_held_last_scan: HashSet::new(),
             cookie_by_skaddr: HashMap::new(),
             unowned: HashMap::new(),
             unowned_order: VecDeque::new(),
@@ -554,20 +557,36 @@ impl SocketTable {
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
     ) {
-        self.stats.pre_existing += self.adopt_held(diag, holders, now_ns, Origin::PreExisting);
+        self.stats.pre_existing +=
+            self.adopt_held(diag, holders, now_ns, Origin::PreExisting, |_| true);
     }
 
-    /// Adds held sockets the table does not know, as `origin`; returns how many.
+    /// Held sockets the table does not know, by cookie.
+    fn unknown_held(&self, diag: &[DiagSocket], holders: &HashMap<u64, Vec<u32>>) -> HashSet<u64> {
+        diag.iter()
+            .filter(|d| d.inode != 0 && !self.sockets.contains_key(&d.cookie))
+            .filter(|d| {
+                holders
+                    .get(&u64::from(d.inode))
+                    .is_some_and(|p| !p.is_empty())
+            })
+            .map(|d| d.cookie)
+            .collect()
+    }
+
+    /// Adds held sockets the table does not know and `admit` accepts, as `origin`; returns
+    /// how many.
     fn adopt_held(
         &mut self,
         diag: &[DiagSocket],
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
         origin: Origin,
+        admit: impl Fn(u64) -> bool,
     ) -> u64 {
         let mut adopted = 0;
         for d in diag {
-            if d.inode == 0 || self.sockets.contains_key(&d.cookie) {
+            if d.inode == 0 || self.sockets.contains_key(&d.cookie) || !admit(d.cookie) {
                 continue;
             }
             if self.sockets.len() >= self.capacity {
@@ -694,8 +713,18 @@ impl SocketTable {
                 self.stats.reconciled += 1;
             }
         }
-        // The other half of healing: sockets some process holds that no event announced.
-        self.stats.recovered += self.adopt_held(diag, holders, now_ns, Origin::Recovered);
+        // The other half of healing: sockets some process holds that no event announced. Like
+        // ghosts, only on two consecutive scans: a socket created and released while the scans
+        // ran is still in this (stale) dump, but its release has already been applied.
+        let unknown = self.unknown_held(diag, holders);
+        let seen_before = std::mem::take(&mut self.unknown_held_last_scan);
+        self.stats.recovered += self.adopt_held(diag, holders, now_ns, Origin::Recovered, |c| {
+            seen_before.contains(&c)
+        });
+        self.unknown_held_last_scan = unknown
+            .into_iter()
+            .filter(|c| !self.sockets.contains_key(c))
+            .collect();
     }
 }
 
@@ -978,7 +1007,9 @@ mod tests {
             ..held.clone()
         };
         let holders = HashMap::from([(900u64, vec![std::process::id()])]);
-        t.reconcile(&[held, orphan], &holders, 5);
+        t.reconcile(&[held.clone(), orphan.clone()], &holders, 5);
+        assert!(t.get(42).is_none(), "one scan is not proof");
+        t.reconcile(&[held, orphan], &holders, 6);
         let s = t.get(42).expect("recovered");
         assert_eq!(
             (s.origin, s.owner.pid),
@@ -986,6 +1017,20 @@ mod tests {
         );
         assert!(t.get(43).is_none(), "nobody holds it: not ours to report");
         assert_eq!(t.stats.recovered, 1);
+    }
+
+    #[test]
+    fn a_socket_released_while_the_scans_ran_is_not_recovered_from_the_stale_dump() {
+        let mut t = SocketTable::new(16);
+        let me = std::process::id();
+        t.apply(&created(7, me));
+        t.apply(&released(7)); // both applied by the drain after the scans
+        let stale = diag(7, TCP_ESTABLISHED, 700);
+        let stale_holders = HashMap::from([(700u64, vec![me])]);
+        t.reconcile(&[stale], &stale_holders, 5);
+        t.reconcile(&[], &HashMap::new(), 6); // the next scan no longer sees it
+        assert!(t.get(7).is_none());
+        assert_eq!(t.stats.recovered, 0);
     }
 
     #[test]
