@@ -120,6 +120,41 @@ pub struct SockEvent {
     pub _pad2: u32,
 }
 
+impl SockEvent {
+    /// An event of `kind` from `hook` with everything else zero (fd -1): callers fill in
+    /// what their hook knows.
+    pub const fn new(kind: EventKind, hook: Hook) -> Self {
+        Self {
+            kind: kind as u32,
+            hook: hook as u32,
+            ts_ns: 0,
+            cookie: 0,
+            skaddr: 0,
+            task: Task {
+                pid: 0,
+                tid: 0,
+                uid: 0,
+                _pad: 0,
+                cgroup_id: 0,
+                comm: [0; COMM_LEN],
+            },
+            inode: 0,
+            fd: -1,
+            family: 0,
+            protocol: 0,
+            sock_type: 0,
+            old_state: 0,
+            new_state: 0,
+            _pad: 0,
+            sport: 0,
+            dport: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            _pad2: 0,
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 136);
 

@@ -48,27 +48,9 @@ fn current_task() -> Task {
 
 #[inline(always)]
 fn event(kind: EventKind, hook: Hook) -> SockEvent {
-    SockEvent {
-        kind: kind as u32,
-        hook: hook as u32,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        cookie: 0,
-        skaddr: 0,
-        task: Task::default(),
-        inode: 0,
-        fd: -1,
-        family: 0,
-        protocol: 0,
-        sock_type: 0,
-        old_state: 0,
-        new_state: 0,
-        _pad: 0,
-        sport: 0,
-        dport: 0,
-        saddr: [0; 16],
-        daddr: [0; 16],
-        _pad2: 0,
-    }
+    let mut ev = SockEvent::new(kind, hook);
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev
 }
 
 #[cgroup_sock(sock_create)]

@@ -755,27 +755,12 @@ mod tests {
     }
 
     fn event(kind: EventKind, hook: Hook) -> SockEvent {
-        SockEvent {
-            kind: kind as u32,
-            hook: hook as u32,
-            ts_ns: 1,
-            cookie: 0,
-            skaddr: 0,
-            task: Task::default(),
-            inode: 0,
-            fd: -1,
-            family: 2,
-            protocol: 6,
-            sock_type: 1,
-            old_state: 0,
-            new_state: 0,
-            _pad: 0,
-            sport: 0,
-            dport: 0,
-            saddr: [0; 16],
-            daddr: [0; 16],
-            _pad2: 0,
-        }
+        let mut e = SockEvent::new(kind, hook);
+        e.ts_ns = 1;
+        e.family = 2;
+        e.protocol = 6;
+        e.sock_type = 1;
+        e
     }
 
     /// A TCP socket as sock_diag would list it.
