@@ -36,7 +36,7 @@ fn bad_durations_are_rejected() {
 }
 
 #[test]
-fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
+fn json_lines_start_with_their_type_from_started_to_the_final_report() {
     sockleak_tests::require_root();
     let out = Command::new(sockleak_bin())
         .args([
@@ -55,8 +55,14 @@ fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // Every line starts with its type, for people grepping the stream.
+    let mut raw = stdout.lines();
+    assert!(raw.next().unwrap().starts_with(r#"{"type":"started","#));
+    for line in raw {
+        assert!(line.starts_with(r#"{"type":"report","#), "{line}");
+    }
+    let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -76,29 +82,6 @@ fn json_starts_with_the_started_line_and_ends_with_a_final_report() {
     );
     for key in ["sockets", "groups", "stats"] {
         assert!(last.get(key).is_some(), "{key} missing");
-    }
-}
-
-#[test]
-fn every_json_line_starts_with_its_type() {
-    sockleak_tests::require_root();
-    let out = Command::new(sockleak_bin())
-        .args([
-            "trace",
-            "--format",
-            "json",
-            "--interval",
-            "100ms",
-            "--duration",
-            "350ms",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let mut lines = stdout.lines();
-    assert!(lines.next().unwrap().starts_with(r#"{"type":"started","#));
-    for line in lines {
-        assert!(line.starts_with(r#"{"type":"report","#), "{line}");
     }
 }
 
