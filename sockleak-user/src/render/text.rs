@@ -23,14 +23,7 @@ pub fn started(s: &Started) -> String {
     let pids = if s.pids.is_empty() {
         "all processes".to_owned()
     } else {
-        format!(
-            "pid {}",
-            s.pids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        format!("pid {}", pid_list(&s.pids, ", "))
     };
     let _ = writeln!(
         out,
@@ -151,14 +144,7 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 if s.holders.is_empty() || s.holders == [s.pid] {
                     String::new()
                 } else {
-                    format!(
-                        "  held by {}",
-                        s.holders
-                            .iter()
-                            .map(u32::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    )
+                    format!("  held by {}", pid_list(&s.holders, ","))
                 }
             );
         }
@@ -192,6 +178,13 @@ fn churn(out: &mut String, r: &Report) {
             c.orphaned
         );
     }
+}
+
+fn pid_list(pids: &[u32], separator: &str) -> String {
+    pids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 fn human_bytes(bytes: u64) -> String {
