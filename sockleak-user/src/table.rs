@@ -585,6 +585,8 @@ impl SocketTable {
         admit: impl Fn(u64) -> bool,
     ) -> u64 {
         let mut adopted = 0;
+        // One read of /proc/PID/comm per process, however many sockets it holds.
+        let mut comms: HashMap<u32, Arc<str>> = HashMap::new();
         for d in diag {
             if d.inode == 0 || self.sockets.contains_key(&d.cookie) || !admit(d.cookie) {
                 continue;
@@ -596,7 +598,10 @@ impl SocketTable {
                 continue;
             };
             let Some(&pid) = pids.first() else { continue };
-            let comm = procfs::comm_of(pid).unwrap_or_default();
+            let comm = comms
+                .entry(pid)
+                .or_insert_with(|| Arc::from(procfs::comm_of(pid).unwrap_or_default().as_str()))
+                .clone();
             adopted += 1;
             self.insert(Socket {
                 cookie: d.cookie,
@@ -610,7 +615,7 @@ impl SocketTable {
                     tid: pid,
                     uid: d.uid,
                     cgroup_id: 0,
-                    comm: Arc::from(comm.as_str()),
+                    comm,
                 },
                 family: d.family,
                 protocol: d.protocol,
