@@ -1,8 +1,9 @@
 //! The contract between the eBPF programs (`sockleak-ebpf`) and userspace (`sockleak-user`).
 //!
 //! Read this file first. Everything the kernel side tells userspace is a [`SockEvent`] in the
-//! `EVENTS` ring buffer, plus the per-CPU counters in `STATS` indexed by [`Stat`]. Everything
-//! userspace tells the kernel side is the [`Config`] global, written before the programs load.
+//! `EVENTS` ring buffer, the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
+//! stacks in `STACKS` that events refer to by id. Everything userspace tells the kernel side is
+//! the [`Config`] global, written before the programs load.
 //!
 //! The kernel side stays small: it records *who* (only ever from process context) and *which
 //! socket* (cookie, and the `struct sock` address for joins); userspace does the thinking.
@@ -117,8 +118,23 @@ pub struct SockEvent {
     pub dport: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub _pad2: u32,
+    /// Ids in the `STACKS` map of the creating task's user and kernel stacks
+    /// ([`EventKind::FdInstalled`]); negative when not captured (the errno, or [`NO_STACK`]).
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    /// The word at the user stack pointer when the syscall was made: the return address into
+    /// the caller of a frameless syscall wrapper (glibc's `socket()`), which a frame-pointer
+    /// walk skips. 0 when unread; userspace decides whether it is a code address.
+    pub user_sp_word: u64,
 }
+
+/// `user_stack_id` / `kernel_stack_id` of an event whose hook does not capture stacks.
+pub const NO_STACK: i32 = i32::MIN;
+
+/// Slots of the `STACKS` map (distinct stacks it can hold) and frames kept per stack. Every
+/// slot is preallocated: 8192 x (64 x 8 + bucket header) is about 4.5 MiB of kernel memory.
+pub const STACK_SLOTS: u32 = 8192;
+pub const STACK_DEPTH: usize = 64;
 
 impl SockEvent {
     /// An event of `kind` from `hook` with everything else zero (fd -1): callers fill in
@@ -150,13 +166,15 @@ impl SockEvent {
             dport: 0,
             saddr: [0; 16],
             daddr: [0; 16],
-            _pad2: 0,
+            user_stack_id: NO_STACK,
+            kernel_stack_id: NO_STACK,
+            user_sp_word: 0,
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
-const _: () = assert!(core::mem::size_of::<SockEvent>() == 136);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 152);
 
 /// Per-CPU counters in the `STATS` map, indexed by these values.
 #[repr(u32)]
@@ -168,9 +186,14 @@ pub enum Stat {
     EventsLost = 1,
     /// fd-table walks at syscall exit that failed (fd raced away, unexpected layout).
     FdWalkFailed = 2,
+    /// A stack whose slot in `STACKS` already held another stack (the map is full or unlucky):
+    /// that socket's creation stack is unknown.
+    StackCollisions = 3,
+    /// Stacks that could not be captured for another reason (no user stack, a fault).
+    StackFailures = 4,
 }
 
-pub const STAT_COUNT: u32 = 3;
+pub const STAT_COUNT: u32 = 5;
 
 /// Field offsets the programs need but cannot get from CO-RE (Rust eBPF has no field
 /// relocations yet): userspace reads them from the running kernel's BTF and tracefs formats.
@@ -205,6 +228,11 @@ pub struct Config {
     pub sock_num: u64,
     pub sock_v6_daddr: u64,
     pub sock_v6_rcv_saddr: u64,
+    /// Non-zero when the kernel has `bpf_task_pt_regs` (5.15+), needed to read the user stack
+    /// pointer for [`SockEvent::user_sp_word`].
+    pub have_task_pt_regs: u64,
+    /// `pt_regs.sp`.
+    pub pt_regs_sp: u64,
 }
 
 #[cfg(feature = "user")]

@@ -6,27 +6,31 @@
 //! | `sock_release`           | cgroup/sock_release                  | process* | socket gone        |
 //! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | TCP state, cookie, addresses |
 //! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
-//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets |
+//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, creation stacks |
 //! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
 use aya_ebpf::{
     EbpfContext,
+    bindings::BPF_F_USER_STACK,
     cty::c_void,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_socket_cookie,
+            bpf_ktime_get_ns, bpf_task_pt_regs,
+        },
     },
     macros::{btf_tracepoint, cgroup_sock, tracepoint},
-    programs::{BtfTracePointContext, SockContext, TracePointContext},
+    programs::{BtfTracePointContext, SockContext, TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use sockleak_common::{EventKind, Hook, SockEvent, Stat, Task};
+use sockleak_common::{Config, EventKind, Hook, SockEvent, Stat, Task};
 
 use crate::{
     fdwalk::socket_of_fd,
-    maps::{config, count, send},
+    maps::{STACKS, config, count, send},
 };
 
 /// cgroup sock programs decide whether a socket may exist. sockleak only watches.
@@ -198,12 +202,47 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
             ev.cookie = found.cookie;
             ev.inode = found.inode;
             ev.family = found.family;
+            capture_stacks(ctx, &cfg, &mut ev);
             send(&ev);
         }
         Ok(None) => {} // not an inet socket
         Err(err) => {
             count(Stat::FdWalkFailed);
             debug!(ctx, "sockleak: fd walk failed for fd {}: {}", fd, err);
+        }
+    }
+}
+
+const EEXIST: i32 = 17;
+
+/// The creating task's user and kernel stacks, at the syscall that gave it the socket. Only
+/// here: this is process context, and `current` is the owner.
+#[inline(always)]
+fn capture_stacks(ctx: &TracePointContext, cfg: &Config, ev: &mut SockEvent) {
+    ev.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
+    ev.kernel_stack_id = stack_id(ctx, 0);
+    if cfg.have_task_pt_regs != 0 {
+        // SAFETY: helpers on the current task; a fault only makes the read fail.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+            if let Ok(sp) = bpf_probe_read_kernel((regs + cfg.pt_regs_sp) as *const u64) {
+                ev.user_sp_word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(if err == -EEXIST {
+                Stat::StackCollisions
+            } else {
+                Stat::StackFailures
+            });
+            err
         }
     }
 }

@@ -1,13 +1,21 @@
 //! Every map is bounded; sockleak keeps no per-socket state in the kernel (the userspace table
-//! holds it), so nothing here can grow with the number of sockets.
+//! holds it), so nothing here can grow with the number of sockets. `STACKS` grows with distinct
+//! creation stacks only, up to its fixed number of slots.
 use aya_ebpf::{
-    btf_maps::{PerCpuArray, RingBuf},
+    btf_maps::{PerCpuArray, RingBuf, StackTrace},
     macros::btf_map,
 };
-use sockleak_common::{Config, EVENTS_RING_BYTES, STAT_COUNT, SockEvent, Stat};
+use sockleak_common::{
+    Config, EVENTS_RING_BYTES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, Stat,
+};
 
 #[btf_map]
 pub static EVENTS: RingBuf<SockEvent, { EVENTS_RING_BYTES as usize }> = RingBuf::new();
+
+/// Creation stacks, deduplicated by the kernel. Userspace never deletes from it, so an id keeps
+/// naming the same stack for the whole trace and is read (and symbolized) once.
+#[btf_map]
+pub static STACKS: StackTrace<{ STACK_SLOTS as usize }, 0, STACK_DEPTH> = StackTrace::new();
 
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
@@ -36,6 +44,8 @@ static CONFIG: Config = Config {
     sock_num: 0,
     sock_v6_daddr: 0,
     sock_v6_rcv_saddr: 0,
+    have_task_pt_regs: 0,
+    pt_regs_sp: 0,
 };
 
 #[inline(always)]

@@ -31,7 +31,28 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.sock_v6_daddr = common + off("sock_common", "skc_v6_daddr")?;
     config.sock_v6_rcv_saddr = common + off("sock_common", "skc_v6_rcv_saddr")?;
     config.have_offsets = 1;
+    // Optional: without them, stacks miss the caller of a frameless syscall wrapper.
+    if let Ok(sp) = member_offset(&btf, "pt_regs", "sp")
+        && has_helper(&btf, "BPF_FUNC_task_pt_regs")
+    {
+        config.pt_regs_sp = sp;
+        config.have_task_pt_regs = 1;
+    }
     Ok(())
+}
+
+/// Whether the kernel knows a BPF helper: its `enum bpf_func_id` lists every one it has.
+fn has_helper(btf: &Btf, helper: &str) -> bool {
+    let Ok(types) = btf.resolve_types_by_name("bpf_func_id") else {
+        return false;
+    };
+    types.iter().any(|t| match t {
+        Type::Enum(e) => e
+            .members
+            .iter()
+            .any(|m| btf.resolve_name(m).is_ok_and(|n| n == helper)),
+        _ => false,
+    })
 }
 
 /// Byte offset of `member` in `struct name`, looking through anonymous structs and unions
@@ -99,5 +120,8 @@ mod tests {
             c.task_files > 0 && c.file_private_data > 0 && c.sock_cookie > 0,
             "{c:?}"
         );
+        // This kernel (6.18) has bpf_task_pt_regs; x86_64's pt_regs.sp is the 20th word.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!((c.have_task_pt_regs, c.pt_regs_sp), (1, 152), "{c:?}");
     }
 }
