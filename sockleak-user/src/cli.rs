@@ -1,5 +1,5 @@
 //! The command line. `--help` is the reference; every flag says what it does and its default.
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -61,6 +61,15 @@ pub struct TraceArgs {
     /// Output format: `text` for people, `json` for scripts (one JSON object per line).
     #[arg(short, long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// Also write the open sockets as folded stacks (`process;outer;...;inner;site COUNT`, one
+    /// line per group) to FILE, rewritten at every report: input for flamegraph.pl, inferno,
+    /// speedscope.
+    #[arg(long, value_name = "FILE")]
+    pub folded: Option<PathBuf>,
+    /// Also write an SVG flame graph of the open sockets by creation stack to FILE, rewritten at
+    /// every report.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
     /// Flag `close_wait` (peer closed, owner has not) and `reset_held` (reset by the kernel,
     /// fd still held) after this long in that state.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]

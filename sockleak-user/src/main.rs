@@ -9,6 +9,7 @@ mod procfs;
 mod render;
 mod report;
 mod sockdiag;
+mod symbolize;
 mod table;
 mod trace;
 mod verdict;

@@ -1,13 +1,17 @@
 //! A report: the open sockets older than `--min-age`, grouped by owner and creation site,
 //! biggest groups first. Built from the table; rendered by `render`.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
 use crate::{
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
+    symbolize::{StackKey, StackStats, Stacks},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
-    verdict::{Growth, GrowthTracker, Thresholds, socket_flags},
+    verdict::{Growth, GrowthTracker, OwnedBy, Thresholds, socket_flags},
 };
 
 /// Order of flags in a group's union, most specific first.
@@ -93,16 +97,43 @@ pub struct SocketRow {
     /// Drops on a full receive queue and memory-limit hits, counted since sockleak started.
     pub rcvqueue_full: u32,
     pub exceed_buf_limit: u32,
-    /// The group this socket belongs to (`Group::site`); implied by the other fields in JSON.
+    /// The group this socket belongs to; implied by the other fields in JSON.
     #[serde(skip)]
-    pub group_site: String,
+    pub group: GroupKey,
+}
+
+/// Sockets are grouped like bcc's memleak groups allocations: by owner and creation stack,
+/// plus the site, whose listening port ties accepted sockets to their server.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct GroupKey {
+    pub pid: u32,
+    pub comm: String,
+    pub site: String,
+    pub stack: GroupStack,
+}
+
+/// A group's stack is its symbolized frames: two kernel stack ids can be one call path (they
+/// differ in the garbage a frame-pointer walk reads past code without frame pointers, which
+/// symbolization cuts). Until a stack is symbolized, its ids stand in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub enum GroupStack {
+    #[default]
+    None,
+    Pending(StackKey),
+    Frames(Arc<[String]>),
+}
+
+impl OwnedBy for GroupKey {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
 }
 
 #[derive(Serialize, Debug, Clone)]
 pub struct Group {
     pub pid: u32,
     pub comm: String,
-    /// `socket()`, `accept() on :PORT` or `pre-existing`: the creation site until stacks land.
+    /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
     pub site: String,
     pub count: usize,
     pub states: BTreeMap<&'static str, usize>,
@@ -115,7 +146,13 @@ pub struct Group {
     pub flags: Vec<&'static str>,
     /// Present when the group is `growing`.
     pub growth: Option<Growth>,
+    /// The creation stack, innermost frame first: kernel frames (`... [kernel]`), then user
+    /// frames (`function (file:line)`, JIT frames as the runtime's perf map names them, unknown
+    /// ones as `0xADDR [unknown]`; a tail of unknown frames, where a frame-pointer walk left
+    /// the rails, is cut). Empty for sockets sockleak did not see being created.
     pub stack: Vec<String>,
+    #[serde(skip)]
+    pub key: GroupKey,
 }
 
 /// Sockets a process closed that linger in the kernel: connection churn, not leaks.
@@ -135,6 +172,9 @@ pub struct KernelStats {
     /// Events the kernel side could not deliver (ring buffer full).
     pub events_lost: u64,
     pub fd_walk_failed: u64,
+    /// Creation stacks lost to a full or colliding `STACKS` map, and stacks not captured.
+    pub stack_collisions: u64,
+    pub stack_failures: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -144,6 +184,8 @@ pub struct Stats {
     pub open_sockets: usize,
     #[serde(flatten)]
     pub table: TableStats,
+    #[serde(flatten)]
+    pub stacks: StackStats,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -158,7 +200,7 @@ pub struct Report {
 pub struct Reporter {
     pub filter: Filter,
     pub thresholds: Thresholds,
-    growth: GrowthTracker,
+    growth: GrowthTracker<GroupKey>,
 }
 
 impl Reporter {
@@ -170,9 +212,16 @@ impl Reporter {
         }
     }
 
-    pub fn report(&mut self, table: &SocketTable, now_ns: u64, kernel: KernelStats) -> Report {
+    pub fn report(
+        &mut self,
+        table: &SocketTable,
+        stacks: &Stacks,
+        now_ns: u64,
+        kernel: KernelStats,
+    ) -> Report {
         build(
             table,
+            stacks,
             &self.filter,
             &self.thresholds,
             &mut self.growth,
@@ -184,38 +233,52 @@ impl Reporter {
 
 fn build(
     table: &SocketTable,
+    stacks: &Stacks,
     filter: &Filter,
     thresholds: &Thresholds,
-    growth: &mut GrowthTracker,
+    growth: &mut GrowthTracker<GroupKey>,
     now_ns: u64,
     kernel: KernelStats,
 ) -> Report {
+    // One cache lookup per distinct stack, not per socket.
+    let mut resolved: HashMap<StackKey, GroupStack> = HashMap::new();
+    let mut group_stack = |key: Option<StackKey>| match key {
+        None => GroupStack::None,
+        Some(key) => resolved
+            .entry(key)
+            .or_insert_with(|| match stacks.get(&key) {
+                Some(stack) => GroupStack::Frames(Arc::clone(&stack.frames)),
+                None => GroupStack::Pending(key),
+            })
+            .clone(),
+    };
     let mut rows: Vec<SocketRow> = table
         .sockets()
         .filter(|s| filter.admits(s, now_ns))
-        .map(|s| row(s, now_ns, thresholds))
+        .map(|s| row(s, group_stack(s.stack), now_ns, thresholds))
         .collect();
     rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
 
-    let mut groups: HashMap<(u32, String, String), Group> = HashMap::new();
+    let mut groups: HashMap<GroupKey, Group> = HashMap::new();
     for r in &rows {
-        let site = r.group_site.clone();
-        let g = groups
-            .entry((r.pid, r.comm.clone(), site.clone()))
-            .or_insert_with(|| Group {
-                pid: r.pid,
-                comm: r.comm.clone(),
-                site,
-                count: 0,
-                states: BTreeMap::new(),
-                oldest_age_ms: 0,
-                rx_queue: 0,
-                tx_queue: 0,
-                memory_bytes: 0,
-                flags: Vec::new(),
-                growth: None,
-                stack: Vec::new(),
-            });
+        let g = groups.entry(r.group.clone()).or_insert_with(|| Group {
+            pid: r.pid,
+            comm: r.comm.clone(),
+            site: r.group.site.clone(),
+            count: 0,
+            states: BTreeMap::new(),
+            oldest_age_ms: 0,
+            rx_queue: 0,
+            tx_queue: 0,
+            memory_bytes: 0,
+            flags: Vec::new(),
+            growth: None,
+            stack: match &r.group.stack {
+                GroupStack::Frames(frames) => frames.to_vec(),
+                _ => Vec::new(),
+            },
+            key: r.group.clone(),
+        });
         g.count += 1;
         *g.states.entry(r.state).or_default() += 1;
         g.oldest_age_ms = g.oldest_age_ms.max(r.age_ms);
@@ -228,14 +291,14 @@ fn build(
             }
         }
     }
-    let counts: HashMap<(u32, String), usize> = groups
-        .values()
-        .map(|g| ((g.pid, g.site.clone()), g.count))
+    let counts: HashMap<GroupKey, usize> = groups
+        .iter()
+        .map(|(key, g)| (key.clone(), g.count))
         .collect();
     let growing = growth.observe(&counts, now_ns, thresholds.growing_reports);
     let mut groups: Vec<Group> = groups.into_values().collect();
     for g in &mut groups {
-        if let Some(rate) = growing.get(&(g.pid, g.site.clone())) {
+        if let Some(rate) = growing.get(&g.key) {
             g.growth = Some(rate.clone());
             g.flags.push("growing");
         }
@@ -248,12 +311,14 @@ fn build(
             .then(b.oldest_age_ms.cmp(&a.oldest_age_ms))
             .then(a.pid.cmp(&b.pid))
             .then(a.site.cmp(&b.site))
+            .then(a.key.stack.cmp(&b.key.stack))
     });
 
     let stats = Stats {
         kernel,
         open_sockets: table.len(),
         table: table.stats.clone(),
+        stacks: stacks.stats(),
     };
     let mut churn: Vec<ChurnRow> = table
         .churn()
@@ -292,7 +357,7 @@ fn site_label(s: &Socket) -> String {
     }
 }
 
-fn row(s: &Socket, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
+fn row(s: &Socket, stack: GroupStack, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
     SocketRow {
         cookie: s.cookie,
         pid: s.owner.pid,
@@ -330,7 +395,12 @@ fn row(s: &Socket, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
         tcp: s.evidence.tcp.filter(|_| s.protocol == IPPROTO_TCP),
         rcvqueue_full: s.evidence.rcvqueue_full,
         exceed_buf_limit: s.evidence.exceed_buf_limit,
-        group_site: site_label(s),
+        group: GroupKey {
+            pid: s.owner.pid,
+            comm: s.owner.comm.to_string(),
+            site: site_label(s),
+            stack,
+        },
     }
 }
 

@@ -15,6 +15,7 @@ use sockleak_common::{EventKind, Hook, SockEvent, Task};
 use crate::{
     procfs,
     sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
+    symbolize::StackKey,
 };
 
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -105,6 +106,8 @@ pub struct Socket {
     pub tx_queue: u32,
     /// Pids holding an fd to this socket at the last scan.
     pub holders: Vec<u32>,
+    /// The owner's stack at `socket()` or `accept()`; `None` when not captured.
+    pub stack: Option<StackKey>,
     unheld_scans: u8,
     pub evidence: Evidence,
 }
@@ -357,6 +360,7 @@ impl SocketTable {
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
+            stack: None,
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, TCP_CLOSE),
         });
@@ -367,6 +371,7 @@ impl SocketTable {
         if let Some(cookie) = known {
             if let Some(s) = self.sockets.get_mut(&cookie) {
                 s.inode = ev.inode;
+                s.stack = s.stack.or(StackKey::of(ev));
                 if s.skaddr != ev.skaddr && ev.skaddr != 0 {
                     s.skaddr = ev.skaddr;
                     self.cookie_by_skaddr.insert(ev.skaddr, cookie);
@@ -411,6 +416,7 @@ impl SocketTable {
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
+            stack: StackKey::of(ev),
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, state),
         });
@@ -628,6 +634,7 @@ impl SocketTable {
                 rx_queue: d.rx_queue,
                 tx_queue: d.tx_queue,
                 holders: pids.clone(),
+                stack: None,
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state),
             });

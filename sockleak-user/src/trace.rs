@@ -3,7 +3,7 @@
 use std::{io, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use sockleak_common::{SockEvent, Stat};
 use tokio::{
     io::unix::AsyncFd,
@@ -14,9 +14,10 @@ use tokio::{
 use crate::{
     cli::{FamilyFilter, ProtocolFilter, TraceArgs},
     hooks, procfs,
-    render::{Output, Started},
+    render::{Output, Started, flame::FlameFiles},
     report::{Filter, KernelStats, Report, Reporter},
     sockdiag,
+    symbolize::{StackKey, Stacks},
     table::SocketTable,
     verdict::Thresholds,
 };
@@ -31,6 +32,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             bail!("no process with pid {pid}");
         }
     }
+    let flame_files = FlameFiles {
+        folded: args.folded.clone(),
+        flamegraph: args.flamegraph.clone(),
+    };
+    flame_files.check()?;
     let hooks::Attached {
         mut ebpf,
         hooks,
@@ -39,6 +45,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let kernel_stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
+    let mut stacks = Stacks::start(StackTraceMap::try_from(
+        ebpf.take_map("STACKS").context("STACKS map missing")?,
+    )?);
     // After every program is loaded: init takes the log map out of `ebpf`.
     let mut logger = aya_log::EbpfLogger::init(&mut ebpf)
         .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))
@@ -103,7 +112,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut table);
+                drain(guard.get_inner_mut(), &mut table, &mut stacks);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
@@ -112,33 +121,48 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 guard.clear_ready();
             }
             _ = ticks.tick() => {
-                let report = snapshot(ring.get_mut(), &mut table, &mut reporter, &kernel_stats)?;
+                let report = snapshot(ring.get_mut(), &mut table, &mut stacks, &mut reporter, &kernel_stats)?;
                 if stopped_by_pipe(out.report(&report, false))? {
                     return Ok(());
                 }
+                flame_files.write(&report)?;
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = &mut deadline => break,
         }
     }
-    let report = snapshot(ring.get_mut(), &mut table, &mut reporter, &kernel_stats)?;
+    // Nobody gets a second look at the last report: give pending stacks a moment.
+    drain(ring.get_mut(), &mut table, &mut stacks);
+    stacks.settle(FINAL_SYMBOLIZE_WAIT);
+    let report = snapshot(
+        ring.get_mut(),
+        &mut table,
+        &mut stacks,
+        &mut reporter,
+        &kernel_stats,
+    )?;
+    flame_files.write(&report)?;
     stopped_by_pipe(out.report(&report, true))?;
     Ok(())
 }
+
+/// How long the final report waits for stacks still being symbolized.
+const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
 
 /// Applies every pending event, reconciles with the kernel's view, and builds a report.
 fn snapshot(
     ring: &mut RingBuf<MapData>,
     table: &mut SocketTable,
+    stacks: &mut Stacks,
     reporter: &mut Reporter,
     kernel_stats: &PerCpuArray<MapData, u64>,
 ) -> Result<Report> {
-    drain(ring, table);
+    drain(ring, table, stacks);
     let diag = sockdiag::dump_all()?;
     let holders = procfs::socket_holders();
     // Events that raced with the scans are applied before judging what is gone.
-    drain(ring, table);
+    drain(ring, table, stacks);
     let now = procfs::monotonic_ns();
     table.reconcile(&diag, &holders, now);
     let stat = |s: Stat| -> u64 {
@@ -151,14 +175,21 @@ fn snapshot(
         events_sent: stat(Stat::EventsSent),
         events_lost: stat(Stat::EventsLost),
         fd_walk_failed: stat(Stat::FdWalkFailed),
+        stack_collisions: stat(Stat::StackCollisions),
+        stack_failures: stat(Stat::StackFailures),
     };
-    Ok(reporter.report(table, now, kernel))
+    Ok(reporter.report(table, stacks, now, kernel))
 }
 
-fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable) {
+fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {
     while let Some(item) = ring.next() {
         match decode(&item) {
-            Some(ev) => table.apply(&ev),
+            Some(ev) => {
+                table.apply(&ev);
+                if let Some(key) = StackKey::of(&ev) {
+                    stacks.note(key);
+                }
+            }
             None => table.stats.malformed += 1,
         }
     }

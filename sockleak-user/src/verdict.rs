@@ -88,21 +88,33 @@ pub struct Growth {
     pub seconds_to_fd_limit: Option<u64>,
 }
 
-/// Remembers each group's count over the last reports.
-#[derive(Default)]
-pub struct GrowthTracker {
-    history: HashMap<(u32, String), VecDeque<(u64, usize)>>,
+/// Remembers each group's count over the last reports. Groups are keyed by `K`, whose pid
+/// says whose fd limit the growth runs into.
+pub struct GrowthTracker<K> {
+    history: HashMap<K, VecDeque<(u64, usize)>>,
 }
 
-impl GrowthTracker {
-    /// Records this report's counts (keyed by pid and creation site) and returns the groups
-    /// whose count rose at every one of the last `reports` reports.
+impl<K> Default for GrowthTracker<K> {
+    fn default() -> Self {
+        Self {
+            history: HashMap::new(),
+        }
+    }
+}
+
+pub trait OwnedBy {
+    fn pid(&self) -> u32;
+}
+
+impl<K: std::hash::Hash + Eq + Clone + OwnedBy> GrowthTracker<K> {
+    /// Records this report's group counts and returns the groups whose count rose at every one
+    /// of the last `reports` reports.
     pub fn observe(
         &mut self,
-        counts: &HashMap<(u32, String), usize>,
+        counts: &HashMap<K, usize>,
         now_ns: u64,
         reports: usize,
-    ) -> HashMap<(u32, String), Growth> {
+    ) -> HashMap<K, Growth> {
         self.history.retain(|key, _| counts.contains_key(key));
         let mut growing = HashMap::new();
         for (key, &count) in counts {
@@ -123,7 +135,7 @@ impl GrowthTracker {
                 continue;
             }
             let per_minute = (c1 - c0) as f64 / minutes;
-            let (fd_limit, open_fds) = crate::procfs::fd_usage(key.0);
+            let (fd_limit, open_fds) = crate::procfs::fd_usage(key.pid());
             let seconds_to_fd_limit = match (fd_limit, open_fds) {
                 (Some(limit), Some(open)) if per_minute > 0.0 => {
                     Some((limit.saturating_sub(open) as f64 / (per_minute / 60.0)) as u64)
@@ -147,6 +159,12 @@ impl GrowthTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl OwnedBy for (u32, String) {
+        fn pid(&self) -> u32 {
+            self.0
+        }
+    }
 
     #[test]
     fn growth_needs_a_rise_at_every_report() {

@@ -1,5 +1,7 @@
-//! Report renderers: a table for people at a terminal, newline-delimited JSON for scripts.
+//! Report renderers: a table for people at a terminal, newline-delimited JSON for scripts,
+//! folded stacks and flame graphs for people who would rather look.
 pub mod escape;
+pub mod flame;
 pub mod json;
 pub mod text;
 

@@ -7,6 +7,8 @@ use crate::report::{Report, SocketRow};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
+/// Creation-stack frames shown under each group; the JSON output has all of them.
+const FRAMES_PER_GROUP: usize = 12;
 
 pub fn started(s: &Started) -> String {
     let mut out = String::new();
@@ -109,11 +111,8 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 "", growth.per_minute
             );
         }
-        let mut members: Vec<&SocketRow> = r
-            .sockets
-            .iter()
-            .filter(|s| s.pid == g.pid && s.comm == g.comm && s.group_site == g.site)
-            .collect();
+        stack(&mut out, &g.stack);
+        let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
         // The evidence a person should see first: flagged sockets, then the fullest queues.
         members.sort_by_key(|s| {
             (
@@ -158,6 +157,60 @@ pub fn report(r: &Report, final_report: bool) -> String {
         }
     }
     churn(&mut out, r);
+    out
+}
+
+/// The user frames of a creation stack, innermost first, C++ parameter lists left out. Kernel
+/// frames (the syscall path, the same for every socket) are in the JSON output.
+fn stack(out: &mut String, frames: &[String]) {
+    let user: Vec<&String> = frames
+        .iter()
+        .filter(|f| !f.ends_with(" [kernel]"))
+        .collect();
+    for frame in user.iter().take(FRAMES_PER_GROUP) {
+        let _ = writeln!(
+            out,
+            "{:>8}at {}",
+            "",
+            for_terminal(&without_parameters(frame))
+        );
+    }
+    if user.len() > FRAMES_PER_GROUP {
+        let _ = writeln!(
+            out,
+            "{:>8}... {} more frames",
+            "",
+            user.len() - FRAMES_PER_GROUP
+        );
+    }
+}
+
+/// `ns::f<T>(int, char const*) const (x.cc:12)` -> `ns::f<T> const (x.cc:12)`: demangled C++
+/// parameter lists make frames unreadably long and rarely tell one frame from another.
+/// `(anonymous namespace)` is part of the name and stays.
+fn without_parameters(frame: &str) -> String {
+    let mut out = String::with_capacity(frame.len());
+    let mut chars = frame.char_indices().peekable();
+    let mut prev = ' ';
+    while let Some((i, c)) = chars.next() {
+        if c == '(' && prev != ' ' && !frame[i..].starts_with("(anonymous namespace)") {
+            let mut depth = 1;
+            for (_, c) in chars.by_ref() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                if depth == 0 {
+                    break;
+                }
+            }
+            prev = ')';
+            continue;
+        }
+        out.push(c);
+        prev = c;
+    }
     out
 }
 
@@ -207,6 +260,28 @@ fn human_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_lose_their_parameter_lists_only() {
+        assert_eq!(
+            without_parameters(
+                "void node::TCPWrap::Bind<sockaddr_in>(v8::FunctionCallbackInfo<v8::Value> const&, int)"
+            ),
+            "void node::TCPWrap::Bind<sockaddr_in>"
+        );
+        assert_eq!(
+            without_parameters(
+                "v8::internal::(anonymous namespace)::Invoke(v8::internal::Isolate*)"
+            ),
+            "v8::internal::(anonymous namespace)::Invoke"
+        );
+        assert_eq!(
+            without_parameters("open_and_forget (leaky.c:14)"),
+            "open_and_forget (leaky.c:14)"
+        );
+        assert_eq!(without_parameters("f(g(int)) const"), "f const");
+        assert_eq!(without_parameters("unbalanced(oops"), "unbalanced");
+    }
 
     #[test]
     fn human_durations() {

@@ -1,0 +1,387 @@
+//! Creation stacks: read from the kernel's `STACKS` map and symbolized on a thread of their own,
+//! so a slow symbolization (a large binary's DWARF, a Node.js perf map of many megabytes) never
+//! delays event handling.
+//!
+//! Each distinct stack is symbolized once and cached. The event loop only notes the stack keys
+//! it sees (a hash lookup); reports read whatever the cache holds. A stack with frames nobody
+//! could name yet is retried at later reports: JIT runtimes write their perf maps
+//! (`/tmp/perf-PID.map`) lazily, so a JavaScript frame unknown at creation is usually known a
+//! few seconds later.
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        mpsc::{self, Receiver, Sender},
+    },
+    thread,
+    time::Duration,
+};
+
+use aya::maps::{MapData, StackTraceMap};
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Kernel, Process, Source},
+};
+use sockleak_common::SockEvent;
+
+/// Which stack created a socket: ids in `STACKS` (negative when not captured), the process
+/// whose address space the user addresses belong to, and the leaf fixup word
+/// ([`SockEvent::user_sp_word`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    pub pid: u32,
+    pub user: i32,
+    pub kernel: i32,
+    pub sp_word: u64,
+}
+
+impl StackKey {
+    /// `None` when the event carries no stack at all.
+    pub fn of(ev: &SockEvent) -> Option<Self> {
+        (ev.user_stack_id >= 0 || ev.kernel_stack_id >= 0).then_some(Self {
+            pid: ev.task.pid,
+            user: ev.user_stack_id,
+            kernel: ev.kernel_stack_id,
+            sp_word: ev.user_sp_word,
+        })
+    }
+}
+
+/// A symbolized stack, innermost frame first: kernel frames (`... [kernel]`), then user frames.
+#[derive(Debug, Clone, Default)]
+pub struct Stack {
+    /// Shared: every group and report of this stack holds the same frames.
+    pub frames: Arc<[String]>,
+    /// Frames that could not be named yet; retried while the process lives.
+    pub unknown: usize,
+    attempts: u8,
+}
+
+/// Symbolizations of one stack before its unknown frames are taken as final.
+const MAX_ATTEMPTS: u8 = 6;
+
+enum Request {
+    Symbolize(StackKey),
+    /// Answered once every request sent before it has been handled.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The event loop's handle on the symbolizer thread.
+pub struct Stacks {
+    requests: Sender<Request>,
+    cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>,
+    /// Keys already sent, so a busy socket factory costs one hash lookup per socket.
+    noted: HashSet<StackKey>,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct StackStats {
+    /// Distinct creation stacks seen.
+    pub stacks: usize,
+    /// Of those, stacks with frames still unnamed.
+    pub stacks_incomplete: usize,
+}
+
+impl Stacks {
+    pub fn start(map: StackTraceMap<MapData>) -> Self {
+        let (requests, rx) = mpsc::channel();
+        let cache = Arc::new(Mutex::new(HashMap::new()));
+        let worker_cache = Arc::clone(&cache);
+        thread::Builder::new()
+            .name("symbolize".into())
+            .spawn(move || Worker::new(map, worker_cache).run(rx))
+            .expect("spawning the symbolizer thread");
+        Self {
+            requests,
+            cache,
+            noted: HashSet::new(),
+        }
+    }
+
+    /// Called for every event that carries a stack; queues stacks never seen before.
+    pub fn note(&mut self, key: StackKey) {
+        if self.noted.insert(key) {
+            let _ = self.requests.send(Request::Symbolize(key));
+        }
+    }
+
+    /// The stack of `key` as far as it is known, queueing another attempt when frames are
+    /// missing.
+    pub fn get(&self, key: &StackKey) -> Option<Arc<Stack>> {
+        let stack = self.cache.lock().ok()?.get(key).cloned();
+        if stack
+            .as_ref()
+            .is_some_and(|s| s.unknown > 0 && s.attempts < MAX_ATTEMPTS)
+        {
+            let _ = self.requests.send(Request::Symbolize(*key));
+        }
+        stack
+    }
+
+    /// Waits (at most `timeout`) until everything queued so far is symbolized: for the last
+    /// report, which nobody gets a second look at.
+    pub fn settle(&self, timeout: Duration) {
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.requests.send(Request::Flush(tx)).is_ok() {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+
+    pub fn stats(&self) -> StackStats {
+        let cache = self.cache.lock();
+        StackStats {
+            stacks: self.noted.len(),
+            stacks_incomplete: cache.map_or(0, |c| c.values().filter(|s| s.unknown > 0).count()),
+        }
+    }
+}
+
+struct Worker {
+    map: StackTraceMap<MapData>,
+    cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>,
+    symbolizer: Symbolizer,
+    /// Stack ids never change meaning (userspace never deletes from `STACKS`): read each once.
+    addresses: HashMap<i32, Vec<u64>>,
+}
+
+impl Worker {
+    fn new(map: StackTraceMap<MapData>, cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>) -> Self {
+        Self {
+            map,
+            cache,
+            symbolizer: Symbolizer::new(),
+            addresses: HashMap::new(),
+        }
+    }
+
+    fn run(mut self, requests: Receiver<Request>) {
+        while let Ok(request) = requests.recv() {
+            match request {
+                Request::Symbolize(key) => self.symbolize(key),
+                Request::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn symbolize(&mut self, key: StackKey) {
+        let previous = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
+        if previous
+            .as_ref()
+            .is_some_and(|s| s.unknown == 0 || s.attempts >= MAX_ATTEMPTS)
+        {
+            return; // a retry request raced with a successful attempt
+        }
+        let mut user = self.addresses_of(key.user);
+        if let Some(word) = leaf_caller(&user, key.sp_word, &executable_ranges(key.pid)) {
+            user.insert(1, word);
+        }
+        let kernel = self.addresses_of(key.kernel);
+        let mut stack = Stack {
+            attempts: previous.map_or(0, |s| s.attempts) + 1,
+            ..Stack::default()
+        };
+        // Innermost first: the kernel's frames, then the user frames that made the syscall.
+        let kernel_source = Source::Kernel(Kernel {
+            // kallsyms only: a vmlinux search walks the file system on every new stack.
+            vmlinux: blazesym::MaybeDefault::None,
+            ..Kernel::default()
+        });
+        let mut frames = Vec::new();
+        for (names, addr) in self.names(&kernel_source, &kernel).into_iter().zip(&kernel) {
+            match names {
+                Some(names) => frames.extend(names.into_iter().map(|n| format!("{n} [kernel]"))),
+                None => frames.push(format!("0x{addr:x} [kernel]")),
+            }
+        }
+        let process = Source::Process(Process::new(key.pid.into()));
+        let mut user_frames = self.names(&process, &user);
+        // Past code built without frame pointers the walk reads whatever is on the stack: a
+        // tail of unknown addresses that differs from call to call, or ends early. It is cut,
+        // so one call path is one group however far each walk got.
+        if let Some(last) = user_frames.iter().rposition(Option::is_some) {
+            user_frames.truncate(last + 1);
+        }
+        for (names, addr) in user_frames.into_iter().zip(&user) {
+            match names {
+                Some(names) => frames.extend(names),
+                None => {
+                    // Kept with its address, so it stays traceable by hand; retried, since a
+                    // JIT runtime may name it later.
+                    stack.unknown += 1;
+                    frames.push(format!("0x{addr:x} [unknown]"));
+                }
+            }
+        }
+        stack.frames = frames.into();
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(key, Arc::new(stack));
+        }
+    }
+
+    fn addresses_of(&mut self, id: i32) -> Vec<u64> {
+        if id < 0 {
+            return Vec::new();
+        }
+        let map = &self.map;
+        self.addresses
+            .entry(id)
+            .or_insert_with(|| match map.get(&(id as u32), 0) {
+                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+                Err(err) => {
+                    log::debug!("reading stack {id}: {err}");
+                    Vec::new()
+                }
+            })
+            .clone()
+    }
+
+    /// The frames at each address, innermost first (a function and the ones inlined into it),
+    /// or `None` when unknown.
+    fn names(&self, source: &Source, addrs: &[u64]) -> Vec<Option<Vec<String>>> {
+        if addrs.is_empty() {
+            return Vec::new();
+        }
+        // Every frame but the first holds a return address, which points after the call: the
+        // byte before it is inside the call instruction, on the caller's line.
+        let lookup: Vec<u64> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+            .collect();
+        let symbolized = match self.symbolizer.symbolize(source, Input::AbsAddr(&lookup)) {
+            Ok(s) => s,
+            Err(err) => {
+                log::debug!("symbolizing {} addresses: {err}", addrs.len());
+                return vec![None; addrs.len()];
+            }
+        };
+        symbolized
+            .into_iter()
+            .map(|s| match s {
+                Symbolized::Sym(sym) => {
+                    // blazesym lists inlined functions outermost first; the innermost one is
+                    // where the address really is.
+                    let mut frames: Vec<String> = sym
+                        .inlined
+                        .iter()
+                        .rev()
+                        .map(|f| {
+                            frame_name(&f.name, f.code_info.as_ref().map(|c| (&*c.file, c.line)))
+                        })
+                        .collect();
+                    frames.push(frame_name(
+                        &sym.name,
+                        sym.code_info.as_deref().map(|c| (&*c.file, c.line)),
+                    ));
+                    Some(frames)
+                }
+                Symbolized::Unknown(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// `function (file:line)` when debug info says where, else `function`.
+fn frame_name(name: &str, code: Option<(&std::ffi::OsStr, Option<u32>)>) -> String {
+    match code {
+        Some((file, Some(line))) => {
+            let file = Path::new(file)
+                .file_name()
+                .unwrap_or(file)
+                .to_string_lossy();
+            format!("{name} ({file}:{line})")
+        }
+        _ => name.to_owned(),
+    }
+}
+
+/// The caller a frame-pointer walk misses when the syscall was made from a frameless leaf
+/// (glibc's `socket()` and `accept4()` wrappers push no frame): the return address the call
+/// left at the stack pointer. Only taken when it is a code address, and not already the next
+/// frame (a wrapper that does keep a frame).
+fn leaf_caller(user: &[u64], sp_word: u64, executable: &[(u64, u64)]) -> Option<u64> {
+    if user.is_empty() || sp_word == 0 || user.get(1) == Some(&sp_word) {
+        return None;
+    }
+    executable
+        .iter()
+        .any(|&(start, end)| (start..end).contains(&sp_word))
+        .then_some(sp_word)
+}
+
+/// Address ranges of a process's executable mappings, from `/proc/PID/maps`.
+fn executable_ranges(pid: u32) -> Vec<(u64, u64)> {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|maps| parse_executable_ranges(&maps))
+        .unwrap_or_default()
+}
+
+fn parse_executable_ranges(maps: &str) -> Vec<(u64, u64)> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (start, end) = fields.next()?.split_once('-')?;
+            let perms = fields.next()?;
+            perms.contains('x').then_some(())?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0a00000-55d0c0a01000 r--p 00000000 fe:01 123 /usr/bin/leaky
+55d0c0a01000-55d0c0a02000 r-xp 00001000 fe:01 123 /usr/bin/leaky
+7f0000000000-7f0000100000 rw-p 00000000 00:00 0
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+";
+
+    #[test]
+    fn executable_ranges_come_from_x_mappings_only() {
+        assert_eq!(
+            parse_executable_ranges(MAPS),
+            vec![(0x55d0c0a01000, 0x55d0c0a02000)]
+        );
+        assert!(parse_executable_ranges("garbage\n\n").is_empty());
+    }
+
+    #[test]
+    fn the_leaf_caller_is_a_code_address_not_already_on_the_stack() {
+        let exec = parse_executable_ranges(MAPS);
+        let user = [0x7f00_0000_0dc7, 0x55d0c0a01500];
+        // The return address into the caller of socket(): inserted.
+        assert_eq!(
+            leaf_caller(&user, 0x55d0c0a01234, &exec),
+            Some(0x55d0c0a01234)
+        );
+        // A saved frame pointer or data (a wrapper that keeps a frame): not code, ignored.
+        assert_eq!(leaf_caller(&user, 0x7ffd00000100, &exec), None);
+        // Already the next frame.
+        assert_eq!(leaf_caller(&user, 0x55d0c0a01500, &exec), None);
+        assert_eq!(leaf_caller(&user, 0, &exec), None);
+        assert_eq!(leaf_caller(&[], 0x55d0c0a01234, &exec), None);
+    }
+
+    #[test]
+    fn frames_name_their_line_when_debug_info_has_it() {
+        use std::ffi::OsStr;
+        assert_eq!(
+            frame_name("open_leaky", Some((OsStr::new("/src/leaky.c"), Some(14)))),
+            "open_leaky (leaky.c:14)"
+        );
+        assert_eq!(frame_name("main", Some((OsStr::new("x.c"), None))), "main");
+        assert_eq!(
+            frame_name("JS:~connect node:net:1", None),
+            "JS:~connect node:net:1"
+        );
+    }
+}
