@@ -57,11 +57,16 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn spawn() -> Self {
-        let mut child = Command::new(scenario_bin())
+        Self::spawn_program(&mut Command::new(scenario_bin()))
+    }
+
+    /// Any program that speaks the same line protocol: a command in, `ok ...` out.
+    pub fn spawn_program(command: &mut Command) -> Self {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .expect("spawning sockleak-scenario");
+            .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Self {

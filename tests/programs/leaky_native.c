@@ -1,0 +1,54 @@
+/* A native program with a named function that leaks connections, for the stack tests.
+ * Built by the test with frame pointers and debug info, as a service built for profiling is.
+ * Waits for "go" on stdin, starts a server, opens N connections to it and never closes them,
+ * prints "ok PORT", then holds everything until stdin closes. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+
+static NOINLINE int start_server(struct sockaddr_in *addr) {
+    socklen_t len = sizeof *addr;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(addr, 0, sizeof *addr);
+    addr->sin_family = AF_INET;
+    addr->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd < 0 || bind(fd, (struct sockaddr *)addr, sizeof *addr) || listen(fd, 128) ||
+        getsockname(fd, (struct sockaddr *)addr, &len)) {
+        perror("start_server");
+        exit(1);
+    }
+    return fd;
+}
+
+static NOINLINE void open_and_forget_connections(const struct sockaddr_in *server, int n) {
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0); /* LEAK SITE */
+        if (fd < 0 || connect(fd, (const struct sockaddr *)server, sizeof *server)) {
+            perror("open_and_forget_connections");
+            exit(1);
+        }
+        /* fd is dropped here: the leak. */
+    }
+}
+
+int main(int argc, char **argv) {
+    char line[64];
+    int n = argc > 1 ? atoi(argv[1]) : 10;
+    struct sockaddr_in server;
+    if (!fgets(line, sizeof line, stdin))
+        return 1;
+    int listener = start_server(&server);
+    open_and_forget_connections(&server, n);
+    printf("ok %d\n", ntohs(server.sin_port));
+    fflush(stdout);
+    while (fgets(line, sizeof line, stdin)) {
+    }
+    close(listener);
+    return 0;
+}

@@ -1,0 +1,207 @@
+//! Creation stacks: captured in the kernel at socket()/accept(), symbolized in userspace, and
+//! the key of a report's groups (root required; real programs, real sockets).
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+use sockleak_tests::{Report, Scenario, Tracer};
+
+const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
+
+fn frames(group: &Value) -> Vec<&str> {
+    group["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("group without a stack array: {group}"))
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect()
+}
+
+/// The groups of `pid` created at `site`.
+fn groups_of<'a>(report: &'a Report, pid: u32, site: &str) -> Vec<&'a Value> {
+    report
+        .groups()
+        .iter()
+        .filter(|g| g["pid"] == pid && g["site"] == site)
+        .collect()
+}
+
+/// gcc builds the native leaker the way a service built for profiling is built: frame
+/// pointers and debug info.
+fn build_native_leaker() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("leaky_native");
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&out)
+        .arg(Path::new(PROGRAMS).join("leaky_native.c"))
+        .status()
+        .expect("running gcc (setup.sh installs it)");
+    assert!(status.success(), "gcc failed: {status}");
+    out
+}
+
+/// The line of `marker` in a file, as debug info numbers it.
+fn line_of(file: &str, marker: &str) -> usize {
+    let source = std::fs::read_to_string(Path::new(PROGRAMS).join(file)).unwrap();
+    source
+        .lines()
+        .position(|l| l.contains(marker))
+        .expect("marker in source")
+        + 1
+}
+
+#[test]
+fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_graph() {
+    let leaker_bin = build_native_leaker();
+    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let folded = dir.join("native.folded");
+    let svg = dir.join("native.svg");
+    let tracer = Tracer::start_with(
+        &[leaker.pid()],
+        &[
+            "--interval",
+            "300ms",
+            "--min-age",
+            "0s",
+            "--folded",
+            folded.to_str().unwrap(),
+            "--flamegraph",
+            svg.to_str().unwrap(),
+        ],
+    );
+    leaker.run("go");
+
+    let report = tracer.fresh_report();
+    let leak = groups_of(&report, leaker.pid(), "socket()");
+    assert_eq!(
+        leak.len(),
+        2,
+        "the listener and the leak have different stacks: {leak:#?}"
+    );
+    let leak_group = leak
+        .iter()
+        .find(|g| g["count"] == 7)
+        .unwrap_or_else(|| panic!("no group of the 7 leaked connections: {leak:#?}"));
+    let leak_frames = frames(leak_group);
+    // The direct caller of socket(), which a frame-pointer walk alone would skip (glibc's
+    // wrapper keeps no frame), at the line of the call.
+    let site = format!(
+        "open_and_forget_connections (leaky_native.c:{})",
+        line_of("leaky_native.c", "LEAK SITE")
+    );
+    assert!(
+        leak_frames.contains(&site.as_str()),
+        "{site} not in {leak_frames:#?}"
+    );
+    assert!(
+        leak_frames
+            .iter()
+            .any(|f| f.starts_with("main (leaky_native.c:")),
+        "{leak_frames:#?}"
+    );
+    assert!(
+        leak_frames.iter().any(|f| f.ends_with(" [kernel]")),
+        "kernel frames are part of the stack: {leak_frames:#?}"
+    );
+    let listener_group = leak.iter().find(|g| g["count"] == 1).unwrap();
+    let listener_frames = frames(listener_group);
+    assert!(
+        listener_frames
+            .iter()
+            .any(|f| f.starts_with("start_server (leaky_native.c:"))
+            && !listener_frames
+                .iter()
+                .any(|f| f.starts_with("open_and_forget")),
+        "{listener_frames:#?}"
+    );
+    assert_eq!(report.stat("stack_collisions"), 0);
+
+    // The files are rewritten at every report; the final one is complete.
+    let last = tracer.stop();
+    assert_eq!(groups_of(&last, leaker.pid(), "socket()").len(), 2);
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    let leak_line = folded
+        .lines()
+        .find(|l| l.contains("open_and_forget_connections"))
+        .unwrap_or_else(|| panic!("no leak in the folded stacks:\n{folded}"));
+    assert!(
+        leak_line.starts_with(&format!("leaky_native ({});socket();", leaker.pid()))
+            && leak_line.ends_with(" 7"),
+        "{leak_line}"
+    );
+    // Root first: main before the function it called, which is before socket() itself.
+    let at = |name: &str| {
+        leak_line
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {leak_line}"))
+    };
+    assert!(at(";main (") < at(";open_and_forget_connections ("));
+
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &svg,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("the flame graph is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(
+        doc.descendants()
+            .filter_map(|n| n.text())
+            .any(|t| t.contains("open_and_forget_connections")),
+        "the flame graph names the leaking function"
+    );
+}
+
+#[test]
+fn node_connections_never_destroyed_show_their_javascript_frames() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut node = Scenario::spawn_program(
+        Command::new("node")
+            // Node drops a v8 log per isolate in its working directory with these flags.
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
+            .arg(Path::new(PROGRAMS).join("leaky_client.js"))
+            .args([&port, "6"]),
+    );
+    let tracer = Tracer::start(&[node.pid(), server.pid()]);
+    node.run("go");
+    server.run("accept 6");
+
+    let report = tracer.fresh_report();
+    let clients = groups_of(&report, node.pid(), "socket()");
+    assert_eq!(clients.len(), 1, "{clients:#?}");
+    assert_eq!(clients[0]["count"], 6);
+    let client_frames = frames(clients[0]);
+    // V8 names JavaScript frames in /tmp/perf-PID.map; net.connect reaches socket() through
+    // Node's `net` module (internalConnect), libuv and the TCP wrapper.
+    assert!(
+        client_frames
+            .iter()
+            .any(|f| f.starts_with("JS:") && f.contains("node:net:")),
+        "no JavaScript frame of Node's net module in {client_frames:#?}"
+    );
+    assert!(
+        client_frames
+            .iter()
+            .any(|f| f.contains("node::TCPWrap::Connect")),
+        "{client_frames:#?}"
+    );
+    // The server's side: its accept() stack, and the listening port that ties the sockets to
+    // the server.
+    let accepted = groups_of(&report, server.pid(), &format!("accept() on :{port}"));
+    assert_eq!(
+        accepted.iter().map(|g| &g["count"]).collect::<Vec<_>>(),
+        [6],
+        "{accepted:#?}"
+    );
+    assert!(!frames(accepted[0]).is_empty());
+    drop(tracer);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", node.pid()));
+}
