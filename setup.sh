@@ -22,9 +22,12 @@ if ! grep -q "^$NIGHTLY-" <<<"$installed" \
     rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
 fi
 
-# Debian packages: bpftool (tests check that nothing stays attached after SIGKILL).
+# Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc and
+# node (the stack tests build a native leaker and run a Node.js one).
 need=()
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v node >/dev/null || need+=(nodejs)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
