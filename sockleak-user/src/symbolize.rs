@@ -84,19 +84,18 @@ pub struct StackStats {
 }
 
 impl Stacks {
-    pub fn start(map: StackTraceMap<MapData>) -> Self {
+    pub fn start(map: StackTraceMap<MapData>) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let worker_cache = Arc::clone(&cache);
         thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || Worker::new(map, worker_cache).run(rx))
-            .expect("spawning the symbolizer thread");
-        Self {
+            .spawn(move || Worker::new(map, worker_cache).run(rx))?;
+        Ok(Self {
             requests,
             cache,
             noted: HashSet::new(),
-        }
+        })
     }
 
     /// Called for every event that carries a stack; queues stacks never seen before.

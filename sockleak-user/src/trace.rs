@@ -47,7 +47,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
     let mut stacks = Stacks::start(StackTraceMap::try_from(
         ebpf.take_map("STACKS").context("STACKS map missing")?,
-    )?);
+    )?)
+    .context("starting the symbolizer thread")?;
     // After every program is loaded: init takes the log map out of `ebpf`.
     let mut logger = aya_log::EbpfLogger::init(&mut ebpf)
         .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))

@@ -19,6 +19,21 @@ fn unknown_pid_is_a_one_line_error() {
 }
 
 #[test]
+fn an_unwritable_output_file_is_refused_before_anything_attaches() {
+    for flag in ["--folded", "--flamegraph"] {
+        let (code, err) = run(&["trace", flag, "/nonexistent-dir/out"]);
+        assert_ne!(code, 0);
+        assert_eq!(
+            err.trim(),
+            format!(
+                "sockleak: error: cannot write {flag} file /nonexistent-dir/out: \
+                 No such file or directory (os error 2)"
+            )
+        );
+    }
+}
+
+#[test]
 fn bad_durations_are_rejected() {
     for bad in [
         "--interval=0s",

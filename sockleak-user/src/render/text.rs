@@ -53,6 +53,13 @@ pub fn report(r: &Report, final_report: bool) -> String {
         st.table.events,
         st.kernel.events_lost,
     );
+    if st.kernel.stack_collisions > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} creation stacks lost to a full stack map: some sockets group without one",
+            st.kernel.stack_collisions
+        );
+    }
     if st.kernel.events_lost > 0 || st.table.dropped_table_full > 0 {
         let _ = writeln!(
             out,
