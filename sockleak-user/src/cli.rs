@@ -43,6 +43,11 @@ pub struct TraceArgs {
     /// Only report sockets in this state, e.g. CLOSE_WAIT, ESTABLISHED, LISTEN, UNCONN (repeatable).
     #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
     pub states: Vec<&'static str>,
+    /// Only report sockets of processes in this cgroup v2 or below it: a container, a pod, a
+    /// systemd unit (`/system.slice/nginx.service`; relative to the cgroup v2 mount or as a
+    /// path under it; repeatable).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
     /// Only report sockets of this address family.
     #[arg(long, value_enum)]
     pub family: Option<FamilyFilter>,

@@ -3,6 +3,7 @@
 //! The path of data: `hooks` (eBPF programs, attached) -> ring buffer -> `table` (one entry
 //! per open socket, reconciled with `sockdiag` and `procfs`) -> `report` (filter, group) ->
 //! `render` (text or JSON), with `verdict` judging each socket on the way. `trace` drives the loop; `cli` defines the command line.
+mod cgroups;
 mod cli;
 mod hooks;
 mod procfs;

@@ -8,6 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    cgroups::{Cgroups, Container, container_of, is_within},
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     symbolize::{StackKey, StackStats, Stacks},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
@@ -38,14 +39,23 @@ pub struct Filter {
     pub family: Option<u8>,
     /// IPPROTO_TCP / IPPROTO_UDP.
     pub protocol: Option<u8>,
+    /// Cgroup v2 paths (`/system.slice/docker-ID.scope`); their descendants match too.
+    pub cgroups: Vec<String>,
     pub min_age_ns: u64,
 }
 
 impl Filter {
-    fn admits(&self, s: &Socket, now_ns: u64) -> bool {
+    fn admits(&self, s: &Socket, place: &Placement, now_ns: u64) -> bool {
         let any = |list_empty: bool, matched: bool| list_empty || matched;
         let port_of = |a: Option<std::net::SocketAddr>| a.map(|a| a.port());
         any(self.pids.is_empty(), self.pids.contains(&s.owner.pid))
+            && any(
+                self.cgroups.is_empty(),
+                place
+                    .cgroup
+                    .as_deref()
+                    .is_some_and(|path| self.cgroups.iter().any(|c| is_within(path, c))),
+            )
             && any(
                 self.comms.is_empty(),
                 self.comms.iter().any(|c| **c == *s.owner.comm),
@@ -75,6 +85,10 @@ pub struct SocketRow {
     pub comm: String,
     pub uid: u32,
     pub cgroup_id: u64,
+    /// The owner's cgroup v2 path, and the container and pod it names.
+    pub cgroup: Option<Arc<str>>,
+    #[serde(flatten)]
+    pub container: Container,
     pub family: &'static str,
     pub protocol: &'static str,
     pub state: &'static str,
@@ -133,6 +147,9 @@ impl OwnedBy for GroupKey {
 pub struct Group {
     pub pid: u32,
     pub comm: String,
+    pub cgroup: Option<Arc<str>>,
+    #[serde(flatten)]
+    pub container: Container,
     /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
     pub site: String,
     pub count: usize,
@@ -201,14 +218,23 @@ pub struct Reporter {
     pub filter: Filter,
     pub thresholds: Thresholds,
     growth: GrowthTracker<GroupKey>,
+    cgroups: Cgroups,
+}
+
+/// Where a socket's owner runs.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    cgroup: Option<Arc<str>>,
+    container: Container,
 }
 
 impl Reporter {
-    pub fn new(filter: Filter, thresholds: Thresholds) -> Self {
+    pub fn new(filter: Filter, thresholds: Thresholds, cgroups: Cgroups) -> Self {
         Self {
             filter,
             thresholds,
             growth: GrowthTracker::default(),
+            cgroups,
         }
     }
 
@@ -219,27 +245,23 @@ impl Reporter {
         now_ns: u64,
         kernel: KernelStats,
     ) -> Report {
-        build(
-            table,
-            stacks,
-            &self.filter,
-            &self.thresholds,
-            &mut self.growth,
-            now_ns,
-            kernel,
-        )
+        build(self, table, stacks, now_ns, kernel)
     }
 }
 
 fn build(
+    reporter: &mut Reporter,
     table: &SocketTable,
     stacks: &Stacks,
-    filter: &Filter,
-    thresholds: &Thresholds,
-    growth: &mut GrowthTracker<GroupKey>,
     now_ns: u64,
     kernel: KernelStats,
 ) -> Report {
+    let Reporter {
+        filter,
+        thresholds,
+        growth,
+        cgroups,
+    } = reporter;
     // One cache lookup per distinct stack, not per socket.
     let mut resolved: HashMap<StackKey, GroupStack> = HashMap::new();
     let mut group_stack = |key: Option<StackKey>| match key {
@@ -252,10 +274,29 @@ fn build(
             })
             .clone(),
     };
+    // One path lookup per cgroup (or per process, for sockets that predate sockleak).
+    cgroups.learn(table.sockets().map(|s| s.owner.cgroup_id));
+    let mut placements: HashMap<(u64, u32), Placement> = HashMap::new();
+    let mut place = |s: &Socket| {
+        let id = s.owner.cgroup_id;
+        let key = (id, if id == 0 { s.owner.pid } else { 0 });
+        placements
+            .entry(key)
+            .or_insert_with(|| {
+                let cgroup = cgroups.path_of(id, s.owner.pid);
+                let container = cgroup.as_deref().map(container_of).unwrap_or_default();
+                Placement { cgroup, container }
+            })
+            .clone()
+    };
     let mut rows: Vec<SocketRow> = table
         .sockets()
-        .filter(|s| filter.admits(s, now_ns))
-        .map(|s| row(s, group_stack(s.stack), now_ns, thresholds))
+        .filter_map(|s| {
+            let place = place(s);
+            filter
+                .admits(s, &place, now_ns)
+                .then(|| row(s, place, group_stack(s.stack), now_ns, thresholds))
+        })
         .collect();
     rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
 
@@ -264,6 +305,8 @@ fn build(
         let g = groups.entry(r.group.clone()).or_insert_with(|| Group {
             pid: r.pid,
             comm: r.comm.clone(),
+            cgroup: r.cgroup.clone(),
+            container: r.container.clone(),
             site: r.group.site.clone(),
             count: 0,
             states: BTreeMap::new(),
@@ -357,7 +400,13 @@ fn site_label(s: &Socket) -> String {
     }
 }
 
-fn row(s: &Socket, stack: GroupStack, now_ns: u64, thresholds: &Thresholds) -> SocketRow {
+fn row(
+    s: &Socket,
+    place: Placement,
+    stack: GroupStack,
+    now_ns: u64,
+    thresholds: &Thresholds,
+) -> SocketRow {
     SocketRow {
         cookie: s.cookie,
         pid: s.owner.pid,
@@ -365,6 +414,8 @@ fn row(s: &Socket, stack: GroupStack, now_ns: u64, thresholds: &Thresholds) -> S
         comm: s.owner.comm.to_string(),
         uid: s.owner.uid,
         cgroup_id: s.owner.cgroup_id,
+        cgroup: place.cgroup,
+        container: place.container,
         family: if s.family == AF_INET6 { "ipv6" } else { "ipv4" },
         protocol: match s.protocol {
             IPPROTO_TCP => "tcp",

@@ -12,6 +12,7 @@ use tokio::{
 };
 
 use crate::{
+    cgroups::Cgroups,
     cli::{FamilyFilter, ProtocolFilter, TraceArgs},
     hooks, procfs,
     render::{Output, Started, flame::FlameFiles},
@@ -37,6 +38,13 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         flamegraph: args.flamegraph.clone(),
     };
     flame_files.check()?;
+    let cgroups = Cgroups::new(hooks::cgroup2_root()?);
+    let cgroup_filter = args
+        .cgroups
+        .iter()
+        .map(|c| cgroups.resolve_user_path(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
     let hooks::Attached {
         mut ebpf,
         hooks,
@@ -78,6 +86,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
                 ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
             }),
+            cgroups: cgroup_filter,
             min_age_ns: args.min_age.as_nanos() as u64,
         },
         Thresholds {
@@ -87,6 +96,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             idle: args.idle_after,
             growing_reports: args.growing_reports as usize,
         },
+        cgroups,
     );
     let started = Started {
         hooks,

@@ -34,6 +34,18 @@ fn an_unwritable_output_file_is_refused_before_anything_attaches() {
 }
 
 #[test]
+fn an_unknown_cgroup_is_a_one_line_error() {
+    let (code, err) = run(&["trace", "--cgroup", "/no-such-cgroup"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.trim()
+            .starts_with("sockleak: error: no cgroup /no-such-cgroup under the cgroup v2 root ")
+            && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_durations_are_rejected() {
     for bad in [
         "--interval=0s",

@@ -186,7 +186,7 @@ where
 }
 
 /// The cgroup v2 mount point (not always /sys/fs/cgroup: hybrid setups mount it elsewhere).
-fn cgroup2_root() -> Result<PathBuf> {
+pub fn cgroup2_root() -> Result<PathBuf> {
     let mounts =
         std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     tracefs::mount_point_of(&mounts, "cgroup2").ok_or_else(|| {

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use super::{Started, escape::for_terminal};
-use crate::report::{Report, SocketRow};
+use crate::report::{Group, Report, SocketRow};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
@@ -118,6 +118,7 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 "", growth.per_minute
             );
         }
+        placement(&mut out, g);
         stack(&mut out, &g.stack);
         let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
         // The evidence a person should see first: flagged sockets, then the fullest queues.
@@ -165,6 +166,22 @@ pub fn report(r: &Report, final_report: bool) -> String {
     }
     churn(&mut out, r);
     out
+}
+
+/// Where the group's process runs, unless that is the root cgroup.
+fn placement(out: &mut String, g: &Group) {
+    let Some(cgroup) = g.cgroup.as_deref().filter(|c| *c != "/") else {
+        return;
+    };
+    let mut line = format!("{:>8}cgroup {}", "", for_terminal(cgroup));
+    if let Some(id) = &g.container.container_id {
+        // Twelve digits, as `docker ps` shows them.
+        let _ = write!(line, "  container {}", &id[..id.len().min(12)]);
+    }
+    if let Some(pod) = &g.container.pod_uid {
+        let _ = write!(line, "  pod {pod}");
+    }
+    let _ = writeln!(out, "{line}");
 }
 
 /// The user frames of a creation stack, innermost first, C++ parameter lists left out. Kernel
