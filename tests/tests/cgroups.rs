@@ -1,0 +1,99 @@
+//! Container attribution and `--cgroup`: a process moved into a cgroup named the way Docker
+//! names one is reported with that cgroup and container id, and `--cgroup` shows only it.
+use std::{fs, path::PathBuf};
+
+use sockleak_tests::{Scenario, Tracer};
+
+const CONTAINER_ID: &str = "5ac1ea4c0ffee0ddba11f00d5eed1e55c0de5ca1ab1e0b57ac1e5a1ad0b0e5af";
+
+/// A cgroup of the test's own under the cgroup v2 root, removed on drop.
+struct TestCgroup {
+    parent: PathBuf,
+    container: PathBuf,
+    /// Path as sockleak reports it: relative to the cgroup v2 root.
+    reported: String,
+}
+
+impl TestCgroup {
+    fn create() -> Self {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+            })
+            .expect("a cgroup v2 mount");
+        let name = format!("sockleak-test-{}", std::process::id());
+        let parent = root.join(&name);
+        let container = parent.join(format!("docker-{CONTAINER_ID}.scope"));
+        fs::create_dir_all(&container).unwrap();
+        Self {
+            parent,
+            container,
+            reported: format!("/{name}/docker-{CONTAINER_ID}.scope"),
+        }
+    }
+
+    fn enter(&self, pid: u32) {
+        fs::write(self.container.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The processes in it are gone by now (dropped first); a cgroup without processes can
+        // be removed, innermost first.
+        for _ in 0..50 {
+            if fs::remove_dir(&self.container).is_ok() || !self.container.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = fs::remove_dir(&self.parent);
+    }
+}
+
+#[test]
+fn a_containers_sockets_carry_its_cgroup_and_id_and_cgroup_filters_to_them() {
+    let cgroup = TestCgroup::create();
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    let mut inside = Scenario::spawn();
+    let mut outside = Scenario::spawn();
+    cgroup.enter(inside.pid());
+    // Opened before sockleak starts: attributed through /proc/PID/cgroup, not an event.
+    inside.run("listen 127.0.0.1:0");
+
+    let parent = cgroup.parent.to_str().unwrap(); // a file system path is accepted too
+    let tracer = Tracer::start_with(
+        &[],
+        &["--interval", "300ms", "--min-age", "0s", "--cgroup", parent],
+    );
+    inside.run(&format!("connect 127.0.0.1:{port} 3"));
+    outside.run(&format!("connect 127.0.0.1:{port} 4"));
+    server.run("accept 7");
+
+    let report = tracer.fresh_report();
+    let sockets = report.sockets();
+    assert_eq!(
+        sockets.len(),
+        4,
+        "only the 3 connections and the listener inside: {sockets:#?}"
+    );
+    for s in sockets {
+        assert_eq!(s["pid"], inside.pid());
+        assert_eq!(s["cgroup"], cgroup.reported.as_str(), "{s}");
+        assert_eq!(s["container_id"], CONTAINER_ID, "{s}");
+        assert!(s["pod_uid"].is_null());
+    }
+    assert!(sockets.iter().any(|s| s["origin"] == "pre-existing"));
+    for g in report.groups() {
+        assert_eq!(
+            (g["cgroup"].as_str(), g["container_id"].as_str()),
+            (Some(cgroup.reported.as_str()), Some(CONTAINER_ID))
+        );
+    }
+    drop(tracer);
+    drop(inside);
+}
