@@ -77,7 +77,7 @@ pub struct Stacks {
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct StackStats {
-    /// Distinct creation stacks seen.
+    /// Distinct creation stacks of the sockets in the table.
     pub stacks: usize,
     /// Of those, stacks with frames still unnamed.
     pub stacks_incomplete: usize,
@@ -124,6 +124,16 @@ impl Stacks {
         let (tx, rx) = mpsc::sync_channel(1);
         if self.requests.send(Request::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(timeout);
+        }
+    }
+
+    /// Forgets stacks no open socket refers to any more, so a long trace of short-lived
+    /// processes does not accumulate them; one seen again is simply symbolized again.
+    pub fn retain(&mut self, in_use: impl IntoIterator<Item = StackKey>) {
+        let in_use: HashSet<StackKey> = in_use.into_iter().collect();
+        self.noted.retain(|k| in_use.contains(k));
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.retain(|k, _| in_use.contains(k));
         }
     }
 

@@ -176,6 +176,7 @@ fn snapshot(
     drain(ring, table, stacks);
     let now = procfs::monotonic_ns();
     table.reconcile(&diag, &holders, now);
+    stacks.retain(table.sockets().filter_map(|s| s.stack));
     let stat = |s: Stat| -> u64 {
         kernel_stats
             .get(&(s as u32), 0)
