@@ -295,6 +295,7 @@ impl Worker {
 
 /// `function (file:line)` when debug info says where, else `function`.
 fn frame_name(name: &str, code: Option<(&std::ffi::OsStr, Option<u32>)>) -> String {
+    let name = without_v8_tier(name);
     match code {
         Some((file, Some(line))) => {
             let file = Path::new(file)
@@ -303,7 +304,17 @@ fn frame_name(name: &str, code: Option<(&std::ffi::OsStr, Option<u32>)>) -> Stri
                 .to_string_lossy();
             format!("{name} ({file}:{line})")
         }
-        _ => name.to_owned(),
+        _ => name.into_owned(),
+    }
+}
+
+/// V8 marks each perf-map name with the tier that compiled it (`JS:~f` interpreted, `^`
+/// Sparkplug, `+` Maglev, `*` TurboFan). A function tiers up while a loop runs, so the same
+/// call path would split into several groups; the marker is dropped.
+fn without_v8_tier(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.strip_prefix("JS:") {
+        Some(rest) if rest.starts_with(['~', '^', '+', '*']) => format!("JS:{}", &rest[1..]).into(),
+        _ => name.into(),
     }
 }
 
@@ -390,7 +401,13 @@ mod tests {
         assert_eq!(frame_name("main", Some((OsStr::new("x.c"), None))), "main");
         assert_eq!(
             frame_name("JS:~connect node:net:1", None),
-            "JS:~connect node:net:1"
+            "JS:connect node:net:1"
         );
+        assert_eq!(
+            frame_name("JS:*connect node:net:1", None),
+            "JS:connect node:net:1"
+        );
+        assert_eq!(frame_name("JS:^ node:net:2", None), "JS: node:net:2");
+        assert_eq!(frame_name("JSON::parse", None), "JSON::parse");
     }
 }
