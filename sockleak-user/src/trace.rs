@@ -136,7 +136,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 if stopped_by_pipe(out.report(&report, false))? {
                     return Ok(());
                 }
-                flame_files.write(&report)?;
+                write_flame_files(&flame_files, &report);
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -153,7 +153,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         &mut reporter,
         &kernel_stats,
     )?;
-    flame_files.write(&report)?;
+    write_flame_files(&flame_files, &report);
     stopped_by_pipe(out.report(&report, true))?;
     Ok(())
 }
@@ -213,6 +213,13 @@ fn decode(bytes: &[u8]) -> Option<SockEvent> {
     }
     // SAFETY: length checked; SockEvent is plain integers, valid for any bit pattern.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockEvent>()) })
+}
+
+/// A full disk mid-incident must not end the trace the files only illustrate.
+fn write_flame_files(files: &FlameFiles, report: &Report) {
+    if let Err(err) = files.write(report) {
+        eprintln!("sockleak: warning: {err:#}");
+    }
 }
 
 /// A reader that went away (`| head`) ends the trace quietly; other write errors are errors.
