@@ -27,16 +27,30 @@ fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
     let ports = client.run(&format!("connect 127.0.0.1:{port} 1"));
     server.run("accept 1");
 
-    {
-        let _restore = Restore(fs::read_to_string(TCP_MEM).unwrap());
-        fs::write(TCP_MEM, "1 1 1").unwrap();
-        client.run("send 0 1048576");
-        // Loopback delivery may be deferred to ksoftirqd on a busy machine: keep the squeeze
-        // until the receiver has had time to account for what was sent.
-        std::thread::sleep(Duration::from_millis(500));
+    // The kernel charges socket memory through per-CPU reserves, so a squeeze is only felt
+    // once a reserve runs dry: a fresh machine has been seen to absorb a whole first round
+    // (drops counted, no limit hit). Up to three rounds, each checked.
+    let mut r = None;
+    for _ in 0..3 {
+        {
+            let _restore = Restore(fs::read_to_string(TCP_MEM).unwrap());
+            fs::write(TCP_MEM, "1 1 1").unwrap();
+            client.run("send 0 1048576");
+            // Loopback delivery may be deferred to ksoftirqd on a busy machine: keep the
+            // squeeze until the receiver has had time to account for what was sent.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let report = t.report_after(Duration::from_millis(300));
+        let hit = report.socket_at(server.pid(), "remote", &ports[0])["exceed_buf_limit"]
+            .as_u64()
+            .unwrap()
+            > 0;
+        r = Some(report);
+        if hit {
+            break;
+        }
     }
-
-    let r = t.report_after(Duration::from_millis(300));
+    let r = r.unwrap();
     let receiver = r.socket_at(server.pid(), "remote", &ports[0]);
     assert!(
         receiver["exceed_buf_limit"].as_u64().unwrap() > 0,

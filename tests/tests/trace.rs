@@ -254,9 +254,11 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
         }
     }
     let report = tracer.stop();
+    let left = report.sockets_of(std::process::id());
     assert!(
-        report.sockets_of(std::process::id()).is_empty(),
-        "all were closed"
+        left.is_empty(),
+        "all were closed: {left:#?}\nstats: {}",
+        report.0["stats"]
     );
     assert!(
         report.stat("ignored") >= 50,
