@@ -61,6 +61,20 @@ pub struct Stack {
 /// Symbolizations of one stack before its unknown frames are taken as final.
 const MAX_ATTEMPTS: u8 = 6;
 
+impl Stack {
+    /// Frames are missing and the attempts are not used up.
+    fn worth_retrying(&self) -> bool {
+        self.unknown > 0 && self.attempts < MAX_ATTEMPTS
+    }
+}
+
+/// Kernel frames end with this, user frames never do.
+const KERNEL_FRAME: &str = " [kernel]";
+
+pub fn is_kernel_frame(frame: &str) -> bool {
+    frame.ends_with(KERNEL_FRAME)
+}
+
 enum Request {
     Symbolize(StackKey),
     /// Answered once every request sent before it has been handled.
@@ -109,10 +123,7 @@ impl Stacks {
     /// missing.
     pub fn get(&self, key: &StackKey) -> Option<Arc<Stack>> {
         let stack = self.cache.lock().ok()?.get(key).cloned();
-        if stack
-            .as_ref()
-            .is_some_and(|s| s.unknown > 0 && s.attempts < MAX_ATTEMPTS)
-        {
+        if stack.as_ref().is_some_and(|s| s.worth_retrying()) {
             let _ = self.requests.send(Request::Symbolize(*key));
         }
         stack
@@ -177,14 +188,11 @@ impl Worker {
 
     fn symbolize(&mut self, key: StackKey) {
         let previous = self.cache.lock().ok().and_then(|c| c.get(&key).cloned());
-        if previous
-            .as_ref()
-            .is_some_and(|s| s.unknown == 0 || s.attempts >= MAX_ATTEMPTS)
-        {
+        if previous.as_ref().is_some_and(|s| !s.worth_retrying()) {
             return; // a retry request raced with a successful attempt
         }
         let mut user = self.addresses_of(key.user);
-        if let Some(word) = leaf_caller(&user, key.sp_word, &executable_ranges(key.pid)) {
+        if let Some(word) = leaf_caller(&user, key.sp_word, || executable_ranges(key.pid)) {
             user.insert(1, word);
         }
         let kernel = self.addresses_of(key.kernel);
@@ -201,8 +209,8 @@ impl Worker {
         let mut frames = Vec::new();
         for (names, addr) in self.names(&kernel_source, &kernel).into_iter().zip(&kernel) {
             match names {
-                Some(names) => frames.extend(names.into_iter().map(|n| format!("{n} [kernel]"))),
-                None => frames.push(format!("0x{addr:x} [kernel]")),
+                Some(names) => frames.extend(names.into_iter().map(|n| n + KERNEL_FRAME)),
+                None => frames.push(format!("0x{addr:x}{KERNEL_FRAME}")),
             }
         }
         let process = Source::Process(Process::new(key.pid.into()));
@@ -322,11 +330,16 @@ fn without_v8_tier(name: &str) -> std::borrow::Cow<'_, str> {
 /// (glibc's `socket()` and `accept4()` wrappers push no frame): the return address the call
 /// left at the stack pointer. Only taken when it is a code address, and not already the next
 /// frame (a wrapper that does keep a frame).
-fn leaf_caller(user: &[u64], sp_word: u64, executable: &[(u64, u64)]) -> Option<u64> {
+/// `executable` (the process's code ranges) is only read when there is a word to judge.
+fn leaf_caller(
+    user: &[u64],
+    sp_word: u64,
+    executable: impl FnOnce() -> Vec<(u64, u64)>,
+) -> Option<u64> {
     if user.is_empty() || sp_word == 0 || user.get(1) == Some(&sp_word) {
         return None;
     }
-    executable
+    executable()
         .iter()
         .any(|&(start, end)| (start..end).contains(&sp_word))
         .then_some(sp_word)
@@ -376,19 +389,27 @@ mod tests {
 
     #[test]
     fn the_leaf_caller_is_a_code_address_not_already_on_the_stack() {
-        let exec = parse_executable_ranges(MAPS);
+        let exec = || parse_executable_ranges(MAPS);
         let user = [0x7f00_0000_0dc7, 0x55d0c0a01500];
         // The return address into the caller of socket(): inserted.
         assert_eq!(
-            leaf_caller(&user, 0x55d0c0a01234, &exec),
+            leaf_caller(&user, 0x55d0c0a01234, exec),
             Some(0x55d0c0a01234)
         );
         // A saved frame pointer or data (a wrapper that keeps a frame): not code, ignored.
-        assert_eq!(leaf_caller(&user, 0x7ffd00000100, &exec), None);
+        assert_eq!(leaf_caller(&user, 0x7ffd00000100, exec), None);
         // Already the next frame.
-        assert_eq!(leaf_caller(&user, 0x55d0c0a01500, &exec), None);
-        assert_eq!(leaf_caller(&user, 0, &exec), None);
-        assert_eq!(leaf_caller(&[], 0x55d0c0a01234, &exec), None);
+        assert_eq!(leaf_caller(&user, 0x55d0c0a01500, exec), None);
+        assert_eq!(
+            leaf_caller(&user, 0, || unreachable!("no word, no maps read")),
+            None
+        );
+        assert_eq!(
+            leaf_caller(&[], 0x55d0c0a01234, || unreachable!(
+                "no stack, no maps read"
+            )),
+            None
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 use std::fmt::Write;
 
 use super::{Started, escape::for_terminal};
-use crate::report::{Group, Report, SocketRow};
+use crate::{
+    report::{Group, Report, SocketRow},
+    symbolize::is_kernel_frame,
+};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
@@ -187,10 +190,7 @@ fn placement(out: &mut String, g: &Group) {
 /// The user frames of a creation stack, innermost first, C++ parameter lists left out. Kernel
 /// frames (the syscall path, the same for every socket) are in the JSON output.
 fn stack(out: &mut String, frames: &[String]) {
-    let user: Vec<&String> = frames
-        .iter()
-        .filter(|f| !f.ends_with(" [kernel]"))
-        .collect();
+    let user: Vec<&String> = frames.iter().filter(|f| !is_kernel_frame(f)).collect();
     for frame in user.iter().take(FRAMES_PER_GROUP) {
         let _ = writeln!(
             out,
