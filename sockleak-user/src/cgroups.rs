@@ -15,7 +15,9 @@ use std::{
 /// Cgroup paths by id, relative to the cgroup v2 root (`/` is the root itself).
 pub struct Cgroups {
     root: PathBuf,
-    by_id: HashMap<u64, Arc<str>>,
+    /// `None` for an id a walk did not find (its cgroup is gone): ids are never reused, so it
+    /// is not looked for again.
+    by_id: HashMap<u64, Option<Arc<str>>>,
 }
 
 impl Cgroups {
@@ -29,17 +31,22 @@ impl Cgroups {
     /// Makes every id in `ids` resolvable if its cgroup still exists: one walk of the
     /// hierarchy when any is new.
     pub fn learn(&mut self, ids: impl IntoIterator<Item = u64>) {
-        if ids
+        let new: Vec<u64> = ids
             .into_iter()
-            .any(|id| id != 0 && !self.by_id.contains_key(&id))
-        {
-            self.walk();
+            .filter(|&id| id != 0 && !self.by_id.contains_key(&id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        self.walk();
+        for id in new {
+            self.by_id.entry(id).or_insert(None);
         }
     }
 
-    /// The path of cgroup `id`, or of `pid`'s cgroup when the id is unknown (0).
+    /// The path of cgroup `id`, or of `pid`'s cgroup when the id is unknown (0) or gone.
     pub fn path_of(&self, id: u64, pid: u32) -> Option<Arc<str>> {
-        if let Some(path) = self.by_id.get(&id) {
+        if let Some(Some(path)) = self.by_id.get(&id) {
             return Some(Arc::clone(path));
         }
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
@@ -78,7 +85,7 @@ impl Cgroups {
             } else {
                 relative
             };
-            self.by_id.insert(meta.ino(), Arc::from(path));
+            self.by_id.insert(meta.ino(), Some(Arc::from(path)));
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };

@@ -38,7 +38,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         flamegraph: args.flamegraph.clone(),
     };
     flame_files.check()?;
-    let cgroups = Cgroups::new(hooks::cgroup2_root()?);
+    let cgroup_root = hooks::cgroup2_root()?;
+    let cgroups = Cgroups::new(cgroup_root.clone());
     let cgroup_filter = args
         .cgroups
         .iter()
@@ -49,7 +50,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         mut ebpf,
         hooks,
         warnings,
-    } = hooks::attach(args.ring_buffer_bytes, args.without_btf)?;
+    } = hooks::attach(args.ring_buffer_bytes, args.without_btf, &cgroup_root)?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let kernel_stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;

@@ -8,7 +8,10 @@
 pub mod offsets;
 pub mod tracefs;
 
-use std::{fs::File, path::PathBuf};
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -28,7 +31,8 @@ pub struct Attached {
 }
 
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
-pub fn attach(ring_buffer_bytes: u32, without_btf: bool) -> Result<Attached> {
+/// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach.
+pub fn attach(ring_buffer_bytes: u32, without_btf: bool, cgroup_root: &Path) -> Result<Attached> {
     check_capabilities()?;
     let mut warnings = Vec::new();
 
@@ -87,8 +91,7 @@ pub fn attach(ring_buffer_bytes: u32, without_btf: bool) -> Result<Attached> {
     let mut hooks = Vec::new();
 
     // Socket birth and release: required.
-    let cgroup_root = cgroup2_root()?;
-    let cgroup = File::open(&cgroup_root)
+    let cgroup = File::open(cgroup_root)
         .with_context(|| format!("opening the cgroup v2 root {}", cgroup_root.display()))?;
     for (prog, hook) in [
         ("sock_create", "cgroup/sock_create"),
