@@ -12,7 +12,7 @@ use crate::{
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     symbolize::{StackKey, StackStats, Stacks},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
-    verdict::{Growth, GrowthTracker, OwnedBy, Thresholds, socket_flags},
+    verdict::{Growth, GrowthTracker, Thresholds, socket_flags},
 };
 
 /// Order of flags in a group's union, most specific first.
@@ -137,12 +137,6 @@ pub enum GroupStack {
     Frames(Arc<[String]>),
 }
 
-impl OwnedBy for GroupKey {
-    fn pid(&self) -> u32 {
-        self.pid
-    }
-}
-
 #[derive(Serialize, Debug, Clone)]
 pub struct Group {
     pub pid: u32,
@@ -217,7 +211,7 @@ pub struct Report {
 pub struct Reporter {
     pub filter: Filter,
     pub thresholds: Thresholds,
-    growth: GrowthTracker<GroupKey>,
+    growth: GrowthTracker,
     cgroups: Cgroups,
 }
 

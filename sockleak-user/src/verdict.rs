@@ -10,6 +10,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    report::GroupKey,
     sockdiag::IPPROTO_TCP,
     table::{Socket, TCP_CLOSE, TCP_CLOSE_WAIT, TCP_ESTABLISHED},
 };
@@ -88,33 +89,21 @@ pub struct Growth {
     pub seconds_to_fd_limit: Option<u64>,
 }
 
-/// Remembers each group's count over the last reports. Groups are keyed by `K`, whose pid
-/// says whose fd limit the growth runs into.
-pub struct GrowthTracker<K> {
-    history: HashMap<K, VecDeque<(u64, usize)>>,
+/// Remembers each group's count over the last reports.
+#[derive(Default)]
+pub struct GrowthTracker {
+    history: HashMap<GroupKey, VecDeque<(u64, usize)>>,
 }
 
-impl<K> Default for GrowthTracker<K> {
-    fn default() -> Self {
-        Self {
-            history: HashMap::new(),
-        }
-    }
-}
-
-pub trait OwnedBy {
-    fn pid(&self) -> u32;
-}
-
-impl<K: std::hash::Hash + Eq + Clone + OwnedBy> GrowthTracker<K> {
+impl GrowthTracker {
     /// Records this report's group counts and returns the groups whose count rose at every one
     /// of the last `reports` reports.
     pub fn observe(
         &mut self,
-        counts: &HashMap<K, usize>,
+        counts: &HashMap<GroupKey, usize>,
         now_ns: u64,
         reports: usize,
-    ) -> HashMap<K, Growth> {
+    ) -> HashMap<GroupKey, Growth> {
         self.history.retain(|key, _| counts.contains_key(key));
         let mut growing = HashMap::new();
         for (key, &count) in counts {
@@ -135,7 +124,7 @@ impl<K: std::hash::Hash + Eq + Clone + OwnedBy> GrowthTracker<K> {
                 continue;
             }
             let per_minute = (c1 - c0) as f64 / minutes;
-            let (fd_limit, open_fds) = crate::procfs::fd_usage(key.pid());
+            let (fd_limit, open_fds) = crate::procfs::fd_usage(key.pid);
             let seconds_to_fd_limit = match (fd_limit, open_fds) {
                 (Some(limit), Some(open)) if per_minute > 0.0 => {
                     Some((limit.saturating_sub(open) as f64 / (per_minute / 60.0)) as u64)
@@ -160,16 +149,14 @@ impl<K: std::hash::Hash + Eq + Clone + OwnedBy> GrowthTracker<K> {
 mod tests {
     use super::*;
 
-    impl OwnedBy for (u32, String) {
-        fn pid(&self) -> u32 {
-            self.0
-        }
-    }
-
     #[test]
     fn growth_needs_a_rise_at_every_report() {
         let mut g = GrowthTracker::default();
-        let key = (1u32, "socket()".to_owned());
+        let key = GroupKey {
+            pid: 1,
+            site: "socket()".to_owned(),
+            ..GroupKey::default()
+        };
         let mut result = HashMap::new();
         for (i, count) in [5usize, 6, 7, 8].into_iter().enumerate() {
             let counts = HashMap::from([(key.clone(), count)]);
