@@ -118,12 +118,23 @@ pub struct SocketRow {
 
 /// Sockets are grouped like bcc's memleak groups allocations: by owner and creation stack,
 /// plus the site, whose listening port ties accepted sockets to their server.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Serialize, Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct GroupKey {
     pub pid: u32,
     pub comm: String,
+    /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
     pub site: String,
+    /// The creation stack, innermost frame first: kernel frames (`... [kernel]`), then user
+    /// frames (`function (file:line)`, JIT frames as the runtime's perf map names them, unknown
+    /// ones as `0xADDR [unknown]`; a tail of unknown frames, where a frame-pointer walk left
+    /// the rails, is cut). Empty for sockets sockleak did not see being created, and until
+    /// the stack is symbolized.
+    #[serde(serialize_with = "frames_as_list")]
     pub stack: GroupStack,
+}
+
+fn frames_as_list<S: serde::Serializer>(stack: &GroupStack, out: S) -> Result<S::Ok, S::Error> {
+    out.collect_seq(stack.frames())
 }
 
 /// A group's stack is its symbolized frames: two kernel stack ids can be one call path (they
@@ -137,15 +148,24 @@ pub enum GroupStack {
     Frames(Arc<[String]>),
 }
 
+impl GroupStack {
+    /// The symbolized frames; none while pending or absent.
+    pub fn frames(&self) -> &[String] {
+        match self {
+            GroupStack::Frames(frames) => frames,
+            _ => &[],
+        }
+    }
+}
+
 #[derive(Serialize, Debug, Clone)]
 pub struct Group {
-    pub pid: u32,
-    pub comm: String,
+    /// `pid`, `comm`, `site` and `stack` in JSON.
+    #[serde(flatten)]
+    pub key: GroupKey,
     pub cgroup: Option<Arc<str>>,
     #[serde(flatten)]
     pub container: Container,
-    /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
-    pub site: String,
     pub count: usize,
     pub states: BTreeMap<&'static str, usize>,
     pub oldest_age_ms: u64,
@@ -157,13 +177,6 @@ pub struct Group {
     pub flags: Vec<&'static str>,
     /// Present when the group is `growing`.
     pub growth: Option<Growth>,
-    /// The creation stack, innermost frame first: kernel frames (`... [kernel]`), then user
-    /// frames (`function (file:line)`, JIT frames as the runtime's perf map names them, unknown
-    /// ones as `0xADDR [unknown]`; a tail of unknown frames, where a frame-pointer walk left
-    /// the rails, is cut). Empty for sockets sockleak did not see being created.
-    pub stack: Vec<String>,
-    #[serde(skip)]
-    pub key: GroupKey,
 }
 
 /// Sockets a process closed that linger in the kernel: connection churn, not leaks.
@@ -297,11 +310,9 @@ fn build(
     let mut groups: HashMap<GroupKey, Group> = HashMap::new();
     for r in &rows {
         let g = groups.entry(r.group.clone()).or_insert_with(|| Group {
-            pid: r.pid,
-            comm: r.comm.clone(),
+            key: r.group.clone(),
             cgroup: r.cgroup.clone(),
             container: r.container.clone(),
-            site: r.group.site.clone(),
             count: 0,
             states: BTreeMap::new(),
             oldest_age_ms: 0,
@@ -310,11 +321,6 @@ fn build(
             memory_bytes: 0,
             flags: Vec::new(),
             growth: None,
-            stack: match &r.group.stack {
-                GroupStack::Frames(frames) => frames.to_vec(),
-                _ => Vec::new(),
-            },
-            key: r.group.clone(),
         });
         g.count += 1;
         *g.states.entry(r.state).or_default() += 1;
@@ -346,8 +352,8 @@ fn build(
         b.count
             .cmp(&a.count)
             .then(b.oldest_age_ms.cmp(&a.oldest_age_ms))
-            .then(a.pid.cmp(&b.pid))
-            .then(a.site.cmp(&b.site))
+            .then(a.key.pid.cmp(&b.key.pid))
+            .then(a.key.site.cmp(&b.key.site))
             .then(a.key.stack.cmp(&b.key.stack))
     });
 

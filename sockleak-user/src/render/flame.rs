@@ -18,11 +18,13 @@ pub fn folded(report: &Report) -> Vec<String> {
         .groups
         .iter()
         .map(|g| {
-            let mut frames = vec![format!("{} ({})", g.comm, g.pid), g.site.clone()];
-            if g.stack.is_empty() {
+            let key = &g.key;
+            let stack = key.stack.frames();
+            let mut frames = vec![format!("{} ({})", key.comm, key.pid), key.site.clone()];
+            if stack.is_empty() {
                 frames.push("[no creation stack]".to_owned());
             }
-            frames.extend(g.stack.iter().rev().cloned());
+            frames.extend(stack.iter().rev().cloned());
             let path: Vec<String> = frames.iter().map(|f| folded_frame(f)).collect();
             format!("{} {}", path.join(";"), g.count)
         })

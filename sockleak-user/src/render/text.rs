@@ -97,9 +97,9 @@ pub fn report(r: &Report, final_report: bool) -> String {
             out,
             "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
             g.count,
-            g.pid,
-            for_terminal(&g.comm),
-            g.site,
+            g.key.pid,
+            for_terminal(&g.key.comm),
+            g.key.site,
             human_ms(g.oldest_age_ms),
             g.rx_queue,
             g.tx_queue,
@@ -122,7 +122,7 @@ pub fn report(r: &Report, final_report: bool) -> String {
             );
         }
         placement(&mut out, g);
-        stack(&mut out, &g.stack);
+        stack(&mut out, g.key.stack.frames());
         let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
         // The evidence a person should see first: flagged sockets, then the fullest queues.
         members.sort_by_key(|s| {
