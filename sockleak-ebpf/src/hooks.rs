@@ -59,8 +59,30 @@ fn event(kind: EventKind, hook: Hook) -> SockEvent {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let mut ev = event(EventKind::Created, Hook::CgroupSockCreate);
+    send(&sock_event(
+        &ctx,
+        EventKind::Created,
+        Hook::CgroupSockCreate,
+    ));
+    ALLOW
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    send(&sock_event(
+        &ctx,
+        EventKind::Released,
+        Hook::CgroupSockRelease,
+    ));
+    ALLOW
+}
+
+/// What a cgroup sock program knows: the current task and the socket's identity.
+#[inline(always)]
+fn sock_event(ctx: &SockContext, kind: EventKind, hook: Hook) -> SockEvent {
+    let mut ev = event(kind, hook);
     ev.task = current_task();
+    // SAFETY: the kernel hands cgroup sock programs a valid `struct bpf_sock`.
     unsafe {
         let sock = &*ctx.sock;
         ev.family = sock.family as u16;
@@ -68,22 +90,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         ev.sock_type = sock.type_ as u16;
         ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
     }
-    send(&ev);
-    ALLOW
-}
-
-#[cgroup_sock(sock_release)]
-pub fn sock_release(ctx: SockContext) -> i32 {
-    let mut ev = event(EventKind::Released, Hook::CgroupSockRelease);
-    ev.task = current_task();
-    unsafe {
-        let sock = &*ctx.sock;
-        ev.family = sock.family as u16;
-        ev.protocol = sock.protocol as u16;
-        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
-    }
-    send(&ev);
-    ALLOW
+    ev
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
