@@ -235,9 +235,38 @@ pub struct Config {
     pub pt_regs_sp: u64,
 }
 
+/// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an
+/// error at the command line, not a silent fallback to filtering late.
+pub const FILTER_PIDS: usize = 16;
+pub const FILTER_COMMS: usize = 8;
+pub const FILTER_CGROUPS: usize = 8;
+
+/// Whose sockets the programs follow, decided at creation and accept in the creating process's
+/// context, so that everyone else's sockets cost no fd walk, no stack capture and no ring
+/// buffer space. Each list admits all when its count is 0. Written before load, like
+/// [`Config`]; the verifier then sees the counts as constants and prunes the unused checks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    pub pid_count: u32,
+    pub comm_count: u32,
+    pub cgroup_count: u32,
+    /// `AF_INET` or `AF_INET6`; 0 for any.
+    pub family: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`; 0 for any.
+    pub protocol: u16,
+    pub pids: [u32; FILTER_PIDS],
+    pub comms: [[u8; COMM_LEN]; FILTER_COMMS],
+    /// A cgroup matches its descendants: the check is "the ancestor of the current task's
+    /// cgroup at `cgroup_levels[i]` is `cgroup_ids[i]`".
+    pub cgroup_ids: [u64; FILTER_CGROUPS],
+    pub cgroup_levels: [u32; FILTER_CGROUPS],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::KernelFilter {}
     unsafe impl aya::Pod for super::SockEvent {}
 }

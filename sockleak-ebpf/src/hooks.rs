@@ -10,6 +10,8 @@
 //! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
+//!
+//! `--pid`, `--comm`, `--cgroup`, `--family` and `--protocol` are applied here too (`filter`).
 use aya_ebpf::{
     EbpfContext,
     bindings::BPF_F_USER_STACK,
@@ -30,6 +32,7 @@ use sockleak_common::{Config, EventKind, Hook, SockEvent, Stat, Task};
 
 use crate::{
     fdwalk::socket_of_fd,
+    filter::{admits_socket, admits_task},
     maps::{STACKS, config, count, send},
 };
 
@@ -59,21 +62,20 @@ fn event(kind: EventKind, hook: Hook) -> SockEvent {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    send(&sock_event(
-        &ctx,
-        EventKind::Created,
-        Hook::CgroupSockCreate,
-    ));
+    let ev = sock_event(&ctx, EventKind::Created, Hook::CgroupSockCreate);
+    if admits_task(&ev.task) && admits_socket(ev.family, ev.protocol) {
+        send(&ev);
+    }
     ALLOW
 }
 
 #[cgroup_sock(sock_release)]
 pub fn sock_release(ctx: SockContext) -> i32 {
-    send(&sock_event(
-        &ctx,
-        EventKind::Released,
-        Hook::CgroupSockRelease,
-    ));
+    let ev = sock_event(&ctx, EventKind::Released, Hook::CgroupSockRelease);
+    // No owner filter: the releasing task may be a kworker, not the owner.
+    if admits_socket(ev.family, ev.protocol) {
+        send(&ev);
+    }
     ALLOW
 }
 
@@ -199,11 +201,15 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
     if ret < 0 {
         return; // the syscall failed: no socket
     }
+    let task = current_task();
+    if !admits_task(&task) {
+        return;
+    }
     let fd = ret as i32;
     match socket_of_fd(&cfg, fd) {
-        Ok(Some(found)) => {
+        Ok(Some(found)) if admits_socket(found.family, 0) => {
             let mut ev = event(EventKind::FdInstalled, hook);
-            ev.task = current_task();
+            ev.task = task;
             ev.fd = fd;
             ev.skaddr = found.skaddr;
             ev.cookie = found.cookie;
@@ -212,7 +218,7 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
             capture_stacks(ctx, &cfg, &mut ev);
             send(&ev);
         }
-        Ok(None) => {} // not an inet socket
+        Ok(_) => {} // not an inet socket, or filtered out
         Err(err) => {
             count(Stat::FdWalkFailed);
             debug!(ctx, "sockleak: fd walk failed for fd {}: {}", fd, err);

@@ -6,6 +6,7 @@
 #![no_main]
 
 mod fdwalk;
+mod filter;
 mod hooks;
 mod maps;
 

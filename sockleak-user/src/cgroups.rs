@@ -49,8 +49,7 @@ impl Cgroups {
         if let Some(Some(path)) = self.by_id.get(&id) {
             return Some(Arc::clone(path));
         }
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-        unified_path(&text).map(Arc::from)
+        path_of_process(pid).map(Arc::from)
     }
 
     /// `PATH` as users give it to `--cgroup`: relative to the cgroup v2 root or as a file
@@ -96,6 +95,12 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// The cgroup v2 path of process `pid`, from `/proc/PID/cgroup`.
+pub fn path_of_process(pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    unified_path(&text)
 }
 
 /// The cgroup v2 line (`0::/path`) of a `/proc/PID/cgroup` file.

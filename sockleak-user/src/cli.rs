@@ -35,7 +35,7 @@ pub struct TraceArgs {
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// Only report sockets of processes with this name (`comm`, repeatable).
-    #[arg(long = "comm", value_name = "NAME")]
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
     pub comms: Vec<String>,
     /// Only report sockets with this local or remote port (repeatable).
     #[arg(long = "port", value_name = "PORT")]
@@ -144,6 +144,19 @@ fn parse_state(text: &str) -> Result<&'static str, String> {
         .ok_or_else(|| format!("unknown state '{text}': one of {}", STATE_NAMES.join(", ")))
 }
 
+/// The kernel keeps 15 bytes of a process name; a longer one could never match.
+fn parse_comm(text: &str) -> Result<String, String> {
+    const KEPT: usize = sockleak_common::COMM_LEN - 1;
+    match text.len() {
+        0 => Err("empty process name".to_owned()),
+        n if n > KEPT => Err(format!(
+            "process name '{text}' is {n} bytes; the kernel keeps only the first {KEPT} ('{}')",
+            text.get(..KEPT).unwrap_or(text)
+        )),
+        _ => Ok(text.to_owned()),
+    }
+}
+
 /// Parses `500ms`, `10s`, `1.5s`, `5m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || {
@@ -209,6 +222,13 @@ mod tests {
         assert_eq!(parse_state("Close-Wait"), Ok("CLOSE_WAIT"));
         assert_eq!(parse_state("unconn"), Ok("UNCONN"));
         assert!(parse_state("half_open").is_err());
+    }
+
+    #[test]
+    fn process_names_must_fit_the_kernels_comm() {
+        assert_eq!(parse_comm("node"), Ok("node".to_owned()));
+        assert!(parse_comm("a-very-long-process-name").is_err());
+        assert!(parse_comm("").is_err());
     }
 
     #[test]

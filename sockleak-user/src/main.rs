@@ -5,6 +5,7 @@
 //! `render` (text or JSON), with `verdict` judging each socket on the way. `trace` drives the loop; `cli` defines the command line.
 mod cgroups;
 mod cli;
+mod filter;
 mod hooks;
 mod procfs;
 mod render;

@@ -8,7 +8,8 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cgroups::{Cgroups, Container, container_of, is_within},
+    cgroups::{Cgroups, Container, container_of},
+    filter::Filter,
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     symbolize::{StackKey, StackStats, Stacks},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
@@ -24,58 +25,6 @@ const FLAG_ORDER: [&str; 6] = [
     "idle",
     "growing",
 ];
-
-/// Which sockets a report shows. Every list is "any of"; an empty list admits all.
-#[derive(Default)]
-pub struct Filter {
-    /// Owner pids.
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    /// Local or remote port.
-    pub ports: Vec<u16>,
-    /// State names as reports print them.
-    pub states: Vec<&'static str>,
-    /// AF_INET / AF_INET6.
-    pub family: Option<u8>,
-    /// IPPROTO_TCP / IPPROTO_UDP.
-    pub protocol: Option<u8>,
-    /// Cgroup v2 paths (`/system.slice/docker-ID.scope`); their descendants match too.
-    pub cgroups: Vec<String>,
-    pub min_age_ns: u64,
-}
-
-impl Filter {
-    fn admits(&self, s: &Socket, place: &Placement, now_ns: u64) -> bool {
-        let any = |list_empty: bool, matched: bool| list_empty || matched;
-        let port_of = |a: Option<std::net::SocketAddr>| a.map(|a| a.port());
-        any(self.pids.is_empty(), self.pids.contains(&s.owner.pid))
-            && any(
-                self.cgroups.is_empty(),
-                place
-                    .cgroup
-                    .as_deref()
-                    .is_some_and(|path| self.cgroups.iter().any(|c| is_within(path, c))),
-            )
-            && any(
-                self.comms.is_empty(),
-                self.comms.iter().any(|c| **c == *s.owner.comm),
-            )
-            && any(
-                self.ports.is_empty(),
-                [port_of(s.local), port_of(s.remote)]
-                    .iter()
-                    .flatten()
-                    .any(|p| self.ports.contains(p)),
-            )
-            && any(
-                self.states.is_empty(),
-                self.states.contains(&state_name(s.protocol, s.state)),
-            )
-            && self.family.is_none_or(|f| f == s.family)
-            && self.protocol.is_none_or(|p| p == s.protocol)
-            && now_ns.saturating_sub(s.created_ns) >= self.min_age_ns
-    }
-}
 
 #[derive(Serialize, Debug, Clone)]
 pub struct SocketRow {
@@ -301,7 +250,7 @@ fn build(
         .filter_map(|s| {
             let place = place(s);
             filter
-                .admits(s, &place, now_ns)
+                .admits(s, place.cgroup.as_deref(), now_ns)
                 .then(|| row(s, place, group_stack(s.stack), now_ns, thresholds))
         })
         .collect();

@@ -13,6 +13,8 @@ use std::{
 use sockleak_common::{EventKind, Hook, SockEvent, Task};
 
 use crate::{
+    cgroups,
+    filter::Filter,
     procfs,
     sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     symbolize::StackKey,
@@ -556,15 +558,16 @@ impl SocketTable {
     }
 
     /// Adds the sockets that were open before sockleak started: every socket sock_diag lists
-    /// that some process holds an fd to. The lowest holding pid is taken as the owner.
+    /// that some process `filter` follows holds an fd to. The lowest such pid is the owner.
     pub fn seed_pre_existing(
         &mut self,
         diag: &[DiagSocket],
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
+        filter: &Filter,
     ) {
         self.stats.pre_existing +=
-            self.adopt_held(diag, holders, now_ns, Origin::PreExisting, |_| true);
+            self.adopt_held(diag, holders, now_ns, Origin::PreExisting, filter, |_| true);
     }
 
     /// Held sockets the table does not know, by cookie.
@@ -580,21 +583,27 @@ impl SocketTable {
             .collect()
     }
 
-    /// Adds held sockets the table does not know and `admit` accepts, as `origin`; returns
-    /// how many.
+    /// Adds held sockets the table does not know and `admit` accepts, as `origin`, if a
+    /// process `filter` follows holds them (as the kernel would have sent them); returns how
+    /// many.
     fn adopt_held(
         &mut self,
         diag: &[DiagSocket],
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
         origin: Origin,
+        filter: &Filter,
         admit: impl Fn(u64) -> bool,
     ) -> u64 {
         let mut adopted = 0;
-        // One read of /proc/PID/comm per process, however many sockets it holds.
-        let mut comms: HashMap<u32, Arc<str>> = HashMap::new();
+        // One read of /proc/PID/{comm,cgroup} per process, however many sockets it holds.
+        let mut followed: HashMap<u32, Option<Arc<str>>> = HashMap::new();
         for d in diag {
-            if d.inode == 0 || self.sockets.contains_key(&d.cookie) || !admit(d.cookie) {
+            if d.inode == 0
+                || self.sockets.contains_key(&d.cookie)
+                || !filter.follows_kind(d.family, d.protocol)
+                || !admit(d.cookie)
+            {
                 continue;
             }
             if self.sockets.len() >= self.capacity {
@@ -603,11 +612,18 @@ impl SocketTable {
             let Some(pids) = holders.get(&u64::from(d.inode)) else {
                 continue;
             };
-            let Some(&pid) = pids.first() else { continue };
-            let comm = comms
-                .entry(pid)
-                .or_insert_with(|| Arc::from(procfs::comm_of(pid).unwrap_or_default().as_str()))
-                .clone();
+            let owner = pids.iter().find_map(|&pid| {
+                let comm = followed.entry(pid).or_insert_with(|| {
+                    let comm = procfs::comm_of(pid).unwrap_or_default();
+                    filter
+                        .follows_process(pid, &comm, || cgroups::path_of_process(pid))
+                        .then(|| Arc::from(comm.as_str()))
+                });
+                comm.clone().map(|comm| (pid, comm))
+            });
+            let Some((pid, comm)) = owner else {
+                continue;
+            };
             adopted += 1;
             self.insert(Socket {
                 cookie: d.cookie,
@@ -662,11 +678,13 @@ impl SocketTable {
 
     /// Brings every socket up to date with the kernel's view and drops the ones no process
     /// holds any more (their release was missed).
+    /// Sockets are adopted only if `filter` follows their holder, as in `seed_pre_existing`.
     pub fn reconcile(
         &mut self,
         diag: &[DiagSocket],
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
+        filter: &Filter,
     ) {
         let by_cookie: HashMap<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
         self.count_churn(diag);
@@ -730,9 +748,10 @@ impl SocketTable {
         // ran is still in this (stale) dump, but its release has already been applied.
         let unknown = self.unknown_held(diag, holders);
         let seen_before = std::mem::take(&mut self.unknown_held_last_scan);
-        self.stats.recovered += self.adopt_held(diag, holders, now_ns, Origin::Recovered, |c| {
-            seen_before.contains(&c)
-        });
+        self.stats.recovered +=
+            self.adopt_held(diag, holders, now_ns, Origin::Recovered, filter, |c| {
+                seen_before.contains(&c)
+            });
         self.unknown_held_last_scan = unknown
             .into_iter()
             .filter(|c| !self.sockets.contains_key(c))
@@ -914,7 +933,7 @@ mod tests {
             lingering(2, TCP_FIN_WAIT2),
             lingering(3, TCP_TIME_WAIT),
         ];
-        t.reconcile(&diag, &HashMap::new(), 1);
+        t.reconcile(&diag, &HashMap::new(), 1, &Filter::default());
         let churn = &t.churn()[&55];
         assert_eq!(
             (churn.time_wait, churn.orphaned, &*churn.comm),
@@ -942,13 +961,13 @@ mod tests {
             tcp: Some(TcpInfo::default()),
             ..diag(4, TCP_ESTABLISHED, 77)
         };
-        t.reconcile(&[sample], &held, 2);
+        t.reconcile(&[sample], &held, 2, &Filter::default());
         let mut reset = est;
         reset.new_state = TCP_CLOSE as u16;
         reset.ts_ns = 3;
         t.apply(&reset);
         let later = 3 + 60_000_000_000;
-        t.reconcile(&[], &held, later);
+        t.reconcile(&[], &held, later, &Filter::default());
         let s = t.get(4).unwrap();
         assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
         assert_eq!(
@@ -987,11 +1006,37 @@ mod tests {
         t.apply(&fd);
         let later = 10 * GHOST_GRACE_NS;
         let nobody = HashMap::new();
-        t.reconcile(&[], &nobody, later);
+        t.reconcile(&[], &nobody, later, &Filter::default());
         assert_eq!(t.len(), 1, "one scan is not proof");
-        t.reconcile(&[], &nobody, later);
+        t.reconcile(&[], &nobody, later, &Filter::default());
         assert!(t.is_empty());
         assert_eq!(t.stats.reconciled, 1);
+    }
+
+    #[test]
+    fn only_sockets_of_followed_processes_are_adopted_and_owned_by_a_followed_holder() {
+        let me = std::process::id();
+        let parent = std::os::unix::process::parent_id();
+        let shared = diag(50, TCP_ESTABLISHED, 700);
+        let theirs = diag(51, TCP_ESTABLISHED, 701);
+        // The parent holds both (it comes first: lowest pid); we share one of them.
+        let holders = HashMap::from([(700u64, vec![parent, me]), (701u64, vec![parent])]);
+        let only_me = Filter {
+            pids: vec![me],
+            ..Filter::default()
+        };
+        let mut t = SocketTable::new(16);
+        t.seed_pre_existing(&[shared, theirs], &holders, 1, &only_me);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.get(50).map(|s| s.owner.pid), Some(me));
+
+        let udp_only = Filter {
+            protocol: Some(IPPROTO_UDP),
+            ..Filter::default()
+        };
+        let mut t = SocketTable::new(16);
+        t.seed_pre_existing(&[diag(52, TCP_ESTABLISHED, 700)], &holders, 1, &udp_only);
+        assert!(t.is_empty());
     }
 
     #[test]
@@ -1004,9 +1049,14 @@ mod tests {
             ..held.clone()
         };
         let holders = HashMap::from([(900u64, vec![std::process::id()])]);
-        t.reconcile(&[held.clone(), orphan.clone()], &holders, 5);
+        t.reconcile(
+            &[held.clone(), orphan.clone()],
+            &holders,
+            5,
+            &Filter::default(),
+        );
         assert!(t.get(42).is_none(), "one scan is not proof");
-        t.reconcile(&[held, orphan], &holders, 6);
+        t.reconcile(&[held, orphan], &holders, 6, &Filter::default());
         let s = t.get(42).expect("recovered");
         assert_eq!(
             (s.origin, s.owner.pid),
@@ -1024,8 +1074,8 @@ mod tests {
         t.apply(&released(7)); // both applied by the drain after the scans
         let stale = diag(7, TCP_ESTABLISHED, 700);
         let stale_holders = HashMap::from([(700u64, vec![me])]);
-        t.reconcile(&[stale], &stale_holders, 5);
-        t.reconcile(&[], &HashMap::new(), 6); // the next scan no longer sees it
+        t.reconcile(&[stale], &stale_holders, 5, &Filter::default());
+        t.reconcile(&[], &HashMap::new(), 6, &Filter::default()); // the next scan no longer sees it
         assert!(t.get(7).is_none());
         assert_eq!(t.stats.recovered, 0);
     }
@@ -1046,8 +1096,18 @@ mod tests {
         // 3: unconnected (CLOSE), not listed, owner alive: may well be open; kept.
         let time_wait = diag(2, TCP_TIME_WAIT, 0);
         let later = 10 * GHOST_GRACE_NS;
-        t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
-        t.reconcile(std::slice::from_ref(&time_wait), &HashMap::new(), later);
+        t.reconcile(
+            std::slice::from_ref(&time_wait),
+            &HashMap::new(),
+            later,
+            &Filter::default(),
+        );
+        t.reconcile(
+            std::slice::from_ref(&time_wait),
+            &HashMap::new(),
+            later,
+            &Filter::default(),
+        );
         assert!(t.get(1).is_none() && t.get(2).is_none());
         assert!(t.get(3).is_some());
         assert_eq!(t.stats.reconciled, 2);
@@ -1063,7 +1123,7 @@ mod tests {
         t.apply(&fd);
         let holders = HashMap::from([(31337u64, vec![1u32, 2])]);
         for _ in 0..5 {
-            t.reconcile(&[], &holders, 10 * GHOST_GRACE_NS);
+            t.reconcile(&[], &holders, 10 * GHOST_GRACE_NS, &Filter::default());
         }
         assert_eq!(t.get(9).unwrap().holders, vec![1, 2]);
     }

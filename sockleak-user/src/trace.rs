@@ -14,9 +14,10 @@ use tokio::{
 use crate::{
     cgroups::Cgroups,
     cli::{FamilyFilter, ProtocolFilter, TraceArgs},
+    filter::Filter,
     hooks, procfs,
     render::{Output, Started, flame::FlameFiles},
-    report::{Filter, KernelStats, Report, Reporter},
+    report::{KernelStats, Report, Reporter},
     sockdiag,
     symbolize::{StackKey, Stacks},
     table::SocketTable,
@@ -46,11 +47,33 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         .map(|c| cgroups.resolve_user_path(c))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
+    let filter = Filter {
+        pids: args.pids.clone(),
+        comms: args.comms.clone(),
+        ports: args.ports.clone(),
+        states: args.states.clone(),
+        family: args.family.map(|f| match f {
+            FamilyFilter::Ipv4 => sockdiag::AF_INET,
+            FamilyFilter::Ipv6 => sockdiag::AF_INET6,
+        }),
+        protocol: args.protocol.map(|p| match p {
+            ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
+            ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
+        }),
+        cgroups: cgroup_filter,
+        min_age_ns: args.min_age.as_nanos() as u64,
+    };
+    let kernel_filter = filter.kernel_filter(&cgroup_root)?;
     let hooks::Attached {
         mut ebpf,
         hooks,
         warnings,
-    } = hooks::attach(args.ring_buffer_bytes, args.without_btf, &cgroup_root)?;
+    } = hooks::attach(
+        args.ring_buffer_bytes,
+        args.without_btf,
+        &cgroup_root,
+        &kernel_filter,
+    )?;
     let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
     let kernel_stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
@@ -70,26 +93,11 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     // snapshot now catches all the ones born before.
     let diag = sockdiag::dump_all()?;
     let holders = procfs::socket_holders();
-    table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns());
+    table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
 
     let mut out = Output::new(args.format);
     let mut reporter = Reporter::new(
-        Filter {
-            pids: args.pids.clone(),
-            comms: args.comms.clone(),
-            ports: args.ports.clone(),
-            states: args.states.clone(),
-            family: args.family.map(|f| match f {
-                FamilyFilter::Ipv4 => sockdiag::AF_INET,
-                FamilyFilter::Ipv6 => sockdiag::AF_INET6,
-            }),
-            protocol: args.protocol.map(|p| match p {
-                ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
-                ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
-            }),
-            cgroups: cgroup_filter,
-            min_age_ns: args.min_age.as_nanos() as u64,
-        },
+        filter,
         Thresholds {
             close_wait: args.close_wait_after,
             unread: args.unread_after,
@@ -176,7 +184,7 @@ fn snapshot(
     // Events that raced with the scans are applied before judging what is gone.
     drain(ring, table, stacks);
     let now = procfs::monotonic_ns();
-    table.reconcile(&diag, &holders, now);
+    table.reconcile(&diag, &holders, now, &reporter.filter);
     stacks.retain(table.sockets().filter_map(|s| s.stack));
     let stat = |s: Stat| -> u64 {
         kernel_stats

@@ -365,3 +365,25 @@ fn filters_narrow_the_report_to_what_was_asked() {
     assert!(shapes(&nobody).is_empty());
     assert_eq!(shapes(&by_name).len(), 7);
 }
+
+#[test]
+fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
+    let mut watched = Scenario::spawn();
+    let mut other = Scenario::spawn();
+    let tracer = Tracer::start_with(
+        &[watched.pid()],
+        &["--interval", "300ms", "--min-age", "0s", "--protocol", "udp"],
+    );
+    watched.run("udp 127.0.0.1:0 5");
+    watched.run("listen 127.0.0.1:0"); // TCP: filtered out by --protocol, in the kernel too
+    other.run("udp 127.0.0.1:0 40");
+    let report = tracer.report_after(std::time::Duration::from_millis(700));
+
+    assert_eq!(report.sockets_of(watched.pid()).len(), 5);
+    assert!(report.sockets_of(other.pid()).is_empty());
+    // Only the watched process's five UDP creations were sent: the 40 others and the
+    // listener were dropped by the programs, and reconciliation did not adopt them either.
+    assert_eq!(report.stat("created"), 5, "{}", report.0["stats"]);
+    assert_eq!(report.stat("recovered"), 0, "{}", report.0["stats"]);
+    assert_eq!(report.stat("pre_existing"), 0, "{}", report.0["stats"]);
+}

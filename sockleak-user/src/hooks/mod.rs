@@ -18,7 +18,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, TracePoint},
 };
-use sockleak_common::Config;
+use sockleak_common::{Config, KernelFilter};
 
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
@@ -31,8 +31,14 @@ pub struct Attached {
 }
 
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
-/// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach.
-pub fn attach(ring_buffer_bytes: u32, without_btf: bool, cgroup_root: &Path) -> Result<Attached> {
+/// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach;
+/// `filter` says whose sockets the programs follow.
+pub fn attach(
+    ring_buffer_bytes: u32,
+    without_btf: bool,
+    cgroup_root: &Path,
+    filter: &KernelFilter,
+) -> Result<Attached> {
     check_capabilities()?;
     let mut warnings = Vec::new();
 
@@ -84,6 +90,7 @@ pub fn attach(ring_buffer_bytes: u32, without_btf: bool, cgroup_root: &Path) -> 
 
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
+        .override_global("FILTER", filter, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;

@@ -1,0 +1,161 @@
+//! What `--pid`, `--comm`, `--cgroup`, `--family`, `--protocol`, `--port`, `--state` and
+//! `--min-age` select, and where each applies:
+//! - in the kernel, where a socket gets its owner (pid, comm, cgroup, family, protocol): the
+//!   sockets of everyone else never reach sockleak ([`Filter::kernel_filter`]);
+//! - when reconciliation adopts sockets no event announced, by the same rules
+//!   ([`Filter::follows_process`], [`Filter::follows_kind`]), so the table holds only what the
+//!   kernel would have sent;
+//! - in every report, everything, ports and states included ([`Filter::admits`]): ports and
+//!   states change after creation, so only a report can judge them.
+use std::{os::unix::fs::MetadataExt, path::Path};
+
+use anyhow::{Context, Result, bail};
+use sockleak_common::{COMM_LEN, FILTER_CGROUPS, FILTER_COMMS, FILTER_PIDS, KernelFilter};
+
+use crate::{cgroups::is_within, report::state_name, table::Socket};
+
+/// Every list is "any of"; an empty list admits all.
+#[derive(Default, Debug, Clone)]
+pub struct Filter {
+    /// Owner pids.
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    /// Local or remote port.
+    pub ports: Vec<u16>,
+    /// State names as reports print them.
+    pub states: Vec<&'static str>,
+    /// AF_INET / AF_INET6.
+    pub family: Option<u8>,
+    /// IPPROTO_TCP / IPPROTO_UDP.
+    pub protocol: Option<u8>,
+    /// Cgroup v2 paths relative to the root (`/system.slice/docker-ID.scope`); their
+    /// descendants match too.
+    pub cgroups: Vec<String>,
+    pub min_age_ns: u64,
+}
+
+impl Filter {
+    /// The owner and socket-kind part, for the programs. `cgroup_root` is the cgroup v2 mount
+    /// the `cgroups` paths are relative to.
+    pub fn kernel_filter(&self, cgroup_root: &Path) -> Result<KernelFilter> {
+        let too_many = |what: &str, max: usize| {
+            format!("at most {max} {what} values can be given (the kernel side checks each)")
+        };
+        if self.pids.len() > FILTER_PIDS {
+            bail!(too_many("--pid", FILTER_PIDS));
+        }
+        if self.comms.len() > FILTER_COMMS {
+            bail!(too_many("--comm", FILTER_COMMS));
+        }
+        if self.cgroups.len() > FILTER_CGROUPS {
+            bail!(too_many("--cgroup", FILTER_CGROUPS));
+        }
+        let mut kernel = KernelFilter {
+            pid_count: self.pids.len() as u32,
+            comm_count: self.comms.len() as u32,
+            cgroup_count: self.cgroups.len() as u32,
+            family: self.family.map_or(0, u16::from),
+            protocol: self.protocol.map_or(0, u16::from),
+            ..KernelFilter::default()
+        };
+        kernel.pids[..self.pids.len()].copy_from_slice(&self.pids);
+        for (slot, comm) in kernel.comms.iter_mut().zip(&self.comms) {
+            // NUL-padded like task->comm; the CLI refuses names the kernel would have cut.
+            let bytes = &comm.as_bytes()[..comm.len().min(COMM_LEN - 1)];
+            slot[..bytes.len()].copy_from_slice(bytes);
+        }
+        for (i, path) in self.cgroups.iter().enumerate() {
+            let relative = path.trim_start_matches('/');
+            let dir = cgroup_root.join(relative);
+            // A cgroup's id is its directory's inode number; its level, its depth below the root.
+            kernel.cgroup_ids[i] = std::fs::metadata(&dir)
+                .with_context(|| format!("reading cgroup {}", dir.display()))?
+                .ino();
+            kernel.cgroup_levels[i] = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+        }
+        Ok(kernel)
+    }
+
+    /// Whether the kernel follows sockets created by this process. `cgroup` is asked only when
+    /// a `--cgroup` filter needs it.
+    pub fn follows_process(
+        &self,
+        pid: u32,
+        comm: &str,
+        cgroup: impl FnOnce() -> Option<String>,
+    ) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&pid))
+            && (self.comms.is_empty() || self.comms.iter().any(|c| c == comm))
+            && (self.cgroups.is_empty() || cgroup().is_some_and(|path| self.within_cgroups(&path)))
+    }
+
+    /// Whether the kernel follows sockets of this family and protocol.
+    pub fn follows_kind(&self, family: u8, protocol: u8) -> bool {
+        self.family.is_none_or(|f| f == family) && self.protocol.is_none_or(|p| p == protocol)
+    }
+
+    fn within_cgroups(&self, path: &str) -> bool {
+        self.cgroups.iter().any(|c| is_within(path, c))
+    }
+
+    /// Whether a report shows `s`, whose owner runs in `cgroup`.
+    pub fn admits(&self, s: &Socket, cgroup: Option<&str>, now_ns: u64) -> bool {
+        let port_of = |a: Option<std::net::SocketAddr>| a.map(|a| a.port());
+        self.follows_process(s.owner.pid, &s.owner.comm, || cgroup.map(str::to_owned))
+            && self.follows_kind(s.family, s.protocol)
+            && (self.ports.is_empty()
+                || [port_of(s.local), port_of(s.remote)]
+                    .iter()
+                    .flatten()
+                    .any(|p| self.ports.contains(p)))
+            && (self.states.is_empty() || self.states.contains(&state_name(s.protocol, s.state)))
+            && now_ns.saturating_sub(s.created_ns) >= self.min_age_ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_filter_carries_every_owner_criterion() {
+        let root = std::env::temp_dir();
+        let filter = Filter {
+            pids: vec![7, 9],
+            comms: vec!["node".into()],
+            cgroups: vec!["/".into()],
+            family: Some(10),
+            protocol: Some(6),
+            ..Filter::default()
+        };
+        let k = filter.kernel_filter(&root).unwrap();
+        assert_eq!((k.pid_count, k.comm_count, k.cgroup_count), (2, 1, 1));
+        assert_eq!(&k.pids[..2], &[7, 9]);
+        assert_eq!(&k.comms[0][..5], b"node\0");
+        assert_eq!(k.cgroup_levels[0], 0);
+        assert_eq!(k.cgroup_ids[0], std::fs::metadata(&root).unwrap().ino());
+        assert_eq!((k.family, k.protocol), (10, 6));
+    }
+
+    #[test]
+    fn too_many_pids_is_an_error_not_a_silent_fallback() {
+        let filter = Filter {
+            pids: (1..=FILTER_PIDS as u32 + 1).collect(),
+            ..Filter::default()
+        };
+        assert!(filter.kernel_filter(Path::new("/")).is_err());
+    }
+
+    #[test]
+    fn the_cgroup_of_a_process_is_read_only_when_filtering_by_cgroup() {
+        let no_cgroup_filter = Filter::default();
+        assert!(no_cgroup_filter.follows_process(1, "x", || panic!("not needed")));
+        let by_cgroup = Filter {
+            cgroups: vec!["/a".into()],
+            ..Filter::default()
+        };
+        assert!(by_cgroup.follows_process(1, "x", || Some("/a/b".into())));
+        assert!(!by_cgroup.follows_process(1, "x", || Some("/ab".into())));
+        assert!(!by_cgroup.follows_process(1, "x", || None));
+    }
+}
