@@ -23,13 +23,18 @@ if ! grep -q "^$NIGHTLY-" <<<"$installed" \
 fi
 
 # Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc and
-# node (the stack tests build a native leaker and run a Node.js one).
+# node (the stack tests build a native leaker and run a Node.js one), tmux (drives
+# `sockleak top` in a test), prometheus (scrapes `--metrics` in a test; only the binary is
+# used, the tests start their own server).
 need=()
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v node >/dev/null || need+=(nodejs)
+command -v tmux >/dev/null || need+=(tmux)
+command -v prometheus >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+    # No recommends: prometheus would pull in node-exporter and friends.
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi

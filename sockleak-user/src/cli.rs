@@ -1,5 +1,9 @@
 //! The command line. `--help` is the reference; every flag says what it does and its default.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -27,54 +31,103 @@ pub struct Cli {
 pub enum Command {
     /// Trace sockets and report the ones still open, every interval and on exit.
     Trace(TraceArgs),
+    /// A live view of the open socket groups, worst first, refreshed every interval.
+    Top(TopArgs),
+    /// Print a shell completion script (e.g. `sockleak completions bash >
+    /// /etc/bash_completion.d/sockleak`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `sockleak manpage | man -l -`.
+    Manpage,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceArgs {
-    /// Only report sockets created or accepted by this process (repeatable).
-    #[arg(short, long = "pid", value_name = "PID")]
-    pub pids: Vec<u32>,
-    /// Only report sockets of processes with this name (`comm`, repeatable).
-    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
-    pub comms: Vec<String>,
-    /// Only report sockets with this local or remote port (repeatable).
-    #[arg(long = "port", value_name = "PORT")]
-    pub ports: Vec<u16>,
-    /// Only report sockets in this state, e.g. CLOSE_WAIT, ESTABLISHED, LISTEN, UNCONN (repeatable).
-    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
-    pub states: Vec<&'static str>,
-    /// Only report sockets of processes in this cgroup v2 or below it: a container, a pod, a
-    /// systemd unit (`/system.slice/nginx.service`; relative to the cgroup v2 mount or as a
-    /// path under it; repeatable).
-    #[arg(long = "cgroup", value_name = "PATH")]
-    pub cgroups: Vec<String>,
-    /// Only report sockets of this address family.
-    #[arg(long, value_enum)]
-    pub family: Option<FamilyFilter>,
-    /// Only report sockets of this protocol.
-    #[arg(long, value_enum)]
-    pub protocol: Option<ProtocolFilter>,
-    /// Only report sockets open at least this long (e.g. 500ms, 30s, 5m).
-    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
-    pub min_age: Duration,
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub verdicts: VerdictArgs,
+    #[command(flatten)]
+    pub tracer: TracerArgs,
     /// Time between reports.
-    #[arg(short, long, value_name = "DUR", default_value = "10s", value_parser = parse_positive_duration)]
+    #[arg(short, long, value_name = "DUR", default_value = "10s", value_parser = parse_positive_duration, help_heading = "Output")]
     pub interval: Duration,
     /// Stop after this long, with a final report (default: until Ctrl-C or SIGTERM).
-    #[arg(short, long, value_name = "DUR", value_parser = parse_positive_duration)]
+    #[arg(short, long, value_name = "DUR", value_parser = parse_positive_duration, help_heading = "Output")]
     pub duration: Option<Duration>,
     /// Output format: `text` for people, `json` for scripts (one JSON object per line).
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    #[arg(short, long, value_enum, default_value_t = Format::Text, help_heading = "Output")]
     pub format: Format,
-    /// Also write the open sockets as folded stacks (`process;outer;...;inner;site COUNT`, one
-    /// line per group) to FILE, rewritten at every report: input for flamegraph.pl, inferno,
+    /// Print the started line and the final report only, not one report per interval (for
+    /// long runs that serve --metrics).
+    #[arg(short, long, help_heading = "Output")]
+    pub quiet: bool,
+    /// Also write the open sockets as folded stacks (`comm (pid);site;outer;...;inner COUNT`,
+    /// one line per group) to FILE, rewritten at every report: input for flamegraph.pl, inferno,
     /// speedscope.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub folded: Option<PathBuf>,
     /// Also write an SVG flame graph of the open sockets by creation stack to FILE, rewritten at
     /// every report.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Output")]
     pub flamegraph: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics, updated at every report. `PORT` alone
+    /// binds 127.0.0.1; give `0.0.0.0:PORT` or `[::]:PORT` to serve other hosts.
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr, help_heading = "Output")]
+    pub metrics: Option<SocketAddr>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub select: SelectArgs,
+    #[command(flatten)]
+    pub verdicts: VerdictArgs,
+    #[command(flatten)]
+    pub tracer: TracerArgs,
+    /// Time between refreshes.
+    #[arg(short, long, value_name = "DUR", default_value = "1s", value_parser = parse_positive_duration, help_heading = "Display")]
+    pub interval: Duration,
+}
+
+/// Which sockets to follow and show. Owner and socket kind are filtered in the kernel.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Selection")]
+pub struct SelectArgs {
+    /// Only sockets created or accepted by this process (repeatable, at most 16).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Only sockets of processes with this name (`comm`, repeatable, at most 8).
+    #[arg(long = "comm", value_name = "NAME", value_parser = parse_comm)]
+    pub comms: Vec<String>,
+    /// Only sockets of processes in this cgroup v2 or below it: a container, a pod, a systemd
+    /// unit (`/system.slice/nginx.service`; relative to the cgroup v2 mount or as a path under
+    /// it; repeatable, at most 8).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<String>,
+    /// Only sockets of this address family.
+    #[arg(long, value_enum)]
+    pub family: Option<FamilyFilter>,
+    /// Only sockets of this protocol.
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolFilter>,
+    /// Only show sockets with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only show sockets in this state, e.g. CLOSE_WAIT, ESTABLISHED, LISTEN, UNCONN (repeatable).
+    #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
+    pub states: Vec<&'static str>,
+    /// Only show sockets open at least this long (e.g. 500ms, 30s, 5m).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub min_age: Duration,
+}
+
+/// When an open socket looks leaked.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Verdicts")]
+pub struct VerdictArgs {
     /// Flag `close_wait` (peer closed, owner has not) and `reset_held` (reset by the kernel,
     /// fd still held) after this long in that state.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
@@ -92,10 +145,12 @@ pub struct TraceArgs {
     /// Flag a group `growing` when its count rose at each of this many consecutive reports.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub growing_reports: u32,
-    /// Behave as on a kernel without BTF (classic tracepoints, no fd walk): for testing the
-    /// fallback and for diagnosing BTF trouble.
-    #[arg(long, hide = true)]
-    pub without_btf: bool,
+}
+
+/// Limits of sockleak itself.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Limits")]
+pub struct TracerArgs {
     /// Size of the kernel-to-sockleak event ring buffer in bytes (a power of two, at least
     /// 4096). Events that do not fit are counted as lost and healed by reconciliation.
     #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
@@ -103,6 +158,10 @@ pub struct TraceArgs {
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     pub max_sockets: usize,
+    /// Behave as on a kernel without BTF (classic tracepoints, no fd walk): for testing the
+    /// fallback and for diagnosing BTF trouble.
+    #[arg(long, hide = true)]
+    pub without_btf: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,6 +201,17 @@ fn parse_state(text: &str) -> Result<&'static str, String> {
         .find(|s| **s == wanted)
         .copied()
         .ok_or_else(|| format!("unknown state '{text}': one of {}", STATE_NAMES.join(", ")))
+}
+
+/// `PORT` or `:PORT` (localhost), or `HOST:PORT`.
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    text.parse().map_err(|_| {
+        format!("invalid address '{text}': use PORT, or HOST:PORT like 0.0.0.0:9954 or [::1]:9954")
+    })
 }
 
 /// The kernel keeps 15 bytes of a process name; a longer one could never match.
@@ -222,6 +292,25 @@ mod tests {
         assert_eq!(parse_state("Close-Wait"), Ok("CLOSE_WAIT"));
         assert_eq!(parse_state("unconn"), Ok("UNCONN"));
         assert!(parse_state("half_open").is_err());
+    }
+
+    #[test]
+    fn metrics_addresses_default_to_localhost() {
+        assert_eq!(
+            parse_metrics_addr("9954"),
+            Ok("127.0.0.1:9954".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_addr(":9954"),
+            Ok("127.0.0.1:9954".parse().unwrap())
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:1"),
+            Ok("0.0.0.0:1".parse().unwrap())
+        );
+        assert_eq!(parse_metrics_addr("[::]:1"), Ok("[::]:1".parse().unwrap()));
+        assert!(parse_metrics_addr("localhost").is_err());
+        assert!(parse_metrics_addr("99999").is_err());
     }
 
     #[test]

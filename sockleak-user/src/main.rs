@@ -2,21 +2,26 @@
 //!
 //! The path of data: `hooks` (eBPF programs, attached) -> ring buffer -> `table` (one entry
 //! per open socket, reconciled with `sockdiag` and `procfs`) -> `report` (filter, group) ->
-//! `render` (text or JSON), with `verdict` judging each socket on the way. `trace` drives the loop; `cli` defines the command line.
+//! `render` (text, JSON, flame graphs), `metrics` (Prometheus) or `top` (a live view), with
+//! `verdict` judging each socket on the way and `filter` choosing them. `tracer` drives the data
+//! path; `trace` and `top` are the commands; `cli` defines the command line.
 mod cgroups;
 mod cli;
 mod filter;
 mod hooks;
+mod metrics;
 mod procfs;
 mod render;
 mod report;
 mod sockdiag;
 mod symbolize;
 mod table;
+mod top;
 mod trace;
+mod tracer;
 mod verdict;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
 
@@ -38,11 +43,22 @@ fn main() {
         Ok(rt) => rt,
         Err(err) => fail(&anyhow::Error::from(err)),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Trace(args) => trace::run(args).await,
+    let result = match cli.command {
+        Command::Trace(args) => runtime.block_on(trace::run(args)),
+        Command::Top(args) => runtime.block_on(top::run(args)),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sockleak", &mut script);
+            print_quietly(&script)
         }
-    });
+        Command::Manpage => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| print_quietly(&page))
+        }
+    };
     if let Err(err) = result {
         fail(&err);
     }
@@ -53,4 +69,13 @@ fn fail(err: &anyhow::Error) -> ! {
     let text = format!("{err:#}").replace('\n', " ");
     eprintln!("sockleak: error: {text}");
     std::process::exit(1);
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(bytes) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }

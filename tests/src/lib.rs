@@ -290,3 +290,56 @@ pub fn count_by<'a>(
     }
     counts
 }
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    probe.local_addr().unwrap().port()
+}
+
+/// `GET path` over HTTP/1.0: the status code and the body. Enough for a test, not a client.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_owned()))
+}
+
+/// A Debian package's program the tests need; its absence fails the test (`./setup.sh`
+/// installs it), never skips it.
+pub fn require_program(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("\n!!! this test needs `{name}`, which ./setup.sh installs: run ./setup.sh !!!\n")
+    })
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or fails with `what` and the last
+/// thing `check` saw.
+pub fn eventually<T>(what: &str, mut check: impl FnMut(&mut String) -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    let mut last_seen = String::new();
+    loop {
+        if let Some(value) = check(&mut last_seen) {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not after {PATIENCE:?}; last seen:\n{last_seen}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

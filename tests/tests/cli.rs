@@ -149,3 +149,89 @@ fn bad_filter_values_are_rejected() {
         assert!(err.contains("invalid value"), "{bad:?}: {err}");
     }
 }
+
+#[test]
+fn a_metrics_port_in_use_is_refused_before_anything_attaches() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, err) = run(&["trace", "--metrics", &port]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(&format!(
+            "sockleak: error: serving metrics on 127.0.0.1:{port}: Address already in use"
+        )),
+        "{err}"
+    );
+    let (code, err) = run(&["trace", "--metrics", "localhost:x"]);
+    assert_eq!(code, 2, "a usage error: {err}");
+}
+
+#[test]
+fn too_many_kernel_filter_values_are_refused_not_silently_widened() {
+    let mut args = vec!["trace".to_owned()];
+    for _ in 0..9 {
+        args.extend(["--comm".to_owned(), "x".to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, err) = run(&args);
+    assert_ne!(code, 0);
+    assert_eq!(
+        err.trim(),
+        "sockleak: error: at most 8 --comm values can be given (the kernel side checks each)"
+    );
+}
+
+/// Completions and the man page come from the same definition as `--help`, so every
+/// subcommand and flag is in them.
+#[test]
+fn completions_and_man_page_cover_every_subcommand_and_flag() {
+    let output = |args: &[&str]| {
+        let out = Command::new(sockleak_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {:?}", out.status);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = output(&["completions", shell]);
+        // Flags without their dashes: fish spells them `-l min-age`.
+        for word in [
+            "trace",
+            "top",
+            "min-age",
+            "metrics",
+            "cgroup",
+            "close-wait-after",
+        ] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let bash = output(&["completions", "bash"]);
+    let checked = Command::new("bash")
+        .args(["-n", "-c", &bash])
+        .status()
+        .unwrap();
+    assert!(
+        checked.success(),
+        "the bash completion script does not parse"
+    );
+
+    let page = output(&["manpage"]);
+    assert!(page.contains(".TH sockleak 1"), "{page}");
+    for word in ["trace", "top", "completions"] {
+        assert!(page.contains(word), "man page lacks {word}");
+    }
+    let trace_help = output(&["trace", "--help"]);
+    for flag in [
+        "--pid",
+        "--comm",
+        "--cgroup",
+        "--port",
+        "--state",
+        "--family",
+        "--protocol",
+        "--metrics",
+        "--quiet",
+    ] {
+        assert!(trace_help.contains(flag), "trace --help lacks {flag}");
+    }
+}

@@ -372,7 +372,14 @@ fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
     let mut other = Scenario::spawn();
     let tracer = Tracer::start_with(
         &[watched.pid()],
-        &["--interval", "300ms", "--min-age", "0s", "--protocol", "udp"],
+        &[
+            "--interval",
+            "300ms",
+            "--min-age",
+            "0s",
+            "--protocol",
+            "udp",
+        ],
     );
     watched.run("udp 127.0.0.1:0 5");
     watched.run("listen 127.0.0.1:0"); // TCP: filtered out by --protocol, in the kernel too

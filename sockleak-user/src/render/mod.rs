@@ -25,6 +25,8 @@ pub struct Started {
     pub interval_ms: u64,
     pub pre_existing: u64,
     pub version: &'static str,
+    /// Where `--metrics` serves, once bound.
+    pub metrics: Option<String>,
 }
 
 /// Writes to stdout and flushes every record, so `| jq` and `tail -f` see each line at once.

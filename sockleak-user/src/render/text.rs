@@ -36,6 +36,9 @@ pub fn started(s: &Started) -> String {
         human_ms(s.min_age_ms),
         human_ms(s.interval_ms)
     );
+    if let Some(url) = &s.metrics {
+        let _ = writeln!(out, "serving Prometheus metrics at {url}");
+    }
     out
 }
 
@@ -264,7 +267,7 @@ fn pid_list(pids: &[u32], separator: &str) -> String {
         .join(separator)
 }
 
-fn human_bytes(bytes: u64) -> String {
+pub fn human_bytes(bytes: u64) -> String {
     match bytes {
         0..1024 => format!("{bytes}B"),
         1024..1_048_576 => format!("{:.1}K", bytes as f64 / 1024.0),
@@ -272,7 +275,7 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn human_ms(ms: u64) -> String {
+pub fn human_ms(ms: u64) -> String {
     match ms {
         0..1_000 => format!("{ms}ms"),
         1_000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),

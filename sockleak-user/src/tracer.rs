@@ -1,0 +1,237 @@
+//! A running trace: the attached programs, the socket table they feed, and the reports built
+//! from it. `trace` prints the reports, `top` draws them, `metrics` serves them.
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+};
+use aya_log::EbpfLogger;
+use sockleak_common::{SockEvent, Stat};
+use tokio::io::unix::AsyncFd;
+
+use crate::{
+    cgroups::Cgroups,
+    cli::{FamilyFilter, ProtocolFilter, SelectArgs, TracerArgs, VerdictArgs},
+    filter::Filter,
+    hooks, procfs,
+    render::Started,
+    report::{KernelStats, Report, Reporter},
+    sockdiag,
+    symbolize::{StackKey, Stacks},
+    table::SocketTable,
+    verdict::Thresholds,
+};
+
+pub struct Tracer {
+    /// Owns the attached programs: they detach when it drops.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    logger: Option<AsyncFd<EbpfLogger<&'static dyn log::Log>>>,
+    kernel_stats: PerCpuArray<MapData, u64>,
+    table: SocketTable,
+    stacks: Stacks,
+    reporter: Reporter,
+    pub started: Started,
+}
+
+/// How long the final report waits for stacks still being symbolized.
+const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
+
+impl Tracer {
+    /// Checks the arguments against the system, attaches, and seeds the table with the sockets
+    /// already open. `interval` is only echoed in the started line.
+    pub fn start(
+        select: &SelectArgs,
+        verdicts: &VerdictArgs,
+        limits: &TracerArgs,
+        interval: Duration,
+    ) -> Result<Self> {
+        for &pid in &select.pids {
+            if !procfs::process_exists(pid) {
+                bail!("no process with pid {pid}");
+            }
+        }
+        let cgroup_root = hooks::cgroup2_root()?;
+        let cgroups = Cgroups::new(cgroup_root.clone());
+        let cgroup_filter = select
+            .cgroups
+            .iter()
+            .map(|c| cgroups.resolve_user_path(c))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(anyhow::Error::msg)?;
+        let filter = Filter {
+            pids: select.pids.clone(),
+            comms: select.comms.clone(),
+            ports: select.ports.clone(),
+            states: select.states.clone(),
+            family: select.family.map(|f| match f {
+                FamilyFilter::Ipv4 => sockdiag::AF_INET,
+                FamilyFilter::Ipv6 => sockdiag::AF_INET6,
+            }),
+            protocol: select.protocol.map(|p| match p {
+                ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
+                ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
+            }),
+            cgroups: cgroup_filter,
+            min_age_ns: select.min_age.as_nanos() as u64,
+        };
+        let kernel_filter = filter.kernel_filter(&cgroup_root)?;
+        let hooks::Attached {
+            mut ebpf,
+            hooks,
+            warnings,
+        } = hooks::attach(
+            limits.ring_buffer_bytes,
+            limits.without_btf,
+            &cgroup_root,
+            &kernel_filter,
+        )?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let kernel_stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
+        let stacks = Stacks::start(StackTraceMap::try_from(
+            ebpf.take_map("STACKS").context("STACKS map missing")?,
+        )?)
+        .context("starting the symbolizer thread")?;
+        // After every program is loaded: init takes the log map out of `ebpf`.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf)
+            .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))
+            .ok()
+            // SAFETY: the logger owns its ring buffer fd for as long as it lives, and never swaps it.
+            .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
+
+        let mut table = SocketTable::new(limits.max_sockets);
+        // The programs are attached: every socket born from now on arrives as an event, so one
+        // snapshot now catches all the ones born before.
+        let diag = sockdiag::dump_all()?;
+        let holders = procfs::socket_holders();
+        table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
+
+        let started = Started {
+            hooks,
+            warnings,
+            pids: select.pids.clone(),
+            min_age_ms: select.min_age.as_millis() as u64,
+            interval_ms: interval.as_millis() as u64,
+            pre_existing: table.stats.pre_existing,
+            version: env!("CARGO_PKG_VERSION"),
+            metrics: None,
+        };
+        let reporter = Reporter::new(
+            filter,
+            Thresholds {
+                close_wait: verdicts.close_wait_after,
+                unread: verdicts.unread_after,
+                send_stuck: verdicts.send_stuck_after,
+                idle: verdicts.idle_after,
+                growing_reports: verdicts.growing_reports as usize,
+            },
+            cgroups,
+        );
+        // SAFETY: the RingBuf owns the map fd until it is dropped with the AsyncFd.
+        let ring = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| e.into_parts().1)
+            .context("polling the ring buffer")?;
+        Ok(Self {
+            _ebpf: ebpf,
+            ring,
+            logger,
+            kernel_stats,
+            table,
+            stacks,
+            reporter,
+            started,
+        })
+    }
+
+    /// Waits until the kernel has something to say, and applies it (events to the table, eBPF
+    /// log lines to the log). Cancel-safe: for use in `select!`.
+    pub async fn follow(&mut self) -> Result<()> {
+        let Self {
+            ring,
+            logger,
+            table,
+            stacks,
+            ..
+        } = self;
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), table, stacks);
+                guard.clear_ready();
+            }
+            guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every pending event, reconciles with the kernel's view, and builds a report.
+    pub fn report(&mut self) -> Result<Report> {
+        let Self {
+            ring,
+            kernel_stats,
+            table,
+            stacks,
+            reporter,
+            ..
+        } = self;
+        let ring = ring.get_mut();
+        drain(ring, table, stacks);
+        let diag = sockdiag::dump_all()?;
+        let holders = procfs::socket_holders();
+        // Events that raced with the scans are applied before judging what is gone.
+        drain(ring, table, stacks);
+        let now = procfs::monotonic_ns();
+        table.reconcile(&diag, &holders, now, &reporter.filter);
+        stacks.retain(table.sockets().filter_map(|s| s.stack));
+        let stat = |s: Stat| -> u64 {
+            kernel_stats
+                .get(&(s as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        let kernel = KernelStats {
+            events_sent: stat(Stat::EventsSent),
+            events_lost: stat(Stat::EventsLost),
+            fd_walk_failed: stat(Stat::FdWalkFailed),
+            stack_collisions: stat(Stat::StackCollisions),
+            stack_failures: stat(Stat::StackFailures),
+        };
+        Ok(reporter.report(table, stacks, now, kernel))
+    }
+
+    /// The last report: nobody gets a second look at it, so pending stacks get a moment.
+    pub fn final_report(&mut self) -> Result<Report> {
+        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
+        self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
+        self.report()
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Some(ev) => {
+                table.apply(&ev);
+                if let Some(key) = StackKey::of(&ev) {
+                    stacks.note(key);
+                }
+            }
+            None => table.stats.malformed += 1,
+        }
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<SockEvent> {
+    if bytes.len() < size_of::<SockEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; SockEvent is plain integers, valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockEvent>()) })
+}
