@@ -7,6 +7,7 @@
 //! touches, so hooks on send/receive would never see it), it is a stable ABI that needs no
 //! struct offsets (Rust eBPF has no CO-RE), and it costs nothing between samples.
 use std::{
+    collections::HashMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -91,18 +92,102 @@ pub struct TcpInfo {
     pub snd_wnd: u32,
 }
 
-/// Dumps all TCP and UDP sockets of both families.
+/// Dumps all TCP and UDP sockets of both families in sockleak's own network namespace.
+#[cfg(test)]
 pub fn dump_all() -> Result<Vec<DiagSocket>> {
-    let nl = NetlinkSocket::open()?;
     let mut all = Vec::new();
-    for family in [AF_INET, AF_INET6] {
-        for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-            nl.dump(family, protocol, &mut all).with_context(|| {
-                format!("sock_diag dump of family {family} protocol {protocol}")
-            })?;
+    NetlinkSocket::open()?.dump_all(&mut all)?;
+    Ok(all)
+}
+
+/// sock_diag sees one network namespace: the one its netlink socket was created in. Containers
+/// and pods each have their own, so `SockDiag` keeps one netlink socket per namespace that a
+/// process on the host is in, opened from a thread that entered it, and dumps them all (socket
+/// cookies are unique across namespaces). A namespace no process is in any more is let go, so
+/// sockleak never keeps a dead container's namespace alive.
+pub struct SockDiag {
+    own: NetlinkSocket,
+    own_netns: u64,
+    /// By namespace inode.
+    others: HashMap<u64, NetlinkSocket>,
+    /// Namespaces that could not be entered (a process gone meanwhile, a denied setns).
+    pub unreachable_namespaces: usize,
+}
+
+impl SockDiag {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            own: NetlinkSocket::open()?,
+            own_netns: netns_of("self").unwrap_or(0),
+            others: HashMap::new(),
+            unreachable_namespaces: 0,
+        })
+    }
+
+    /// Every TCP and UDP socket, in every network namespace a process is in.
+    pub fn dump(&mut self) -> Result<Vec<DiagSocket>> {
+        let mut all = Vec::new();
+        self.own.dump_all(&mut all)?;
+        let namespaces = network_namespaces();
+        self.others.retain(|ns, _| namespaces.contains_key(ns));
+        self.unreachable_namespaces = 0;
+        for (&ns, &pid) in &namespaces {
+            if ns == self.own_netns {
+                continue;
+            }
+            if !self.others.contains_key(&ns) {
+                match NetlinkSocket::open_in_netns_of(pid) {
+                    Ok(socket) => {
+                        self.others.insert(ns, socket);
+                    }
+                    Err(err) => {
+                        log::debug!("network namespace of pid {pid}: {err:#}");
+                        self.unreachable_namespaces += 1;
+                        continue;
+                    }
+                }
+            }
+            // A namespace torn down between the listing and the dump just has no sockets.
+            if let Some(socket) = self.others.get(&ns)
+                && let Err(err) = socket.dump_all(&mut all)
+            {
+                log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
+                self.unreachable_namespaces += 1;
+            }
+        }
+        Ok(all)
+    }
+}
+
+/// Network namespaces by inode, each with one process in it.
+fn network_namespaces() -> HashMap<u64, u32> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(ns) = netns_of(&pid.to_string()) {
+            found.entry(ns).or_insert(pid);
         }
     }
-    Ok(all)
+    found
+}
+
+/// The inode of `/proc/WHO/ns/net` (`net:[4026531840]`).
+fn netns_of(who: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{who}/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 struct NetlinkSocket {
@@ -110,6 +195,38 @@ struct NetlinkSocket {
 }
 
 impl NetlinkSocket {
+    /// A netlink socket belongs to the namespace it was created in, wherever it is used: a
+    /// short-lived thread enters `pid`'s namespace (setns affects only the calling thread),
+    /// creates the socket there, and hands it back.
+    fn open_in_netns_of(pid: u32) -> Result<Self> {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a valid namespace fd, on this thread only, which ends
+                    // right after.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error()).context("entering it (setns)");
+                    }
+                    Self::open()
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("the setns thread panicked"))
+        })
+    }
+
+    fn dump_all(&self, out: &mut Vec<DiagSocket>) -> Result<()> {
+        for family in [AF_INET, AF_INET6] {
+            for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
+                self.dump(family, protocol, out).with_context(|| {
+                    format!("sock_diag dump of family {family} protocol {protocol}")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn open() -> Result<Self> {
         // SAFETY: plain socket(2); the fd is owned right away.
         let fd = unsafe {

@@ -18,7 +18,7 @@ use crate::{
     hooks, procfs,
     render::Started,
     report::{KernelStats, Report, Reporter},
-    sockdiag,
+    sockdiag::{self, SockDiag},
     symbolize::{StackKey, Stacks},
     table::SocketTable,
     verdict::Thresholds,
@@ -30,6 +30,7 @@ pub struct Tracer {
     ring: AsyncFd<RingBuf<MapData>>,
     logger: Option<AsyncFd<EbpfLogger<&'static dyn log::Log>>>,
     kernel_stats: PerCpuArray<MapData, u64>,
+    sock_diag: SockDiag,
     table: SocketTable,
     stacks: Stacks,
     reporter: Reporter,
@@ -105,7 +106,8 @@ impl Tracer {
         let mut table = SocketTable::new(limits.max_sockets);
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
-        let diag = sockdiag::dump_all()?;
+        let mut diag_source = SockDiag::new()?;
+        let diag = diag_source.dump()?;
         let holders = procfs::socket_holders();
         table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
 
@@ -139,6 +141,7 @@ impl Tracer {
             ring,
             logger,
             kernel_stats,
+            sock_diag: diag_source,
             table,
             stacks,
             reporter,
@@ -176,6 +179,7 @@ impl Tracer {
         let Self {
             ring,
             kernel_stats,
+            sock_diag,
             table,
             stacks,
             reporter,
@@ -183,7 +187,7 @@ impl Tracer {
         } = self;
         let ring = ring.get_mut();
         drain(ring, table, stacks);
-        let diag = sockdiag::dump_all()?;
+        let diag = sock_diag.dump()?;
         let holders = procfs::socket_holders();
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);

@@ -97,3 +97,39 @@ fn a_containers_sockets_carry_its_cgroup_and_id_and_cgroup_filters_to_them() {
     drop(tracer);
     drop(inside);
 }
+
+/// Containers have network namespaces of their own, which sock_diag only shows from inside:
+/// queues, memory and pre-existing sockets of a process in another namespace are still seen.
+#[test]
+fn sockets_in_another_network_namespace_are_sampled_in_that_namespace() {
+    let mut app = Scenario::spawn();
+    let netns = app.run("netns")[0].clone();
+    let own = fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(netns, own.to_string_lossy(), "the scenario moved");
+    let port = app.run("listen 127.0.0.1:0")[0].clone();
+    let tracer = Tracer::start(&[app.pid()]);
+    app.run(&format!("connect 127.0.0.1:{port} 2"));
+    app.run("accept 2");
+    app.run("send 0 1000");
+
+    let report = tracer.fresh_report();
+    let listener = report.listener_of(app.pid());
+    assert_eq!(listener["origin"], "pre-existing", "{listener:#}");
+    let accepted: Vec<_> = report
+        .sockets_of(app.pid())
+        .into_iter()
+        .filter(|s| s["local"] == format!("127.0.0.1:{port}") && s["state"] == "ESTABLISHED")
+        .collect();
+    assert_eq!(accepted.len(), 2, "{:#?}", report.sockets_of(app.pid()));
+    let unread: Vec<u64> = accepted
+        .iter()
+        .map(|s| s["rx_queue"].as_u64().unwrap())
+        .collect();
+    assert!(
+        unread.contains(&1000),
+        "the unread bytes, from sock_diag in that namespace: {unread:?}"
+    );
+    for s in report.sockets_of(app.pid()) {
+        assert!(s["memory"].is_object(), "sampled: {s:#}");
+    }
+}

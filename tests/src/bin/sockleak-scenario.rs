@@ -23,6 +23,8 @@
 //! - `unconnected N`        create N TCP sockets and never connect them
 //! - `udp-flood PORT N`     send N 1 KiB datagrams to 127.0.0.1:PORT
 //! - `rename HEX`           set this thread's name (comm) to the hex-encoded bytes
+//! - `netns`                move into a new network namespace with loopback up (a container's
+//!   view of the network), reply with the namespace's inode
 //! - `exit`
 use std::{
     io::{BufRead, Read, Write},
@@ -92,6 +94,7 @@ fn main() {
                 conns.drain(..k);
                 Ok(String::new())
             }
+            Some("netns") => enter_new_netns(),
             Some("udp") => {
                 let mut ports = Vec::new();
                 for _ in 0..n(2) {
@@ -261,4 +264,37 @@ fn main() {
             break;
         }
     }
+}
+
+/// unshare(CLONE_NEWNET) moves this (single-threaded) process into a fresh namespace whose
+/// loopback is down; SIOCSIFFLAGS brings it up, as a container runtime would.
+fn enter_new_netns() -> Result<String, String> {
+    let os_err = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: plain syscalls on values owned here.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return Err(os_err("unshare"));
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(os_err("socket"));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let up = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0
+        };
+        let result = if up {
+            Ok(())
+        } else {
+            Err(os_err("bringing lo up"))
+        };
+        libc::close(fd);
+        result?;
+    }
+    let link = std::fs::read_link("/proc/self/ns/net").map_err(|e| e.to_string())?;
+    Ok(link.to_string_lossy().into_owned())
 }
