@@ -7,7 +7,7 @@
 //! touches, so hooks on send/receive would never see it), it is a stable ABI that needs no
 //! struct offsets (Rust eBPF has no CO-RE), and it costs nothing between samples.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -135,22 +135,19 @@ impl SockDiag {
             if ns == self.own_netns {
                 continue;
             }
-            if !self.others.contains_key(&ns) {
-                match NetlinkSocket::open_in_netns_of(pid) {
-                    Ok(socket) => {
-                        self.others.insert(ns, socket);
-                    }
+            let socket = match self.others.entry(ns) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(new) => match NetlinkSocket::open_in_netns_of(pid) {
+                    Ok(socket) => new.insert(socket),
                     Err(err) => {
                         log::debug!("network namespace of pid {pid}: {err:#}");
                         self.unreachable_namespaces += 1;
                         continue;
                     }
-                }
-            }
+                },
+            };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Some(socket) = self.others.get(&ns)
-                && let Err(err) = socket.dump_all(&mut all)
-            {
+            if let Err(err) = socket.dump_all(&mut all) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
