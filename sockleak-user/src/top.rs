@@ -61,7 +61,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
         view.report = Some(tracer.report()?);
         let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
         loop {
-            draw(&mut terminal, &mut view)?;
+            draw(&mut terminal, &view)?;
             tokio::select! {
                 followed = tracer.follow() => { followed?; continue }, // nothing to redraw
                 _ = ticks.tick() => {
@@ -85,7 +85,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
     result
 }
 
-fn draw(terminal: &mut DefaultTerminal, view: &mut View) -> Result<()> {
+fn draw(terminal: &mut DefaultTerminal, view: &View) -> Result<()> {
     terminal.draw(|frame| view.render(frame))?;
     Ok(())
 }
@@ -143,7 +143,8 @@ struct View {
     interval: std::time::Duration,
     warnings: Vec<String>,
     sort: Sort,
-    /// The selected group, followed by identity across refreshes (its row moves as it grows).
+    /// The group the user moved to, followed by identity across refreshes (its row moves as it
+    /// grows); until then, and when it is gone, the top row.
     selected: Option<GroupKey>,
     detail: bool,
     paused: bool,
@@ -186,7 +187,7 @@ impl View {
             KeyCode::Char('q') => return Flow::Quit,
             KeyCode::Esc if self.detail => self.detail = false,
             KeyCode::Esc => return Flow::Quit,
-            KeyCode::Enter => self.detail = !self.detail && self.selected.is_some(),
+            KeyCode::Enter => self.detail = !self.detail,
             KeyCode::Char('s') => self.sort = self.sort.next(),
             KeyCode::Char('p') => self.paused = !self.paused,
             KeyCode::Down | KeyCode::Char('j') => self.move_selection(1),
@@ -203,14 +204,15 @@ impl View {
             self.selected = None;
             return;
         }
-        let at = match self.selected_index(&groups) {
-            Some(i) => i.saturating_add_signed(by).min(groups.len() - 1),
-            None => 0,
-        };
+        let at = self
+            .selected_index(&groups)
+            .unwrap_or(0)
+            .saturating_add_signed(by)
+            .min(groups.len() - 1);
         self.selected = Some(groups[at].key.clone());
     }
 
-    fn render(&mut self, frame: &mut Frame) {
+    fn render(&self, frame: &mut Frame) {
         let [header, body, footer] = Layout::vertical([
             Constraint::Length(2),
             Constraint::Min(3),
@@ -219,11 +221,9 @@ impl View {
         .areas(frame.area());
         frame.render_widget(Paragraph::new(self.header_lines()), header);
         let groups = self.groups();
-        // A vanished selection falls back to the first row rather than to nothing.
         let index = self
             .selected_index(&groups)
             .or((!groups.is_empty()).then_some(0));
-        let selected = index.map(|i| groups[i].key.clone());
         let table = group_table(&groups);
         let mut state = TableState::default().with_selected(index);
         frame.render_stateful_widget(table, body, &mut state);
@@ -238,7 +238,6 @@ impl View {
             frame.render_widget(Clear, area);
             frame.render_widget(self.detail_of(groups[i]), area);
         }
-        self.selected = selected;
     }
 
     fn header_lines(&self) -> Vec<Line<'static>> {
