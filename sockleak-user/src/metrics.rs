@@ -269,6 +269,30 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
         &[],
         st.open_sockets as f64,
     );
+    family(
+        &mut out,
+        "sockleak_report_duration_seconds",
+        "gauge",
+        "Time the last report took to build (sock_diag dumps, /proc scan, reconciliation, grouping).",
+    );
+    sample(
+        &mut out,
+        "sockleak_report_duration_seconds",
+        &[],
+        st.report_ms / 1000.0,
+    );
+    family(
+        &mut out,
+        "sockleak_netns_unreachable",
+        "gauge",
+        "Network namespaces whose sockets could not be sampled at the last report.",
+    );
+    sample(
+        &mut out,
+        "sockleak_netns_unreachable",
+        &[],
+        st.netns_unreachable as f64,
+    );
     if let Some(rss) = resident_bytes() {
         family(
             &mut out,

@@ -159,6 +159,12 @@ pub struct Stats {
     pub table: TableStats,
     #[serde(flatten)]
     pub stacks: StackStats,
+    /// Time this report took to build (applying pending events, the sock_diag dumps, the /proc
+    /// scan, reconciliation, grouping), not counting its rendering.
+    pub report_ms: f64,
+    /// Network namespaces whose sockets could not be dumped (a namespace vanishing mid-scan,
+    /// a denied setns): their sockets' queues and states are stale in this report.
+    pub netns_unreachable: usize,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -311,6 +317,8 @@ fn build(
         open_sockets: table.len(),
         table: table.stats.clone(),
         stacks: stacks.stats(),
+        report_ms: 0.0,
+        netns_unreachable: 0,
     };
     let mut churn: Vec<ChurnRow> = table
         .churn()

@@ -176,6 +176,7 @@ impl Tracer {
 
     /// Applies every pending event, reconciles with the kernel's view, and builds a report.
     pub fn report(&mut self) -> Result<Report> {
+        let started = std::time::Instant::now();
         let Self {
             ring,
             kernel_stats,
@@ -207,7 +208,10 @@ impl Tracer {
             stack_collisions: stat(Stat::StackCollisions),
             stack_failures: stat(Stat::StackFailures),
         };
-        Ok(reporter.report(table, stacks, now, kernel))
+        let mut report = reporter.report(table, stacks, now, kernel);
+        report.stats.netns_unreachable = sock_diag.unreachable_namespaces;
+        report.stats.report_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(report)
     }
 
     /// The last report: nobody gets a second look at it, so pending stacks get a moment.

@@ -74,6 +74,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             st.kernel.events_lost, st.table.dropped_table_full
         );
     }
+    if st.netns_unreachable > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} network namespaces could not be sampled: their sockets' queues and \
+             states may be stale",
+            st.netns_unreachable
+        );
+    }
     if r.groups.is_empty() {
         let _ = writeln!(out, "no open sockets match");
         churn(&mut out, r);
