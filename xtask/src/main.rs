@@ -4,6 +4,7 @@
 //!   nightly's own libLLVM (installed here on first use; see shared/TOOLCHAIN.md).
 //! - `build`: everything, leaving `target/release/sockleak` with the eBPF object embedded.
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
+//! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
 //! - `run -- ARGS`: build, then run `sockleak ARGS` (through sudo when not root).
 mod ebpf;
 
@@ -33,6 +34,14 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build everything and measure sockleak's overhead and scale beside tcplife, tcpstates
+    /// and bpftrace (needs root; installs the peers with apt-get when missing). Prints a table
+    /// and writes it as JSON to target/bench/results.json.
+    Bench {
+        /// Extra arguments for sockleak-bench (`--seconds`, `--rounds`, `--scale`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build everything, then run `sockleak` with these arguments.
     Run {
         #[arg(last = true)]
@@ -56,6 +65,7 @@ fn try_main() -> Result<()> {
         }
         Cmd::Build => build_release(&root)?,
         Cmd::Test { args } => test(&root, &args)?,
+        Cmd::Bench { args } => bench(&root, &args)?,
         Cmd::Run { args } => {
             build_release(&root)?;
             let bin = root.join("target/release/sockleak");
@@ -110,6 +120,49 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     .arg("--")
     .args(extra);
     run_tests_and_summarize(&mut cmd)
+}
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the benchmarks load eBPF programs and need root: run `sudo -E env PATH=$PATH cargo xtask bench`"
+        );
+    }
+    build_release(root)?;
+    run(cargo(root).args(["build", "--release", "--package", "sockleak-bench"]))?;
+    // The peers: libbpf-tools' tcplife and tcpstates (CO-RE, no kernel headers needed) and
+    // bpftrace, from Debian.
+    let missing: Vec<&str> = [
+        ("tcplife", "libbpf-tools"),
+        ("bpftrace", "bpftrace"),
+        ("stdbuf", "coreutils"),
+    ]
+    .iter()
+    .filter(|(tool, _)| !on_path(tool))
+    .map(|(_, package)| *package)
+    .collect();
+    if !missing.is_empty() {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let out = root.join("target/bench");
+    run(Command::new(root.join("target/release/sockleak-bench"))
+        .arg("--sockleak")
+        .arg(root.join("target/release/sockleak"))
+        .arg("--load")
+        .arg(root.join("target/release/sockleak-load"))
+        .arg("--json")
+        .arg(out.join("results.json"))
+        .arg("--work")
+        .arg(&out)
+        .args(extra))
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
 
 /// cargo prints one `test result:` line per test binary, and the last one is often a binary

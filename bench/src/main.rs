@@ -1,0 +1,388 @@
+//! `sockleak-bench` (run by `cargo xtask bench`): sockleak's cost and scale, measured in one
+//! run beside the tools people use today, so ratios hold on a noisy machine.
+//!
+//! 1. Socket churn: `sockleak-load churn` without a tracer, under `sockleak trace`, libbpf-tools'
+//!    `tcplife` and `tcpstates`, and a bpftrace equivalent of tcplife on
+//!    `sock:inet_sock_set_state`; configurations interleaved round by round, medians reported.
+//! 2. Events: what sockleak delivered per second with how many lost, at the load's maximum and
+//!    with a deliberately tiny ring buffer (loss must be counted, not hidden).
+//! 3. Start-up: spawn to the first line of output (sockleak's `started`, the peers' headers).
+//! 4. Scale: with 10,000 and 100,000 sockets open, sockleak's resident memory, its kernel maps'
+//!    memory and the time one report takes.
+//! 5. CPU: sockleak's own CPU time per 1,000 events during the churn.
+mod peers;
+mod probe;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    peers::{Tracer, TracerKind},
+    probe::{free_port, kernel_map_bytes, metric, resident_bytes},
+};
+
+#[derive(Parser)]
+struct Args {
+    /// The sockleak binary under test.
+    #[arg(long)]
+    sockleak: PathBuf,
+    /// The load generator (`sockleak-load`).
+    #[arg(long)]
+    load: PathBuf,
+    /// Seconds of churn per configuration and round.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Rounds of every churn configuration (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Open-socket counts for the scale measurements.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    scale: Vec<usize>,
+    /// Where the results go as JSON.
+    #[arg(long)]
+    json: PathBuf,
+    /// Scratch directory for the tracers' output.
+    #[arg(long)]
+    work: PathBuf,
+}
+
+#[derive(Serialize, Default)]
+struct ChurnResult {
+    tracer: &'static str,
+    /// Connections per second, one per round.
+    rounds: Vec<f64>,
+    median: f64,
+    /// Median throughput relative to no tracer.
+    vs_none: f64,
+    /// CPU seconds the tracer process used per round (user + system), median.
+    tracer_cpu_seconds: Option<f64>,
+    /// Milliseconds from spawn to the tracer's first line of output, median.
+    startup_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct EventsResult {
+    ring_buffer_bytes: Option<u64>,
+    events_sent: u64,
+    events_lost: u64,
+    seconds: f64,
+    events_per_second: f64,
+    sockleak_cpu_ms_per_1000_events: f64,
+}
+
+#[derive(Serialize)]
+struct ScaleResult {
+    sockets_open: usize,
+    tracked: u64,
+    rss_idle_bytes: u64,
+    rss_bytes: u64,
+    bytes_per_socket: f64,
+    kernel_map_bytes: u64,
+    report_seconds: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    machine: Value,
+    churn: Vec<ChurnResult>,
+    events: Vec<EventsResult>,
+    scale: Vec<ScaleResult>,
+}
+
+fn main() {
+    if let Err(err) = run(Args::parse()) {
+        eprintln!("sockleak-bench: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    std::fs::create_dir_all(&args.work)?;
+    let machine = probe::machine();
+    eprintln!("bench: {}", machine);
+
+    let kinds = TracerKind::ALL;
+    let mut churn: Vec<ChurnResult> = kinds
+        .iter()
+        .map(|k| ChurnResult {
+            tracer: k.name(),
+            ..ChurnResult::default()
+        })
+        .collect();
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut startup: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let mut events = Vec::new();
+    for round in 0..args.rounds {
+        for (i, kind) in kinds.iter().enumerate() {
+            eprintln!(
+                "bench: churn round {} of {}, {}",
+                round + 1,
+                args.rounds,
+                kind.name()
+            );
+            let tracer = Tracer::start(*kind, &args.sockleak, &args.work, CHURN_ARGS)?;
+            let load = churn_load(&args)?;
+            let rate = load.0 as f64 / load.1;
+            churn[i].rounds.push(rate);
+            if let Some(tracer) = tracer {
+                startup[i].push(tracer.startup.as_secs_f64() * 1000.0);
+                let stopped = tracer.stop()?;
+                cpu[i].push(stopped.cpu_seconds);
+                if let Some(stats) = stopped.sockleak_stats {
+                    events.push(events_result(&stats, None, load.1, stopped.cpu_seconds));
+                }
+            }
+        }
+    }
+    let none = median(&churn[0].rounds);
+    for (i, c) in churn.iter_mut().enumerate() {
+        c.median = median(&c.rounds);
+        c.vs_none = c.median / none;
+        c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
+        c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
+    }
+
+    // Above capacity: a ring buffer far too small for the churn must lose events and say so.
+    eprintln!("bench: churn with a 16 KiB ring buffer");
+    let small_ring = [CHURN_ARGS, &["--ring-buffer-bytes", "16384"]].concat();
+    let tracer = Tracer::start(
+        TracerKind::Sockleak,
+        &args.sockleak,
+        &args.work,
+        &small_ring,
+    )?
+    .context("sockleak tracer")?;
+    let load = churn_load(&args)?;
+    let stopped = tracer.stop()?;
+    let stats = stopped
+        .sockleak_stats
+        .context("no final report from sockleak")?;
+    events.push(events_result(
+        &stats,
+        Some(16384),
+        load.1,
+        stopped.cpu_seconds,
+    ));
+
+    let mut scale = Vec::new();
+    for &sockets in &args.scale {
+        eprintln!("bench: {sockets} sockets open");
+        scale.push(scale_run(&args, sockets)?);
+    }
+
+    let results = Results {
+        machine,
+        churn,
+        events,
+        scale,
+    };
+    std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
+    print!("{}", table(&results, &args));
+    println!("(written to {})", args.json.display());
+    Ok(())
+}
+
+/// No periodic report during a churn run (the final one carries the counters), and every
+/// socket counts: the report is over the sockets open at the end, whatever their age.
+const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
+
+/// Runs the churn load; returns (connections, seconds).
+fn churn_load(args: &Args) -> Result<(u64, f64)> {
+    let out = std::process::Command::new(&args.load)
+        .args(["churn", "--seconds", &args.seconds.to_string()])
+        .output()
+        .context("running sockleak-load")?;
+    if !out.status.success() {
+        bail!(
+            "sockleak-load churn: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok((
+        v["connections"].as_u64().context("connections")?,
+        v["seconds"].as_f64().context("seconds")?,
+    ))
+}
+
+fn events_result(stats: &Value, ring: Option<u64>, seconds: f64, cpu_seconds: f64) -> EventsResult {
+    let get = |k: &str| stats[k].as_u64().unwrap_or(0);
+    let seen = get("events_seen").max(1);
+    EventsResult {
+        ring_buffer_bytes: ring,
+        events_sent: get("events_sent"),
+        events_lost: get("events_lost"),
+        seconds,
+        events_per_second: get("events_sent") as f64 / seconds,
+        sockleak_cpu_ms_per_1000_events: cpu_seconds * 1000.0 / seen as f64 * 1000.0,
+    }
+}
+
+/// Starts sockleak serving metrics, opens `sockets` sockets, and reads what it costs.
+fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
+    let port = free_port()?;
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let extra = [
+        "--quiet",
+        "--metrics",
+        &metrics_addr,
+        "--interval",
+        "2s",
+        "--min-age",
+        "0s",
+    ];
+    let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, &extra)?
+        .context("sockleak tracer")?;
+    let pid = tracer.pid();
+    // One report in, before any load: the idle footprint.
+    wait_for(Duration::from_secs(30), || {
+        metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").map(|_| ())
+    })?;
+    let rss_idle = resident_bytes(pid)?;
+    let mut holder = std::process::Command::new(&args.load)
+        .args(["hold", "--sockets", &sockets.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().context("holder stdout")?),
+        &mut line,
+    )?;
+    if !line.starts_with("ready") {
+        bail!("sockleak-load hold said {line:?}");
+    }
+    let tracked = wait_for(Duration::from_secs(120), || {
+        metric(&metrics_addr, "sockleak_tracked_sockets")
+            .filter(|&n| n >= sockets as f64)
+            .map(|n| n as u64)
+    })?;
+    // Two more reports with everything in the table: the steady state, not the first fill.
+    let mut report_seconds: f64 = 0.0;
+    let first = metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").unwrap_or(0.0);
+    let mut seen = first;
+    let mut reports = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reports < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let at = metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").unwrap_or(seen);
+        if at > seen {
+            seen = at;
+            reports += 1;
+            report_seconds = report_seconds
+                .max(metric(&metrics_addr, "sockleak_report_duration_seconds").unwrap_or(0.0));
+        }
+    }
+    let rss = resident_bytes(pid)?;
+    let maps = kernel_map_bytes(pid)?;
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    tracer.stop()?;
+    Ok(ScaleResult {
+        sockets_open: sockets,
+        tracked,
+        rss_idle_bytes: rss_idle,
+        rss_bytes: rss,
+        bytes_per_socket: rss.saturating_sub(rss_idle) as f64 / sockets as f64,
+        kernel_map_bytes: maps,
+        report_seconds,
+    })
+}
+
+fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn table(r: &Results, args: &Args) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "\nmachine: {}", r.machine);
+    let _ = writeln!(
+        out,
+        "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved; medians",
+        args.seconds, args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<48} {:>10} {:>8} {:>12} {:>10}",
+        "tracer", "conn/s", "vs none", "tracer CPU", "start-up"
+    );
+    for c in &r.churn {
+        let _ = writeln!(
+            out,
+            "{:<48} {:>10.0} {:>7.1}% {:>12} {:>10}",
+            c.tracer,
+            c.median,
+            c.vs_none * 100.0,
+            c.tracer_cpu_seconds
+                .map_or("-".into(), |s| format!("{s:.2} s")),
+            c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
+        );
+    }
+    let _ = writeln!(out, "\nsockleak events");
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>10} {:>12} {:>22}",
+        "ring buffer", "events/s", "lost", "sent", "CPU ms / 1000 events"
+    );
+    for e in &r.events {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12.0} {:>10} {:>12} {:>22.2}",
+            e.ring_buffer_bytes
+                .map_or("default (4 MiB)".into(), |b| format!("{b} bytes")),
+            e.events_per_second,
+            e.events_lost,
+            e.events_sent,
+            e.sockleak_cpu_ms_per_1000_events,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nscale: sockets held open by one process, sockleak tracing them"
+    );
+    let _ = writeln!(
+        out,
+        "{:>12} {:>10} {:>14} {:>14} {:>16} {:>14}",
+        "sockets", "tracked", "sockleak RSS", "per socket", "kernel maps", "report time"
+    );
+    for s in &r.scale {
+        let _ = writeln!(
+            out,
+            "{:>12} {:>10} {:>11.1} MiB {:>12.0} B {:>12.1} MiB {:>11.0} ms",
+            s.sockets_open,
+            s.tracked,
+            s.rss_bytes as f64 / (1 << 20) as f64,
+            s.bytes_per_socket,
+            s.kernel_map_bytes as f64 / (1 << 20) as f64,
+            s.report_seconds * 1000.0,
+        );
+    }
+    out
+}

@@ -1,0 +1,190 @@
+//! The tracers under comparison, started the way a user would start them, each writing to a
+//! file (as a user redirecting output would) that is polled for the first line.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracerKind {
+    None,
+    Sockleak,
+    Tcplife,
+    Tcpstates,
+    Bpftrace,
+}
+
+impl TracerKind {
+    pub const ALL: [TracerKind; 5] = [
+        TracerKind::None,
+        TracerKind::Sockleak,
+        TracerKind::Tcplife,
+        TracerKind::Tcpstates,
+        TracerKind::Bpftrace,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TracerKind::None => "none",
+            TracerKind::Sockleak => "sockleak trace",
+            TracerKind::Tcplife => "tcplife (libbpf-tools)",
+            TracerKind::Tcpstates => "tcpstates (libbpf-tools)",
+            TracerKind::Bpftrace => "bpftrace, tcplife on sock:inet_sock_set_state",
+        }
+    }
+}
+
+/// tcplife's job on the tracepoint (bpftrace's own tcplife.bt needs kprobes): remember when
+/// and by whom each TCP socket was opened, print one line when it closes.
+const BPFTRACE_TCPLIFE: &str = r#"
+tracepoint:sock:inet_sock_set_state
+/args->protocol == 6/
+{
+  if (args->newstate < 4 && @birth[args->skaddr] == 0) {
+    @birth[args->skaddr] = nsecs;
+  }
+  if (args->newstate == 2 || args->newstate == 9) {
+    @skpid[args->skaddr] = pid;
+    @skcomm[args->skaddr] = comm;
+  }
+  if (args->newstate == 7) {
+    if (@birth[args->skaddr] != 0) {
+      printf("%-7d %-16s %-15s %-5d %-15s %-5d %d\n", @skpid[args->skaddr],
+             @skcomm[args->skaddr], ntop(args->saddr), args->sport, ntop(args->daddr),
+             args->dport, (nsecs - @birth[args->skaddr]) / 1000000);
+    }
+    delete(@birth[args->skaddr]);
+    delete(@skpid[args->skaddr]);
+    delete(@skcomm[args->skaddr]);
+  }
+}
+"#;
+
+pub struct Tracer {
+    kind: TracerKind,
+    child: Child,
+    output: PathBuf,
+    /// From spawn to the first line of output: attached and reporting.
+    pub startup: Duration,
+}
+
+pub struct Stopped {
+    pub cpu_seconds: f64,
+    /// The final report's `stats`, for sockleak.
+    pub sockleak_stats: Option<Value>,
+}
+
+impl Tracer {
+    /// Starts `kind` (sockleak with `extra` arguments) and waits until it prints its first
+    /// line; `None` for no tracer.
+    pub fn start(
+        kind: TracerKind,
+        sockleak: &Path,
+        work: &Path,
+        extra: &[&str],
+    ) -> Result<Option<Self>> {
+        let mut cmd = match kind {
+            TracerKind::None => return Ok(None),
+            TracerKind::Sockleak => {
+                let mut c = Command::new(sockleak);
+                c.args(["trace", "--format", "json"]).args(extra);
+                c
+            }
+            // Line-buffered like a terminal would have them, so the header shows when they are
+            // attached.
+            TracerKind::Tcplife => line_buffered("tcplife"),
+            TracerKind::Tcpstates => line_buffered("tcpstates"),
+            TracerKind::Bpftrace => {
+                let script = work.join("tcplife.bt");
+                std::fs::write(&script, BPFTRACE_TCPLIFE)?;
+                let mut c = Command::new("bpftrace");
+                c.args(["-B", "line"]).arg(script);
+                c
+            }
+        };
+        let output = work.join(format!("{kind:?}.out").to_lowercase());
+        let started = Instant::now();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(File::create(&output)?)
+            .stderr(File::create(output.with_extension("err"))?)
+            .spawn()
+            .with_context(|| format!("starting {}", kind.name()))?;
+        let mut tracer = Self {
+            kind,
+            child,
+            output,
+            startup: Duration::ZERO,
+        };
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&tracer.output).unwrap_or_default();
+            if text.contains('\n') {
+                tracer.startup = started.elapsed();
+                return Ok(Some(tracer));
+            }
+            if let Some(status) = tracer.child.try_wait()? {
+                let err = std::fs::read_to_string(tracer.output.with_extension("err"))
+                    .unwrap_or_default();
+                bail!(
+                    "{} exited with {status} before it was ready: {err}",
+                    kind.name()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} printed nothing in 60 s", kind.name());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGINT (every one of them ends cleanly on it), then the CPU time it used.
+    pub fn stop(self) -> Result<Stopped> {
+        let pid = self.child.id() as i32;
+        // SAFETY: signalling and reaping our own child; wait4 also gives its rusage.
+        let usage = unsafe {
+            libc::kill(pid, libc::SIGINT);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
+                bail!(
+                    "waiting for {}: {}",
+                    self.kind.name(),
+                    std::io::Error::last_os_error()
+                );
+            }
+            usage
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        let cpu_seconds = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        let sockleak_stats = if self.kind == TracerKind::Sockleak {
+            let text = std::fs::read_to_string(&self.output)?;
+            text.lines()
+                .rev()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["final"] == true)
+                .map(|v| v["stats"].clone())
+        } else {
+            None
+        };
+        Ok(Stopped {
+            cpu_seconds,
+            sockleak_stats,
+        })
+    }
+}
+
+fn line_buffered(tool: &str) -> Command {
+    let mut c = Command::new("stdbuf");
+    c.args(["-oL", tool]);
+    c
+}
