@@ -118,17 +118,19 @@ pub struct SockEvent {
     pub dport: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Ids in the `STACKS` map of the creating task's user and kernel stacks
-    /// ([`EventKind::FdInstalled`]); negative when not captured (the errno, or [`NO_STACK`]).
+    /// Id in the `STACKS` map of the creating task's user stack ([`EventKind::FdInstalled`]);
+    /// negative when not captured (the errno, or [`NO_STACK`]). No kernel stack: at syscall
+    /// exit it is the same three entry frames for every socket, and taking it cost as much as
+    /// the user stack.
     pub user_stack_id: i32,
-    pub kernel_stack_id: i32,
+    pub _pad2: i32,
     /// The word at the user stack pointer when the syscall was made: the return address into
     /// the caller of a frameless syscall wrapper (glibc's `socket()`), which a frame-pointer
     /// walk skips. 0 when unread; userspace decides whether it is a code address.
     pub user_sp_word: u64,
 }
 
-/// `user_stack_id` / `kernel_stack_id` of an event whose hook does not capture stacks.
+/// `user_stack_id` of an event whose hook does not capture stacks.
 pub const NO_STACK: i32 = i32::MIN;
 
 /// Slots of the `STACKS` map (distinct stacks it can hold) and frames kept per stack. Every
@@ -167,7 +169,7 @@ impl SockEvent {
             saddr: [0; 16],
             daddr: [0; 16],
             user_stack_id: NO_STACK,
-            kernel_stack_id: NO_STACK,
+            _pad2: 0,
             user_sp_word: 0,
         }
     }
@@ -233,6 +235,12 @@ pub struct Config {
     pub have_task_pt_regs: u64,
     /// `pt_regs.sp`.
     pub pt_regs_sp: u64,
+    /// `sock.sk_socket`: NULL once the socket lost its file (closed by its owner), so a
+    /// transition to CLOSE with it set is a connection that died while still held.
+    pub sock_socket: u64,
+    /// `inet_sock.inet_sport`: the local port (network order), which survives the unhashing
+    /// that zeroes `skc_num` when a connection dies.
+    pub inet_sport: u64,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an

@@ -100,14 +100,45 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let sk: *mut c_void = ctx.arg(0);
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
+    // First, whatever is sent: the fd walk at accept() reads the cookie from the socket, and
+    // the kernel only assigns one when asked. This is where accepted sockets get theirs.
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    if !state_worth_sending(sk as u64, new_state) {
+        return 0;
+    }
     let mut ev = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
     ev.skaddr = sk as u64;
-    ev.cookie = unsafe { bpf_get_socket_cookie(sk) };
+    ev.cookie = cookie;
     ev.old_state = old_state as u16;
     ev.new_state = new_state as u16;
     let _ = read_addresses(sk as u64, &mut ev);
     send(&ev);
     0
+}
+
+const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
+
+/// Most transitions are churn userspace learns nothing from: every connection passes through
+/// SYN_SENT, ESTABLISHED, FIN_WAIT, LAST_ACK..., and the sock_diag sample every interval tells
+/// the state of any socket that lives long enough to matter. Only two are sent: LISTEN, and
+/// CLOSE while a file still holds the socket (reset or timed out under its owner: such a socket
+/// leaves sock_diag's tables, so only this event tells). Sending every transition tripled the
+/// events of a connect/accept/close churn.
+#[inline(always)]
+fn state_worth_sending(sk: u64, new_state: i32) -> bool {
+    if new_state == TCP_LISTEN {
+        return true;
+    }
+    if new_state != TCP_CLOSE {
+        return false;
+    }
+    let cfg = config();
+    if cfg.have_offsets == 0 {
+        return true; // cannot tell whether it is still held
+    }
+    // SAFETY: a read through the probe helper; a fault makes it fail, and then it is sent.
+    unsafe { bpf_probe_read_kernel((sk + cfg.sock_socket) as *const u64) }.map_or(true, |s| s != 0)
 }
 
 /// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
@@ -123,6 +154,11 @@ fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
         ev.family = family;
         ev.dport = u16::from_be(dport);
         ev.sport = bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16)?;
+        if ev.sport == 0 {
+            // Unhashed at CLOSE: skc_num is gone, inet_sport still says.
+            let sport: u16 = bpf_probe_read_kernel((sk + cfg.inet_sport) as *const u16)?;
+            ev.sport = u16::from_be(sport);
+        }
         if family == AF_INET6 {
             ev.saddr = bpf_probe_read_kernel((sk + cfg.sock_v6_rcv_saddr) as *const [u8; 16])?;
             ev.daddr = bpf_probe_read_kernel((sk + cfg.sock_v6_daddr) as *const [u8; 16])?;
@@ -228,12 +264,11 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
 
 const EEXIST: i32 = 17;
 
-/// The creating task's user and kernel stacks, at the syscall that gave it the socket. Only
+/// The creating task's user stack, at the syscall that gave it the socket. Only
 /// here: this is process context, and `current` is the owner.
 #[inline(always)]
 fn capture_stacks(ctx: &TracePointContext, cfg: &Config, ev: &mut SockEvent) {
     ev.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
-    ev.kernel_stack_id = stack_id(ctx, 0);
     if cfg.have_task_pt_regs != 0 {
         // SAFETY: helpers on the current task; a fault only makes the read fail.
         unsafe {

@@ -46,6 +46,8 @@ static CONFIG: Config = Config {
     sock_v6_rcv_saddr: 0,
     have_task_pt_regs: 0,
     pt_regs_sp: 0,
+    sock_socket: 0,
+    inet_sport: 0,
 };
 
 #[inline(always)]

@@ -73,11 +73,10 @@ pub struct GroupKey {
     pub comm: String,
     /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
     pub site: String,
-    /// The creation stack, innermost frame first: kernel frames (`... [kernel]`), then user
-    /// frames (`function (file:line)`, JIT frames as the runtime's perf map names them, unknown
-    /// ones as `0xADDR [unknown]`; a tail of unknown frames, where a frame-pointer walk left
-    /// the rails, is cut). Empty for sockets sockleak did not see being created, and until
-    /// the stack is symbolized.
+    /// The creation stack, innermost frame first: `function (file:line)`, JIT frames as the
+    /// runtime's perf map names them, unknown ones as `0xADDR [unknown]` (a tail of unknown
+    /// frames, where a frame-pointer walk left the rails, is cut). Empty for sockets sockleak
+    /// did not see being created, and until the stack is symbolized.
     #[serde(serialize_with = "frames_as_list")]
     pub stack: GroupStack,
 }

@@ -21,34 +21,31 @@ use std::{
 use aya::maps::{MapData, StackTraceMap};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
-    source::{Kernel, Process, Source},
+    source::{Process, Source},
 };
 use sockleak_common::SockEvent;
 
-/// Which stack created a socket: ids in `STACKS` (negative when not captured), the process
-/// whose address space the user addresses belong to, and the leaf fixup word
-/// ([`SockEvent::user_sp_word`]).
+/// Which stack created a socket: its id in `STACKS`, the process whose address space the
+/// addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
     pub pid: u32,
     pub user: i32,
-    pub kernel: i32,
     pub sp_word: u64,
 }
 
 impl StackKey {
     /// `None` when the event carries no stack at all.
     pub fn of(ev: &SockEvent) -> Option<Self> {
-        (ev.user_stack_id >= 0 || ev.kernel_stack_id >= 0).then_some(Self {
+        (ev.user_stack_id >= 0).then_some(Self {
             pid: ev.task.pid,
             user: ev.user_stack_id,
-            kernel: ev.kernel_stack_id,
             sp_word: ev.user_sp_word,
         })
     }
 }
 
-/// A symbolized stack, innermost frame first: kernel frames (`... [kernel]`), then user frames.
+/// A symbolized stack, innermost frame first.
 #[derive(Debug, Clone, Default)]
 pub struct Stack {
     /// Shared: every group and report of this stack holds the same frames.
@@ -66,13 +63,6 @@ impl Stack {
     fn worth_retrying(&self) -> bool {
         self.unknown > 0 && self.attempts < MAX_ATTEMPTS
     }
-}
-
-/// Kernel frames end with this, user frames never do.
-const KERNEL_FRAME: &str = " [kernel]";
-
-pub fn is_kernel_frame(frame: &str) -> bool {
-    frame.ends_with(KERNEL_FRAME)
 }
 
 enum Request {
@@ -195,24 +185,11 @@ impl Worker {
         if let Some(word) = leaf_caller(&user, key.sp_word, || executable_ranges(key.pid)) {
             user.insert(1, word);
         }
-        let kernel = self.addresses_of(key.kernel);
         let mut stack = Stack {
             attempts: previous.map_or(0, |s| s.attempts) + 1,
             ..Stack::default()
         };
-        // Innermost first: the kernel's frames, then the user frames that made the syscall.
-        let kernel_source = Source::Kernel(Kernel {
-            // kallsyms only: a vmlinux search walks the file system on every new stack.
-            vmlinux: blazesym::MaybeDefault::None,
-            ..Kernel::default()
-        });
         let mut frames = Vec::new();
-        for (names, addr) in self.names(&kernel_source, &kernel).into_iter().zip(&kernel) {
-            match names {
-                Some(names) => frames.extend(names.into_iter().map(|n| n + KERNEL_FRAME)),
-                None => frames.push(format!("0x{addr:x}{KERNEL_FRAME}")),
-            }
-        }
         let process = Source::Process(Process::new(key.pid.into()));
         let mut user_frames = self.names(&process, &user);
         // Past code built without frame pointers the walk reads whatever is on the stack: a

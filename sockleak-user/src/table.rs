@@ -428,6 +428,10 @@ impl SocketTable {
         let new_state = ev.new_state as u8;
         if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
             if let Some(s) = self.sockets.get_mut(&cookie) {
+                // The transition came from somewhere: a socket leaving LISTEN or a connecting
+                // or connected state. The kernel side sends only some transitions, so the one
+                // before may never have been seen.
+                s.evidence.was_connected |= connected_state(ev.old_state as u8);
                 s.set_state(new_state, ev.ts_ns);
                 if let Some(addresses) = event_addresses(ev) {
                     (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
@@ -940,6 +944,26 @@ mod tests {
             (1, 1, "client")
         );
         assert_eq!(t.churn().len(), 1, "cookie 3 belongs to nobody we saw");
+    }
+
+    #[test]
+    fn a_reset_seen_only_as_its_close_event_is_still_reset_held() {
+        use crate::verdict::{Thresholds, socket_flags};
+        // The kernel side does not send ESTABLISHED, and no sample ran before the reset.
+        let mut t = SocketTable::new(4);
+        t.apply(&created(6, 1));
+        let mut reset = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        reset.cookie = 6;
+        reset.old_state = TCP_ESTABLISHED as u16;
+        reset.new_state = TCP_CLOSE as u16;
+        t.apply(&reset);
+        let s = t.get(6).unwrap();
+        assert!(s.evidence.was_connected);
+        let later = 60_000_000_000;
+        assert_eq!(
+            socket_flags(s, later, &Thresholds::default()),
+            ["reset_held"]
+        );
     }
 
     #[test]

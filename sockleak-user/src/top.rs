@@ -26,7 +26,6 @@ use crate::{
         text::{human_bytes, human_ms},
     },
     report::{Group, GroupKey, Report},
-    symbolize::is_kernel_frame,
     tracer::Tracer,
 };
 
@@ -309,12 +308,7 @@ impl View {
         } else {
             lines.push(Line::from("created at (innermost first):").bold());
             for frame in frames {
-                let line = Line::from(format!("  {}", for_terminal(frame)));
-                lines.push(if is_kernel_frame(frame) {
-                    line.dim()
-                } else {
-                    line
-                });
+                lines.push(Line::from(format!("  {}", for_terminal(frame))));
             }
         }
         lines.push(Line::from(""));

@@ -103,8 +103,8 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
         "{leak_frames:#?}"
     );
     assert!(
-        leak_frames.iter().any(|f| f.ends_with(" [kernel]")),
-        "kernel frames are part of the stack: {leak_frames:#?}"
+        leak_frames[0].contains("socket"),
+        "innermost is the C library's socket() wrapper (no kernel frames): {leak_frames:#?}"
     );
     let listener_group = leak.iter().find(|g| g["count"] == 1).unwrap();
     let listener_frames = frames(listener_group);

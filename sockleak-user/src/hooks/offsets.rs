@@ -30,6 +30,8 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.sock_num = common + off("sock_common", "skc_num")?;
     config.sock_v6_daddr = common + off("sock_common", "skc_v6_daddr")?;
     config.sock_v6_rcv_saddr = common + off("sock_common", "skc_v6_rcv_saddr")?;
+    config.sock_socket = off("sock", "sk_socket")?;
+    config.inet_sport = off("inet_sock", "inet_sport")?;
     config.have_offsets = 1;
     // Optional: without them, stacks miss the caller of a frameless syscall wrapper.
     if let Ok(sp) = member_offset(&btf, "pt_regs", "sp")

@@ -3,10 +3,7 @@
 use std::fmt::Write;
 
 use super::{Started, escape::for_terminal};
-use crate::{
-    report::{Group, Report, SocketRow},
-    symbolize::is_kernel_frame,
-};
+use crate::report::{Group, Report, SocketRow};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
@@ -198,11 +195,10 @@ fn placement(out: &mut String, g: &Group) {
     let _ = writeln!(out, "{line}");
 }
 
-/// The user frames of a creation stack, innermost first, C++ parameter lists left out. Kernel
-/// frames (the syscall path, the same for every socket) are in the JSON output.
+/// The frames of a creation stack, innermost first, C++ parameter lists left out (JSON has
+/// them whole).
 fn stack(out: &mut String, frames: &[String]) {
-    let user: Vec<&String> = frames.iter().filter(|f| !is_kernel_frame(f)).collect();
-    for frame in user.iter().take(FRAMES_PER_GROUP) {
+    for frame in frames.iter().take(FRAMES_PER_GROUP) {
         let _ = writeln!(
             out,
             "{:>8}at {}",
@@ -210,12 +206,12 @@ fn stack(out: &mut String, frames: &[String]) {
             for_terminal(&without_parameters(frame))
         );
     }
-    if user.len() > FRAMES_PER_GROUP {
+    if frames.len() > FRAMES_PER_GROUP {
         let _ = writeln!(
             out,
             "{:>8}... {} more frames",
             "",
-            user.len() - FRAMES_PER_GROUP
+            frames.len() - FRAMES_PER_GROUP
         );
     }
 }
