@@ -4,7 +4,7 @@
 //! |--------------------------|--------------------------------------|----------|--------------------|
 //! | `sock_create`            | cgroup/sock_create (cgroup v2 root)  | process  | new socket + owner |
 //! | `sock_release`           | cgroup/sock_release                  | process* | socket gone        |
-//! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | TCP state, cookie, addresses |
+//! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | LISTEN, and CLOSE while held (`state_worth_sending`) |
 //! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
 //! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, creation stacks |
 //! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
