@@ -174,7 +174,11 @@ fn run(args: Args) -> Result<()> {
     let mut scale = Vec::new();
     for &sockets in &args.scale {
         eprintln!("bench: {sockets} sockets open");
-        scale.push(scale_run(&args, sockets)?);
+        // One failed size must not throw away the minutes of churn measured before it.
+        match scale_run(&args, sockets) {
+            Ok(result) => scale.push(result),
+            Err(err) => eprintln!("bench: {sockets} sockets: {err:#}"),
+        }
     }
 
     let results = Results {

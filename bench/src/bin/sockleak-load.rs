@@ -6,7 +6,8 @@
 //!   first, as a healthy HTTP/1.0 server would, so TIME_WAIT lands on the server side and no
 //!   client runs out of ephemeral ports). Prints `{"connections":N,"seconds":S}`.
 //! - `hold --sockets N`: opens N/2 connections to itself (N sockets), keeps them, prints
-//!   `ready N`, and waits for stdin to close.
+//!   `ready N`, and waits for stdin to close. Past the fd hard limit, helper processes each
+//!   hold a share.
 use std::{
     io::{BufRead, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -100,8 +101,17 @@ fn churn(seconds: f64, threads: Option<usize>) -> Result<()> {
 /// allows.
 const PER_LISTENER: usize = 20_000;
 
+/// fds a holder keeps free for everything else.
+const FD_MARGIN: usize = 256;
+
 fn hold(sockets: usize) -> Result<()> {
-    raise_fd_limit(sockets as u64 + 1024)?;
+    // Without CAP_SYS_RESOURCE the fd limit cannot go past its hard limit (20000 on the CI
+    // machines): more sockets than one process may hold are spread over helper processes.
+    let per_process = (fd_hard_limit().saturating_sub(FD_MARGIN as u64) as usize) & !1;
+    if sockets > per_process {
+        return hold_in_helpers(sockets, per_process);
+    }
+    raise_fd_limit((sockets + FD_MARGIN) as u64)?;
     let connections = sockets / 2;
     let mut kept = Vec::with_capacity(sockets);
     let mut remaining = connections;
@@ -130,10 +140,53 @@ fn hold(sockets: usize) -> Result<()> {
     Ok(())
 }
 
+fn hold_in_helpers(sockets: usize, per_process: usize) -> Result<()> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?;
+    let mut helpers = Vec::new();
+    let mut remaining = sockets;
+    while remaining > 0 {
+        let share = remaining.min(per_process);
+        let mut child = Command::new(&exe)
+            .args(["hold", "--sockets", &share.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().context("helper stdout")?)
+            .read_line(&mut line)?;
+        if !line.starts_with("ready") {
+            bail!("a holder helper said {line:?}");
+        }
+        helpers.push(child);
+        remaining -= share;
+    }
+    println!("ready {sockets}");
+    std::io::stdout().flush()?;
+    for _ in std::io::stdin().lock().lines() {}
+    for mut helper in helpers {
+        drop(helper.stdin.take());
+        let _ = helper.wait();
+    }
+    Ok(())
+}
+
+fn fd_hard_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_max
+}
+
 fn raise_fd_limit(wanted: u64) -> Result<()> {
     let limit = libc::rlimit {
         rlim_cur: wanted,
-        rlim_max: wanted,
+        rlim_max: wanted.max(fd_hard_limit()),
     };
     // SAFETY: setrlimit with an initialized struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
