@@ -10,6 +10,7 @@ pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
     let Ok(proc_dir) = fs::read_dir("/proc") else {
         return holders;
     };
+    let mut target = [0u8; 64];
     for entry in proc_dir.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -19,14 +20,18 @@ pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
             continue;
         };
         // Processes come and go during the scan; a vanished one simply holds nothing.
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+        let fd_path = entry.path().join("fd");
+        let (Ok(fds), Ok(dir)) = (fs::read_dir(&fd_path), fs::File::open(&fd_path)) else {
             continue;
         };
         for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
+            let Some(len) = read_link_at(&dir, &fd.file_name(), &mut target) else {
                 continue;
             };
-            if let Some(inode) = target.to_str().and_then(parse_socket_link) {
+            let inode = std::str::from_utf8(&target[..len])
+                .ok()
+                .and_then(parse_socket_link);
+            if let Some(inode) = inode {
                 let pids = holders.entry(inode).or_default();
                 if pids.last() != Some(&pid) {
                     pids.push(pid);
@@ -39,6 +44,29 @@ pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
         pids.dedup();
     }
     holders
+}
+
+/// `readlinkat(dir, name)` into `buf`: resolves one path component instead of the four of
+/// `/proc/PID/fd/N`, which at 100,000 fds is most of the scan. Links longer than `buf` (not
+/// sockets, whose targets are `socket:[INODE]`) come back truncated and fail to parse.
+fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr, buf: &mut [u8]) -> Option<usize> {
+    use std::os::{fd::AsRawFd, unix::ffi::OsStrExt};
+    let mut cname = [0u8; 32];
+    let bytes = name.as_bytes();
+    if bytes.len() >= cname.len() {
+        return None;
+    }
+    cname[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a NUL-terminated name, a valid directory fd and a buffer of the given length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            cname.as_ptr().cast(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(n).ok()
 }
 
 /// `socket:[12345]` -> 12345.

@@ -189,12 +189,15 @@ impl Tracer {
         let ring = ring.get_mut();
         drain(ring, table, stacks);
         let diag = sock_diag.dump()?;
+        let dumped = started.elapsed();
         let holders = procfs::socket_holders();
+        let scanned = started.elapsed();
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
         table.reconcile(&diag, &holders, now, &reporter.filter);
         stacks.retain(table.sockets().filter_map(|s| s.stack));
+        let reconciled = started.elapsed();
         let stat = |s: Stat| -> u64 {
             kernel_stats
                 .get(&(s as u32), 0)
@@ -209,6 +212,14 @@ impl Tracer {
             stack_failures: stat(Stat::StackFailures),
         };
         let mut report = reporter.report(table, stacks, now, kernel);
+        log::debug!(
+            "report over {} sockets: sock_diag {:?}, /proc fds {:?}, reconcile {:?}, build {:?}",
+            table.len(),
+            dumped,
+            scanned - dumped,
+            reconciled - scanned,
+            started.elapsed() - reconciled
+        );
         report.stats.netns_unreachable = sock_diag.unreachable_namespaces;
         report.stats.report_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(report)
