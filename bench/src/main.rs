@@ -250,14 +250,16 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
         metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").map(|_| ())
     })?;
     let rss_idle = resident_bytes(pid)?;
-    let mut holder = std::process::Command::new(&args.load)
-        .args(["hold", "--sockets", &sockets.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
+    let mut holder = Holder(
+        std::process::Command::new(&args.load)
+            .args(["hold", "--sockets", &sockets.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?,
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.take().context("holder stdout")?),
+        &mut std::io::BufReader::new(holder.0.stdout.take().context("holder stdout")?),
         &mut line,
     )?;
     if !line.starts_with("ready") {
@@ -286,8 +288,7 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
     }
     let rss = resident_bytes(pid)?;
     let maps = kernel_map_bytes(pid)?;
-    drop(holder.stdin.take());
-    let _ = holder.wait();
+    drop(holder);
     tracer.stop()?;
     Ok(ScaleResult {
         sockets_open: sockets,
@@ -298,6 +299,16 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
         kernel_map_bytes: maps,
         report_seconds,
     })
+}
+
+/// `sockleak-load hold`, told to let go (stdin closed) however the measurement ends.
+struct Holder(std::process::Child);
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
 }
 
 fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {

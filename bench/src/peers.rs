@@ -65,9 +65,11 @@ tracepoint:sock:inet_sock_set_state
 }
 "#;
 
+/// Killed when dropped without [`Tracer::stop`]: a tracer left running by a failed measurement
+/// would weigh on every measurement after it (it happened).
 pub struct Tracer {
     kind: TracerKind,
-    child: Child,
+    child: Option<Child>,
     output: PathBuf,
     /// From spawn to the first line of output: attached and reporting.
     pub startup: Duration,
@@ -117,7 +119,7 @@ impl Tracer {
             .with_context(|| format!("starting {}", kind.name()))?;
         let mut tracer = Self {
             kind,
-            child,
+            child: Some(child),
             output,
             startup: Duration::ZERO,
         };
@@ -128,7 +130,7 @@ impl Tracer {
                 tracer.startup = started.elapsed();
                 return Ok(Some(tracer));
             }
-            if let Some(status) = tracer.child.try_wait()? {
+            if let Some(status) = tracer.child_mut().try_wait()? {
                 let err = std::fs::read_to_string(tracer.output.with_extension("err"))
                     .unwrap_or_default();
                 bail!(
@@ -143,13 +145,20 @@ impl Tracer {
         }
     }
 
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running until stopped")
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// SIGINT (every one of them ends cleanly on it), then the CPU time it used.
-    pub fn stop(self) -> Result<Stopped> {
-        let pid = self.child.id() as i32;
+    // Reaped by wait4 below, which std's wait cannot replace: it also returns the rusage.
+    #[allow(clippy::zombie_processes)]
+    pub fn stop(mut self) -> Result<Stopped> {
+        let child = self.child.take().expect("running until stopped");
+        let pid = child.id() as i32;
         // SAFETY: signalling and reaping our own child; wait4 also gives its rusage.
         let usage = unsafe {
             libc::kill(pid, libc::SIGINT);
@@ -180,6 +189,15 @@ impl Tracer {
             cpu_seconds,
             sockleak_stats,
         })
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -133,6 +133,13 @@ fn prometheus_scrapes_the_open_sockets_of_a_leaking_process() {
     assert_eq!(udp[0]["value"][1], "2", "{udp:?}");
     let up = prometheus.query("up{job=\"sockleak\"}");
     assert_eq!(up[0]["value"][1], "1", "the scrape itself succeeds: {up:?}");
+    // Its value depends on everything else the machine does (releases are not filtered by
+    // owner); that it is scraped is what matters here.
     let lost = prometheus.query("sockleak_events_lost_total");
-    assert_eq!(lost[0]["value"][1], "0", "{lost:?}");
+    assert!(
+        lost[0]["value"][1]
+            .as_str()
+            .is_some_and(|v| v.parse::<u64>().is_ok()),
+        "{lost:?}"
+    );
 }

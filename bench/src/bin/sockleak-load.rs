@@ -1,7 +1,7 @@
 //! Loopback socket load for the benchmarks. Native and multi-threaded, so the tracer under test
 //! is the bottleneck, not the load.
 //!
-//! - `churn --seconds S [--threads T]`: T client threads connect, wait for the server's FIN and
+//! - `churn --seconds S [--connections N] [--threads T]`: T client threads connect, wait for the server's FIN and
 //!   close, as fast as they can; acceptor threads accept and close at once (the server closes
 //!   first, as a healthy HTTP/1.0 server would, so TIME_WAIT lands on the server side and no
 //!   client runs out of ephemeral ports). Prints `{"connections":N,"seconds":S}`.
@@ -33,6 +33,9 @@ enum Mode {
     Churn {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
+        /// Stop after this many connections instead (or at `--seconds`, whichever is first).
+        #[arg(long)]
+        connections: Option<u64>,
         /// Client threads (default: twice the CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -45,7 +48,11 @@ enum Mode {
 
 fn main() -> Result<()> {
     match Cli::parse().mode {
-        Mode::Churn { seconds, threads } => churn(seconds, threads),
+        Mode::Churn {
+            seconds,
+            connections,
+            threads,
+        } => churn(seconds, connections.unwrap_or(u64::MAX), threads),
         Mode::Hold { sockets } => hold(sockets),
     }
 }
@@ -54,7 +61,7 @@ fn cpus() -> usize {
     thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn churn(seconds: f64, threads: Option<usize>) -> Result<()> {
+fn churn(seconds: f64, limit: u64, threads: Option<usize>) -> Result<()> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -73,7 +80,7 @@ fn churn(seconds: f64, threads: Option<usize>) -> Result<()> {
             let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
             thread::spawn(move || {
                 let mut sink = [0u8; 16];
-                while !stop.load(Ordering::Relaxed) {
+                while !stop.load(Ordering::Relaxed) && done.load(Ordering::Relaxed) < limit {
                     let Ok(mut conn) = TcpStream::connect(addr) else {
                         continue;
                     };
@@ -84,7 +91,9 @@ fn churn(seconds: f64, threads: Option<usize>) -> Result<()> {
         })
         .collect();
     let start = Instant::now();
-    thread::sleep(deadline.saturating_duration_since(Instant::now()));
+    while Instant::now() < deadline && done.load(Ordering::Relaxed) < limit {
+        thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
