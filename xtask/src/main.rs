@@ -100,9 +100,18 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         );
     }
     let object = ebpf::build(root)?;
-    // The scenario tests run the real binary, built exactly as users get it.
+    // The scenario tests run the real binary, built exactly as users get it, and the load
+    // test runs the benchmarks' load generator (`cargo test` builds only the tested package's
+    // own binaries).
     run(cargo(root)
-        .args(["build", "--release", "--package", "sockleak-user"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            "sockleak-user",
+            "--package",
+            "sockleak-bench",
+        ])
         .env("SOCKLEAK_EBPF_OBJECT", &object))?;
     let mut cmd = cargo(root);
     cmd.args([
