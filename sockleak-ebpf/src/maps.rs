@@ -3,6 +3,7 @@
 //! creation stacks only, up to its fixed number of slots.
 use aya_ebpf::{
     btf_maps::{PerCpuArray, RingBuf, StackTrace},
+    helpers::generated::bpf_ringbuf_query,
     macros::btf_map,
 };
 use sockleak_common::{
@@ -48,6 +49,7 @@ static CONFIG: Config = Config {
     pt_regs_sp: 0,
     sock_socket: 0,
     inet_sport: 0,
+    wakeup_bytes: 0,
 };
 
 #[inline(always)]
@@ -55,6 +57,13 @@ pub fn config() -> Config {
     // Volatile: the value is patched into .rodata at load time, so the compiler must not
     // constant-fold the defaults above.
     unsafe { core::ptr::read_volatile(&CONFIG) }
+}
+
+/// One field, not the whole `Config` copied onto the stack beside the event being sent.
+#[inline(always)]
+fn config_wakeup_bytes() -> u64 {
+    // SAFETY: a volatile read of an immutable static (patched in .rodata before load).
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.wakeup_bytes) }
 }
 
 #[inline(always)]
@@ -65,10 +74,23 @@ pub fn count(stat: Stat) {
     }
 }
 
-/// Sends `event` to userspace, or counts it as lost when the ring buffer is full.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Sends `event` to userspace, or counts it as lost when the ring buffer is full. Wakes
+/// userspace only once `wakeup_bytes` are waiting (see `Config::wakeup_bytes`).
 #[inline(always)]
 pub fn send(event: &SockEvent) {
-    match EVENTS.output(event, 0) {
+    let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast();
+    // SAFETY: the helper only reads the ring's positions.
+    let waiting = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
+    let flags = if waiting >= config_wakeup_bytes() {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    match EVENTS.output(event, flags) {
         Ok(()) => count(Stat::EventsSent),
         Err(_) => count(Stat::EventsLost),
     }

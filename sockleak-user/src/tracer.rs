@@ -28,6 +28,9 @@ pub struct Tracer {
     /// Owns the attached programs: they detach when it drops.
     _ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Events are written without waking userspace until an eighth of the ring is waiting;
+    /// this collects the rest.
+    collect: tokio::time::Interval,
     logger: Option<AsyncFd<EbpfLogger<&'static dyn log::Log>>>,
     kernel_stats: PerCpuArray<MapData, u64>,
     sock_diag: SockDiag,
@@ -36,6 +39,9 @@ pub struct Tracer {
     reporter: Reporter,
     pub started: Started,
 }
+
+/// How often events the kernel wrote without a wake-up are collected.
+const COLLECT_EVERY: Duration = Duration::from_millis(50);
 
 /// How long the final report waits for stacks still being symbolized.
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
@@ -136,9 +142,12 @@ impl Tracer {
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| e.into_parts().1)
             .context("polling the ring buffer")?;
+        let mut collect = tokio::time::interval(COLLECT_EVERY);
+        collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             _ebpf: ebpf,
             ring,
+            collect,
             logger,
             kernel_stats,
             sock_diag: diag_source,
@@ -154,12 +163,14 @@ impl Tracer {
     pub async fn follow(&mut self) -> Result<()> {
         let Self {
             ring,
+            collect,
             logger,
             table,
             stacks,
             ..
         } = self;
         tokio::select! {
+            _ = collect.tick() => drain(ring.get_mut(), table, stacks),
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), table, stacks);

@@ -48,6 +48,9 @@ pub fn attach(
         tp_skaddr: 8,
         tp_oldstate: 16,
         tp_newstate: 20,
+        // An eighth of the ring: a burst wakes userspace well before the ring fills; anything
+        // less waits for its 50 ms collection timer (`tracer::COLLECT_EVERY`).
+        wakeup_bytes: u64::from(ring_buffer_bytes / 8),
         ..Config::default()
     };
     if let Ok(layout) = tracefs::record_layout(&tracefs, "syscalls", "sys_exit_socket")
