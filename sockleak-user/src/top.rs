@@ -23,7 +23,10 @@ use crate::{
     cli::TopArgs,
     render::{
         escape::for_terminal,
-        text::{human_bytes, human_ms},
+        text::{
+            group_flags, group_states, human_bytes, human_ms, members_worst_first, placement,
+            socket_line,
+        },
     },
     report::{Group, GroupKey, Report},
     tracer::Tracer,
@@ -65,7 +68,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 followed = tracer.follow() => { followed?; continue }, // nothing to redraw
                 _ = ticks.tick() => {
                     if !view.paused {
-                        view.replace_report(tracer.report()?);
+                        view.report = Some(tracer.report()?);
                     }
                 }
                 key = keys.recv() => match key {
@@ -160,10 +163,6 @@ impl View {
             detail: false,
             paused: false,
         }
-    }
-
-    fn replace_report(&mut self, report: Report) {
-        self.report = Some(report);
     }
 
     /// The groups in display order.
@@ -282,14 +281,7 @@ impl View {
             ))
             .bold(),
         ];
-        if let Some(cgroup) = g.cgroup.as_deref().filter(|c| *c != "/") {
-            let mut line = format!("cgroup {}", for_terminal(cgroup));
-            if let Some(id) = &g.container.container_id {
-                line.push_str(&format!("  container {}", &id[..id.len().min(12)]));
-            }
-            if let Some(pod) = &g.container.pod_uid {
-                line.push_str(&format!("  pod {pod}"));
-            }
+        if let Some(line) = placement(g) {
             lines.push(Line::from(line));
         }
         if let Some(growth) = &g.growth {
@@ -313,30 +305,10 @@ impl View {
         }
         lines.push(Line::from(""));
         lines.push(Line::from("sockets (flagged first):").bold());
-        let report = self.report.as_ref();
-        let mut members: Vec<_> = report
-            .iter()
-            .flat_map(|r| &r.sockets)
-            .filter(|s| s.group == g.key)
-            .collect();
-        members.sort_by_key(|s| (Reverse(s.flags.len()), Reverse(s.age_ms)));
-        for s in members.iter().take(50) {
-            lines.push(Line::from(format!(
-                "  {} {} -> {}  {} for {}  age {}  rx {} tx {}{}",
-                s.protocol,
-                s.local,
-                s.remote,
-                s.state,
-                human_ms(s.state_age_ms),
-                human_ms(s.age_ms),
-                s.rx_queue,
-                s.tx_queue,
-                if s.flags.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", s.flags.join(","))
-                }
-            )));
+        if let Some(report) = &self.report {
+            for s in members_worst_first(report, g).iter().take(50) {
+                lines.push(Line::from(format!("  {}", socket_line(s))));
+            }
         }
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })
@@ -353,17 +325,6 @@ fn group_table(groups: &[&Group]) -> Table<'static> {
     )
     .style(Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED));
     let rows = groups.iter().map(|g| {
-        let flags = if g.flags.is_empty() {
-            "-".to_owned()
-        } else {
-            g.flags.join(",")
-        };
-        let states = g
-            .states
-            .iter()
-            .map(|(state, n)| format!("{state}:{n}"))
-            .collect::<Vec<_>>()
-            .join(" ");
         let row = Row::new(vec![
             Cell::from(g.count.to_string()),
             Cell::from(g.key.pid.to_string()),
@@ -373,8 +334,8 @@ fn group_table(groups: &[&Group]) -> Table<'static> {
             Cell::from(g.rx_queue.to_string()),
             Cell::from(g.tx_queue.to_string()),
             Cell::from(human_bytes(g.memory_bytes)),
-            Cell::from(flags),
-            Cell::from(states),
+            Cell::from(group_flags(g)),
+            Cell::from(group_states(g)),
         ]);
         if g.flags.is_empty() { row } else { row.red() }
     });

@@ -90,17 +90,6 @@ pub fn report(r: &Report, final_report: bool) -> String {
         "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q", "MEM", "FLAGS"
     );
     for g in &r.groups {
-        let states = g
-            .states
-            .iter()
-            .map(|(state, n)| format!("{state}:{n}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let flags = if g.flags.is_empty() {
-            "-".to_owned()
-        } else {
-            g.flags.join(",")
-        };
         let _ = writeln!(
             out,
             "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
@@ -112,8 +101,8 @@ pub fn report(r: &Report, final_report: bool) -> String {
             g.rx_queue,
             g.tx_queue,
             human_bytes(g.memory_bytes),
-            flags,
-            states
+            group_flags(g),
+            group_states(g)
         );
         if let Some(growth) = &g.growth {
             let eta = match (growth.seconds_to_fd_limit, growth.fd_limit, growth.open_fds) {
@@ -129,42 +118,13 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 "", growth.per_minute
             );
         }
-        placement(&mut out, g);
+        if let Some(line) = placement(g) {
+            let _ = writeln!(out, "{:>8}{line}", "");
+        }
         stack(&mut out, g.key.stack.frames());
-        let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
-        // The evidence a person should see first: flagged sockets, then the fullest queues.
-        members.sort_by_key(|s| {
-            (
-                std::cmp::Reverse(s.flags.len()),
-                std::cmp::Reverse(u64::from(s.rx_queue) + u64::from(s.tx_queue)),
-                std::cmp::Reverse(s.age_ms),
-            )
-        });
+        let members = members_worst_first(r, g);
         for s in members.iter().take(SOCKETS_PER_GROUP) {
-            let _ = writeln!(
-                out,
-                "{:>8}{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
-                "",
-                s.protocol,
-                s.family,
-                s.local,
-                s.remote,
-                s.state,
-                human_ms(s.state_age_ms),
-                human_ms(s.age_ms),
-                s.rx_queue,
-                s.tx_queue,
-                if s.flags.is_empty() {
-                    String::new()
-                } else {
-                    format!("  [{}]", s.flags.join(","))
-                },
-                if s.holders.is_empty() || s.holders == [s.pid] {
-                    String::new()
-                } else {
-                    format!("  held by {}", pid_list(&s.holders, ","))
-                }
-            );
+            let _ = writeln!(out, "{:>8}{}", "", socket_line(s));
         }
         if members.len() > SOCKETS_PER_GROUP {
             let _ = writeln!(
@@ -179,12 +139,28 @@ pub fn report(r: &Report, final_report: bool) -> String {
     out
 }
 
+/// A group's verdicts, `-` for none.
+pub fn group_flags(g: &Group) -> String {
+    if g.flags.is_empty() {
+        "-".to_owned()
+    } else {
+        g.flags.join(",")
+    }
+}
+
+/// `STATE:COUNT` for each state the group's sockets are in.
+pub fn group_states(g: &Group) -> String {
+    g.states
+        .iter()
+        .map(|(state, n)| format!("{state}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Where the group's process runs, unless that is the root cgroup.
-fn placement(out: &mut String, g: &Group) {
-    let Some(cgroup) = g.cgroup.as_deref().filter(|c| *c != "/") else {
-        return;
-    };
-    let mut line = format!("{:>8}cgroup {}", "", for_terminal(cgroup));
+pub fn placement(g: &Group) -> Option<String> {
+    let cgroup = g.cgroup.as_deref().filter(|c| *c != "/")?;
+    let mut line = format!("cgroup {}", for_terminal(cgroup));
     if let Some(id) = &g.container.container_id {
         // Twelve digits, as `docker ps` shows them.
         let _ = write!(line, "  container {}", &id[..id.len().min(12)]);
@@ -192,7 +168,48 @@ fn placement(out: &mut String, g: &Group) {
     if let Some(pod) = &g.container.pod_uid {
         let _ = write!(line, "  pod {pod}");
     }
-    let _ = writeln!(out, "{line}");
+    Some(line)
+}
+
+/// The group's sockets, the evidence a person should see first first: flagged sockets, then
+/// the fullest queues, then the oldest.
+pub fn members_worst_first<'r>(r: &'r Report, g: &Group) -> Vec<&'r SocketRow> {
+    let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
+    members.sort_by_key(|s| {
+        (
+            std::cmp::Reverse(s.flags.len()),
+            std::cmp::Reverse(u64::from(s.rx_queue) + u64::from(s.tx_queue)),
+            std::cmp::Reverse(s.age_ms),
+        )
+    });
+    members
+}
+
+/// One socket as evidence: addresses, state and for how long, queues, verdicts, and the other
+/// processes holding it.
+pub fn socket_line(s: &SocketRow) -> String {
+    format!(
+        "{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
+        s.protocol,
+        s.family,
+        s.local,
+        s.remote,
+        s.state,
+        human_ms(s.state_age_ms),
+        human_ms(s.age_ms),
+        s.rx_queue,
+        s.tx_queue,
+        if s.flags.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", s.flags.join(","))
+        },
+        if s.holders.is_empty() || s.holders == [s.pid] {
+            String::new()
+        } else {
+            format!("  held by {}", pid_list(&s.holders, ","))
+        }
+    )
 }
 
 /// The frames of a creation stack, innermost first, C++ parameter lists left out (JSON has
