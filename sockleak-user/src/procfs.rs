@@ -4,23 +4,22 @@
 //! machine.
 use std::{collections::HashMap, fs, path::Path};
 
+/// Every process now (thread ids are not listed at the top of /proc).
+pub fn pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+}
+
 /// Socket inode -> pids holding an fd to it (sorted, deduplicated).
 pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
     let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
-    let Ok(proc_dir) = fs::read_dir("/proc") else {
-        return holders;
-    };
     let mut target = [0u8; 64];
-    for entry in proc_dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in pids() {
         // Processes come and go during the scan; a vanished one simply holds nothing.
-        let fd_path = entry.path().join("fd");
+        let fd_path = format!("/proc/{pid}/fd");
         let (Ok(fds), Ok(dir)) = (fs::read_dir(&fd_path), fs::File::open(&fd_path)) else {
             continue;
         };

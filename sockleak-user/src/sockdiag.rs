@@ -15,6 +15,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use crate::procfs;
+
 const NETLINK_SOCK_DIAG: i32 = 4;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 const NLM_F_REQUEST: u16 = 0x1;
@@ -159,17 +161,7 @@ impl SockDiag {
 /// Network namespaces by inode, each with one process in it.
 fn network_namespaces() -> HashMap<u64, u32> {
     let mut found = HashMap::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in procfs::pids() {
         if let Some(ns) = netns_of(&pid.to_string()) {
             found.entry(ns).or_insert(pid);
         }
