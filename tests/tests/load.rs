@@ -71,7 +71,9 @@ fn a_million_churned_and_a_hundred_thousand_open() {
 
     // Churned sockets leave, held ones stay: the table converges on exactly the held ones.
     let rss = eventually("the table to hold exactly the open sockets", |last| {
-        let (_, body) = http_get(&metrics, "/metrics").ok()?;
+        let (_, body) = http_get(&metrics, "/metrics")
+            .inspect_err(|err| *last = format!("scraping {metrics}: {err}"))
+            .ok()?;
         let tracked = metric(&body, "sockleak_tracked_sockets");
         let rss = metric(&body, "process_resident_memory_bytes");
         *last = format!("tracked {tracked:?}, RSS {rss:?}");
