@@ -77,6 +77,49 @@ pub fn parse_socket_link(target: &str) -> Option<u64> {
         .ok()
 }
 
+/// The TCP and UDP sockets `pid` holds, as (inode, IPPROTO_*): the kernel names a socket's
+/// protocol in its `system.sockprotoname` attribute, which tells an unconnected TCP socket
+/// (listed nowhere else) from the process's unix sockets. Costs a getxattr per socket fd, so
+/// it is asked only about the few processes whose sockets reconciliation cannot otherwise
+/// judge.
+pub fn inet_sockets_of(pid: u32) -> Vec<(u64, u8)> {
+    use std::os::unix::ffi::OsStrExt;
+    let fd_path = format!("/proc/{pid}/fd");
+    let Ok(fds) = fs::read_dir(&fd_path) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for fd in fds.flatten() {
+        let Some(inode) = fs::read_link(fd.path())
+            .ok()
+            .and_then(|t| parse_socket_link(t.to_str()?))
+        else {
+            continue;
+        };
+        let Ok(path) = std::ffi::CString::new(fd.path().as_os_str().as_bytes()) else {
+            continue;
+        };
+        let mut name = [0u8; 32];
+        // SAFETY: NUL-terminated path and attribute name, a buffer of the given length.
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                c"system.sockprotoname".as_ptr(),
+                name.as_mut_ptr().cast(),
+                name.len(),
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        let protocol = match name[..n].split(|&b| b == 0).next().unwrap_or_default() {
+            b"TCP" | b"TCPv6" => libc::IPPROTO_TCP as u8,
+            b"UDP" | b"UDPv6" => libc::IPPROTO_UDP as u8,
+            _ => continue,
+        };
+        found.push((inode, protocol));
+    }
+    found
+}
+
 /// The process name (`comm`), or None if the process is gone.
 pub fn comm_of(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -118,6 +161,47 @@ mod tests {
         let holders = socket_holders();
         assert!(holders.values().any(|pids| pids.contains(&me)));
         drop(listener);
+    }
+
+    #[test]
+    fn names_the_protocol_of_our_tcp_and_udp_sockets_and_skips_unix_ones() {
+        use std::os::{fd::AsRawFd, unix::net::UnixDatagram};
+        let inode_of = |fd: i32| {
+            parse_socket_link(
+                fs::read_link(format!("/proc/self/fd/{fd}"))
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        // SAFETY: plain socket(2) calls; the fds are closed below.
+        let (tcp6, udp) = unsafe {
+            (
+                libc::socket(libc::AF_INET6, libc::SOCK_STREAM, 0),
+                libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
+            )
+        };
+        let (unix, _) = UnixDatagram::pair().unwrap();
+        let found = inet_sockets_of(std::process::id());
+        assert!(
+            found.contains(&(inode_of(tcp6), libc::IPPROTO_TCP as u8)),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&(inode_of(udp), libc::IPPROTO_UDP as u8)),
+            "{found:?}"
+        );
+        assert!(
+            !found
+                .iter()
+                .any(|&(inode, _)| inode == inode_of(unix.as_raw_fd()))
+        );
+        // SAFETY: fds from socket(2) above, closed once.
+        unsafe {
+            libc::close(tcp6);
+            libc::close(udp);
+        }
     }
 }
 

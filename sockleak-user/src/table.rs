@@ -152,6 +152,16 @@ fn connected_state(state: u8) -> bool {
 }
 
 impl Socket {
+    /// sock_diag lists every hashed socket; an unconnected TCP socket (CLOSE) or an unbound
+    /// UDP one is not hashed, so its absence from the dump proves nothing.
+    fn may_be_unlisted(&self) -> bool {
+        match self.protocol {
+            IPPROTO_TCP => self.state == TCP_CLOSE,
+            IPPROTO_UDP => self.local.is_none_or(|a| a.port() == 0),
+            _ => false,
+        }
+    }
+
     fn set_state(&mut self, state: u8, now_ns: u64) {
         if state != self.state {
             self.state = state;
@@ -683,15 +693,20 @@ impl SocketTable {
     /// Brings every socket up to date with the kernel's view and drops the ones no process
     /// holds any more (their release was missed).
     /// Sockets are adopted only if `filter` follows their holder, as in `seed_pre_existing`.
+    ///
+    /// `inet_sockets_of(pid)` lists the TCP and UDP sockets a process holds (inode, protocol);
+    /// it is asked only about owners of sockets that no other evidence can judge.
     pub fn reconcile(
         &mut self,
         diag: &[DiagSocket],
         holders: &HashMap<u64, Vec<u32>>,
         now_ns: u64,
         filter: &Filter,
+        inet_sockets_of: impl Fn(u32) -> Vec<(u64, u8)>,
     ) {
         let by_cookie: HashMap<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
         self.count_churn(diag);
+        let unaccounted = self.unaccounted_unlisted(&by_cookie, diag, inet_sockets_of);
         let mut ghosts = Vec::new();
         for s in self.sockets.values_mut() {
             let seen = by_cookie.get(&s.cookie);
@@ -724,14 +739,10 @@ impl SocketTable {
                 Some(d) if d.inode == 0 => true,
                 _ if s.inode != 0 => s.holders.is_empty(),
                 Some(_) => false,
-                None => {
-                    // Never saw its fd and sock_diag does not list it. Only an unconnected TCP
-                    // socket (CLOSE) or an unbound UDP socket may be absent and still open.
-                    let hashed_tcp = s.protocol == IPPROTO_TCP && s.state != TCP_CLOSE;
-                    let bound_udp =
-                        s.protocol == IPPROTO_UDP && s.local.is_some_and(|a| a.port() != 0);
-                    hashed_tcp || bound_udp || !procfs::process_exists(s.owner.pid)
-                }
+                // Never saw its fd and sock_diag does not list it: only an unconnected TCP
+                // socket or an unbound UDP one may be absent and still open, and only if its
+                // owner holds such a socket that nothing else accounts for.
+                None => !s.may_be_unlisted() || unaccounted.contains(&s.cookie),
             };
             if gone && old_enough {
                 s.unheld_scans += 1;
@@ -760,6 +771,49 @@ impl SocketTable {
             .into_iter()
             .filter(|c| !self.sockets.contains_key(c))
             .collect();
+    }
+}
+
+impl SocketTable {
+    /// Sockets that may be open although sock_diag does not list them (see
+    /// [`Socket::may_be_unlisted`]) but that their owner cannot be holding: it is gone, or it
+    /// holds fewer unlisted sockets of that protocol than the table thinks (the fd and release
+    /// events of the rest were both lost). The newest are the ones kept.
+    fn unaccounted_unlisted(
+        &self,
+        listed: &HashMap<u64, &DiagSocket>,
+        diag: &[DiagSocket],
+        inet_sockets_of: impl Fn(u32) -> Vec<(u64, u8)>,
+    ) -> HashSet<u64> {
+        let mut candidates: HashMap<(u32, u8), Vec<(u64, u64)>> = HashMap::new();
+        for s in self.sockets.values() {
+            if s.inode == 0 && !listed.contains_key(&s.cookie) && s.may_be_unlisted() {
+                let by_owner = candidates.entry((s.owner.pid, s.protocol)).or_default();
+                by_owner.push((s.created_ns, s.cookie));
+            }
+        }
+        if candidates.is_empty() {
+            return HashSet::new();
+        }
+        let accounted_for: HashSet<u64> = diag
+            .iter()
+            .map(|d| u64::from(d.inode))
+            .chain(self.sockets.values().map(|s| s.inode))
+            .filter(|&inode| inode != 0)
+            .collect();
+        let mut unlisted_held: HashMap<u32, Vec<(u64, u8)>> = HashMap::new();
+        let mut unaccounted = HashSet::new();
+        for ((pid, protocol), mut sockets) in candidates {
+            let held = unlisted_held.entry(pid).or_insert_with(|| {
+                let mut held = inet_sockets_of(pid);
+                held.retain(|(inode, _)| !accounted_for.contains(inode));
+                held
+            });
+            let available = held.iter().filter(|&&(_, p)| p == protocol).count();
+            sockets.sort_unstable_by(|a, b| b.cmp(a));
+            unaccounted.extend(sockets.iter().skip(available).map(|&(_, cookie)| cookie));
+        }
+        unaccounted
     }
 }
 
@@ -937,7 +991,7 @@ mod tests {
             lingering(2, TCP_FIN_WAIT2),
             lingering(3, TCP_TIME_WAIT),
         ];
-        t.reconcile(&diag, &HashMap::new(), 1, &Filter::default());
+        t.reconcile(&diag, &HashMap::new(), 1, &Filter::default(), holds_nothing);
         let churn = &t.churn()[&55];
         assert_eq!(
             (churn.time_wait, churn.orphaned, &*churn.comm),
@@ -985,13 +1039,13 @@ mod tests {
             tcp: Some(TcpInfo::default()),
             ..diag(4, TCP_ESTABLISHED, 77)
         };
-        t.reconcile(&[sample], &held, 2, &Filter::default());
+        t.reconcile(&[sample], &held, 2, &Filter::default(), holds_nothing);
         let mut reset = est;
         reset.new_state = TCP_CLOSE as u16;
         reset.ts_ns = 3;
         t.apply(&reset);
         let later = 3 + 60_000_000_000;
-        t.reconcile(&[], &held, later, &Filter::default());
+        t.reconcile(&[], &held, later, &Filter::default(), holds_nothing);
         let s = t.get(4).unwrap();
         assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
         assert_eq!(
@@ -1030,9 +1084,9 @@ mod tests {
         t.apply(&fd);
         let later = 10 * GHOST_GRACE_NS;
         let nobody = HashMap::new();
-        t.reconcile(&[], &nobody, later, &Filter::default());
+        t.reconcile(&[], &nobody, later, &Filter::default(), holds_nothing);
         assert_eq!(t.len(), 1, "one scan is not proof");
-        t.reconcile(&[], &nobody, later, &Filter::default());
+        t.reconcile(&[], &nobody, later, &Filter::default(), holds_nothing);
         assert!(t.is_empty());
         assert_eq!(t.stats.reconciled, 1);
     }
@@ -1078,9 +1132,16 @@ mod tests {
             &holders,
             5,
             &Filter::default(),
+            holds_nothing,
         );
         assert!(t.get(42).is_none(), "one scan is not proof");
-        t.reconcile(&[held, orphan], &holders, 6, &Filter::default());
+        t.reconcile(
+            &[held, orphan],
+            &holders,
+            6,
+            &Filter::default(),
+            holds_nothing,
+        );
         let s = t.get(42).expect("recovered");
         assert_eq!(
             (s.origin, s.owner.pid),
@@ -1098,8 +1159,14 @@ mod tests {
         t.apply(&released(7)); // both applied by the drain after the scans
         let stale = diag(7, TCP_ESTABLISHED, 700);
         let stale_holders = HashMap::from([(700u64, vec![me])]);
-        t.reconcile(&[stale], &stale_holders, 5, &Filter::default());
-        t.reconcile(&[], &HashMap::new(), 6, &Filter::default()); // the next scan no longer sees it
+        t.reconcile(
+            &[stale],
+            &stale_holders,
+            5,
+            &Filter::default(),
+            holds_nothing,
+        );
+        t.reconcile(&[], &HashMap::new(), 6, &Filter::default(), holds_nothing); // the next scan no longer sees it
         assert!(t.get(7).is_none());
         assert_eq!(t.stats.recovered, 0);
     }
@@ -1108,8 +1175,10 @@ mod tests {
     fn a_socket_whose_fd_and_release_were_both_missed_is_still_reconciled_away() {
         let mut t = SocketTable::new(16);
         let me = std::process::id(); // alive: liveness alone cannot judge
-        for cookie in [1, 2, 3] {
-            t.apply(&created(cookie, me));
+        for cookie in [1, 2, 3, 4, 5] {
+            let mut create = created(cookie, me);
+            create.ts_ns = cookie;
+            t.apply(&create);
         }
         let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
         est.cookie = 1;
@@ -1117,24 +1186,45 @@ mod tests {
         t.apply(&est);
         // 1: tracked ESTABLISHED but no longer listed: destroyed.
         // 2: listed in TIME_WAIT without an inode: released.
-        // 3: unconnected (CLOSE), not listed, owner alive: may well be open; kept.
+        // 3, 4, 5: unconnected (CLOSE), not listed, owner alive: may well be open, but the
+        // owner holds only one such TCP socket (inode 77; 78 is a UDP one, 79 the listed one):
+        // the newest, 5, is kept as that one.
         let time_wait = diag(2, TCP_TIME_WAIT, 0);
+        let listed = diag(6, TCP_ESTABLISHED, 79);
+        let owner_holds = |pid: u32| {
+            assert_eq!(pid, me, "only the owner of the doubtful sockets is asked");
+            vec![(77, IPPROTO_TCP), (78, IPPROTO_UDP), (79, IPPROTO_TCP)]
+        };
         let later = 10 * GHOST_GRACE_NS;
-        t.reconcile(
-            std::slice::from_ref(&time_wait),
-            &HashMap::new(),
-            later,
-            &Filter::default(),
-        );
-        t.reconcile(
-            std::slice::from_ref(&time_wait),
-            &HashMap::new(),
-            later,
-            &Filter::default(),
-        );
-        assert!(t.get(1).is_none() && t.get(2).is_none());
-        assert!(t.get(3).is_some());
-        assert_eq!(t.stats.reconciled, 2);
+        for _ in 0..GHOST_SCANS {
+            t.reconcile(
+                &[time_wait.clone(), listed.clone()],
+                &HashMap::new(),
+                later,
+                &Filter::default(),
+                owner_holds,
+            );
+        }
+        assert_eq!(t.len(), 1);
+        assert!(t.get(5).is_some());
+        assert_eq!(t.stats.reconciled, 4);
+
+        // The owner lets go of its last one without the release being seen.
+        for _ in 0..GHOST_SCANS {
+            t.reconcile(
+                &[],
+                &HashMap::new(),
+                later,
+                &Filter::default(),
+                holds_nothing,
+            );
+        }
+        assert!(t.is_empty());
+    }
+
+    /// What `inet_sockets_of` says of a process that holds no TCP or UDP socket.
+    fn holds_nothing(_pid: u32) -> Vec<(u64, u8)> {
+        Vec::new()
     }
 
     #[test]
@@ -1147,7 +1237,13 @@ mod tests {
         t.apply(&fd);
         let holders = HashMap::from([(31337u64, vec![1u32, 2])]);
         for _ in 0..5 {
-            t.reconcile(&[], &holders, 10 * GHOST_GRACE_NS, &Filter::default());
+            t.reconcile(
+                &[],
+                &holders,
+                10 * GHOST_GRACE_NS,
+                &Filter::default(),
+                holds_nothing,
+            );
         }
         assert_eq!(t.get(9).unwrap().holders, vec![1, 2]);
     }

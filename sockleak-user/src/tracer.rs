@@ -206,7 +206,13 @@ impl Tracer {
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
-        table.reconcile(&diag, &holders, now, &reporter.filter);
+        table.reconcile(
+            &diag,
+            &holders,
+            now,
+            &reporter.filter,
+            procfs::inet_sockets_of,
+        );
         stacks.retain(table.sockets().filter_map(|s| s.stack));
         let reconciled = started.elapsed();
         let stat = |s: Stat| -> u64 {

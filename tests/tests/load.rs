@@ -70,15 +70,39 @@ fn a_million_churned_and_a_hundred_thousand_open() {
     assert!(done["connections"].as_u64().unwrap() >= CHURNED, "{done}");
 
     // Churned sockets leave, held ones stay: the table converges on exactly the held ones.
-    let rss = eventually("the table to hold exactly the open sockets", |last| {
-        let (_, body) = http_get(&metrics, "/metrics")
-            .inspect_err(|err| *last = format!("scraping {metrics}: {err}"))
-            .ok()?;
-        let tracked = metric(&body, "sockleak_tracked_sockets");
-        let rss = metric(&body, "process_resident_memory_bytes");
-        *last = format!("tracked {tracked:?}, RSS {rss:?}");
-        (tracked == Some(HELD as f64)).then_some(rss).flatten()
+    let converged = std::panic::catch_unwind(|| {
+        eventually("the table to hold exactly the open sockets", |last| {
+            let (_, body) = http_get(&metrics, "/metrics")
+                .inspect_err(|err| *last = format!("scraping {metrics}: {err}"))
+                .ok()?;
+            let tracked = metric(&body, "sockleak_tracked_sockets");
+            let rss = metric(&body, "process_resident_memory_bytes");
+            *last = format!("tracked {tracked:?}, RSS {rss:?}");
+            (tracked == Some(HELD as f64)).then_some(rss).flatten()
+        })
     });
+    let rss = match converged {
+        Ok(rss) => rss,
+        Err(failure) => {
+            // What the extra or missing sockets are is the whole diagnosis: say it.
+            let report = tracer.stop();
+            let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+            for s in report.sockets() {
+                let kind = format!(
+                    "{} {} {} {} holders={}",
+                    s["comm"],
+                    s["protocol"],
+                    s["state"],
+                    s["origin"],
+                    s["holders"].as_array().map_or(0, Vec::len)
+                );
+                *kinds.entry(kind).or_default() += 1;
+            }
+            eprintln!("sockets in the final report, by kind: {kinds:#?}");
+            eprintln!("stats: {}", report.0["stats"]);
+            std::panic::resume_unwind(failure);
+        }
+    };
     eprintln!(
         "sockleak RSS with {HELD} sockets after {CHURNED} churned: {:.1} MiB",
         rss / 1048576.0
