@@ -208,8 +208,24 @@ impl NetlinkSocket {
     fn dump_all(&self, out: &mut Vec<DiagSocket>) -> Result<()> {
         for family in [AF_INET, AF_INET6] {
             for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-                self.dump(family, protocol, out).with_context(|| {
-                    format!("sock_diag dump of family {family} protocol {protocol}")
+                self.dump(family, protocol, out).map_err(|err| {
+                    let (proto, module) = match protocol {
+                        IPPROTO_TCP => ("TCP", "tcp_diag"),
+                        _ => ("UDP", "udp_diag"),
+                    };
+                    let ip = if family == AF_INET { "IPv4" } else { "IPv6" };
+                    // ENOENT: no handler registered; where the kernel cannot load the module
+                    // on demand (no modprobe), the user has to.
+                    match err
+                        .downcast_ref::<io::Error>()
+                        .and_then(io::Error::raw_os_error)
+                    {
+                        Some(libc::ENOENT) => anyhow::anyhow!(
+                            "the kernel cannot list {proto} sockets over {ip} (sock_diag has no \
+                             handler): load the module with `modprobe {module}`"
+                        ),
+                        _ => err.context(format!("sock_diag dump of {proto} over {ip}")),
+                    }
                 })?;
             }
         }
