@@ -37,6 +37,9 @@ const UNOWNED_CAPACITY: usize = 65_536;
 const GHOST_GRACE_NS: u64 = 1_000_000_000;
 /// Consecutive /proc scans without a holder before a socket is declared released.
 const GHOST_SCANS: u8 = 2;
+/// Marks a table key made from a socket's address where no cookie was known; real cookies
+/// count up from 1 and never reach it.
+const SYNTHETIC_KEY: u64 = 1 << 63;
 /// Released sockets remembered so their TIME_WAIT and orphan afterlife can be attributed.
 const RELEASED_MEMORY: usize = 65_536;
 
@@ -379,7 +382,15 @@ impl SocketTable {
     }
 
     fn on_fd_installed(&mut self, ev: &SockEvent) {
-        let known = self.lookup(ev.cookie, ev.skaddr);
+        let mut known = self.lookup(ev.cookie, ev.skaddr);
+        if let Some(stale) = known.filter(|&key| ev.cookie == 0 && self.reused_address(key, ev)) {
+            // Joined by address only, to a socket with another file: its `struct sock` was
+            // freed and the memory reused, so it is certainly released, whatever its (cookie
+            // keyed) release event could not find.
+            self.remove(stale);
+            self.stats.released += 1;
+            known = None;
+        }
         if let Some(cookie) = known {
             if let Some(s) = self.sockets.get_mut(&cookie) {
                 s.inode = ev.inode;
@@ -407,7 +418,7 @@ impl SocketTable {
             (_, Some(u)) if u.cookie != 0 => u.cookie,
             // No cookie anywhere (classic tracepoint fallback): a synthetic key that cannot
             // collide with real cookies, which count up from 1.
-            _ => ev.skaddr | 1 << 63,
+            _ => ev.skaddr | SYNTHETIC_KEY,
         };
         self.stats.accepted += 1;
         let state = unowned.map_or(TCP_ESTABLISHED, |u| u.state);
@@ -535,6 +546,12 @@ impl SocketTable {
         &self.churn
     }
 
+    fn reused_address(&self, key: u64, ev: &SockEvent) -> bool {
+        self.sockets
+            .get(&key)
+            .is_some_and(|s| s.inode != 0 && ev.inode != 0 && s.inode != ev.inode)
+    }
+
     /// A cookie, when the event has one, is the only identity that counts: `struct sock`
     /// addresses are reused after free, so the address join is for cookie-less events only
     /// (the classic tracepoint fallback).
@@ -549,6 +566,10 @@ impl SocketTable {
     }
 
     fn insert(&mut self, socket: Socket) {
+        if socket.cookie & SYNTHETIC_KEY != 0 && self.remove(socket.cookie) {
+            // The same address-made key: the socket that had this address was freed.
+            self.stats.released += 1;
+        }
         if self.sockets.len() >= self.capacity {
             self.stats.dropped_table_full += 1;
             return;
@@ -704,6 +725,7 @@ impl SocketTable {
         filter: &Filter,
         inet_sockets_of: impl Fn(u32) -> Vec<(u64, u8)>,
     ) {
+        self.learn_cookies_by_inode(diag);
         let by_cookie: HashMap<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
         self.count_churn(diag);
         let unaccounted = self.unaccounted_unlisted(&by_cookie, diag, inet_sockets_of);
@@ -775,6 +797,42 @@ impl SocketTable {
 }
 
 impl SocketTable {
+    /// Sockets accepted on the classic-tracepoint fallback are keyed by their address (no
+    /// program there could make the kernel assign a cookie). sock_diag names their real cookie
+    /// beside their inode: from then on they are keyed by it, so their release event (which
+    /// carries the cookie) and the next dump find them.
+    fn learn_cookies_by_inode(&mut self, diag: &[DiagSocket]) {
+        let synthetic: Vec<(u64, u64)> = self
+            .sockets
+            .values()
+            .filter(|s| s.cookie & SYNTHETIC_KEY != 0 && s.inode != 0)
+            .map(|s| (s.inode, s.cookie))
+            .collect();
+        if synthetic.is_empty() {
+            return;
+        }
+        let cookie_of_inode: HashMap<u64, u64> = diag
+            .iter()
+            .filter(|d| d.inode != 0)
+            .map(|d| (u64::from(d.inode), d.cookie))
+            .collect();
+        for (inode, key) in synthetic {
+            let Some(&cookie) = cookie_of_inode.get(&inode) else {
+                continue;
+            };
+            if self.sockets.contains_key(&cookie) {
+                continue; // already tracked under its cookie: the address entry is the stale one
+            }
+            if let Some(mut socket) = self.sockets.remove(&key) {
+                socket.cookie = cookie;
+                if socket.skaddr != 0 {
+                    self.cookie_by_skaddr.insert(socket.skaddr, cookie);
+                }
+                self.sockets.insert(cookie, socket);
+            }
+        }
+    }
+
     /// Sockets that may be open although sock_diag does not list them (see
     /// [`Socket::may_be_unlisted`]) but that their owner cannot be holding: it is gone, or it
     /// holds fewer unlisted sockets of that protocol than the table thinks (the fd and release
@@ -918,6 +976,52 @@ mod tests {
         cw.new_state = TCP_CLOSE_WAIT as u16;
         t.apply(&cw);
         assert_eq!(t.get(77).unwrap().state, TCP_CLOSE_WAIT);
+    }
+
+    #[test]
+    fn an_accept_without_a_cookie_is_keyed_by_the_cookie_sock_diag_names_for_its_inode() {
+        // The classic-tracepoint fallback (5.10): the accept's fd walk finds no cookie yet.
+        let mut t = SocketTable::new(16);
+        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+        acc.skaddr = 0xffff_0000;
+        acc.inode = 999;
+        acc.task = task(4242, "server");
+        t.apply(&acc);
+        assert!(t.get(0xffff_0000 | SYNTHETIC_KEY).is_some());
+        let holders = HashMap::from([(999u64, vec![4242u32])]);
+        let sample = diag(31, TCP_CLOSE_WAIT, 999);
+        t.reconcile(&[sample], &holders, 2, &Filter::default(), holds_nothing);
+        assert_eq!(
+            t.len(),
+            1,
+            "one socket, not a traced one and a recovered twin"
+        );
+        assert_eq!(
+            t.get(31).map(|s| (s.state, s.site)),
+            Some((TCP_CLOSE_WAIT, Site::Accept))
+        );
+        // Its release carries the cookie: now it is found.
+        t.apply(&released(31));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_cookieless_accept_at_a_reused_address_replaces_the_freed_socket() {
+        let mut t = SocketTable::new(16);
+        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+        acc.skaddr = 0xffff_0000;
+        acc.inode = 999;
+        acc.task = task(4242, "server");
+        t.apply(&acc);
+        // Its release (keyed by a cookie nobody knew) went unmatched; the memory is reused.
+        acc.inode = 1000;
+        t.apply(&acc);
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t.get(0xffff_0000 | SYNTHETIC_KEY).map(|s| s.inode),
+            Some(1000)
+        );
+        assert_eq!((t.stats.accepted, t.stats.released), (2, 1));
     }
 
     #[test]

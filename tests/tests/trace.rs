@@ -194,7 +194,11 @@ fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
 
     client.run(&format!("churn 127.0.0.1:{port} 2000"));
 
-    let report = tracer.fresh_report();
+    let report = if tracer.on_classic_tracepoint() {
+        tracer.report_when(|r| r.sockets_of(server.pid()).len() == 1)
+    } else {
+        tracer.fresh_report()
+    };
     assert!(
         report.sockets_of(client.pid()).is_empty(),
         "{:#?}",
@@ -209,7 +213,13 @@ fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
     assert_eq!(server_sockets[0]["state"], "LISTEN");
     assert!(report.stat("created") >= 2000, "{}", report.0["stats"]);
     assert!(report.stat("accepted") >= 2000, "{}", report.0["stats"]);
-    assert!(report.stat("released") >= 4000, "{}", report.0["stats"]);
+    // On the classic tracepoint the accepted sockets' releases cannot be matched; they leave
+    // by reconciliation instead (see `on_classic_tracepoint`).
+    let gone = match tracer.on_classic_tracepoint() {
+        true => report.stat("released") + report.stat("reconciled"),
+        false => report.stat("released"),
+    };
+    assert!(gone >= 4000, "{}", report.0["stats"]);
     assert_eq!(report.stat("events_lost"), 0);
     assert_eq!(report.stat("dropped_unowned"), 0);
 }
