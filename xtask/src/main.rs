@@ -4,9 +4,11 @@
 //!   nightly's own libLLVM (installed here on first use; see shared/TOOLCHAIN.md).
 //! - `build`: everything, leaving `target/release/sockleak` with the eBPF object embedded.
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
+//! - `vm-test`: the kernel scenarios inside Debian's 5.10, 6.1 and 6.12 cloud kernels (qemu).
 //! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
 //! - `run -- ARGS`: build, then run `sockleak ARGS` (through sudo when not root).
 mod ebpf;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -42,6 +44,17 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the kernel scenarios (the `trace` tests) inside Debian's cloud kernels 5.10, 6.1 and
+    /// 6.12, booted in qemu without KVM (needs root; fetches the kernels as packages into
+    /// target/vm, installs qemu-system-x86 when missing).
+    VmTest {
+        /// Only this kernel series (5.10, 6.1 or 6.12).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Extra arguments for the test executable inside the VM (a test name filter, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Build everything, then run `sockleak` with these arguments.
     Run {
         #[arg(last = true)]
@@ -66,6 +79,12 @@ fn try_main() -> Result<()> {
         Cmd::Build => build_release(&root)?,
         Cmd::Test { args } => test(&root, &args)?,
         Cmd::Bench { args } => bench(&root, &args)?,
+        Cmd::VmTest { kernel, args } => {
+            if !is_root() {
+                bail!("vm-test needs root (apt-get, and the tests inside load eBPF programs)");
+            }
+            vm::vm_test(&root, kernel.as_deref(), &args)?
+        }
         Cmd::Run { args } => {
             build_release(&root)?;
             let bin = root.join("target/release/sockleak");
@@ -151,10 +170,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     .map(|(_, package)| *package)
     .collect();
     if !missing.is_empty() {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt_install(&missing)?;
     }
     let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
@@ -169,7 +185,14 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }
