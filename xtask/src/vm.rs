@@ -38,8 +38,14 @@ const DIAG_MODULES: &[&str] = &["tcp_diag", "udp_diag"];
 pub fn vm_test(root: &Path, only: Option<&str>, extra: &[String]) -> Result<()> {
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
-    if !on_path("qemu-system-x86_64") {
-        crate::apt_install(&["qemu-system-x86"])?;
+    // qemu, and xz for the modules Debian compresses (6.12's).
+    let missing: Vec<&str> = [("qemu-system-x86_64", "qemu-system-x86"), ("xz", "xz-utils")]
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, package)| *package)
+        .collect();
+    if !missing.is_empty() {
+        crate::apt_install(&missing)?;
     }
     let payload = build_payload(root)?;
     let apt = PrivateApt::new(&work.join("apt"))?;
