@@ -60,7 +60,7 @@ impl Tracer {
                 bail!("no process with pid {pid}");
             }
         }
-        let cgroup_root = hooks::cgroup2_root()?;
+        let (cgroup_root, cgroup_warning) = hooks::cgroup2_root()?;
         let cgroups = Cgroups::new(cgroup_root.clone());
         let cgroup_filter = select
             .cgroups
@@ -88,13 +88,14 @@ impl Tracer {
         let hooks::Attached {
             mut ebpf,
             hooks,
-            warnings,
+            mut warnings,
         } = hooks::attach(
             limits.ring_buffer_bytes,
             limits.without_btf,
             &cgroup_root,
             &kernel_filter,
         )?;
+        warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;

@@ -4,9 +4,10 @@
 //! is fetched as Debian's package (into a private apt state under `target/vm`, never
 //! installed), unpacked, and booted in qemu with software emulation (no KVM needed) from an
 //! initramfs that holds sockleak, the scenario program and the `trace` test executable with
-//! the libraries they link. `/init` mounts what a minimal system has, lets sockleak mount
-//! tracefs itself, prints the hooks sockleak attached, runs the tests, and powers off; the
-//! serial console is the only channel back.
+//! the libraries they link. `/init` mounts what a minimal system has, runs sockleak once with
+//! neither tracefs nor cgroup2 mounted (it must mount both itself, and say so), prints the
+//! hooks it attached, runs the tests, and powers off; the serial console is the only channel
+//! back.
 use std::{
     collections::BTreeSet,
     fs,
@@ -39,11 +40,14 @@ pub fn vm_test(root: &Path, only: Option<&str>, extra: &[String]) -> Result<()> 
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
     // qemu, and xz for the modules Debian compresses (6.12's).
-    let missing: Vec<&str> = [("qemu-system-x86_64", "qemu-system-x86"), ("xz", "xz-utils")]
-        .iter()
-        .filter(|(tool, _)| !on_path(tool))
-        .map(|(_, package)| *package)
-        .collect();
+    let missing: Vec<&str> = [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("xz", "xz-utils"),
+    ]
+    .iter()
+    .filter(|(tool, _)| !on_path(tool))
+    .map(|(_, package)| *package)
+    .collect();
     if !missing.is_empty() {
         crate::apt_install(&missing)?;
     }
@@ -187,15 +191,17 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 for module in /modules/*.ko; do insmod "$module" || echo "sockleak-vm: insmod $module failed"; done
 echo "sockleak-vm: kernel $(uname -r)"
-# tracefs is left unmounted on purpose: sockleak mounts it itself.
+# Neither tracefs nor cgroup2 is mounted yet: the probe shows sockleak mounting them itself.
 /sockleak/sockleak trace --duration 1s >/tmp/probe 2>&1
 echo "sockleak-vm: probe exited with $?"
 sed -n 's/^/sockleak-vm: probe: /p' /tmp/probe
+# The tests run where a system mounts cgroup2, as most do.
+umount /run/sockleak/cgroup2
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 SOCKLEAK_BIN=/sockleak/sockleak SOCKLEAK_TEST_PATIENCE_SCALE=8 RUST_BACKTRACE=1 \
     /sockleak/deps/trace --test-threads=1 @EXTRA@ 2>&1
 echo "sockleak-vm: tests exited with $?"
@@ -469,6 +475,7 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log_path: &Path) -> Result<Outcome> {
         passed: false,
     };
     let mut exit_code = None;
+    let mut probe_exit = None;
     loop {
         let left = BOOT_TIMEOUT.saturating_sub(started.elapsed());
         let line = match console.recv_timeout(left) {
@@ -490,6 +497,9 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log_path: &Path) -> Result<Outcome> {
                 outcome.warnings.push(warning.to_owned());
             }
         }
+        if let Some(code) = line.strip_prefix("sockleak-vm: probe exited with ") {
+            probe_exit = code.trim().parse::<i32>().ok();
+        }
         if line.starts_with("test result:") {
             outcome.summary = line.trim_start_matches("test result: ").to_owned();
         }
@@ -498,7 +508,19 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log_path: &Path) -> Result<Outcome> {
         }
     }
     let _ = qemu.wait();
-    outcome.passed = exit_code == Some(0);
+    // The probe ran with no cgroup2 mounted: it must have started anyway, and said so.
+    let mounted_cgroup2 = outcome
+        .warnings
+        .iter()
+        .any(|w| w.contains("no cgroup v2 hierarchy"));
+    if probe_exit != Some(0) || !mounted_cgroup2 {
+        outcome.summary = format!(
+            "the probe without cgroup2 mounted exited with {probe_exit:?} (cgroup2 mount \
+             announced: {mounted_cgroup2}); tests: {}",
+            outcome.summary
+        );
+    }
+    outcome.passed = exit_code == Some(0) && probe_exit == Some(0) && mounted_cgroup2;
     println!(
         "vm-test: {} in {:.0?}",
         if outcome.passed { "passed" } else { "FAILED" },

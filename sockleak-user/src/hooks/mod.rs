@@ -198,13 +198,47 @@ where
     Ok(program.try_into()?)
 }
 
+/// Where sockleak mounts the cgroup v2 hierarchy on machines that mount only v1 (or none).
+const OWN_CGROUP2_MOUNT: &str = "/run/sockleak/cgroup2";
+
 /// The cgroup v2 mount point (not always /sys/fs/cgroup: hybrid setups mount it elsewhere).
-pub fn cgroup2_root() -> Result<PathBuf> {
+/// On a machine that mounts no cgroup v2 hierarchy (cgroup v1 only), sockleak mounts one
+/// itself: the v2 hierarchy always exists in the kernel, every process is in its root, and
+/// the socket hooks attach there whatever v1 does. The mount is left for later runs, as
+/// Cilium leaves its own; the returned warning says so.
+pub fn cgroup2_root() -> Result<(PathBuf, Option<String>)> {
     let mounts =
         std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    tracefs::mount_point_of(&mounts, "cgroup2").ok_or_else(|| {
-        anyhow!("no cgroup v2 filesystem is mounted: sockleak needs it for its socket create/release hooks (mount -t cgroup2 none /sys/fs/cgroup/unified)")
-    })
+    if let Some(root) = tracefs::mount_point_of(&mounts, "cgroup2") {
+        return Ok((root, None));
+    }
+    let refuse = |why: String| {
+        anyhow!(
+            "no cgroup v2 filesystem is mounted and mounting one at {OWN_CGROUP2_MOUNT} failed \
+             ({why}): sockleak needs it for its socket create/release hooks \
+             (mount -t cgroup2 none {OWN_CGROUP2_MOUNT})"
+        )
+    };
+    std::fs::create_dir_all(OWN_CGROUP2_MOUNT).map_err(|err| refuse(err.to_string()))?;
+    let target = std::ffi::CString::new(OWN_CGROUP2_MOUNT).unwrap();
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            target.as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(refuse(std::io::Error::last_os_error().to_string()));
+    }
+    let warning = format!(
+        "no cgroup v2 hierarchy was mounted: mounted one at {OWN_CGROUP2_MOUNT} for the socket \
+         hooks (left mounted for later runs)"
+    );
+    Ok((PathBuf::from(OWN_CGROUP2_MOUNT), Some(warning)))
 }
 
 // Capability numbers from linux/capability.h.
