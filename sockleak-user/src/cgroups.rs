@@ -232,4 +232,16 @@ mod tests {
         );
         assert_eq!(unified_path("4:memory:/x\n"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn cgroup_parsers_never_panic(text in ".*", path in "(/[a-z0-9_.:@-]{0,70}){0,6}") {
+            let _ = unified_path(&text);
+            let _ = container_of(&text);
+            proptest::prop_assert!(is_within(&path, &path));
+            proptest::prop_assert!(is_within(&path, "/"));
+            let line = format!("12:memory:/v1/elsewhere\n0::{path}\n");
+            proptest::prop_assert_eq!(unified_path(&line), Some(path.clone()));
+        }
+    }
 }

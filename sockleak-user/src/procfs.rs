@@ -242,4 +242,27 @@ mod limit_tests {
         let (limit, open) = fd_usage(std::process::id());
         assert!(limit.unwrap() > 0 && open.unwrap() > 0);
     }
+
+    // /proc is written by the kernel, but the names in it by anyone: whatever the text, the
+    // parsers answer or decline, never panic.
+    proptest::proptest! {
+        #[test]
+        fn socket_links_round_trip_and_nothing_else_parses(inode: u64, other in ".*") {
+            proptest::prop_assert_eq!(parse_socket_link(&format!("socket:[{inode}]")), Some(inode));
+            if !other.starts_with("socket:[") {
+                proptest::prop_assert_eq!(parse_socket_link(&other), None);
+            }
+        }
+
+        #[test]
+        fn limits_parser_never_panics(text in ".*", soft: u64) {
+            let _ = parse_nofile_limit(&text);
+            // A well-formed line parses whatever noise precedes it, unless the noise has a
+            // `Max open files` line of its own (the first one counts).
+            if !text.lines().any(|l| l.starts_with("Max open files")) {
+                let line = format!("Max open files   {soft}   unlimited   files");
+                proptest::prop_assert_eq!(parse_nofile_limit(&format!("{text}\n{line}")), Some(soft));
+            }
+        }
+    }
 }

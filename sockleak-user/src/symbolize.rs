@@ -341,6 +341,7 @@ fn parse_executable_ranges(maps: &str) -> Vec<(u64, u64)> {
                 u64::from_str_radix(end, 16).ok()?,
             ))
         })
+        .filter(|(start, end)| start < end)
         .collect()
 }
 
@@ -407,5 +408,14 @@ mod tests {
         );
         assert_eq!(frame_name("JS:^ node:net:2", None), "JS: node:net:2");
         assert_eq!(frame_name("JSON::parse", None), "JSON::parse");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn maps_parser_never_panics_and_keeps_ranges_ordered(text in ".*") {
+            for (start, end) in parse_executable_ranges(&text) {
+                proptest::prop_assert!(start < end);
+            }
+        }
     }
 }
