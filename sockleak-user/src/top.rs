@@ -60,7 +60,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
 
     let mut terminal = ratatui::init();
     let result = async {
-        view.report = Some(tracer.report()?);
+        view.report = Some(tracer.report().await?);
         let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
         loop {
             draw(&mut terminal, &view)?;
@@ -68,7 +68,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 followed = tracer.follow() => { followed?; continue }, // nothing to redraw
                 _ = ticks.tick() => {
                     if !view.paused {
-                        view.report = Some(tracer.report()?);
+                        view.report = Some(tracer.report().await?);
                     }
                 }
                 key = keys.recv() => match key {

@@ -48,7 +48,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         tokio::select! {
             followed = tracer.follow() => followed?,
             _ = ticks.tick() => {
-                let report = tracer.report()?;
+                let report = tracer.report().await?;
                 publish(&report, &flame_files, metrics.as_ref());
                 if !args.quiet && stopped_by_pipe(out.report(&report, false))? {
                     return Ok(());
@@ -59,7 +59,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             _ = &mut deadline => break,
         }
     }
-    let report = tracer.final_report()?;
+    let report = tracer.final_report().await?;
     publish(&report, &flame_files, metrics.as_ref());
     stopped_by_pipe(out.report(&report, true))?;
     Ok(())

@@ -33,7 +33,8 @@ pub struct Tracer {
     collect: tokio::time::Interval,
     logger: Option<AsyncFd<EbpfLogger<&'static dyn log::Log>>>,
     kernel_stats: PerCpuArray<MapData, u64>,
-    sock_diag: SockDiag,
+    /// Lent to a blocking thread while a report gathers the kernel's view; always back after.
+    sock_diag: Option<SockDiag>,
     table: SocketTable,
     stacks: Stacks,
     reporter: Reporter,
@@ -151,7 +152,7 @@ impl Tracer {
             collect,
             logger,
             kernel_stats,
-            sock_diag: diag_source,
+            sock_diag: Some(diag_source),
             table,
             stacks,
             reporter,
@@ -187,10 +188,11 @@ impl Tracer {
     }
 
     /// Applies every pending event, reconciles with the kernel's view, and builds a report.
-    pub fn report(&mut self) -> Result<Report> {
+    pub async fn report(&mut self) -> Result<Report> {
         let started = std::time::Instant::now();
         let Self {
             ring,
+            collect,
             kernel_stats,
             sock_diag,
             table,
@@ -200,10 +202,34 @@ impl Tracer {
         } = self;
         let ring = ring.get_mut();
         drain(ring, table, stacks);
-        let diag = sock_diag.dump()?;
-        let dumped = started.elapsed();
-        let holders = procfs::socket_holders();
-        let scanned = started.elapsed();
+        // The kernel's view (a sock_diag dump, a /proc fd scan) is gathered on blocking
+        // threads, both at once, while this task keeps applying events: over 100,000 sockets
+        // it takes most of a second, and a ring buffer left alone that long overflows.
+        let mut diag_source = sock_diag
+            .take()
+            .context("sock_diag lost by an earlier report")?;
+        let dump = tokio::task::spawn_blocking(move || {
+            let dumped = diag_source.dump();
+            (diag_source, dumped, started.elapsed())
+        });
+        let scan = tokio::task::spawn_blocking(move || {
+            let holders = procfs::socket_holders();
+            (holders, started.elapsed())
+        });
+        let gathered = async { tokio::join!(dump, scan) };
+        tokio::pin!(gathered);
+        let (dump, scan) = loop {
+            tokio::select! {
+                gathered = &mut gathered => break gathered,
+                _ = collect.tick() => drain(ring, table, stacks),
+            }
+        };
+        let (diag_source, diag, dumped) = dump.context("the sock_diag thread panicked")?;
+        let unreachable_namespaces = diag_source.unreachable_namespaces;
+        *sock_diag = Some(diag_source);
+        let diag = diag?;
+        let (holders, scanned) = scan.context("the /proc scan thread panicked")?;
+        let gathered_at = started.elapsed();
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
@@ -231,23 +257,24 @@ impl Tracer {
         };
         let mut report = reporter.report(table, stacks, now, kernel);
         log::debug!(
-            "report over {} sockets: sock_diag {:?}, /proc fds {:?}, reconcile {:?}, build {:?}",
+            "report over {} sockets: sock_diag {:?} and /proc fds {:?} (in parallel), \
+             reconcile {:?}, build {:?}",
             table.len(),
             dumped,
-            scanned - dumped,
-            reconciled - scanned,
+            scanned,
+            reconciled - gathered_at,
             started.elapsed() - reconciled
         );
-        report.stats.netns_unreachable = sock_diag.unreachable_namespaces;
+        report.stats.netns_unreachable = unreachable_namespaces;
         report.stats.report_ms = started.elapsed().as_secs_f64() * 1000.0;
         Ok(report)
     }
 
     /// The last report: nobody gets a second look at it, so pending stacks get a moment.
-    pub fn final_report(&mut self) -> Result<Report> {
+    pub async fn final_report(&mut self) -> Result<Report> {
         drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
         self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
-        self.report()
+        self.report().await
     }
 }
 
