@@ -26,28 +26,30 @@ pub fn socket_holders() -> HashMap<u64, Vec<u32>> {
     // nearly all the sockets, and fixed shares would leave one thread with all of them.
     let next = AtomicUsize::new(0);
     let take = || pids.get(next.fetch_add(1, Ordering::Relaxed)).copied();
-    let mut holders: HashMap<u64, Vec<u32>> = std::thread::scope(|scope| {
+    // Each thread only appends (inode, pid) pairs: one growing buffer, no allocation per
+    // socket while the threads share the allocator; the map is built once, after.
+    let mut pairs: Vec<(u64, u32)> = std::thread::scope(|scope| {
         let parts: Vec<_> = (0..threads)
-            .map(|_| scope.spawn(|| holders_among(std::iter::from_fn(take))))
+            .map(|_| scope.spawn(|| socket_fds_of(std::iter::from_fn(take))))
             .collect();
-        let mut merged: HashMap<u64, Vec<u32>> = HashMap::new();
-        for part in parts {
-            // A panicking scan thread is a bug; its share is simply missing from this scan.
-            for (inode, pids) in part.join().unwrap_or_default() {
-                merged.entry(inode).or_default().extend(pids);
-            }
-        }
-        merged
+        // A panicking scan thread is a bug; its share is simply missing from this scan.
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_default())
+            .collect()
     });
-    for pids in holders.values_mut() {
-        pids.sort_unstable();
-        pids.dedup();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let mut holders: HashMap<u64, Vec<u32>> = HashMap::with_capacity(pairs.len());
+    for (inode, pid) in pairs {
+        holders.entry(inode).or_default().push(pid);
     }
     holders
 }
 
-fn holders_among(pids: impl Iterator<Item = u32>) -> HashMap<u64, Vec<u32>> {
-    let mut holders: HashMap<u64, Vec<u32>> = HashMap::new();
+/// (socket inode, pid) for every socket fd of these processes.
+fn socket_fds_of(pids: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
+    let mut found = Vec::new();
     let mut target = [0u8; 64];
     for pid in pids {
         // Processes come and go during the scan; a vanished one simply holds nothing.
@@ -63,14 +65,11 @@ fn holders_among(pids: impl Iterator<Item = u32>) -> HashMap<u64, Vec<u32>> {
                 .ok()
                 .and_then(parse_socket_link);
             if let Some(inode) = inode {
-                let pids = holders.entry(inode).or_default();
-                if pids.last() != Some(&pid) {
-                    pids.push(pid);
-                }
+                found.push((inode, pid));
             }
         }
     }
-    holders
+    found
 }
 
 fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr, buf: &mut [u8]) -> Option<usize> {
