@@ -821,7 +821,9 @@ impl SocketTable {
                 continue;
             };
             if self.sockets.contains_key(&cookie) {
-                continue; // already tracked under its cookie: the address entry is the stale one
+                // Already tracked under its cookie: the address-keyed entry is its twin.
+                self.remove(key);
+                continue;
             }
             if let Some(mut socket) = self.sockets.remove(&key) {
                 socket.cookie = cookie;
