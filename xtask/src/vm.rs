@@ -37,6 +37,15 @@ const DONE_MARKER: &str = "sockleak-vm: tests exited with ";
 const DIAG_MODULES: &[&str] = &["tcp_diag", "udp_diag"];
 
 pub fn vm_test(root: &Path, only: Option<&str>, extra: &[String]) -> Result<()> {
+    if let Some(series) = only
+        && !KERNELS.iter().any(|(s, _)| *s == series)
+    {
+        let known: Vec<&str> = KERNELS.iter().map(|(s, _)| *s).collect();
+        bail!(
+            "no kernel series {series:?} in vm-test (it boots {})",
+            known.join(", ")
+        );
+    }
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
     // qemu, and xz for the modules Debian compresses (6.12's).
