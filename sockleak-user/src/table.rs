@@ -937,6 +937,16 @@ mod tests {
         e
     }
 
+    /// The fd install of an accept whose fd walk found no cookie (none assigned yet): pid 4242,
+    /// the server.
+    fn accepted_without_cookie(skaddr: u64, inode: u64) -> SockEvent {
+        let mut e = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+        e.skaddr = skaddr;
+        e.inode = inode;
+        e.task = task(4242, "server");
+        e
+    }
+
     fn released(cookie: u64) -> SockEvent {
         let mut e = event(EventKind::Released, Hook::CgroupSockRelease);
         e.cookie = cookie;
@@ -964,11 +974,7 @@ mod tests {
         est.task = task(0, "swapper/0"); // whatever ran the softirq; must be ignored
         t.apply(&est);
         assert!(t.is_empty(), "nobody owns it before accept()");
-        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
-        acc.skaddr = 0xffff_0000;
-        acc.inode = 999;
-        acc.task = task(4242, "server");
-        t.apply(&acc);
+        t.apply(&accepted_without_cookie(0xffff_0000, 999));
         let s = t.get(77).expect("joined on skaddr");
         assert_eq!(
             (s.owner.pid, s.site, s.state),
@@ -984,11 +990,7 @@ mod tests {
     fn an_accept_without_a_cookie_is_keyed_by_the_cookie_sock_diag_names_for_its_inode() {
         // The classic-tracepoint fallback (5.10): the accept's fd walk finds no cookie yet.
         let mut t = SocketTable::new(16);
-        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
-        acc.skaddr = 0xffff_0000;
-        acc.inode = 999;
-        acc.task = task(4242, "server");
-        t.apply(&acc);
+        t.apply(&accepted_without_cookie(0xffff_0000, 999));
         assert!(t.get(0xffff_0000 | SYNTHETIC_KEY).is_some());
         let holders = HashMap::from([(999u64, vec![4242u32])]);
         let sample = diag(31, TCP_CLOSE_WAIT, 999);
@@ -1010,10 +1012,7 @@ mod tests {
     #[test]
     fn a_cookieless_accept_at_a_reused_address_replaces_the_freed_socket() {
         let mut t = SocketTable::new(16);
-        let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
-        acc.skaddr = 0xffff_0000;
-        acc.inode = 999;
-        acc.task = task(4242, "server");
+        let mut acc = accepted_without_cookie(0xffff_0000, 999);
         t.apply(&acc);
         // Its release (keyed by a cookie nobody knew) went unmatched; the memory is reused.
         acc.inode = 1000;
