@@ -104,12 +104,22 @@ fn try_main() -> Result<()> {
 }
 
 fn build_release(root: &Path) -> Result<()> {
-    let object = ebpf::build(root)?;
-    run(cargo(root)
-        .args(["build", "--release", "--package", "sockleak-user"])
-        .env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    build_with_ebpf(root, &["sockleak-user"])?;
     println!("built {}", root.join("target/release/sockleak").display());
     Ok(())
+}
+
+/// Builds the eBPF object, then these packages in release mode with it embedded in
+/// `sockleak` (its build script reads SOCKLEAK_EBPF_OBJECT). Returns the object's path.
+pub(crate) fn build_with_ebpf(root: &Path, packages: &[&str]) -> Result<PathBuf> {
+    let object = ebpf::build(root)?;
+    let mut build = cargo(root);
+    build.args(["build", "--release"]);
+    for package in packages {
+        build.args(["--package", package]);
+    }
+    run(build.env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    Ok(object)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
@@ -118,20 +128,10 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "the test suite loads real eBPF programs and needs root: run `sudo -E env PATH=$PATH cargo xtask test`"
         );
     }
-    let object = ebpf::build(root)?;
     // The scenario tests run the real binary, built exactly as users get it, and the load
     // test runs the benchmarks' load generator (`cargo test` builds only the tested package's
     // own binaries).
-    run(cargo(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "sockleak-user",
-            "--package",
-            "sockleak-bench",
-        ])
-        .env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    let object = build_with_ebpf(root, &["sockleak-user", "sockleak-bench"])?;
     let mut cmd = cargo(root);
     cmd.args([
         "test",
@@ -160,18 +160,11 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     run(cargo(root).args(["build", "--release", "--package", "sockleak-bench"]))?;
     // The peers: libbpf-tools' tcplife and tcpstates (CO-RE, no kernel headers needed) and
     // bpftrace, from Debian.
-    let missing: Vec<&str> = [
+    install_missing(&[
         ("tcplife", "libbpf-tools"),
         ("bpftrace", "bpftrace"),
         ("stdbuf", "coreutils"),
-    ]
-    .iter()
-    .filter(|(tool, _)| !on_path(tool))
-    .map(|(_, package)| *package)
-    .collect();
-    if !missing.is_empty() {
-        apt_install(&missing)?;
-    }
+    ])?;
     let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
         .arg("--sockleak")
@@ -185,14 +178,24 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+/// Installs, from Debian, the package of each (program, package) whose program is not on
+/// PATH.
+pub(crate) fn install_missing(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
     run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(packages)
+        .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-pub(crate) fn on_path(tool: &str) -> bool {
+fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
 }

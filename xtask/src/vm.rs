@@ -20,7 +20,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, on_path, run};
+use crate::{cargo, run};
 
 /// Debian's cloud kernels: bullseye's 5.10, bookworm's 6.1, bookworm-backports' 6.12.
 const KERNELS: &[(&str, &str)] = &[
@@ -49,17 +49,10 @@ pub fn vm_test(root: &Path, only: Option<&str>, extra: &[String]) -> Result<()> 
     let work = root.join("target/vm");
     fs::create_dir_all(&work)?;
     // qemu, and xz for the modules Debian compresses (6.12's).
-    let missing: Vec<&str> = [
+    crate::install_missing(&[
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("xz", "xz-utils"),
-    ]
-    .iter()
-    .filter(|(tool, _)| !on_path(tool))
-    .map(|(_, package)| *package)
-    .collect();
-    if !missing.is_empty() {
-        crate::apt_install(&missing)?;
-    }
+    ])?;
     let payload = build_payload(root)?;
     let apt = PrivateApt::new(&work.join("apt"))?;
     let busybox = apt.unpacked_file("busybox-static", "bookworm", "bin/busybox")?;
@@ -110,17 +103,7 @@ struct Payload {
 }
 
 fn build_payload(root: &Path) -> Result<Payload> {
-    let object = crate::ebpf::build(root)?;
-    run(cargo(root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "sockleak-user",
-            "--package",
-            "sockleak-tests",
-        ])
-        .env("SOCKLEAK_EBPF_OBJECT", &object))?;
+    crate::build_with_ebpf(root, &["sockleak-user", "sockleak-tests"])?;
     let trace_test = test_executable(root, "trace")?;
     let release = root.join("target/release");
     let mut files = vec![
@@ -720,17 +703,17 @@ mod tests {
 
     #[test]
     fn finds_the_debian_mirror_in_both_source_formats() {
-        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n";
+        let deb822 = "Types: deb\nURIs: file:///srv/mirror/debian\nSuites: bookworm\n";
         assert_eq!(
             mirror_in(deb822).as_deref(),
-            Some("http://mirror.example/debian")
+            Some("file:///srv/mirror/debian")
         );
-        let classic = "deb [arch=amd64] http://mirror.example/debian/ bookworm main\n";
+        let classic = "deb [arch=amd64] file:///srv/mirror/debian/ bookworm main\n";
         assert_eq!(
             mirror_in(classic).as_deref(),
-            Some("http://mirror.example/debian/")
+            Some("file:///srv/mirror/debian/")
         );
-        let security = "URIs: http://mirror.example/debian-security\n";
+        let security = "URIs: file:///srv/mirror/debian-security\n";
         assert_eq!(mirror_in(security), None, "not the main archive");
     }
 
