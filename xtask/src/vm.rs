@@ -419,10 +419,12 @@ fn boot(vmlinuz: &Path, initramfs: &Path, log_path: &Path) -> Result<Outcome> {
         // Without cmpxchg16b: Debian's qemu 7.2 emulates it wrongly under TCG, and the slab
         // allocator of 6.12 (which uses it) then corrupts its lists within seconds (seen here:
         // list_add corruption at boot, double faults in kmem_cache_alloc). Kernels run fine
-        // without it; they check for the feature.
+        // without it; they check for the feature. One emulation thread for both vCPUs: with
+        // multi-threaded TCG, 6.12 once hit its own int3 while patching kernel text at boot
+        // (seen here), a cross-vCPU code-modification race of the emulator, not the kernel's.
         .args([
             "-accel",
-            "tcg",
+            "tcg,thread=single",
             "-cpu",
             "max,cx16=off",
             "-smp",
