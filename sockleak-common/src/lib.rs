@@ -245,6 +245,20 @@ pub struct Config {
     /// written without a wake-up and userspace collects them on its own timer. A wake-up per
     /// event (the default) cost a fifth of a connect/accept/close churn's throughput.
     pub wakeup_bytes: u64,
+    /// `task_struct.tgid` and `inode.i_mode`, for the `socket_fds` iterator.
+    pub task_tgid: u64,
+    pub inode_mode: u64,
+}
+
+/// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
+/// from these instead of a readlink per fd under /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldSocket {
+    pub inode: u64,
+    /// The holding process (`tgid`).
+    pub pid: u32,
+    pub _pad: u32,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an

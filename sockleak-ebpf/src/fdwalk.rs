@@ -18,12 +18,11 @@ pub struct FdSocket {
 }
 
 #[inline(always)]
-unsafe fn read_ptr(base: u64, offset: u64) -> Result<u64, i32> {
+pub unsafe fn read_ptr(base: u64, offset: u64) -> Result<u64, i32> {
     unsafe { bpf_probe_read_kernel((base + offset) as *const u64) }
 }
 
-/// `current->files->fdt->fd[fd]` -> `file->private_data` (a `struct socket`) -> `sk`.
-/// `Ok(None)` for a socket that is not AF_INET/AF_INET6.
+/// `current->files->fdt->fd[fd]` -> [`socket_of_file`].
 #[inline(always)]
 pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
     if cfg.have_offsets == 0 || fd < 0 {
@@ -38,6 +37,15 @@ pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
         if file == 0 {
             return Err(-2);
         }
+        socket_of_file(cfg, file)
+    }
+}
+
+/// A socket's `struct file` -> `file->private_data` (a `struct socket`) -> `sk`.
+/// `Ok(None)` for a socket that is not AF_INET/AF_INET6. The caller knows `file` is a socket.
+#[inline(always)]
+pub unsafe fn socket_of_file(cfg: &Config, file: u64) -> Result<Option<FdSocket>, i32> {
+    unsafe {
         let socket = read_ptr(file, cfg.file_private_data)?;
         let sk = read_ptr(socket, cfg.socket_sk)?;
         if sk == 0 {

@@ -9,6 +9,7 @@ mod fdwalk;
 mod filter;
 mod hooks;
 mod maps;
+mod socket_fds;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -50,6 +50,8 @@ static CONFIG: Config = Config {
     sock_socket: 0,
     inet_sport: 0,
     wakeup_bytes: 0,
+    task_tgid: 0,
+    inode_mode: 0,
 };
 
 #[inline(always)]

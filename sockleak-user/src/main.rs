@@ -8,6 +8,7 @@
 mod cgroups;
 mod cli;
 mod filter;
+mod holders;
 mod hooks;
 mod metrics;
 mod procfs;

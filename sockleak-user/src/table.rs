@@ -15,6 +15,7 @@ use sockleak_common::{EventKind, Hook, SockEvent, Task};
 use crate::{
     cgroups,
     filter::Filter,
+    holders::Holders,
     procfs,
     sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
     symbolize::StackKey,
@@ -597,7 +598,7 @@ impl SocketTable {
     pub fn seed_pre_existing(
         &mut self,
         diag: &[DiagSocket],
-        holders: &HashMap<u64, Vec<u32>>,
+        holders: &Holders,
         now_ns: u64,
         filter: &Filter,
     ) {
@@ -606,13 +607,11 @@ impl SocketTable {
     }
 
     /// Held sockets the table does not know, by cookie.
-    fn unknown_held(&self, diag: &[DiagSocket], holders: &HashMap<u64, Vec<u32>>) -> HashSet<u64> {
+    fn unknown_held(&self, diag: &[DiagSocket], holders: &Holders) -> HashSet<u64> {
         diag.iter()
             .filter(|d| d.inode != 0 && !self.sockets.contains_key(&d.cookie))
             .filter(|d| {
-                holders
-                    .get(&u64::from(d.inode))
-                    .is_some_and(|p| !p.is_empty())
+                !holders.of(u64::from(d.inode)).is_empty()
             })
             .map(|d| d.cookie)
             .collect()
@@ -624,7 +623,7 @@ impl SocketTable {
     fn adopt_held(
         &mut self,
         diag: &[DiagSocket],
-        holders: &HashMap<u64, Vec<u32>>,
+        holders: &Holders,
         now_ns: u64,
         origin: Origin,
         filter: &Filter,
@@ -644,9 +643,7 @@ impl SocketTable {
             if self.sockets.len() >= self.capacity {
                 break; // already counted as dropped when their events came
             }
-            let Some(pids) = holders.get(&u64::from(d.inode)) else {
-                continue;
-            };
+            let pids = holders.of(u64::from(d.inode));
             let owner = pids.iter().find_map(|&pid| {
                 let comm = followed.entry(pid).or_insert_with(|| {
                     let comm = procfs::comm_of(pid).unwrap_or_default();
@@ -684,7 +681,7 @@ impl SocketTable {
                 remote: Some(d.remote),
                 rx_queue: d.rx_queue,
                 tx_queue: d.tx_queue,
-                holders: pids.clone(),
+                holders: pids.to_vec(),
                 stack: None,
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state),
@@ -720,7 +717,7 @@ impl SocketTable {
     pub fn reconcile(
         &mut self,
         diag: &[DiagSocket],
-        holders: &HashMap<u64, Vec<u32>>,
+        holders: &Holders,
         now_ns: u64,
         filter: &Filter,
         inet_sockets_of: impl Fn(u32) -> Vec<(u64, u8)>,
@@ -751,10 +748,11 @@ impl SocketTable {
                 s.rx_queue = 0;
                 s.tx_queue = 0;
             }
-            s.holders = match holders.get(&s.inode) {
-                Some(pids) if s.inode != 0 => pids.clone(),
-                _ => Vec::new(),
-            };
+            let pids = if s.inode == 0 { &[][..] } else { holders.of(s.inode) };
+            // Compared first: holders rarely change, and 100,000 fresh vectors per report add up.
+            if s.holders != pids {
+                s.holders = pids.to_vec();
+            }
             let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
             let gone = match seen {
                 // Listed without an inode: the socket lost its file, i.e. it was released.
@@ -992,7 +990,7 @@ mod tests {
         let mut t = SocketTable::new(16);
         t.apply(&accepted_without_cookie(0xffff_0000, 999));
         assert!(t.get(0xffff_0000 | SYNTHETIC_KEY).is_some());
-        let holders = HashMap::from([(999u64, vec![4242u32])]);
+        let holders = Holders::from_pairs(vec![(999, 4242)]);
         let sample = diag(31, TCP_CLOSE_WAIT, 999);
         t.reconcile(&[sample], &holders, 2, &Filter::default(), holds_nothing);
         assert_eq!(
@@ -1096,7 +1094,7 @@ mod tests {
             lingering(2, TCP_FIN_WAIT2),
             lingering(3, TCP_TIME_WAIT),
         ];
-        t.reconcile(&diag, &HashMap::new(), 1, &Filter::default(), holds_nothing);
+        t.reconcile(&diag, &Holders::default(), 1, &Filter::default(), holds_nothing);
         let churn = &t.churn()[&55];
         assert_eq!(
             (churn.time_wait, churn.orphaned, &*churn.comm),
@@ -1138,7 +1136,7 @@ mod tests {
         est.cookie = 4;
         est.new_state = TCP_ESTABLISHED as u16;
         t.apply(&est);
-        let held = HashMap::from([(77u64, vec![1u32])]);
+        let held = Holders::from_pairs(vec![(77, 1)]);
         let sample = DiagSocket {
             tx_queue: 5000,
             tcp: Some(TcpInfo::default()),
@@ -1188,7 +1186,7 @@ mod tests {
         fd.inode = 31337;
         t.apply(&fd);
         let later = 10 * GHOST_GRACE_NS;
-        let nobody = HashMap::new();
+        let nobody = Holders::default();
         t.reconcile(&[], &nobody, later, &Filter::default(), holds_nothing);
         assert_eq!(t.len(), 1, "one scan is not proof");
         t.reconcile(&[], &nobody, later, &Filter::default(), holds_nothing);
@@ -1203,7 +1201,7 @@ mod tests {
         let shared = diag(50, TCP_ESTABLISHED, 700);
         let theirs = diag(51, TCP_ESTABLISHED, 701);
         // The parent holds both (it comes first: lowest pid); we share one of them.
-        let holders = HashMap::from([(700u64, vec![parent, me]), (701u64, vec![parent])]);
+        let holders = Holders::from_pairs(vec![(700, parent), (700, me), (701, parent)]);
         let only_me = Filter {
             pids: vec![me],
             ..Filter::default()
@@ -1231,7 +1229,7 @@ mod tests {
             inode: 0,
             ..held.clone()
         };
-        let holders = HashMap::from([(900u64, vec![std::process::id()])]);
+        let holders = Holders::from_pairs(vec![(900, std::process::id())]);
         t.reconcile(
             &[held.clone(), orphan.clone()],
             &holders,
@@ -1263,7 +1261,7 @@ mod tests {
         t.apply(&created(7, me));
         t.apply(&released(7)); // both applied by the drain after the scans
         let stale = diag(7, TCP_ESTABLISHED, 700);
-        let stale_holders = HashMap::from([(700u64, vec![me])]);
+        let stale_holders = Holders::from_pairs(vec![(700, me)]);
         t.reconcile(
             &[stale],
             &stale_holders,
@@ -1271,7 +1269,7 @@ mod tests {
             &Filter::default(),
             holds_nothing,
         );
-        t.reconcile(&[], &HashMap::new(), 6, &Filter::default(), holds_nothing); // the next scan no longer sees it
+        t.reconcile(&[], &Holders::default(), 6, &Filter::default(), holds_nothing); // the next scan no longer sees it
         assert!(t.get(7).is_none());
         assert_eq!(t.stats.recovered, 0);
     }
@@ -1304,7 +1302,7 @@ mod tests {
         for _ in 0..GHOST_SCANS {
             t.reconcile(
                 &[time_wait.clone(), listed.clone()],
-                &HashMap::new(),
+                &Holders::default(),
                 later,
                 &Filter::default(),
                 owner_holds,
@@ -1318,7 +1316,7 @@ mod tests {
         for _ in 0..GHOST_SCANS {
             t.reconcile(
                 &[],
-                &HashMap::new(),
+                &Holders::default(),
                 later,
                 &Filter::default(),
                 holds_nothing,
@@ -1340,7 +1338,7 @@ mod tests {
         fd.cookie = 9;
         fd.inode = 31337;
         t.apply(&fd);
-        let holders = HashMap::from([(31337u64, vec![1u32, 2])]);
+        let holders = Holders::from_pairs(vec![(31337, 1), (31337, 2)]);
         for _ in 0..5 {
             t.reconcile(
                 &[],

@@ -15,6 +15,7 @@ use crate::{
     cgroups::Cgroups,
     cli::{FamilyFilter, ProtocolFilter, SelectArgs, TracerArgs, VerdictArgs},
     filter::Filter,
+    holders::HolderScan,
     hooks, procfs,
     render::Started,
     report::{KernelStats, Report, Reporter},
@@ -25,8 +26,9 @@ use crate::{
 };
 
 pub struct Tracer {
-    /// Owns the attached programs: they detach when it drops.
-    _ebpf: Ebpf,
+    /// Owns the attached programs (they detach when it drops) and runs the `socket_fds`
+    /// iterator for each report.
+    ebpf: Ebpf,
     ring: AsyncFd<RingBuf<MapData>>,
     /// Events are written without waking userspace until an eighth of the ring is waiting;
     /// this collects the rest.
@@ -116,7 +118,7 @@ impl Tracer {
         // snapshot now catches all the ones born before.
         let mut diag_source = SockDiag::new()?;
         let diag = diag_source.dump()?;
-        let holders = procfs::socket_holders();
+        let holders = HolderScan::start(&mut ebpf).run();
         table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
 
         let started = Started {
@@ -147,7 +149,7 @@ impl Tracer {
         let mut collect = tokio::time::interval(COLLECT_EVERY);
         collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
-            _ebpf: ebpf,
+            ebpf,
             ring,
             collect,
             logger,
@@ -191,6 +193,7 @@ impl Tracer {
     pub async fn report(&mut self) -> Result<Report> {
         let started = std::time::Instant::now();
         let Self {
+            ebpf,
             ring,
             collect,
             kernel_stats,
@@ -202,7 +205,7 @@ impl Tracer {
         } = self;
         let ring = ring.get_mut();
         drain(ring, table, stacks);
-        // The kernel's view (a sock_diag dump, a /proc fd scan) is gathered on blocking
+        // The kernel's view (a sock_diag dump, who holds each socket) is gathered on blocking
         // threads, both at once, while this task keeps applying events: over 100,000 sockets
         // it takes most of a second, and a ring buffer left alone that long overflows.
         let mut diag_source = sock_diag
@@ -212,8 +215,9 @@ impl Tracer {
             let dumped = diag_source.dump();
             (diag_source, dumped, started.elapsed())
         });
+        let holder_scan = HolderScan::start(ebpf);
         let scan = tokio::task::spawn_blocking(move || {
-            let holders = procfs::socket_holders();
+            let holders = holder_scan.run();
             (holders, started.elapsed())
         });
         let gathered = async { tokio::join!(dump, scan) };
@@ -228,7 +232,7 @@ impl Tracer {
         let unreachable_namespaces = diag_source.unreachable_namespaces;
         *sock_diag = Some(diag_source);
         let diag = diag?;
-        let (holders, scanned) = scan.context("the /proc scan thread panicked")?;
+        let (holders, scanned) = scan.context("the socket holder scan thread panicked")?;
         let gathered_at = started.elapsed();
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);
@@ -257,7 +261,7 @@ impl Tracer {
         };
         let mut report = reporter.report(table, stacks, now, kernel);
         log::debug!(
-            "report over {} sockets: sock_diag {:?} and /proc fds {:?} (in parallel), \
+            "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel), \
              reconcile {:?}, build {:?}",
             table.len(),
             dumped,

@@ -16,12 +16,15 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, Iter, TracePoint},
 };
 use sockleak_common::{Config, KernelFilter};
 
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
+
+/// The `task_file` iterator listing every process's inet socket fds (see [`crate::holders`]).
+pub const SOCKET_FDS: &str = "socket_fds";
 
 /// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
 pub struct Attached {
@@ -161,6 +164,23 @@ pub fn attach(
                     warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}")))
                 }
             }
+        }
+    }
+
+    // Who holds which socket, for reports: optional, /proc is the slower fallback.
+    if config.have_offsets != 0 {
+        let loaded = kernel_btf
+            .as_ref()
+            .map_err(|err| anyhow!("{err}"))
+            .and_then(|btf| {
+                let program: &mut Iter = program_mut(&mut ebpf, SOCKET_FDS)?;
+                Ok(program.load("task_file", btf)?)
+            });
+        match loaded {
+            Ok(()) => hooks.push("iter/task_file".to_owned()),
+            Err(err) => warnings.push(one_line(&format!(
+                "iter/task_file unavailable, reports read socket holders from /proc: {err:#}"
+            ))),
         }
     }
 

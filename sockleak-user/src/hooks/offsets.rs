@@ -32,6 +32,8 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.sock_v6_rcv_saddr = common + off("sock_common", "skc_v6_rcv_saddr")?;
     config.sock_socket = off("sock", "sk_socket")?;
     config.inet_sport = off("inet_sock", "inet_sport")?;
+    config.task_tgid = off("task_struct", "tgid")?;
+    config.inode_mode = off("inode", "i_mode")?;
     config.have_offsets = 1;
     // Optional: without them, stacks miss the caller of a frameless syscall wrapper.
     if let Ok(sp) = member_offset(&btf, "pt_regs", "sp")
