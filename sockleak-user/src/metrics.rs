@@ -130,7 +130,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     for s in &report.sockets {
         let owner = vec![
             ("pid", s.pid.to_string()),
-            ("comm", s.comm.clone()),
+            ("comm", s.comm.to_string()),
             (
                 "container_id",
                 s.container.container_id.clone().unwrap_or_default(),

@@ -2,6 +2,7 @@
 //! biggest groups first. Built from the table; rendered by `render`.
 use std::{
     collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -31,7 +32,7 @@ pub struct SocketRow {
     pub cookie: u64,
     pub pid: u32,
     pub tid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
     pub uid: u32,
     pub cgroup_id: u64,
     /// The owner's cgroup v2 path, and the container and pod it names.
@@ -41,8 +42,9 @@ pub struct SocketRow {
     pub family: &'static str,
     pub protocol: &'static str,
     pub state: &'static str,
-    pub local: String,
-    pub remote: String,
+    /// `0.0.0.0:0` (or `[::]:0`) while unbound or unconnected, as `ss` shows it.
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
     pub age_ms: u64,
     pub rx_queue: u32,
     pub tx_queue: u32,
@@ -60,9 +62,6 @@ pub struct SocketRow {
     /// Drops on a full receive queue and memory-limit hits, counted since sockleak started.
     pub rcvqueue_full: u32,
     pub exceed_buf_limit: u32,
-    /// The group this socket belongs to; implied by the other fields in JSON.
-    #[serde(skip)]
-    pub group: GroupKey,
 }
 
 /// Sockets are grouped like bcc's memleak groups allocations: by owner and creation stack,
@@ -125,6 +124,43 @@ pub struct Group {
     pub flags: Vec<&'static str>,
     /// Present when the group is `growing`.
     pub growth: Option<Growth>,
+    /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.
+    #[serde(skip)]
+    pub members: Vec<usize>,
+}
+
+impl Group {
+    fn new(key: GroupKey, place: &Placement) -> Self {
+        Self {
+            key,
+            cgroup: place.cgroup.clone(),
+            container: place.container.clone(),
+            count: 0,
+            states: BTreeMap::new(),
+            oldest_age_ms: 0,
+            rx_queue: 0,
+            tx_queue: 0,
+            memory_bytes: 0,
+            flags: Vec::new(),
+            growth: None,
+            members: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, row: &SocketRow, index: usize) {
+        self.members.push(index);
+        self.count += 1;
+        *self.states.entry(row.state).or_default() += 1;
+        self.oldest_age_ms = self.oldest_age_ms.max(row.age_ms);
+        self.rx_queue += u64::from(row.rx_queue);
+        self.tx_queue += u64::from(row.tx_queue);
+        self.memory_bytes += row.memory.map_or(0, |m| m.pinned());
+        for flag in &row.flags {
+            if !self.flags.contains(flag) {
+                self.flags.push(flag);
+            }
+        }
+    }
 }
 
 /// Sockets a process closed that linger in the kernel: connection churn, not leaks.
@@ -237,63 +273,64 @@ fn build(
     };
     // One path lookup per cgroup (or per process, for sockets that predate sockleak).
     cgroups.learn(table.sockets().map(|s| s.owner.cgroup_id));
-    let mut placements: HashMap<(u64, u32), Placement> = HashMap::new();
-    let mut place = |s: &Socket| {
+    let mut placements: Vec<Placement> = Vec::new();
+    let mut placement_of: HashMap<(u64, u32), usize> = HashMap::new();
+    let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
+    let mut admitted: Vec<(std::cmp::Reverse<u64>, u64, usize, &Socket)> = Vec::new();
+    for s in table.sockets() {
         let id = s.owner.cgroup_id;
         let key = (id, if id == 0 { s.owner.pid } else { 0 });
-        placements
-            .entry(key)
-            .or_insert_with(|| {
-                let cgroup = cgroups.path_of(id, s.owner.pid);
-                let container = cgroup.as_deref().map(container_of).unwrap_or_default();
-                Placement { cgroup, container }
-            })
-            .clone()
-    };
-    let mut rows: Vec<SocketRow> = table
-        .sockets()
-        .filter_map(|s| {
-            let place = place(s);
-            filter
-                .admits(s, place.cgroup.as_deref(), now_ns)
-                .then(|| row(s, place, group_stack(s.stack), now_ns, thresholds))
-        })
-        .collect();
-    rows.sort_by(|a, b| b.age_ms.cmp(&a.age_ms).then(a.cookie.cmp(&b.cookie)));
-
-    let mut groups: HashMap<GroupKey, Group> = HashMap::new();
-    for r in &rows {
-        let g = groups.entry(r.group.clone()).or_insert_with(|| Group {
-            key: r.group.clone(),
-            cgroup: r.cgroup.clone(),
-            container: r.container.clone(),
-            count: 0,
-            states: BTreeMap::new(),
-            oldest_age_ms: 0,
-            rx_queue: 0,
-            tx_queue: 0,
-            memory_bytes: 0,
-            flags: Vec::new(),
-            growth: None,
+        let place = *placement_of.entry(key).or_insert_with(|| {
+            let cgroup = cgroups.path_of(id, s.owner.pid);
+            let container = cgroup.as_deref().map(container_of).unwrap_or_default();
+            placements.push(Placement { cgroup, container });
+            placements.len() - 1
         });
-        g.count += 1;
-        *g.states.entry(r.state).or_default() += 1;
-        g.oldest_age_ms = g.oldest_age_ms.max(r.age_ms);
-        g.rx_queue += u64::from(r.rx_queue);
-        g.tx_queue += u64::from(r.tx_queue);
-        g.memory_bytes += r.memory.map_or(0, |m| m.pinned());
-        for flag in &r.flags {
-            if !g.flags.contains(flag) {
-                g.flags.push(flag);
-            }
+        if filter.admits(s, placements[place].cgroup.as_deref(), now_ns) {
+            admitted.push((std::cmp::Reverse(age_ms(s)), s.cookie, place, s));
         }
+    }
+    // Oldest first. Sorted before the rows exist: a row is big, and moving 100,000 of them
+    // through a sort cost more than building them. Cookies are unique: no ties.
+    admitted.sort_unstable_by_key(|&(age, cookie, ..)| (age, cookie));
+
+    let mut rows = Vec::with_capacity(admitted.len());
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
+    // Sockets from one process, site and stack id always share a group: their key (strings,
+    // symbolized frames) is built and hashed once, not once per socket.
+    let mut group_of_origin: HashMap<(u32, Arc<str>, Site, Option<u16>, Option<StackKey>), usize> =
+        HashMap::new();
+    for (_, _, place, s) in admitted {
+        let place = &placements[place];
+        let origin = (
+            s.owner.pid,
+            Arc::clone(&s.owner.comm),
+            s.site,
+            s.local.filter(|_| s.site == Site::Accept).map(|a| a.port()),
+            s.stack,
+        );
+        let group = *group_of_origin.entry(origin).or_insert_with(|| {
+            let key = GroupKey {
+                pid: s.owner.pid,
+                comm: s.owner.comm.to_string(),
+                site: site_label(s),
+                stack: group_stack(s.stack),
+            };
+            *group_of_key.entry(key.clone()).or_insert_with(|| {
+                groups.push(Group::new(key, place));
+                groups.len() - 1
+            })
+        });
+        let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
+        groups[group].add(&row, rows.len());
+        rows.push(row);
     }
     let counts: HashMap<GroupKey, usize> = groups
         .iter()
-        .map(|(key, g)| (key.clone(), g.count))
+        .map(|g| (g.key.clone(), g.count))
         .collect();
     let growing = growth.observe(&counts, now_ns, thresholds.growing_reports);
-    let mut groups: Vec<Group> = groups.into_values().collect();
     for g in &mut groups {
         if let Some(rate) = growing.get(&g.key) {
             g.growth = Some(rate.clone());
@@ -359,7 +396,7 @@ fn site_label(s: &Socket) -> String {
 fn row(
     s: &Socket,
     place: Placement,
-    stack: GroupStack,
+    age_ms: u64,
     now_ns: u64,
     thresholds: &Thresholds,
 ) -> SocketRow {
@@ -367,7 +404,7 @@ fn row(
         cookie: s.cookie,
         pid: s.owner.pid,
         tid: s.owner.tid,
-        comm: s.owner.comm.to_string(),
+        comm: Arc::clone(&s.owner.comm),
         uid: s.owner.uid,
         cgroup_id: s.owner.cgroup_id,
         cgroup: place.cgroup,
@@ -381,7 +418,7 @@ fn row(
         state: state_name(s.protocol, s.state),
         local: addr_or_unbound(s.local, s.family),
         remote: addr_or_unbound(s.remote, s.family),
-        age_ms: now_ns.saturating_sub(s.created_ns) / 1_000_000,
+        age_ms,
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,
         origin: match s.origin {
@@ -402,22 +439,18 @@ fn row(
         tcp: s.evidence.tcp.filter(|_| s.protocol == IPPROTO_TCP),
         rcvqueue_full: s.evidence.rcvqueue_full,
         exceed_buf_limit: s.evidence.exceed_buf_limit,
-        group: GroupKey {
-            pid: s.owner.pid,
-            comm: s.owner.comm.to_string(),
-            site: site_label(s),
-            stack,
-        },
     }
 }
 
-fn addr_or_unbound(addr: Option<std::net::SocketAddr>, family: u8) -> String {
-    match addr {
-        // SocketAddr's Display already brackets IPv6: [::1]:8080.
-        Some(a) => a.to_string(),
-        None if family == AF_INET6 => "[::]:0".to_owned(),
-        None => "0.0.0.0:0".to_owned(),
-    }
+fn addr_or_unbound(addr: Option<SocketAddr>, family: u8) -> SocketAddr {
+    addr.unwrap_or_else(|| {
+        let any: IpAddr = if family == AF_INET6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        SocketAddr::new(any, 0)
+    })
 }
 
 /// Kernel TCP state names (include/net/tcp_states.h). An unconnected UDP socket is in TCP_CLOSE

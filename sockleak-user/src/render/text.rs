@@ -174,7 +174,7 @@ pub fn placement(g: &Group) -> Option<String> {
 /// The group's sockets, the evidence a person should see first first: flagged sockets, then
 /// the fullest queues, then the oldest.
 pub fn members_worst_first<'r>(r: &'r Report, g: &Group) -> Vec<&'r SocketRow> {
-    let mut members: Vec<&SocketRow> = r.sockets.iter().filter(|s| s.group == g.key).collect();
+    let mut members: Vec<&SocketRow> = g.members.iter().map(|&i| &r.sockets[i]).collect();
     members.sort_by_key(|s| {
         (
             std::cmp::Reverse(s.flags.len()),
