@@ -251,7 +251,9 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
             ev.cookie = found.cookie;
             ev.inode = found.inode;
             ev.family = found.family;
-            capture_stacks(ctx, &cfg, &mut ev);
+            if cfg.capture_stacks != 0 {
+                capture_stacks(ctx, &cfg, &mut ev);
+            }
             send(&ev);
         }
         Ok(_) => {} // not an inet socket, or filtered out

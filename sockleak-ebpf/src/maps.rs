@@ -29,7 +29,7 @@ static CONFIG: Config = Config {
     tp_skaddr: 8,
     tp_oldstate: 16,
     tp_newstate: 20,
-    _pad: 0,
+    capture_stacks: 1,
     task_files: 0,
     files_fdt: 0,
     fdtable_fd: 0,

@@ -96,14 +96,15 @@ fn read_walk(mut file: File) -> Result<Vec<(u64, u32)>> {
 /// The iterator's output: whole [`HeldSocket`] records, back to back.
 fn parse_walk(bytes: &[u8]) -> Result<Vec<(u64, u32)>> {
     const RECORD: usize = size_of::<HeldSocket>();
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         bail!(
             "socket_fds wrote {} bytes, not a whole number of {RECORD}-byte records",
             bytes.len()
         );
     }
-    Ok(bytes
-        .chunks_exact(RECORD)
+    let (records, _) = bytes.as_chunks::<RECORD>();
+    Ok(records
+        .iter()
         .map(|record| {
             // SAFETY: RECORD bytes; HeldSocket is plain integers, valid for any bit pattern.
             let held = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<HeldSocket>()) };
@@ -128,8 +129,7 @@ mod tests {
 
     #[test]
     fn walk_records_become_sorted_unique_holders() {
-        let bytes: Vec<u8> = [record(7, 20), record(5, 1), record(7, 10), record(7, 20)]
-            .concat();
+        let bytes: Vec<u8> = [record(7, 20), record(5, 1), record(7, 10), record(7, 20)].concat();
         let holders = Holders::from_pairs(parse_walk(&bytes).unwrap());
         assert_eq!(holders.of(7), [10, 20]);
         assert_eq!(holders.of(5), [1]);
@@ -144,17 +144,21 @@ mod tests {
         // SAFETY: no arguments, no side effects.
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("!!! SKIPPED: not root, cannot load the socket_fds iterator");
-            assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the tests as root"
+            );
             return;
         }
         let (root, _) = crate::hooks::cgroup2_root().unwrap();
-        let attached = crate::hooks::attach(
-            sockleak_common::EVENTS_RING_BYTES,
-            false,
-            &root,
-            &sockleak_common::KernelFilter::default(),
-        )
-        .unwrap();
+        let options = crate::hooks::Options {
+            ring_buffer_bytes: sockleak_common::EVENTS_RING_BYTES,
+            without_btf: false,
+            creation_stacks: true,
+        };
+        let attached =
+            crate::hooks::attach(&options, &root, &sockleak_common::KernelFilter::default())
+                .unwrap();
         assert!(
             attached.hooks.iter().any(|h| h == "iter/task_file"),
             "{:?}",
@@ -170,12 +174,21 @@ mod tests {
         let pairs = read_walk(walk).unwrap();
         let me = std::process::id();
         let inode_of = crate::procfs::tests::socket_inode_of;
-        assert!(pairs.contains(&(inode_of(tcp.as_raw_fd()), me)), "{pairs:?}");
-        assert!(pairs.contains(&(inode_of(udp.as_raw_fd()), me)), "{pairs:?}");
+        assert!(
+            pairs.contains(&(inode_of(tcp.as_raw_fd()), me)),
+            "{pairs:?}"
+        );
+        assert!(
+            pairs.contains(&(inode_of(udp.as_raw_fd()), me)),
+            "{pairs:?}"
+        );
         let unix_inode = inode_of(unix.as_raw_fd());
         assert!(!pairs.iter().any(|&(inode, _)| inode == unix_inode));
         // A second walk starts afresh: reports run one each.
-        assert!(matches!(HolderScan::start(&mut ebpf), HolderScan::Iterator(_)));
+        assert!(matches!(
+            HolderScan::start(&mut ebpf),
+            HolderScan::Iterator(_)
+        ));
     }
 
     #[test]

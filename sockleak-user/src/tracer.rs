@@ -93,8 +93,11 @@ impl Tracer {
             hooks,
             mut warnings,
         } = hooks::attach(
-            limits.ring_buffer_bytes,
-            limits.without_btf,
+            &hooks::Options {
+                ring_buffer_bytes: limits.ring_buffer_bytes,
+                without_btf: limits.without_btf,
+                creation_stacks: !limits.no_stacks,
+            },
             &cgroup_root,
             &kernel_filter,
         )?;

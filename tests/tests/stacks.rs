@@ -158,6 +158,42 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     );
 }
 
+/// `--no-stacks` (for the busiest hosts) keeps everything but the stacks: the same sockets,
+/// grouped by process and site only, and the started line says so.
+#[test]
+fn without_stacks_sockets_group_by_process_and_site() {
+    let leaker_bin = build_native_leaker();
+    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
+    let tracer = Tracer::start_with(
+        &[leaker.pid()],
+        &["--interval", "300ms", "--min-age", "0s", "--no-stacks"],
+    );
+    assert!(
+        tracer.started["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("--no-stacks")),
+        "{}",
+        tracer.started
+    );
+    leaker.run("go");
+    let report = tracer.report_when(|r| {
+        groups_of(r, leaker.pid(), "socket()")
+            .iter()
+            .any(|g| g["count"] == 8)
+    });
+    let groups = groups_of(&report, leaker.pid(), "socket()");
+    assert_eq!(
+        groups.len(),
+        1,
+        "the listener and the leak together: {groups:#?}"
+    );
+    assert!(frames(groups[0]).is_empty(), "{groups:#?}");
+    assert_eq!(report.stat("stack_failures"), 0);
+    assert_eq!(report.stat("stack_collisions"), 0);
+}
+
 #[test]
 fn node_connections_never_destroyed_show_their_javascript_frames() {
     let mut server = Scenario::spawn();

@@ -33,17 +33,34 @@ pub struct Attached {
     pub warnings: Vec<String>,
 }
 
+/// How the programs are set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Size of the event ring buffer (a power of two).
+    pub ring_buffer_bytes: u32,
+    /// Behave as on a kernel without BTF.
+    pub without_btf: bool,
+    /// Capture the user stack at socket creation and accept.
+    pub creation_stacks: bool,
+}
+
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
 /// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach;
 /// `filter` says whose sockets the programs follow.
-pub fn attach(
-    ring_buffer_bytes: u32,
-    without_btf: bool,
-    cgroup_root: &Path,
-    filter: &KernelFilter,
-) -> Result<Attached> {
+pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> Result<Attached> {
     check_capabilities()?;
+    let Options {
+        ring_buffer_bytes,
+        without_btf,
+        creation_stacks,
+    } = *options;
     let mut warnings = Vec::new();
+    if !creation_stacks {
+        warnings.push(
+            "creation stacks off (--no-stacks): sockets are grouped by process and site only"
+                .to_owned(),
+        );
+    }
 
     let tracefs = tracefs::ensure_mounted()?;
     let mut config = Config {
@@ -51,6 +68,7 @@ pub fn attach(
         tp_skaddr: 8,
         tp_oldstate: 16,
         tp_newstate: 20,
+        capture_stacks: u32::from(creation_stacks),
         // An eighth of the ring: a burst wakes userspace well before the ring fills; anything
         // less waits for its 50 ms collection timer (`tracer::COLLECT_EVERY`).
         wakeup_bytes: u64::from(ring_buffer_bytes / 8),
