@@ -297,10 +297,7 @@ fn build(
     let mut rows = Vec::with_capacity(admitted.len());
     let mut groups: Vec<Group> = Vec::new();
     let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
-    // Sockets from one process, site and stack id always share a group: their key (strings,
-    // symbolized frames) is built and hashed once, not once per socket.
-    let mut group_of_origin: HashMap<(u32, Arc<str>, Site, Option<u16>, Option<StackKey>), usize> =
-        HashMap::new();
+    let mut group_of_origin: HashMap<GroupOrigin, usize> = HashMap::new();
     for (_, _, place, s) in admitted {
         let place = &placements[place];
         let origin = (
@@ -326,10 +323,8 @@ fn build(
         groups[group].add(&row, rows.len());
         rows.push(row);
     }
-    let counts: HashMap<GroupKey, usize> = groups
-        .iter()
-        .map(|g| (g.key.clone(), g.count))
-        .collect();
+    let counts: HashMap<GroupKey, usize> =
+        groups.iter().map(|g| (g.key.clone(), g.count)).collect();
     let growing = growth.observe(&counts, now_ns, thresholds.growing_reports);
     for g in &mut groups {
         if let Some(rate) = growing.get(&g.key) {
@@ -379,6 +374,11 @@ fn build(
         stats,
     }
 }
+
+/// Sockets with the same process, name, site (and listening port) and stack id always share a
+/// group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per origin,
+/// not once per socket.
+type GroupOrigin = (u32, Arc<str>, Site, Option<u16>, Option<StackKey>);
 
 fn site_label(s: &Socket) -> String {
     match s.site {

@@ -615,9 +615,7 @@ impl SocketTable {
     fn unknown_held(&self, diag: &[DiagSocket], holders: &Holders) -> HashSet<u64> {
         diag.iter()
             .filter(|d| d.inode != 0 && !self.sockets.contains_key(&d.cookie))
-            .filter(|d| {
-                !holders.of(u64::from(d.inode)).is_empty()
-            })
+            .filter(|d| !holders.of(u64::from(d.inode)).is_empty())
             .map(|d| d.cookie)
             .collect()
     }
@@ -728,8 +726,7 @@ impl SocketTable {
         inet_sockets_of: impl Fn(u32) -> Vec<(u64, u8)>,
     ) {
         self.learn_cookies_by_inode(diag);
-        let by_cookie: KernelKeyed<u64, &DiagSocket> =
-            diag.iter().map(|d| (d.cookie, d)).collect();
+        let by_cookie: KernelKeyed<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
         self.count_churn(diag);
         let unaccounted = self.unaccounted_unlisted(&by_cookie, diag, inet_sockets_of);
         let mut ghosts = Vec::new();
@@ -754,7 +751,11 @@ impl SocketTable {
                 s.rx_queue = 0;
                 s.tx_queue = 0;
             }
-            let pids = if s.inode == 0 { &[][..] } else { holders.of(s.inode) };
+            let pids = if s.inode == 0 {
+                &[][..]
+            } else {
+                holders.of(s.inode)
+            };
             // Compared first: holders rarely change, and 100,000 fresh vectors per report add up.
             if s.holders != pids {
                 s.holders = pids.to_vec();
@@ -1100,7 +1101,13 @@ mod tests {
             lingering(2, TCP_FIN_WAIT2),
             lingering(3, TCP_TIME_WAIT),
         ];
-        t.reconcile(&diag, &Holders::default(), 1, &Filter::default(), holds_nothing);
+        t.reconcile(
+            &diag,
+            &Holders::default(),
+            1,
+            &Filter::default(),
+            holds_nothing,
+        );
         let churn = &t.churn()[&55];
         assert_eq!(
             (churn.time_wait, churn.orphaned, &*churn.comm),
@@ -1275,7 +1282,14 @@ mod tests {
             &Filter::default(),
             holds_nothing,
         );
-        t.reconcile(&[], &Holders::default(), 6, &Filter::default(), holds_nothing); // the next scan no longer sees it
+        // The next scan no longer sees it.
+        t.reconcile(
+            &[],
+            &Holders::default(),
+            6,
+            &Filter::default(),
+            holds_nothing,
+        );
         assert!(t.get(7).is_none());
         assert_eq!(t.stats.recovered, 0);
     }
