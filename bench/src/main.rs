@@ -10,6 +10,9 @@
 //! 4. Scale: with 10,000 and 100,000 sockets open, sockleak's resident memory, its kernel maps'
 //!    memory and the time one report takes.
 //! 5. CPU: sockleak's own CPU time per 1,000 events during the churn.
+//! 6. Attribution: the kernel time of each of sockleak's programs and its userspace CPU, per
+//!    connection, beside what an untraced connection costs.
+mod attribution;
 mod peers;
 mod probe;
 
@@ -24,15 +27,16 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
+    attribution::Attribution,
     peers::{Tracer, TracerKind},
     probe::{free_port, kernel_map_bytes, metric, resident_bytes},
 };
 
 #[derive(Parser)]
-struct Args {
+pub(crate) struct Args {
     /// The sockleak binary under test.
     #[arg(long)]
-    sockleak: PathBuf,
+    pub sockleak: PathBuf,
     /// The load generator (`sockleak-load`).
     #[arg(long)]
     load: PathBuf,
@@ -50,7 +54,7 @@ struct Args {
     json: PathBuf,
     /// Scratch directory for the tracers' output.
     #[arg(long)]
-    work: PathBuf,
+    pub work: PathBuf,
 }
 
 #[derive(Serialize, Default)]
@@ -94,6 +98,7 @@ struct Results {
     churn: Vec<ChurnResult>,
     events: Vec<EventsResult>,
     scale: Vec<ScaleResult>,
+    attribution: Option<Attribution>,
 }
 
 fn main() {
@@ -135,7 +140,8 @@ fn run(args: Args) -> Result<()> {
                 startup[i].push(tracer.startup.as_secs_f64() * 1000.0);
                 let stopped = tracer.stop()?;
                 cpu[i].push(stopped.cpu_seconds);
-                if let Some(stats) = stopped.sockleak_stats {
+                let stats = stopped.sockleak_stats;
+                if let Some(stats) = stats.filter(|_| *kind == TracerKind::Sockleak) {
                     events.push(events_result(&stats, None, load.1, stopped.cpu_seconds));
                 }
             }
@@ -171,6 +177,12 @@ fn run(args: Args) -> Result<()> {
         stopped.cpu_seconds,
     ));
 
+    eprintln!("bench: churn under sockleak with BPF run-time statistics");
+    // Measured apart from the comparisons above: the statistics cost time themselves.
+    let attribution = attribution::measure(&args)
+        .inspect_err(|err| eprintln!("bench: attribution: {err:#}"))
+        .ok();
+
     let mut scale = Vec::new();
     for &sockets in &args.scale {
         eprintln!("bench: {sockets} sockets open");
@@ -186,6 +198,7 @@ fn run(args: Args) -> Result<()> {
         churn,
         events,
         scale,
+        attribution,
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     print!("{}", table(&results, &args));
@@ -195,10 +208,10 @@ fn run(args: Args) -> Result<()> {
 
 /// No periodic report during a churn run (the final one carries the counters), and every
 /// socket counts: the report is over the sockets open at the end, whatever their age.
-const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
+pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
 
 /// Runs the churn load; returns (connections, seconds).
-fn churn_load(args: &Args) -> Result<(u64, f64)> {
+pub(crate) fn churn_load(args: &Args) -> Result<(u64, f64)> {
     let out = std::process::Command::new(&args.load)
         .args(["churn", "--seconds", &args.seconds.to_string()])
         .output()
@@ -397,6 +410,47 @@ fn table(r: &Results, args: &Args) -> String {
             s.bytes_per_socket,
             s.kernel_map_bytes as f64 / (1 << 20) as f64,
             s.report_seconds * 1000.0,
+        );
+    }
+    if let Some(a) = &r.attribution {
+        // What one connection costs the machine untraced: every CPU busy with the churn.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let untraced = r.churn.first().map_or(0.0, |none| cpus * 1e6 / none.median);
+        let _ = writeln!(
+            out,
+            "\nwhere sockleak's time goes: one churn run with BPF run-time statistics on ({:.0} conn/s)",
+            a.connections_per_second
+        );
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>10} {:>12}",
+            "", "runs/conn", "ns/run", "us/conn"
+        );
+        for p in &a.programs {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>10.2} {:>10.0} {:>12.2}",
+                format!("kernel: {}", p.program),
+                p.runs_per_connection,
+                p.ns_per_run,
+                p.us_per_connection
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<50} {:>12.2}",
+            "kernel, all programs", a.kernel_us_per_connection
+        );
+        let _ = writeln!(
+            out,
+            "{:<50} {:>12.2}",
+            "sockleak userspace", a.userspace_us_per_connection
+        );
+        let _ = writeln!(
+            out,
+            "{:<50} {:>12.2}",
+            format!("one untraced connection ({cpus:.0} CPUs / rate)"),
+            untraced
         );
     }
     out

@@ -14,15 +14,17 @@ use serde_json::Value;
 pub enum TracerKind {
     None,
     Sockleak,
+    SockleakNoStacks,
     Tcplife,
     Tcpstates,
     Bpftrace,
 }
 
 impl TracerKind {
-    pub const ALL: [TracerKind; 5] = [
+    pub const ALL: [TracerKind; 6] = [
         TracerKind::None,
         TracerKind::Sockleak,
+        TracerKind::SockleakNoStacks,
         TracerKind::Tcplife,
         TracerKind::Tcpstates,
         TracerKind::Bpftrace,
@@ -32,6 +34,7 @@ impl TracerKind {
         match self {
             TracerKind::None => "none",
             TracerKind::Sockleak => "sockleak trace",
+            TracerKind::SockleakNoStacks => "sockleak trace --no-stacks",
             TracerKind::Tcplife => "tcplife (libbpf-tools)",
             TracerKind::Tcpstates => "tcpstates (libbpf-tools)",
             TracerKind::Bpftrace => "bpftrace, tcplife on sock:inet_sock_set_state",
@@ -95,6 +98,12 @@ impl Tracer {
             TracerKind::Sockleak => {
                 let mut c = Command::new(sockleak);
                 c.args(["trace", "--format", "json"]).args(extra);
+                c
+            }
+            TracerKind::SockleakNoStacks => {
+                let mut c = Command::new(sockleak);
+                c.args(["trace", "--format", "json", "--no-stacks"])
+                    .args(extra);
                 c
             }
             // Line-buffered like a terminal would have them, so the header shows when they are
@@ -175,7 +184,10 @@ impl Tracer {
         };
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         let cpu_seconds = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-        let sockleak_stats = if self.kind == TracerKind::Sockleak {
+        let sockleak_stats = if matches!(
+            self.kind,
+            TracerKind::Sockleak | TracerKind::SockleakNoStacks
+        ) {
             let text = std::fs::read_to_string(&self.output)?;
             text.lines()
                 .rev()

@@ -1,0 +1,73 @@
+//! Where sockleak's cost goes under churn: each of its programs' kernel time, from the
+//! kernel's own BPF run-time statistics (switched on for this one run only: they cost two
+//! clock reads per program run), and its userspace CPU, all per connection.
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use aya::{
+    programs::loaded_programs,
+    sys::{Stats, enable_stats},
+};
+use serde::Serialize;
+
+use crate::{
+    Args, CHURN_ARGS, churn_load,
+    peers::{Tracer, TracerKind},
+};
+
+#[derive(Serialize)]
+pub struct ProgramCost {
+    /// The kernel's name for it (15 characters at most: `sys_exit_accept` is both the accept
+    /// and the accept4 hook).
+    pub program: String,
+    pub runs_per_connection: f64,
+    pub ns_per_run: f64,
+    pub us_per_connection: f64,
+}
+
+#[derive(Serialize)]
+pub struct Attribution {
+    pub connections_per_second: f64,
+    pub programs: Vec<ProgramCost>,
+    pub kernel_us_per_connection: f64,
+    pub userspace_us_per_connection: f64,
+}
+
+/// One churn run under sockleak with BPF run-time statistics on.
+pub fn measure(args: &Args) -> Result<Attribution> {
+    let ids = || -> HashSet<u32> {
+        loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect()
+    };
+    let before = ids();
+    let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
+    let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, CHURN_ARGS)?
+        .context("sockleak tracer")?;
+    let (connections, seconds) = churn_load(args)?;
+    // Read while sockleak runs: its programs unload when it exits.
+    let per_connection = connections.max(1) as f64;
+    let mut programs: Vec<ProgramCost> = loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| !before.contains(&p.id()) && p.run_count() > 0)
+        .map(|p| {
+            let runs = p.run_count() as f64;
+            let ns = p.run_time().as_nanos() as f64;
+            ProgramCost {
+                program: p.name_as_str().unwrap_or("?").to_owned(),
+                runs_per_connection: runs / per_connection,
+                ns_per_run: ns / runs,
+                us_per_connection: ns / 1000.0 / per_connection,
+            }
+        })
+        .collect();
+    let stopped = tracer.stop()?;
+    programs.sort_by(|a, b| b.us_per_connection.total_cmp(&a.us_per_connection));
+    Ok(Attribution {
+        connections_per_second: connections as f64 / seconds,
+        kernel_us_per_connection: programs.iter().map(|p| p.us_per_connection).sum(),
+        userspace_us_per_connection: stopped.cpu_seconds * 1e6 / per_connection,
+        programs,
+    })
+}
