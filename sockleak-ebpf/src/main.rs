@@ -2,6 +2,8 @@
 //! only where it runs in process context, which task; userspace joins and judges.
 //!
 //! Data path: hook -> `SockEvent` in the `EVENTS` ring buffer -> userspace socket table.
+//! Once per report, userspace also runs the `socket_fds` iterator, which lists who holds each
+//! socket (`HeldSocket` records in its read output).
 #![no_std]
 #![no_main]
 

@@ -273,7 +273,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
         &mut out,
         "sockleak_report_duration_seconds",
         "gauge",
-        "Time the last report took to build (sock_diag dumps, /proc scan, reconciliation, grouping).",
+        "Time the last report took to build (sock_diag dumps, holder scan, reconciliation, grouping).",
     );
     sample(
         &mut out,

@@ -194,7 +194,7 @@ pub struct Stats {
     pub table: TableStats,
     #[serde(flatten)]
     pub stacks: StackStats,
-    /// Time this report took to build (applying pending events, the sock_diag dumps, the /proc
+    /// Time this report took to build (applying pending events, the sock_diag dumps, the holder
     /// scan, reconciliation, grouping), not counting its rendering.
     pub report_ms: f64,
     /// Network namespaces whose sockets could not be dumped (a namespace vanishing mid-scan,

@@ -98,7 +98,7 @@ pub struct TcpInfo {
 #[cfg(test)]
 pub fn dump_all() -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();
-    NetlinkSocket::open()?.dump_all(&mut all)?;
+    Namespace::open()?.dump(&mut all)?;
     Ok(all)
 }
 
@@ -108,10 +108,10 @@ pub fn dump_all() -> Result<Vec<DiagSocket>> {
 /// cookies are unique across namespaces). A namespace no process is in any more is let go, so
 /// sockleak never keeps a dead container's namespace alive.
 pub struct SockDiag {
-    own: NetlinkSocket,
+    own: Namespace,
     own_netns: u64,
     /// By namespace inode.
-    others: HashMap<u64, NetlinkSocket>,
+    others: HashMap<u64, Namespace>,
     /// Namespaces that could not be entered (a process gone meanwhile, a denied setns).
     pub unreachable_namespaces: usize,
 }
@@ -119,7 +119,7 @@ pub struct SockDiag {
 impl SockDiag {
     pub fn new() -> Result<Self> {
         Ok(Self {
-            own: NetlinkSocket::open()?,
+            own: Namespace::open()?,
             own_netns: netns_of("self").unwrap_or(0),
             others: HashMap::new(),
             unreachable_namespaces: 0,
@@ -129,7 +129,7 @@ impl SockDiag {
     /// Every TCP and UDP socket, in every network namespace a process is in.
     pub fn dump(&mut self) -> Result<Vec<DiagSocket>> {
         let mut all = Vec::new();
-        self.own.dump_all(&mut all)?;
+        self.own.dump(&mut all)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
         self.unreachable_namespaces = 0;
@@ -139,7 +139,7 @@ impl SockDiag {
             }
             let socket = match self.others.entry(ns) {
                 Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => match NetlinkSocket::open_in_netns_of(pid) {
+                Entry::Vacant(new) => match Namespace::open_in_netns_of(pid) {
                     Ok(socket) => new.insert(socket),
                     Err(err) => {
                         log::debug!("network namespace of pid {pid}: {err:#}");
@@ -149,7 +149,7 @@ impl SockDiag {
                 },
             };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Err(err) = socket.dump_all(&mut all) {
+            if let Err(err) = socket.dump(&mut all) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
@@ -179,14 +179,53 @@ fn netns_of(who: &str) -> Option<u64> {
         .ok()
 }
 
-struct NetlinkSocket {
-    fd: OwnedFd,
+/// Which sockets one dump asks for. A host with connection churn holds hundreds of thousands of
+/// TIME_WAIT sockets, one netlink message each: they are dumped over a second netlink socket,
+/// on a thread of their own, while the sockets that can still leak are dumped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// TCP in any state but TIME_WAIT, and UDP.
+    Living,
+    /// TCP TIME_WAIT: no file, no owner; only the churn rows count them.
+    TimeWait,
 }
 
-impl NetlinkSocket {
+const TCP_TIME_WAIT: u8 = 6;
+
+impl Part {
+    fn protocols(self) -> &'static [u8] {
+        match self {
+            Part::Living => &[IPPROTO_TCP, IPPROTO_UDP],
+            Part::TimeWait => &[IPPROTO_TCP],
+        }
+    }
+
+    /// The `idiag_states` bit mask.
+    fn states(self) -> u32 {
+        match self {
+            Part::Living => !(1 << TCP_TIME_WAIT),
+            Part::TimeWait => 1 << TCP_TIME_WAIT,
+        }
+    }
+}
+
+/// The two netlink sockets of one network namespace (a netlink socket runs one dump at a time).
+struct Namespace {
+    living: NetlinkSocket,
+    time_wait: NetlinkSocket,
+}
+
+impl Namespace {
+    fn open() -> Result<Self> {
+        Ok(Self {
+            living: NetlinkSocket::open()?,
+            time_wait: NetlinkSocket::open()?,
+        })
+    }
+
     /// A netlink socket belongs to the namespace it was created in, wherever it is used: a
     /// short-lived thread enters `pid`'s namespace (setns affects only the calling thread),
-    /// creates the socket there, and hands it back.
+    /// creates the sockets there, and hands them back.
     fn open_in_netns_of(pid: u32) -> Result<Self> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
             .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
@@ -205,10 +244,31 @@ impl NetlinkSocket {
         })
     }
 
-    fn dump_all(&self, out: &mut Vec<DiagSocket>) -> Result<()> {
+    /// Both parts at once, appended to `out`.
+    fn dump(&self, out: &mut Vec<DiagSocket>) -> Result<()> {
+        let mut time_wait = Vec::new();
+        let lingering = std::thread::scope(|scope| {
+            let lingering = scope.spawn(|| self.time_wait.dump_all(Part::TimeWait, &mut time_wait));
+            let living = self.living.dump_all(Part::Living, out);
+            let lingering = lingering
+                .join()
+                .unwrap_or_else(|_| bail!("the TIME_WAIT dump thread panicked"));
+            living.and(lingering)
+        });
+        out.append(&mut time_wait);
+        lingering
+    }
+}
+
+struct NetlinkSocket {
+    fd: OwnedFd,
+}
+
+impl NetlinkSocket {
+    fn dump_all(&self, part: Part, out: &mut Vec<DiagSocket>) -> Result<()> {
         for family in [AF_INET, AF_INET6] {
-            for protocol in [IPPROTO_TCP, IPPROTO_UDP] {
-                self.dump(family, protocol, out).map_err(|err| {
+            for &protocol in part.protocols() {
+                self.dump(family, protocol, part.states(), out).map_err(|err| {
                     let (proto, module) = match protocol {
                         IPPROTO_TCP => ("TCP", "tcp_diag"),
                         _ => ("UDP", "udp_diag"),
@@ -250,8 +310,8 @@ impl NetlinkSocket {
         })
     }
 
-    fn dump(&self, family: u8, protocol: u8, out: &mut Vec<DiagSocket>) -> Result<()> {
-        let request = dump_request(family, protocol);
+    fn dump(&self, family: u8, protocol: u8, states: u32, out: &mut Vec<DiagSocket>) -> Result<()> {
+        let request = dump_request(family, protocol, states);
         // SAFETY: sending an initialized buffer of the given length.
         let sent = unsafe {
             libc::send(
@@ -283,7 +343,7 @@ impl NetlinkSocket {
     }
 }
 
-fn dump_request(family: u8, protocol: u8) -> Vec<u8> {
+fn dump_request(family: u8, protocol: u8, states: u32) -> Vec<u8> {
     let mut req = Vec::with_capacity(NLMSG_HDRLEN + 56);
     let len = (NLMSG_HDRLEN + 56) as u32;
     req.extend_from_slice(&len.to_ne_bytes());
@@ -297,7 +357,7 @@ fn dump_request(family: u8, protocol: u8) -> Vec<u8> {
     // Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
     req.push((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1)));
     req.push(0);
-    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&states.to_ne_bytes());
     req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
     req
 }
@@ -547,6 +607,38 @@ mod tests {
                 .any(|s| s.local.port() == port && s.state == 10 && s.inode != 0),
             "listener on port {port} not in the dump"
         );
+    }
+
+    /// TIME_WAIT comes from its own dump, beside the living sockets of the other.
+    #[test]
+    fn dumps_time_wait_beside_living_sockets() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        // The side that closes first waits in TIME_WAIT once the other side closes too.
+        drop(client);
+        drop(server);
+        let listener_port = listener.local_addr().unwrap().port();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let all = dump_all().unwrap();
+            let time_wait = all
+                .iter()
+                .any(|s| s.local.port() == client_port && s.state == TCP_TIME_WAIT);
+            let listening = all
+                .iter()
+                .any(|s| s.local.port() == listener_port && s.state == TCP_LISTEN);
+            if time_wait && listening {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "TIME_WAIT {time_wait}, listener {listening}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     proptest::proptest! {

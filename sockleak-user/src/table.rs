@@ -1,9 +1,9 @@
 //! The socket table: every open TCP/UDP socket sockleak knows about, keyed by socket cookie.
 //!
 //! Fed by kernel events (created, fd installed, state changed, released) and reconciled once per
-//! interval against sock_diag and the /proc fd scan, which are the ground truth: a release the
-//! ring buffer lost cannot leave a ghost behind, because a socket that no process holds any more
-//! is dropped after two consecutive scans.
+//! interval against sock_diag and the holder scan (`holders`), which are the ground truth: a
+//! release the ring buffer lost cannot leave a ghost behind, because a socket that no process
+//! holds any more is dropped after two consecutive scans.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
@@ -36,7 +36,7 @@ pub const TCP_CLOSING: u8 = 11;
 const UNOWNED_CAPACITY: usize = 65_536;
 /// A socket younger than this may not have its fd installed yet; it is never judged a ghost.
 const GHOST_GRACE_NS: u64 = 1_000_000_000;
-/// Consecutive /proc scans without a holder before a socket is declared released.
+/// Consecutive holder scans without a holder before a socket is declared released.
 const GHOST_SCANS: u8 = 2;
 /// Marks a table key made from a socket's address where no cookie was known; real cookies
 /// count up from 1 and never reach it.
