@@ -76,7 +76,7 @@ pub struct Stacks {
     requests: Sender<Request>,
     cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>,
     /// Keys already sent, so a busy socket factory costs one hash lookup per socket.
-    noted: HashSet<StackKey>,
+    noted: HashSet<StackKey, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
@@ -98,7 +98,7 @@ impl Stacks {
         Ok(Self {
             requests,
             cache,
-            noted: HashSet::new(),
+            noted: HashSet::default(),
         })
     }
 

@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{EventKind, Hook, SockEvent, Task};
+use sockleak_common::{COMM_LEN, EventKind, Hook, SockEvent, Task};
 
 use crate::{
     cgroups,
@@ -75,19 +75,38 @@ pub struct Owner {
 }
 
 impl Owner {
-    fn from_task(task: &Task) -> Self {
-        let len = task
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(task.comm.len());
+    fn from_task(task: &Task, names: &mut CommNames) -> Self {
         Self {
             pid: task.pid,
             tid: task.tid,
             uid: task.uid,
             cgroup_id: task.cgroup_id,
-            comm: Arc::from(String::from_utf8_lossy(&task.comm[..len]).as_ref()),
+            comm: names.of(&task.comm),
         }
+    }
+}
+
+/// Process names as the kernel gives them (16 bytes) -> the shared string: a socket factory
+/// creates thousands of sockets a second under one name, and decoding and allocating it for
+/// each was a tenth of sockleak's time per event.
+#[derive(Default)]
+struct CommNames(HashMap<[u8; COMM_LEN], Arc<str>, foldhash::fast::RandomState>);
+
+impl CommNames {
+    /// Names come and go with processes; past this many the cache starts over.
+    const MAX: usize = 4096;
+
+    fn of(&mut self, comm: &[u8; COMM_LEN]) -> Arc<str> {
+        if let Some(name) = self.0.get(comm) {
+            return Arc::clone(name);
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(&comm[..len]).as_ref());
+        self.0.insert(*comm, Arc::clone(&name));
+        name
     }
 }
 
@@ -296,9 +315,11 @@ type KernelKeyed<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct SocketTable {
     sockets: KernelKeyed<u64, Socket>,
-    /// Recently released TCP sockets: cookie -> owner, for churn attribution.
-    released: KernelKeyed<u64, (u32, Arc<str>)>,
-    released_order: VecDeque<u64>,
+    /// Recently released TCP sockets (cookie, owner pid and name), oldest first, for churn
+    /// attribution. A ring searched once per report rather than a map updated twice per
+    /// connection: under churn, a map with an eviction per insert spent a third of sockleak's
+    /// userspace time probing past its own tombstones.
+    released: VecDeque<(u64, u32, Arc<str>)>,
     churn: HashMap<u32, Churn>,
     /// Held sockets unknown to the table at the last scan: recovered if still so at the next.
     unknown_held_last_scan: HashSet<u64>,
@@ -308,6 +329,7 @@ pub struct SocketTable {
     unowned: KernelKeyed<u64, Unowned>,
     unowned_order: VecDeque<u64>,
     capacity: usize,
+    comm_names: CommNames,
     pub stats: TableStats,
 }
 
@@ -315,14 +337,14 @@ impl SocketTable {
     pub fn new(capacity: usize) -> Self {
         Self {
             sockets: KernelKeyed::default(),
-            released: KernelKeyed::default(),
-            released_order: VecDeque::new(),
+            released: VecDeque::new(),
             churn: HashMap::new(),
             unknown_held_last_scan: HashSet::new(),
             cookie_by_skaddr: KernelKeyed::default(),
             unowned: KernelKeyed::default(),
             unowned_order: VecDeque::new(),
             capacity,
+            comm_names: CommNames::default(),
             stats: TableStats::default(),
         }
     }
@@ -355,7 +377,7 @@ impl SocketTable {
             self.stats.ignored += 1;
             return;
         }
-        let owner = Owner::from_task(&ev.task);
+        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
         if let Some(existing) = self.sockets.get_mut(&ev.cookie) {
             // Created between attaching and the pre-existing scan: the event knows better.
             existing.origin = Origin::Traced;
@@ -429,11 +451,12 @@ impl SocketTable {
         self.stats.accepted += 1;
         let state = unowned.map_or(TCP_ESTABLISHED, |u| u.state);
         let addresses = unowned.and_then(|u| u.addresses);
+        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
         self.insert(Socket {
             cookie,
             origin: Origin::Traced,
             site: Site::Accept,
-            owner: Owner::from_task(&ev.task),
+            owner,
             family: ev.family as u8,
             protocol: IPPROTO_TCP,
             created_ns: ev.ts_ns,
@@ -511,25 +534,14 @@ impl SocketTable {
             && s.protocol == IPPROTO_TCP
             && s.state != TCP_LISTEN
         {
-            let owner = (s.owner.pid, s.owner.comm.clone());
-            self.remember_released(ev.cookie, owner);
+            if self.released.len() == RELEASED_MEMORY {
+                self.released.pop_front();
+            }
+            self.released
+                .push_back((ev.cookie, s.owner.pid, s.owner.comm.clone()));
         }
         if self.remove(ev.cookie) {
             self.stats.released += 1;
-        }
-    }
-
-    fn remember_released(&mut self, cookie: u64, owner: (u32, Arc<str>)) {
-        if self.released.insert(cookie, owner).is_none() {
-            self.released_order.push_back(cookie);
-            while self.released.len() > RELEASED_MEMORY {
-                match self.released_order.pop_front() {
-                    Some(old) => {
-                        self.released.remove(&old);
-                    }
-                    None => break,
-                }
-            }
         }
     }
 
@@ -695,11 +707,16 @@ impl SocketTable {
 
     fn count_churn(&mut self, diag: &[DiagSocket]) {
         self.churn.clear();
+        let owner_of: KernelKeyed<u64, (u32, &Arc<str>)> = self
+            .released
+            .iter()
+            .map(|(cookie, pid, comm)| (*cookie, (*pid, comm)))
+            .collect();
         for d in diag.iter().filter(|d| d.inode == 0) {
-            let Some((pid, comm)) = self.released.get(&d.cookie) else {
+            let Some(&(pid, comm)) = owner_of.get(&d.cookie) else {
                 continue;
             };
-            let entry = self.churn.entry(*pid).or_insert_with(|| Churn {
+            let entry = self.churn.entry(pid).or_insert_with(|| Churn {
                 comm: comm.clone(),
                 ..Churn::default()
             });
@@ -896,6 +913,23 @@ impl SocketTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_name_is_one_shared_string_and_the_cache_stays_bounded() {
+        let mut names = CommNames::default();
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"node");
+        let first = names.of(&comm);
+        assert_eq!(&*first, "node");
+        assert!(Arc::ptr_eq(&first, &names.of(&comm)));
+        comm[..4].copy_from_slice(b"n\xffde");
+        assert_eq!(&*names.of(&comm), "n\u{fffd}de");
+        for i in 0..2 * CommNames::MAX as u32 {
+            comm[..4].copy_from_slice(&i.to_ne_bytes());
+            names.of(&comm);
+        }
+        assert!(names.0.len() <= CommNames::MAX);
+    }
     use sockleak_common::Hook;
 
     fn task(pid: u32, comm: &str) -> Task {
