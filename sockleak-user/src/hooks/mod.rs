@@ -5,6 +5,7 @@
 //! Optional: the syscall-exit fd walk (needs BTF offsets), without which accepted sockets are
 //! attributed by the periodic /proc scan instead of at accept time.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
+mod btf;
 pub mod offsets;
 pub mod tracefs;
 
