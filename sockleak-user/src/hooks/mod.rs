@@ -3,7 +3,8 @@
 //! Required: cgroup/sock_create and cgroup/sock_release on the cgroup v2 root (socket birth and
 //! release). Preferred/fallback: tp_btf/inet_sock_set_state, else the classic tracepoint.
 //! Optional: the syscall-exit fd walk (needs BTF offsets), without which accepted sockets are
-//! attributed by the periodic /proc scan instead of at accept time.
+//! attributed by the periodic /proc scan instead of at accept time; the `socket_fds`
+//! iterator (BTF, 5.8+), without which reports read socket holders from /proc.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
 mod btf;
 pub mod offsets;
