@@ -98,7 +98,7 @@ pub struct TcpInfo {
 #[cfg(test)]
 pub fn dump_all() -> Result<Vec<DiagSocket>> {
     let mut all = Vec::new();
-    Namespace::open()?.dump(&mut all)?;
+    Namespace::open()?.dump(true, &mut all)?;
     Ok(all)
 }
 
@@ -126,10 +126,11 @@ impl SockDiag {
         })
     }
 
-    /// Every TCP and UDP socket, in every network namespace a process is in.
-    pub fn dump(&mut self) -> Result<Vec<DiagSocket>> {
+    /// Every TCP and UDP socket, in every network namespace a process is in; TIME_WAIT ones
+    /// only if `time_wait`.
+    pub fn dump(&mut self, time_wait: bool) -> Result<Vec<DiagSocket>> {
         let mut all = Vec::new();
-        self.own.dump(&mut all)?;
+        self.own.dump(time_wait, &mut all)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
         self.unreachable_namespaces = 0;
@@ -149,7 +150,7 @@ impl SockDiag {
                 },
             };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Err(err) = socket.dump(&mut all) {
+            if let Err(err) = socket.dump(time_wait, &mut all) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
@@ -244,8 +245,11 @@ impl Namespace {
         })
     }
 
-    /// Both parts at once, appended to `out`.
-    fn dump(&self, out: &mut Vec<DiagSocket>) -> Result<()> {
+    /// Both parts at once (TIME_WAIT only if `time_wait`), appended to `out`.
+    fn dump(&self, time_wait: bool, out: &mut Vec<DiagSocket>) -> Result<()> {
+        if !time_wait {
+            return self.living.dump_all(Part::Living, out);
+        }
         let mut time_wait = Vec::new();
         let lingering = std::thread::scope(|scope| {
             let lingering = scope.spawn(|| self.time_wait.dump_all(Part::TimeWait, &mut time_wait));

@@ -120,7 +120,8 @@ impl Tracer {
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
         let mut diag_source = SockDiag::new()?;
-        let diag = diag_source.dump()?;
+        // Nothing was released yet: no TIME_WAIT socket could be attributed.
+        let diag = diag_source.dump(false)?;
         let holders = HolderScan::start(&mut ebpf).run();
         table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
 
@@ -214,8 +215,11 @@ impl Tracer {
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;
+        // TIME_WAIT sockets (often more than all the others) only matter for the churn rows,
+        // which attribute the ones sockleak saw released.
+        let time_wait = table.remembers_releases();
         let dump = tokio::task::spawn_blocking(move || {
-            let dumped = diag_source.dump();
+            let dumped = diag_source.dump(time_wait);
             (diag_source, dumped, started.elapsed())
         });
         let holder_scan = HolderScan::start(ebpf);
