@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::{
     attribution::Attribution,
     peers::{Tracer, TracerKind},
-    probe::{free_port, kernel_map_bytes, metric, resident_bytes},
+    probe::{free_port, kernel_map_bytes, metric, resident_bytes, time_wait_sockets},
 };
 
 #[derive(Parser)]
@@ -90,6 +90,8 @@ struct ScaleResult {
     bytes_per_socket: f64,
     kernel_map_bytes: u64,
     report_seconds: f64,
+    /// TCP TIME_WAIT sockets on the machine while the reports ran.
+    time_wait_sockets: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -284,6 +286,7 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
             .map(|n| n as u64)
     })?;
     // Two more reports with everything in the table: the steady state, not the first fill.
+    let time_wait = time_wait_sockets();
     let mut report_seconds: f64 = 0.0;
     let first = metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").unwrap_or(0.0);
     let mut seen = first;
@@ -311,6 +314,7 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
         bytes_per_socket: rss.saturating_sub(rss_idle) as f64 / sockets as f64,
         kernel_map_bytes: maps,
         report_seconds,
+        time_wait_sockets: time_wait,
     })
 }
 
@@ -397,19 +401,26 @@ fn table(r: &Results, args: &Args) -> String {
     );
     let _ = writeln!(
         out,
-        "{:>12} {:>10} {:>14} {:>14} {:>16} {:>14}",
-        "sockets", "tracked", "sockleak RSS", "per socket", "kernel maps", "report time"
+        "{:>12} {:>10} {:>14} {:>14} {:>16} {:>14} {:>12}",
+        "sockets",
+        "tracked",
+        "sockleak RSS",
+        "per socket",
+        "kernel maps",
+        "report time",
+        "TIME_WAIT"
     );
     for s in &r.scale {
         let _ = writeln!(
             out,
-            "{:>12} {:>10} {:>11.1} MiB {:>12.0} B {:>12.1} MiB {:>11.0} ms",
+            "{:>12} {:>10} {:>11.1} MiB {:>12.0} B {:>12.1} MiB {:>11.0} ms {:>12}",
             s.sockets_open,
             s.tracked,
             s.rss_bytes as f64 / (1 << 20) as f64,
             s.bytes_per_socket,
             s.kernel_map_bytes as f64 / (1 << 20) as f64,
             s.report_seconds * 1000.0,
+            s.time_wait_sockets.map_or("-".into(), |n| n.to_string()),
         );
     }
     if let Some(a) = &r.attribution {

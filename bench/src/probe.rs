@@ -49,6 +49,27 @@ pub fn kernel_map_bytes(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// TCP sockets in TIME_WAIT on the machine (`tw` in /proc/net/sockstat): leftovers of the
+/// churn runs, which a report dumps only when sockleak saw them released.
+pub fn time_wait_sockets() -> Option<u64> {
+    parse_time_wait(&std::fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
+fn parse_time_wait(sockstat: &str) -> Option<u64> {
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = tcp.split_whitespace();
+    words.find(|&w| w == "tw")?;
+    words.next()?.parse().ok()
+}
+
+#[test]
+fn reads_time_wait_from_sockstat() {
+    let sockstat =
+        "sockets: used 180\nTCP: inuse 5 orphan 0 tw 1234 alloc 7 mem 1\nUDP: inuse 1 mem 0\n";
+    assert_eq!(parse_time_wait(sockstat), Some(1234));
+    assert_eq!(parse_time_wait("TCP: inuse 5\n"), None);
+}
+
 pub fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
