@@ -96,10 +96,20 @@ pub struct TcpInfo {
 
 /// Dumps all TCP and UDP sockets of both families in sockleak's own network namespace.
 #[cfg(test)]
-pub fn dump_all() -> Result<Vec<DiagSocket>> {
-    let mut all = Vec::new();
+pub fn dump_all() -> Result<Snapshot> {
+    let mut all = Snapshot::default();
     Namespace::open()?.dump(true, &mut all)?;
     Ok(all)
+}
+
+/// What one round of dumps saw.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Every socket but the TIME_WAIT ones.
+    pub sockets: Vec<DiagSocket>,
+    /// The cookies of the TIME_WAIT sockets (often more numerous than all the others, and
+    /// only counted): see [`Part::TimeWait`].
+    pub time_wait: Vec<u64>,
 }
 
 /// sock_diag sees one network namespace: the one its netlink socket was created in. Containers
@@ -128,8 +138,8 @@ impl SockDiag {
 
     /// Every TCP and UDP socket, in every network namespace a process is in; TIME_WAIT ones
     /// only if `time_wait`.
-    pub fn dump(&mut self, time_wait: bool) -> Result<Vec<DiagSocket>> {
-        let mut all = Vec::new();
+    pub fn dump(&mut self, time_wait: bool) -> Result<Snapshot> {
+        let mut all = Snapshot::default();
         self.own.dump(time_wait, &mut all)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
@@ -246,21 +256,26 @@ impl Namespace {
     }
 
     /// Both parts at once (TIME_WAIT only if `time_wait`), appended to `out`.
-    fn dump(&self, time_wait: bool, out: &mut Vec<DiagSocket>) -> Result<()> {
+    fn dump(&self, time_wait: bool, out: &mut Snapshot) -> Result<()> {
+        let Snapshot {
+            sockets,
+            time_wait: cookies,
+        } = out;
+        let mut living = |d: DiagSocket| sockets.push(d);
         if !time_wait {
-            return self.living.dump_all(Part::Living, out);
+            return self.living.dump_all(Part::Living, &mut living);
         }
-        let mut time_wait = Vec::new();
-        let lingering = std::thread::scope(|scope| {
-            let lingering = scope.spawn(|| self.time_wait.dump_all(Part::TimeWait, &mut time_wait));
-            let living = self.living.dump_all(Part::Living, out);
+        std::thread::scope(|scope| {
+            let lingering = scope.spawn(|| {
+                self.time_wait
+                    .dump_all(Part::TimeWait, &mut |d: DiagSocket| cookies.push(d.cookie))
+            });
+            let living = self.living.dump_all(Part::Living, &mut living);
             let lingering = lingering
                 .join()
                 .unwrap_or_else(|_| bail!("the TIME_WAIT dump thread panicked"));
             living.and(lingering)
-        });
-        out.append(&mut time_wait);
-        lingering
+        })
     }
 }
 
@@ -269,10 +284,11 @@ struct NetlinkSocket {
 }
 
 impl NetlinkSocket {
-    fn dump_all(&self, part: Part, out: &mut Vec<DiagSocket>) -> Result<()> {
+    /// Every socket of `part`, one at a time to `each`.
+    fn dump_all(&self, part: Part, each: &mut impl FnMut(DiagSocket)) -> Result<()> {
         for family in [AF_INET, AF_INET6] {
             for &protocol in part.protocols() {
-                self.dump(family, protocol, part.states(), out).map_err(|err| {
+                self.dump(family, protocol, part.states(), each).map_err(|err| {
                     let (proto, module) = match protocol {
                         IPPROTO_TCP => ("TCP", "tcp_diag"),
                         _ => ("UDP", "udp_diag"),
@@ -314,7 +330,13 @@ impl NetlinkSocket {
         })
     }
 
-    fn dump(&self, family: u8, protocol: u8, states: u32, out: &mut Vec<DiagSocket>) -> Result<()> {
+    fn dump(
+        &self,
+        family: u8,
+        protocol: u8,
+        states: u32,
+        each: &mut impl FnMut(DiagSocket),
+    ) -> Result<()> {
         let request = dump_request(family, protocol, states);
         // SAFETY: sending an initialized buffer of the given length.
         let sent = unsafe {
@@ -329,6 +351,7 @@ impl NetlinkSocket {
             return Err(io::Error::last_os_error().into());
         }
         let mut buf = vec![0u8; 64 * 1024];
+        let mut batch = Vec::new();
         loop {
             // SAFETY: receiving into a buffer we own, bounded by its length.
             let n =
@@ -340,7 +363,9 @@ impl NetlinkSocket {
                 }
                 return Err(err.into());
             }
-            if parse_messages(&buf[..n as usize], protocol, out)? == Parsed::Done {
+            let parsed = parse_messages(&buf[..n as usize], protocol, &mut batch)?;
+            batch.drain(..).for_each(&mut *each);
+            if parsed == Parsed::Done {
                 return Ok(());
             }
         }
@@ -607,7 +632,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let all = dump_all().unwrap();
         assert!(
-            all.iter()
+            all.sockets
+                .iter()
                 .any(|s| s.local.port() == port && s.state == 10 && s.inode != 0),
             "listener on port {port} not in the dump"
         );
@@ -620,7 +646,24 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
-        let client_port = client.local_addr().unwrap().port();
+        // A TIME_WAIT socket keeps the cookie of the socket it replaces.
+        let client_cookie = {
+            use std::os::fd::AsRawFd;
+            let mut cookie = 0u64;
+            let mut len = size_of::<u64>() as libc::socklen_t;
+            // SAFETY: SO_COOKIE writes a u64 into a buffer of that size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    client.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_COOKIE,
+                    (&raw mut cookie).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            cookie
+        };
         // The side that closes first waits in TIME_WAIT once the other side closes too.
         drop(client);
         drop(server);
@@ -628,10 +671,9 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let all = dump_all().unwrap();
-            let time_wait = all
-                .iter()
-                .any(|s| s.local.port() == client_port && s.state == TCP_TIME_WAIT);
+            let time_wait = all.time_wait.contains(&client_cookie);
             let listening = all
+                .sockets
                 .iter()
                 .any(|s| s.local.port() == listener_port && s.state == TCP_LISTEN);
             if time_wait && listening {

@@ -123,7 +123,7 @@ impl Tracer {
         // Nothing was released yet: no TIME_WAIT socket could be attributed.
         let diag = diag_source.dump(false)?;
         let holders = HolderScan::start(&mut ebpf).run();
-        table.seed_pre_existing(&diag, &holders, procfs::monotonic_ns(), &filter);
+        table.seed_pre_existing(&diag.sockets, &holders, procfs::monotonic_ns(), &filter);
 
         let started = Started {
             hooks,
@@ -245,12 +245,13 @@ impl Tracer {
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
         table.reconcile(
-            &diag,
+            &diag.sockets,
             &holders,
             now,
             &reporter.filter,
             procfs::inet_sockets_of,
         );
+        table.count_churn(&diag.sockets, &diag.time_wait);
         stacks.retain(table.sockets().filter_map(|s| s.stack));
         let reconciled = started.elapsed();
         let stat = |s: Stat| -> u64 {
