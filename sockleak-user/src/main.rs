@@ -83,7 +83,7 @@ fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// A report over 100,000 sockets allocates tens of MiB for a moment (the sock_diag dump, the
-/// fd scan's map, the rows), some of it on the scan threads. glibc's defaults keep that
+/// holder scan's pairs, the rows), some of it on the dump and scan threads. glibc's defaults keep that
 /// memory: one arena per thread, and an mmap threshold that rises after every large free so
 /// the next large buffer comes from the never-shrinking heap. One arena and a fixed 128 KiB
 /// threshold (large buffers always mmapped, so unmapped when freed) took sockleak from 154 to

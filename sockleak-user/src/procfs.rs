@@ -65,6 +65,9 @@ fn socket_fds_of(pids: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
     found
 }
 
+/// `readlinkat(dir, name)` into `buf`: resolves one path component instead of the four of
+/// `/proc/PID/fd/N`, which at 100,000 fds is most of the scan. Links longer than `buf` (not
+/// sockets, whose targets are `socket:[INODE]`) come back truncated and fail to parse.
 fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr, buf: &mut [u8]) -> Option<usize> {
     use std::os::{fd::AsRawFd, unix::ffi::OsStrExt};
     let mut cname = [0u8; 32];
@@ -161,6 +164,8 @@ pub fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
     #[test]
@@ -170,8 +175,6 @@ pub(crate) mod tests {
         assert_eq!(parse_socket_link("socket:[x]"), None);
         assert_eq!(parse_socket_link("/dev/null"), None);
     }
-
-    use std::os::fd::AsRawFd;
 
     pub fn socket_inode_of(fd: i32) -> u64 {
         let link = fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();

@@ -558,14 +558,14 @@ impl SocketTable {
         }
     }
 
-    /// TIME_WAIT and orphaned (FIN_WAIT, LAST_ACK, CLOSING without a file) sockets per process,
-    /// from the last reconciliation: connection churn, not leaks.
     /// Whether any TCP socket was seen released lately: only then can a TIME_WAIT socket be
     /// attributed to a process, and worth dumping.
     pub fn remembers_releases(&self) -> bool {
         !self.released.is_empty()
     }
 
+    /// TIME_WAIT and orphaned (FIN_WAIT, LAST_ACK, CLOSING without a file) sockets per process,
+    /// as [`SocketTable::count_churn`] last counted them: connection churn, not leaks.
     pub fn churn(&self) -> &HashMap<u32, Churn> {
         &self.churn
     }

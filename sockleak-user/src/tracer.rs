@@ -211,7 +211,8 @@ impl Tracer {
         drain(ring, table, stacks);
         // The kernel's view (a sock_diag dump, who holds each socket) is gathered on blocking
         // threads, both at once, while this task keeps applying events: over 100,000 sockets
-        // it takes most of a second, and a ring buffer left alone that long overflows.
+        // it takes a quarter of a second or more, and a busy ring buffer left alone that long
+        // overflows.
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;
