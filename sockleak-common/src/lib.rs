@@ -177,6 +177,9 @@ impl SockEvent {
 
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 152);
+// The kernel side zeroes events a word at a time.
+const _: () = assert!(core::mem::size_of::<SockEvent>() % 8 == 0);
+const _: () = assert!(core::mem::align_of::<SockEvent>() == 8);
 
 /// Per-CPU counters in the `STATS` map, indexed by these values.
 #[repr(u32)]

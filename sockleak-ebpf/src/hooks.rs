@@ -1,4 +1,4 @@
-//! The programs. Each one fills a `SockEvent` and sends it; none of them keeps state.
+//! The programs. Each one fills a `SockEvent` in the ring (`maps::send`); none keeps state.
 //!
 //! | program                  | attach point                         | context  | tells              |
 //! |--------------------------|--------------------------------------|----------|--------------------|
@@ -17,18 +17,19 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     cty::c_void,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_probe_read_user,
         generated::{
-            bpf_get_current_cgroup_id, bpf_get_current_task_btf, bpf_get_socket_cookie,
-            bpf_ktime_get_ns, bpf_task_pt_regs,
+            bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task_btf,
+            bpf_get_socket_cookie, bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, cgroup_sock, tracepoint},
     programs::{BtfTracePointContext, SockContext, TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use sockleak_common::{Config, EventKind, Hook, SockEvent, Stat, Task};
+use core::mem::MaybeUninit;
+use sockleak_common::{COMM_LEN, Config, EventKind, Hook, SockEvent, Stat, Task};
 
 use crate::{
     fdwalk::socket_of_fd,
@@ -43,29 +44,31 @@ const AF_INET6: u16 = 10;
 #[inline(always)]
 fn current_task() -> Task {
     let pid_tgid = bpf_get_current_pid_tgid();
-    Task {
-        pid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        uid: bpf_get_current_uid_gid() as u32,
-        _pad: 0,
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    // Field by field, without zeroing first (zeroing compiles to a slow `memset`, see `send`).
+    let mut task = MaybeUninit::<Task>::uninit();
+    let t = task.as_mut_ptr();
+    // SAFETY: every field is written before `assume_init`; the comm helper fills all 16 bytes
+    // (zeroes when it fails).
+    unsafe {
+        (*t).pid = (pid_tgid >> 32) as u32;
+        (*t).tid = pid_tgid as u32;
+        (*t).uid = bpf_get_current_uid_gid() as u32;
+        (*t)._pad = 0;
+        (*t).cgroup_id = bpf_get_current_cgroup_id();
+        bpf_get_current_comm((&raw mut (*t).comm).cast(), COMM_LEN as u32);
+        task.assume_init()
     }
-}
-
-#[inline(always)]
-fn event(kind: EventKind, hook: Hook) -> SockEvent {
-    let mut ev = SockEvent::new(kind, hook);
-    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
-    ev
 }
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
-    let mut ev = sock_event(&ctx, EventKind::Created, Hook::CgroupSockCreate);
-    ev.task = current_task();
-    if admits_task(&ev.task) && admits_socket(ev.family, ev.protocol) {
-        send(&ev);
+    let task = current_task();
+    let sock = SockIdentity::of(&ctx);
+    if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
+        send(EventKind::Created, Hook::CgroupSockCreate, |ev| {
+            ev.task = task;
+            sock.fill(ev);
+        });
     }
     ALLOW
 }
@@ -74,26 +77,45 @@ pub fn sock_create(ctx: SockContext) -> i32 {
 pub fn sock_release(ctx: SockContext) -> i32 {
     // No task and no owner filter: the last `fput` can run in a kworker, so the releasing task
     // says nothing about the owner (and reading it was 0.4 us of every release).
-    let ev = sock_event(&ctx, EventKind::Released, Hook::CgroupSockRelease);
-    if admits_socket(ev.family, ev.protocol) {
-        send(&ev);
+    let sock = SockIdentity::of(&ctx);
+    if admits_socket(sock.family, sock.protocol) {
+        send(EventKind::Released, Hook::CgroupSockRelease, |ev| {
+            sock.fill(ev)
+        });
     }
     ALLOW
 }
 
 /// The socket's identity, as a cgroup sock program sees it.
-#[inline(always)]
-fn sock_event(ctx: &SockContext, kind: EventKind, hook: Hook) -> SockEvent {
-    let mut ev = event(kind, hook);
-    // SAFETY: the kernel hands cgroup sock programs a valid `struct bpf_sock`.
-    unsafe {
-        let sock = &*ctx.sock;
-        ev.family = sock.family as u16;
-        ev.protocol = sock.protocol as u16;
-        ev.sock_type = sock.type_ as u16;
-        ev.cookie = bpf_get_socket_cookie(ctx.as_ptr());
+struct SockIdentity {
+    cookie: u64,
+    family: u16,
+    protocol: u16,
+    sock_type: u16,
+}
+
+impl SockIdentity {
+    #[inline(always)]
+    fn of(ctx: &SockContext) -> Self {
+        // SAFETY: the kernel hands cgroup sock programs a valid `struct bpf_sock`.
+        unsafe {
+            let sock = &*ctx.sock;
+            Self {
+                cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+                family: sock.family as u16,
+                protocol: sock.protocol as u16,
+                sock_type: sock.type_ as u16,
+            }
+        }
     }
-    ev
+
+    #[inline(always)]
+    fn fill(&self, ev: &mut SockEvent) {
+        ev.cookie = self.cookie;
+        ev.family = self.family;
+        ev.protocol = self.protocol;
+        ev.sock_type = self.sock_type;
+    }
 }
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -107,13 +129,13 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !state_worth_sending(sk as u64, new_state) {
         return 0;
     }
-    let mut ev = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
-    ev.skaddr = sk as u64;
-    ev.cookie = cookie;
-    ev.old_state = old_state as u16;
-    ev.new_state = new_state as u16;
-    let _ = read_addresses(sk as u64, &mut ev);
-    send(&ev);
+    send(EventKind::StateChanged, Hook::TpBtfInetSockSetState, |ev| {
+        ev.skaddr = sk as u64;
+        ev.cookie = cookie;
+        ev.old_state = old_state as u16;
+        ev.new_state = new_state as u16;
+        let _ = read_addresses(sk as u64, ev);
+    });
     0
 }
 
@@ -193,23 +215,34 @@ pub fn sock_exceed_buf_limit(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn pressure(ctx: &BtfTracePointContext, kind: EventKind, hook: Hook) {
     let sk: *mut c_void = ctx.arg(0);
-    let mut ev = event(kind, hook);
-    ev.skaddr = sk as u64;
-    ev.cookie = unsafe { bpf_get_socket_cookie(sk) };
-    send(&ev);
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    send(kind, hook, |ev| {
+        ev.skaddr = sk as u64;
+        ev.cookie = cookie;
+    });
 }
 
 /// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> i32 {
     let cfg = config();
-    let mut ev = event(EventKind::StateChanged, Hook::TracepointInetSockSetState);
-    unsafe {
-        ev.skaddr = ctx.read_at::<u64>(cfg.tp_skaddr as usize).unwrap_or(0);
-        ev.old_state = ctx.read_at::<i32>(cfg.tp_oldstate as usize).unwrap_or(0) as u16;
-        ev.new_state = ctx.read_at::<i32>(cfg.tp_newstate as usize).unwrap_or(0) as u16;
-    }
-    send(&ev);
+    // SAFETY: reads of the tracepoint record at offsets from its tracefs format.
+    let (skaddr, old_state, new_state) = unsafe {
+        (
+            ctx.read_at::<u64>(cfg.tp_skaddr as usize).unwrap_or(0),
+            ctx.read_at::<i32>(cfg.tp_oldstate as usize).unwrap_or(0),
+            ctx.read_at::<i32>(cfg.tp_newstate as usize).unwrap_or(0),
+        )
+    };
+    send(
+        EventKind::StateChanged,
+        Hook::TracepointInetSockSetState,
+        |ev| {
+            ev.skaddr = skaddr;
+            ev.old_state = old_state as u16;
+            ev.new_state = new_state as u16;
+        },
+    );
     0
 }
 
@@ -245,17 +278,17 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
     let fd = ret as i32;
     match socket_of_fd(&cfg, fd) {
         Ok(Some(found)) if admits_socket(found.family, 0) => {
-            let mut ev = event(EventKind::FdInstalled, hook);
-            ev.task = task;
-            ev.fd = fd;
-            ev.skaddr = found.skaddr;
-            ev.cookie = found.cookie;
-            ev.inode = found.inode;
-            ev.family = found.family;
-            if cfg.capture_stacks != 0 {
-                capture_stacks(ctx, &cfg, &mut ev);
-            }
-            send(&ev);
+            send(EventKind::FdInstalled, hook, |ev| {
+                ev.task = task;
+                ev.fd = fd;
+                ev.skaddr = found.skaddr;
+                ev.cookie = found.cookie;
+                ev.inode = found.inode;
+                ev.family = found.family;
+                if cfg.capture_stacks != 0 {
+                    capture_stacks(ctx, &cfg, ev);
+                }
+            });
         }
         Ok(_) => {} // not an inet socket, or filtered out
         Err(err) => {
@@ -266,7 +299,6 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
 }
 
 const EEXIST: i32 = 17;
-
 /// The creating task's user stack, at the syscall that gave it the socket. Only
 /// here: this is process context, and `current` is the owner.
 #[inline(always)]
