@@ -262,6 +262,23 @@ impl Report {
         self.0["groups"].as_array().expect("groups array")
     }
 
+    /// The one group of `pid` whose site is `site` (`socket()`, `accept() on :PORT`, ...); on
+    /// any other count, fails with every group in the report.
+    pub fn group_at(&self, pid: u32, site: &str) -> &Value {
+        let found: Vec<&Value> = self
+            .groups()
+            .iter()
+            .filter(|g| g["pid"] == pid && g["site"] == site)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "groups of pid {pid} at {site} among {:#?}",
+            self.groups()
+        );
+        found[0]
+    }
+
     /// The one socket of `pid` whose `field` (`local` or `remote`) ends with `:port`.
     pub fn socket_at(&self, pid: u32, field: &str, port: &str) -> &Value {
         let suffix = format!(":{port}");

@@ -57,11 +57,7 @@ fn close_wait_and_reset_held_but_not_open_or_unconnected_or_listening() {
             "never connected is not reset"
         );
     }
-    let group = r
-        .groups()
-        .iter()
-        .find(|g| g["pid"] == s && g["site"] != "socket()")
-        .unwrap();
+    let group = r.group_at(s, &format!("accept() on :{port}"));
     assert_eq!(flags(group), ["close_wait"]);
 }
 
@@ -103,11 +99,7 @@ fn unread_but_not_a_slow_reader_that_makes_progress() {
         flags(r.socket_at(client.pid(), "local", &ports[1])),
         Vec::<&str>::new()
     );
-    let group = r
-        .groups()
-        .iter()
-        .find(|g| g["pid"] == server.pid() && g["site"] != "socket()")
-        .unwrap();
+    let group = r.group_at(server.pid(), &format!("accept() on :{port}"));
     assert!(group["memory_bytes"].as_u64().unwrap() >= 65536, "{group}");
 }
 
