@@ -133,6 +133,14 @@ pub struct SockEvent {
 /// `user_stack_id` of an event whose hook does not capture stacks.
 pub const NO_STACK: i32 = i32::MIN;
 
+/// `user_stack_id` of a socket whose stack was deliberately not taken: its process had already
+/// used its [`Config::stack_rate`] stacks of the current second.
+pub const STACK_NOT_SAMPLED: i32 = i32::MIN + 1;
+
+/// Processes whose stack budget the kernel side tracks at once (an LRU map: a process that
+/// stopped creating sockets makes room for one that starts).
+pub const STACK_BUDGET_PROCESSES: u32 = 4096;
+
 /// Slots of the `STACKS` map (distinct stacks it can hold) and frames kept per stack. Every
 /// slot is preallocated: 8192 x (64 x 8 + bucket header) is about 4.5 MiB of kernel memory.
 pub const STACK_SLOTS: u32 = 8192;
@@ -178,7 +186,7 @@ impl SockEvent {
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 152);
 // The kernel side zeroes events a word at a time.
-const _: () = assert!(core::mem::size_of::<SockEvent>() % 8 == 0);
+const _: () = assert!(core::mem::size_of::<SockEvent>().is_multiple_of(8));
 const _: () = assert!(core::mem::align_of::<SockEvent>() == 8);
 
 /// Per-CPU counters in the `STATS` map, indexed by these values.
@@ -196,9 +204,11 @@ pub enum Stat {
     StackCollisions = 3,
     /// Stacks that could not be captured for another reason (no user stack, a fault).
     StackFailures = 4,
+    /// Stacks not taken because the creating process was over its `stack_rate` budget.
+    StacksNotSampled = 5,
 }
 
-pub const STAT_COUNT: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// Field offsets the programs need but cannot get from CO-RE (Rust eBPF has no field
 /// relocations yet): userspace reads them from the running kernel's BTF and tracefs formats.
@@ -253,6 +263,10 @@ pub struct Config {
     /// `task_struct.tgid` and `inode.i_mode`, for the `socket_fds` iterator.
     pub task_tgid: u64,
     pub inode_mode: u64,
+    /// Most creation stacks taken per process and second; 0 takes every one. The stack walk is
+    /// most of a socket's cost, and a process opening thousands of sockets a second shows its
+    /// code paths in a sample as well as in all of them (bcc's memleak samples the same way).
+    pub stack_rate: u64,
 }
 
 /// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket

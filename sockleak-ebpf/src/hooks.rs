@@ -6,7 +6,7 @@
 //! | `sock_release`           | cgroup/sock_release                  | process* | socket gone        |
 //! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | LISTEN, and CLOSE while held (`state_worth_sending`) |
 //! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
-//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, creation stacks |
+//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, creation stacks (at most `stack_rate` per process and second) |
 //! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
@@ -29,12 +29,14 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use core::mem::MaybeUninit;
-use sockleak_common::{COMM_LEN, Config, EventKind, Hook, SockEvent, Stat, Task};
+use sockleak_common::{
+    COMM_LEN, Config, EventKind, Hook, STACK_NOT_SAMPLED, SockEvent, Stat, Task,
+};
 
 use crate::{
     fdwalk::socket_of_fd,
     filter::{admits_socket, admits_task},
-    maps::{STACKS, config, count, send},
+    maps::{STACK_BUDGET, STACKS, StackWindow, config, count, send},
 };
 
 /// cgroup sock programs decide whether a socket may exist. sockleak only watches.
@@ -286,7 +288,12 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
                 ev.inode = found.inode;
                 ev.family = found.family;
                 if cfg.capture_stacks != 0 {
-                    capture_stacks(ctx, &cfg, ev);
+                    if within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns) {
+                        capture_stacks(ctx, &cfg, ev);
+                    } else {
+                        ev.user_stack_id = STACK_NOT_SAMPLED;
+                        count(Stat::StacksNotSampled);
+                    }
                 }
             });
         }
@@ -299,6 +306,39 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
 }
 
 const EEXIST: i32 = 17;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Whether process `pid` may have one more creation stack in the second that is running at
+/// `now_ns`. The count is not atomic: two CPUs racing may both take the last stack of a window,
+/// which only means a stack more.
+#[inline(always)]
+fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    match STACK_BUDGET.get_ptr_mut(&pid) {
+        // SAFETY: this process's map value, valid for the program's run.
+        Some(window) => unsafe {
+            if now_ns.wrapping_sub((*window).start_ns) >= NS_PER_SEC {
+                (*window).start_ns = now_ns;
+                (*window).taken = 1;
+                true
+            } else {
+                (*window).taken += 1;
+                (*window).taken <= rate
+            }
+        },
+        None => {
+            let first = StackWindow {
+                start_ns: now_ns,
+                taken: 1,
+            };
+            let _ = STACK_BUDGET.insert(&pid, &first, 0);
+            true
+        }
+    }
+}
+
 /// The creating task's user stack, at the syscall that gave it the socket. Only
 /// here: this is process context, and `current` is the owner.
 #[inline(always)]

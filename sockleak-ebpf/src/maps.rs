@@ -1,14 +1,15 @@
 //! Every map is bounded; sockleak keeps no per-socket state in the kernel (the userspace table
 //! holds it), so nothing here can grow with the number of sockets. `STACKS` grows with distinct
-//! creation stacks only, up to its fixed number of slots.
+//! creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes, up to
+//! its fixed number of entries, least recently used first out.
 use aya_ebpf::{
-    btf_maps::{PerCpuArray, RingBuf, StackTrace},
+    btf_maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
 };
 use sockleak_common::{
-    Config, EVENTS_RING_BYTES, EventKind, Hook, NO_STACK, STACK_DEPTH, STACK_SLOTS, STAT_COUNT,
-    SockEvent, Stat,
+    Config, EVENTS_RING_BYTES, EventKind, Hook, NO_STACK, STACK_BUDGET_PROCESSES, STACK_DEPTH,
+    STACK_SLOTS, STAT_COUNT, SockEvent, Stat,
 };
 
 #[btf_map]
@@ -18,6 +19,18 @@ pub static EVENTS: RingBuf<SockEvent, { EVENTS_RING_BYTES as usize }> = RingBuf:
 /// naming the same stack for the whole trace and is read (and symbolized) once.
 #[btf_map]
 pub static STACKS: StackTrace<{ STACK_SLOTS as usize }, 0, STACK_DEPTH> = StackTrace::new();
+
+/// One process's creation stacks in the current one-second window (`Config::stack_rate`).
+pub struct StackWindow {
+    pub start_ns: u64,
+    pub taken: u64,
+}
+
+/// Keyed by process id. An LRU map: bounded, and a process that stopped creating sockets
+/// makes room for one that starts.
+#[btf_map]
+pub static STACK_BUDGET: LruHashMap<u32, StackWindow, { STACK_BUDGET_PROCESSES as usize }> =
+    LruHashMap::new();
 
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
@@ -53,6 +66,7 @@ static CONFIG: Config = Config {
     wakeup_bytes: 0,
     task_tgid: 0,
     inode_mode: 0,
+    stack_rate: 0,
 };
 
 #[inline(always)]

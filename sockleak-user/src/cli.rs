@@ -167,7 +167,15 @@ pub struct TracerArgs {
     /// by process and site only.
     #[arg(long)]
     pub no_stacks: bool,
+    /// Most creation stacks taken per process and second (0: every socket). The stack walk is
+    /// most of what a socket costs sockleak in the kernel; a process opening sockets faster
+    /// than this has the rest grouped as `stack not sampled`.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_STACK_RATE, conflicts_with = "no_stacks")]
+    pub stack_rate: u64,
 }
+
+/// Enough for every socket of a typical service, a sample of a connection storm's.
+pub const DEFAULT_STACK_RATE: u64 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FamilyFilter {

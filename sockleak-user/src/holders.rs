@@ -155,6 +155,7 @@ mod tests {
             ring_buffer_bytes: sockleak_common::EVENTS_RING_BYTES,
             without_btf: false,
             creation_stacks: true,
+            stack_rate: 0,
         };
         let attached =
             crate::hooks::attach(&options, &root, &sockleak_common::KernelFilter::default())

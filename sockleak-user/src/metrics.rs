@@ -206,7 +206,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     }
 
     let st = &report.stats;
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "sockleak_events_sent_total",
             "Events the kernel side delivered to the ring buffer.",
@@ -251,6 +251,11 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             "sockleak_stack_failures_total",
             "Creation stacks that could not be captured.",
             st.kernel.stack_failures,
+        ),
+        (
+            "sockleak_stacks_not_sampled_total",
+            "Creation stacks not taken because their process was over --stack-rate.",
+            st.kernel.stacks_not_sampled,
         ),
     ];
     for (name, help, value) in counters {

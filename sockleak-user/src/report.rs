@@ -12,7 +12,7 @@ use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::Filter,
     sockdiag::{AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
-    symbolize::{StackKey, StackStats, Stacks},
+    symbolize::{CreationStack, StackKey, StackStats, Stacks},
     table::{Origin, Site, Socket, SocketTable, TCP_CLOSE, TableStats},
     verdict::{Growth, GrowthTracker, Thresholds, socket_flags},
 };
@@ -91,6 +91,8 @@ fn frames_as_list<S: serde::Serializer>(stack: &GroupStack, out: S) -> Result<S:
 pub enum GroupStack {
     #[default]
     None,
+    /// Over its process's `--stack-rate`: none was taken.
+    NotSampled,
     Pending(StackKey),
     Frames(Arc<[String]>),
 }
@@ -101,6 +103,20 @@ impl GroupStack {
         match self {
             GroupStack::Frames(frames) => frames,
             _ => &[],
+        }
+    }
+
+    /// Why a group shows no frames, in words for people.
+    pub fn why_no_frames(&self) -> Option<&'static str> {
+        match self {
+            GroupStack::Frames(_) => None,
+            GroupStack::NotSampled => Some(
+                "stack not sampled: its process opened sockets faster than --stack-rate allows",
+            ),
+            GroupStack::Pending(_) => Some("creation stack not symbolized yet"),
+            GroupStack::None => Some(
+                "no creation stack (opened before sockleak started, stacks off, or not captured)",
+            ),
         }
     }
 }
@@ -124,6 +140,8 @@ pub struct Group {
     pub flags: Vec<&'static str>,
     /// Present when the group is `growing`.
     pub growth: Option<Growth>,
+    /// Its process was over `--stack-rate` when these sockets were created: `stack` is empty.
+    pub stack_not_sampled: bool,
     /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.
     #[serde(skip)]
     pub members: Vec<usize>,
@@ -132,6 +150,7 @@ pub struct Group {
 impl Group {
     fn new(key: GroupKey, place: &Placement) -> Self {
         Self {
+            stack_not_sampled: key.stack == GroupStack::NotSampled,
             key,
             cgroup: place.cgroup.clone(),
             container: place.container.clone(),
@@ -183,6 +202,8 @@ pub struct KernelStats {
     /// Creation stacks lost to a full or colliding `STACKS` map, and stacks not captured.
     pub stack_collisions: u64,
     pub stack_failures: u64,
+    /// Creation stacks not taken because their process was over `--stack-rate`.
+    pub stacks_not_sampled: u64,
 }
 
 #[derive(Serialize, Debug, Clone)]
@@ -261,9 +282,10 @@ fn build(
     } = reporter;
     // One cache lookup per distinct stack, not per socket.
     let mut resolved: HashMap<StackKey, GroupStack> = HashMap::new();
-    let mut group_stack = |key: Option<StackKey>| match key {
-        None => GroupStack::None,
-        Some(key) => resolved
+    let mut group_stack = |stack: CreationStack| match stack {
+        CreationStack::Unknown => GroupStack::None,
+        CreationStack::NotSampled => GroupStack::NotSampled,
+        CreationStack::Taken(key) => resolved
             .entry(key)
             .or_insert_with(|| match stacks.get(&key) {
                 Some(stack) => GroupStack::Frames(Arc::clone(&stack.frames)),
@@ -378,7 +400,7 @@ fn build(
 /// Sockets with the same process, name, site (and listening port) and stack id always share a
 /// group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per origin,
 /// not once per socket.
-type GroupOrigin = (u32, Arc<str>, Site, Option<u16>, Option<StackKey>);
+type GroupOrigin = (u32, Arc<str>, Site, Option<u16>, CreationStack);
 
 fn site_label(s: &Socket) -> String {
     match s.site {

@@ -23,7 +23,7 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
-use sockleak_common::SockEvent;
+use sockleak_common::{STACK_NOT_SAMPLED, SockEvent};
 
 /// Which stack created a socket: its id in `STACKS`, the process whose address space the
 /// addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
@@ -34,14 +34,35 @@ pub struct StackKey {
     pub sp_word: u64,
 }
 
-impl StackKey {
-    /// `None` when the event carries no stack at all.
-    pub fn of(ev: &SockEvent) -> Option<Self> {
-        (ev.user_stack_id >= 0).then_some(Self {
-            pid: ev.task.pid,
-            user: ev.user_stack_id,
-            sp_word: ev.user_sp_word,
-        })
+/// What sockleak knows of the code path that created a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum CreationStack {
+    /// None was taken: the socket predates sockleak, stacks are off, or the walk failed.
+    #[default]
+    Unknown,
+    /// Deliberately not taken: its process was over its `--stack-rate` budget.
+    NotSampled,
+    Taken(StackKey),
+}
+
+impl CreationStack {
+    pub fn of(ev: &SockEvent) -> Self {
+        match ev.user_stack_id {
+            id if id >= 0 => Self::Taken(StackKey {
+                pid: ev.task.pid,
+                user: id,
+                sp_word: ev.user_sp_word,
+            }),
+            STACK_NOT_SAMPLED => Self::NotSampled,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn key(self) -> Option<StackKey> {
+        match self {
+            Self::Taken(key) => Some(key),
+            _ => None,
+        }
     }
 }
 

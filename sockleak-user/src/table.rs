@@ -18,7 +18,7 @@ use crate::{
     holders::Holders,
     procfs,
     sockdiag::{DiagSocket, IPPROTO_TCP, IPPROTO_UDP, SkMem, TcpInfo},
-    symbolize::StackKey,
+    symbolize::CreationStack,
 };
 
 pub const TCP_ESTABLISHED: u8 = 1;
@@ -131,8 +131,8 @@ pub struct Socket {
     pub tx_queue: u32,
     /// Pids holding an fd to this socket at the last scan.
     pub holders: Vec<u32>,
-    /// The owner's stack at `socket()` or `accept()`; `None` when not captured.
-    pub stack: Option<StackKey>,
+    /// The owner's stack at `socket()` or `accept()`.
+    pub stack: CreationStack,
     unheld_scans: u8,
     pub evidence: Evidence,
 }
@@ -403,7 +403,7 @@ impl SocketTable {
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
-            stack: None,
+            stack: CreationStack::Unknown,
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, TCP_CLOSE),
         });
@@ -422,7 +422,9 @@ impl SocketTable {
         if let Some(cookie) = known {
             if let Some(s) = self.sockets.get_mut(&cookie) {
                 s.inode = ev.inode;
-                s.stack = s.stack.or(StackKey::of(ev));
+                if s.stack == CreationStack::Unknown {
+                    s.stack = CreationStack::of(ev);
+                }
                 if s.skaddr != ev.skaddr && ev.skaddr != 0 {
                     s.skaddr = ev.skaddr;
                     self.cookie_by_skaddr.insert(ev.skaddr, cookie);
@@ -468,7 +470,7 @@ impl SocketTable {
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
-            stack: StackKey::of(ev),
+            stack: CreationStack::of(ev),
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, state),
         });
@@ -703,7 +705,7 @@ impl SocketTable {
                 rx_queue: d.rx_queue,
                 tx_queue: d.tx_queue,
                 holders: pids.to_vec(),
-                stack: None,
+                stack: CreationStack::Unknown,
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state),
             });

@@ -290,13 +290,8 @@ impl View {
         }
         lines.push(Line::from(""));
         let frames = g.key.stack.frames();
-        if frames.is_empty() {
-            lines.push(
-                Line::from(
-                    "no creation stack (created before sockleak started, or not yet symbolized)",
-                )
-                .dim(),
-            );
+        if let Some(why) = g.key.stack.why_no_frames() {
+            lines.push(Line::from(why).dim());
         } else {
             lines.push(Line::from("created at (innermost first):").bold());
             for frame in frames {

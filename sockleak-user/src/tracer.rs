@@ -20,7 +20,7 @@ use crate::{
     render::Started,
     report::{KernelStats, Report, Reporter},
     sockdiag::{self, SockDiag},
-    symbolize::{StackKey, Stacks},
+    symbolize::{CreationStack, Stacks},
     table::SocketTable,
     verdict::Thresholds,
 };
@@ -97,6 +97,7 @@ impl Tracer {
                 ring_buffer_bytes: limits.ring_buffer_bytes,
                 without_btf: limits.without_btf,
                 creation_stacks: !limits.no_stacks,
+                stack_rate: limits.stack_rate,
             },
             &cgroup_root,
             &kernel_filter,
@@ -131,6 +132,7 @@ impl Tracer {
             pids: select.pids.clone(),
             min_age_ms: select.min_age.as_millis() as u64,
             interval_ms: interval.as_millis() as u64,
+            stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
             pre_existing: table.stats.pre_existing,
             version: env!("CARGO_PKG_VERSION"),
             metrics: None,
@@ -253,7 +255,7 @@ impl Tracer {
             procfs::inet_sockets_of,
         );
         table.count_churn(&diag.sockets, &diag.time_wait);
-        stacks.retain(table.sockets().filter_map(|s| s.stack));
+        stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
         let reconciled = started.elapsed();
         let stat = |s: Stat| -> u64 {
             kernel_stats
@@ -267,6 +269,7 @@ impl Tracer {
             fd_walk_failed: stat(Stat::FdWalkFailed),
             stack_collisions: stat(Stat::StackCollisions),
             stack_failures: stat(Stat::StackFailures),
+            stacks_not_sampled: stat(Stat::StacksNotSampled),
         };
         let mut report = reporter.report(table, stacks, now, kernel);
         log::debug!(
@@ -296,7 +299,7 @@ fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stac
         match decode(&item) {
             Some(ev) => {
                 table.apply(&ev);
-                if let Some(key) = StackKey::of(&ev) {
+                if let Some(key) = CreationStack::of(&ev).key() {
                     stacks.note(key);
                 }
             }

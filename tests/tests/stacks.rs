@@ -194,6 +194,77 @@ fn without_stacks_sockets_group_by_process_and_site() {
     assert_eq!(report.stat("stack_collisions"), 0);
 }
 
+/// Past `--stack-rate` stacks in a second, a process's sockets are still tracked, owned and
+/// judged; only their stack is not taken, and they say so as a group of their own.
+#[test]
+fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
+    let leaker_bin = build_native_leaker();
+    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
+    let folded = Path::new(env!("CARGO_TARGET_TMPDIR")).join("over-rate.folded");
+    let tracer = Tracer::start_with(
+        &[leaker.pid()],
+        &[
+            "--interval",
+            "300ms",
+            "--min-age",
+            "0s",
+            "--stack-rate",
+            "3",
+            "--folded",
+            folded.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(tracer.started["stack_rate"], 3, "{}", tracer.started);
+    // The listener and 7 connections, all within a few milliseconds: the listener and the
+    // first two connections get stacks, the other five do not.
+    leaker.run("go");
+    let report = tracer.report_when(|r| {
+        groups_of(r, leaker.pid(), "socket()")
+            .iter()
+            .map(|g| g["count"].as_u64().unwrap())
+            .sum::<u64>()
+            == 8
+    });
+    let groups = groups_of(&report, leaker.pid(), "socket()");
+    let counts = |not_sampled: bool| -> Vec<u64> {
+        let mut counts: Vec<u64> = groups
+            .iter()
+            .filter(|g| g["stack_not_sampled"] == not_sampled)
+            .map(|g| g["count"].as_u64().unwrap())
+            .collect();
+        counts.sort();
+        counts
+    };
+    assert_eq!(
+        counts(false),
+        [1, 2],
+        "listener, then the sampled leak: {groups:#?}"
+    );
+    assert_eq!(counts(true), [5], "{groups:#?}");
+    let sampled_leak = groups.iter().find(|g| g["count"] == 2).unwrap();
+    assert!(
+        frames(sampled_leak)
+            .iter()
+            .any(|f| f.starts_with("open_and_forget_connections (")),
+        "{sampled_leak:#}"
+    );
+    let unsampled = groups.iter().find(|g| g["count"] == 5).unwrap();
+    assert!(frames(unsampled).is_empty(), "{unsampled:#}");
+    assert_eq!(report.stat("stacks_not_sampled"), 5);
+    assert_eq!(report.stat("stack_failures"), 0);
+
+    drop(tracer.stop());
+    let folded = std::fs::read_to_string(&folded).unwrap();
+    assert!(
+        folded.lines().any(|l| l
+            == format!(
+                "leaky_native ({});socket();[stack not sampled] 5",
+                leaker.pid()
+            )),
+        "{folded}"
+    );
+}
+
 #[test]
 fn node_connections_never_destroyed_show_their_javascript_frames() {
     let mut server = Scenario::spawn();

@@ -44,6 +44,8 @@ pub struct Options {
     pub without_btf: bool,
     /// Capture the user stack at socket creation and accept.
     pub creation_stacks: bool,
+    /// Most stacks per process and second; 0 for every socket.
+    pub stack_rate: u64,
 }
 
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
@@ -55,6 +57,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         ring_buffer_bytes,
         without_btf,
         creation_stacks,
+        stack_rate,
     } = *options;
     let mut warnings = Vec::new();
     if !creation_stacks {
@@ -71,6 +74,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         tp_oldstate: 16,
         tp_newstate: 20,
         capture_stacks: u32::from(creation_stacks),
+        stack_rate,
         // An eighth of the ring: a burst wakes userspace well before the ring fills; anything
         // less waits for its 50 ms collection timer (`tracer::COLLECT_EVERY`).
         wakeup_bytes: u64::from(ring_buffer_bytes / 8),

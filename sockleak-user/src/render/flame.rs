@@ -22,7 +22,11 @@ pub fn folded(report: &Report) -> Vec<String> {
             let stack = key.stack.frames();
             let mut frames = vec![format!("{} ({})", key.comm, key.pid), key.site.clone()];
             if stack.is_empty() {
-                frames.push("[no creation stack]".to_owned());
+                frames.push(if g.stack_not_sampled {
+                    "[stack not sampled]".to_owned()
+                } else {
+                    "[no creation stack]".to_owned()
+                });
             }
             frames.extend(stack.iter().rev().cloned());
             let path: Vec<String> = frames.iter().map(|f| folded_frame(f)).collect();

@@ -23,6 +23,8 @@ pub struct Started {
     pub pids: Vec<u32>,
     pub min_age_ms: u64,
     pub interval_ms: u64,
+    /// Creation stacks per process and second (0: all); `None` with `--no-stacks`.
+    pub stack_rate: Option<u64>,
     pub pre_existing: u64,
     pub version: &'static str,
     /// Where `--metrics` serves, once bound.

@@ -33,6 +33,12 @@ pub fn started(s: &Started) -> String {
         human_ms(s.min_age_ms),
         human_ms(s.interval_ms)
     );
+    if let Some(rate) = s.stack_rate.filter(|&r| r > 0) {
+        let _ = writeln!(
+            out,
+            "creation stacks: up to {rate} per process per second (--stack-rate; 0 takes all)"
+        );
+    }
     if let Some(url) = &s.metrics {
         let _ = writeln!(out, "serving Prometheus metrics at {url}");
     }
@@ -122,6 +128,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             let _ = writeln!(out, "{:>8}{line}", "");
         }
         stack(&mut out, g.key.stack.frames());
+        if g.stack_not_sampled {
+            let _ = writeln!(
+                out,
+                "{:>8}({})",
+                "",
+                g.key.stack.why_no_frames().unwrap_or("")
+            );
+        }
         let members = members_worst_first(r, g);
         for s in members.iter().take(SOCKETS_PER_GROUP) {
             let _ = writeln!(out, "{:>8}{}", "", socket_line(s));
