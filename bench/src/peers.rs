@@ -14,6 +14,7 @@ use serde_json::Value;
 pub enum TracerKind {
     None,
     Sockleak,
+    SockleakEveryStack,
     SockleakNoStacks,
     Tcplife,
     Tcpstates,
@@ -21,9 +22,10 @@ pub enum TracerKind {
 }
 
 impl TracerKind {
-    pub const ALL: [TracerKind; 6] = [
+    pub const ALL: [TracerKind; 7] = [
         TracerKind::None,
         TracerKind::Sockleak,
+        TracerKind::SockleakEveryStack,
         TracerKind::SockleakNoStacks,
         TracerKind::Tcplife,
         TracerKind::Tcpstates,
@@ -34,10 +36,21 @@ impl TracerKind {
         match self {
             TracerKind::None => "none",
             TracerKind::Sockleak => "sockleak trace",
+            TracerKind::SockleakEveryStack => "sockleak trace --stack-rate 0",
             TracerKind::SockleakNoStacks => "sockleak trace --no-stacks",
             TracerKind::Tcplife => "tcplife (libbpf-tools)",
             TracerKind::Tcpstates => "tcpstates (libbpf-tools)",
             TracerKind::Bpftrace => "bpftrace, tcplife on sock:inet_sock_set_state",
+        }
+    }
+
+    /// sockleak's own options for this configuration; `None` for the other tracers.
+    pub fn sockleak_options(self) -> Option<&'static [&'static str]> {
+        match self {
+            TracerKind::Sockleak => Some(&[]),
+            TracerKind::SockleakEveryStack => Some(&["--stack-rate", "0"]),
+            TracerKind::SockleakNoStacks => Some(&["--no-stacks"]),
+            _ => None,
         }
     }
 }
@@ -95,14 +108,12 @@ impl Tracer {
     ) -> Result<Option<Self>> {
         let mut cmd = match kind {
             TracerKind::None => return Ok(None),
-            TracerKind::Sockleak => {
+            TracerKind::Sockleak
+            | TracerKind::SockleakEveryStack
+            | TracerKind::SockleakNoStacks => {
                 let mut c = Command::new(sockleak);
-                c.args(["trace", "--format", "json"]).args(extra);
-                c
-            }
-            TracerKind::SockleakNoStacks => {
-                let mut c = Command::new(sockleak);
-                c.args(["trace", "--format", "json", "--no-stacks"])
+                c.args(["trace", "--format", "json"])
+                    .args(kind.sockleak_options().unwrap_or_default())
                     .args(extra);
                 c
             }
@@ -184,10 +195,7 @@ impl Tracer {
         };
         let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         let cpu_seconds = seconds(usage.ru_utime) + seconds(usage.ru_stime);
-        let sockleak_stats = if matches!(
-            self.kind,
-            TracerKind::Sockleak | TracerKind::SockleakNoStacks
-        ) {
+        let sockleak_stats = if self.kind.sockleak_options().is_some() {
             let text = std::fs::read_to_string(&self.output)?;
             text.lines()
                 .rev()
