@@ -36,11 +36,12 @@ pub struct Task {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// `socket()` created an AF_INET/AF_INET6 socket (cgroup/sock_create, process context).
+    /// `socket()` created an AF_INET/AF_INET6 socket (cgroup/sock_create, process context),
+    /// with its owner, inode and `struct sock` address.
     Created = 1,
-    /// `socket()`, `accept()` or `accept4()` returned a new fd for a socket (syscall exit,
-    /// process context): gives the fd, the socket inode and the `struct sock` address. For
-    /// accepted sockets this is the only owner information there is.
+    /// `accept()` or `accept4()` returned a new fd for a socket (syscall exit, process
+    /// context): the only owner information an accepted socket has. From `socket()` only when
+    /// its creation event said [`STACK_PENDING`]: this event carries the stack.
     FdInstalled = 2,
     /// The TCP state changed (`inet_sock_set_state`, any context: no task).
     StateChanged = 3,
@@ -97,7 +98,7 @@ pub struct SockEvent {
     pub skaddr: u64,
     /// Zero for [`EventKind::StateChanged`].
     pub task: Task,
-    /// Socket inode number ([`EventKind::FdInstalled`]): what `/proc/PID/fd` links name.
+    /// Socket inode number: what `/proc/PID/fd` links name. 0 when unread.
     pub inode: u64,
     /// The new fd ([`EventKind::FdInstalled`]).
     pub fd: i32,
@@ -118,10 +119,11 @@ pub struct SockEvent {
     pub dport: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    /// Id in the `STACKS` map of the creating task's user stack ([`EventKind::FdInstalled`]);
-    /// negative when not captured (the errno, or [`NO_STACK`]). No kernel stack: at syscall
-    /// exit it is the same three entry frames for every socket, and taking it cost as much as
-    /// the user stack.
+    /// Id in the `STACKS` map of the creating task's user stack. Negative when there is none:
+    /// [`NO_STACK`] (this hook takes none), [`STACK_NOT_SAMPLED`], [`STACK_PENDING`] (a
+    /// `socket()` whose stack follows in an [`EventKind::FdInstalled`] event), or the errno of a
+    /// failed walk. No kernel stack: at syscall exit it is the same three entry frames for every
+    /// socket, and taking it cost as much as the user stack.
     pub user_stack_id: i32,
     pub _pad2: i32,
     /// The word at the user stack pointer when the syscall was made: the return address into
@@ -136,6 +138,10 @@ pub const NO_STACK: i32 = i32::MIN;
 /// `user_stack_id` of a socket whose stack was deliberately not taken: its process had already
 /// used its [`Config::stack_rate`] stacks of the current second.
 pub const STACK_NOT_SAMPLED: i32 = i32::MIN + 1;
+
+/// `user_stack_id` of a [`EventKind::Created`] event whose stack is taken at the exit of its
+/// `socket()` call and follows in an [`EventKind::FdInstalled`] event.
+pub const STACK_PENDING: i32 = i32::MIN + 2;
 
 /// Processes whose stack budget the kernel side tracks at once (an LRU map: a process that
 /// stopped creating sockets makes room for one that starts).
@@ -263,6 +269,9 @@ pub struct Config {
     /// `task_struct.tgid` and `inode.i_mode`, for the `socket_fds` iterator.
     pub task_tgid: u64,
     pub inode_mode: u64,
+    /// `socket_alloc.vfs_inode`: a socket's inode sits beside its `struct socket`, which lets
+    /// `sock_create` name the inode without the fd walk. 0 when unknown.
+    pub socket_inode: u64,
     /// Most creation stacks taken per process and second; 0 takes every one. The stack walk is
     /// most of a socket's cost, and a process opening thousands of sockets a second shows its
     /// code paths in a sample as well as in all of them (bcc's memleak samples the same way).

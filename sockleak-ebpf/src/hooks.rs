@@ -1,12 +1,14 @@
-//! The programs. Each one fills a `SockEvent` in the ring (`maps::send`); none keeps state.
+//! The programs. Each one fills a `SockEvent` in the ring (`maps::send`); none keeps per-socket
+//! state (the stack budget is per process, the pending stack per CPU).
 //!
 //! | program                  | attach point                         | context  | tells              |
 //! |--------------------------|--------------------------------------|----------|--------------------|
-//! | `sock_create`            | cgroup/sock_create (cgroup v2 root)  | process  | new socket + owner |
+//! | `sock_create`            | cgroup/sock_create (cgroup v2 root)  | process  | new socket, owner, inode; picks `socket()` stacks |
 //! | `sock_release`           | cgroup/sock_release                  | process* | socket gone        |
 //! | `inet_sock_set_state`    | tp_btf/inet_sock_set_state           | any      | LISTEN, and CLOSE while held (`state_worth_sending`) |
 //! | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state  | any      | TCP state, no cookie (fallback) |
-//! | `sys_exit_socket`, `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, creation stacks (at most `stack_rate` per process and second) |
+//! | `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints | process | fd, inode, owner of accepted sockets, their stacks (at most `stack_rate` per process and second) |
+//! | `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket  | process  | the stack `sock_create` picked |
 //! | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf | any | memory pressure on one socket |
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
@@ -30,13 +32,15 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use core::mem::MaybeUninit;
 use sockleak_common::{
-    COMM_LEN, Config, EventKind, Hook, STACK_NOT_SAMPLED, SockEvent, Stat, Task,
+    COMM_LEN, Config, EventKind, Hook, STACK_NOT_SAMPLED, STACK_PENDING, SockEvent, Stat, Task,
 };
 
 use crate::{
-    fdwalk::socket_of_fd,
+    fdwalk::{read_ptr, socket_of_fd},
     filter::{admits_socket, admits_task},
-    maps::{STACK_BUDGET, STACKS, StackWindow, config, count, send},
+    maps::{
+        STACK_BUDGET, STACK_PENDING_TID, STACKS, StackWindow, config, config_field, count, send,
+    },
 };
 
 /// cgroup sock programs decide whether a socket may exist. sockleak only watches.
@@ -64,15 +68,54 @@ fn current_task() -> Task {
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
+    let cfg = config();
     let task = current_task();
     let sock = SockIdentity::of(&ctx);
+    // The program's context is the `struct sock` itself (bpf_sock is a view of it).
+    let sk = ctx.sock as u64;
+    let mut stack_pending = false;
     if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
         send(EventKind::Created, Hook::CgroupSockCreate, |ev| {
             ev.task = task;
             sock.fill(ev);
+            ev.skaddr = sk;
+            if cfg.socket_inode != 0 {
+                ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);
+                // With the inode named here, the exit of `socket()` only matters for the
+                // stack: it is decided here, and that exit sends nothing otherwise.
+                if cfg.capture_stacks != 0 {
+                    if within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns) {
+                        ev.user_stack_id = STACK_PENDING;
+                        stack_pending = true;
+                    } else {
+                        ev.user_stack_id = STACK_NOT_SAMPLED;
+                        count(Stat::StacksNotSampled);
+                    }
+                }
+            }
         });
     }
+    if cfg.socket_inode != 0
+        && cfg.capture_stacks != 0
+        && let Some(pending) = STACK_PENDING_TID.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        unsafe { *pending = if stack_pending { task.tid } else { 0 } };
+    }
     ALLOW
+}
+
+/// `sk->sk_socket`, then the inode beside that `struct socket` (`socket_alloc`).
+#[inline(always)]
+fn inode_of_sock(cfg: &Config, sk: u64) -> Result<u64, i32> {
+    // SAFETY: reads through the probe helper; a fault only makes them fail.
+    unsafe {
+        let socket = read_ptr(sk, cfg.sock_socket)?;
+        if socket == 0 {
+            return Err(-1);
+        }
+        read_ptr(socket + cfg.socket_inode, cfg.inode_ino)
+    }
 }
 
 #[cgroup_sock(sock_release)]
@@ -248,26 +291,57 @@ pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> i32 {
     0
 }
 
+/// Runs at the end of every `socket()` on the machine (unix sockets too), so it returns at once
+/// unless `sock_create` chose this thread's socket for a stack.
 #[tracepoint(category = "syscalls", name = "sys_exit_socket")]
 pub fn sys_exit_socket(ctx: TracePointContext) -> i32 {
-    fd_installed(&ctx, Hook::SysExitSocket);
+    if config_field(|c| &c.socket_inode) == 0 {
+        // Older layout: the creation event has no inode, this exit gives it (and the stack).
+        fd_installed(&ctx, Hook::SysExitSocket, StackChoice::Budgeted);
+        return 0;
+    }
+    if config_field(|c| &c.capture_stacks) == 0 {
+        return 0;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(pending) = STACK_PENDING_TID.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, as in `sock_create`.
+    unsafe {
+        if *pending != tid || tid == 0 {
+            return 0;
+        }
+        *pending = 0;
+    }
+    // The fd walk names the socket the stack belongs to, whatever the slot held.
+    fd_installed(&ctx, Hook::SysExitSocket, StackChoice::Take);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
 pub fn sys_exit_accept(ctx: TracePointContext) -> i32 {
-    fd_installed(&ctx, Hook::SysExitAccept);
+    fd_installed(&ctx, Hook::SysExitAccept, StackChoice::Budgeted);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> i32 {
-    fd_installed(&ctx, Hook::SysExitAccept4);
+    fd_installed(&ctx, Hook::SysExitAccept4, StackChoice::Budgeted);
     0
 }
 
+/// Whether an fd install takes the user stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StackChoice {
+    /// If the process is within its `stack_rate`.
+    Budgeted,
+    /// Yes: `sock_create` already spent the budget on it.
+    Take,
+}
+
 #[inline(always)]
-fn fd_installed(ctx: &TracePointContext, hook: Hook) {
+fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
     let cfg = config();
     let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize) }.unwrap_or(-1);
     if ret < 0 {
@@ -288,7 +362,9 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook) {
                 ev.inode = found.inode;
                 ev.family = found.family;
                 if cfg.capture_stacks != 0 {
-                    if within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns) {
+                    if stacks == StackChoice::Take
+                        || within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns)
+                    {
                         capture_stacks(ctx, &cfg, ev);
                     } else {
                         ev.user_stack_id = STACK_NOT_SAMPLED;

@@ -32,6 +32,13 @@ pub struct StackWindow {
 pub static STACK_BUDGET: LruHashMap<u32, StackWindow, { STACK_BUDGET_PROCESSES as usize }> =
     LruHashMap::new();
 
+/// The thread whose `socket()` call `sock_create` chose for a stack on this CPU (0 for none):
+/// `sys_exit_socket` of that thread takes it. `sock_create` writes it for every socket, so
+/// nothing stale outlives the next one; a thread that migrated between the two (rare: the
+/// syscall can sleep in between) leaves its socket without a stack.
+#[btf_map]
+pub static STACK_PENDING_TID: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
 
@@ -67,6 +74,7 @@ static CONFIG: Config = Config {
     task_tgid: 0,
     inode_mode: 0,
     stack_rate: 0,
+    socket_inode: 0,
 };
 
 #[inline(always)]
@@ -76,11 +84,11 @@ pub fn config() -> Config {
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
-/// One field, not the whole `Config` copied onto the stack beside the event being sent.
+/// One field of `CONFIG`, for hot paths that need one or two: `config()` copies all of it.
 #[inline(always)]
-fn config_wakeup_bytes() -> u64 {
+pub fn config_field<T: Copy>(field: impl FnOnce(&Config) -> &T) -> T {
     // SAFETY: a volatile read of an immutable static (patched in .rodata before load).
-    unsafe { core::ptr::read_volatile(&raw const CONFIG.wakeup_bytes) }
+    unsafe { core::ptr::read_volatile(field(&CONFIG)) }
 }
 
 #[inline(always)]
@@ -128,7 +136,7 @@ pub fn send(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast();
     // SAFETY: the helper only reads the ring's positions.
     let waiting = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
-    entry.submit(if waiting >= config_wakeup_bytes() {
+    entry.submit(if waiting >= config_field(|c| &c.wakeup_bytes) {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

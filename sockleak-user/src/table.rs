@@ -384,6 +384,7 @@ impl SocketTable {
             existing.site = Site::Socket;
             existing.owner = owner;
             existing.created_ns = ev.ts_ns;
+            existing.stack = CreationStack::of(ev);
             return;
         }
         self.stats.created += 1;
@@ -396,14 +397,14 @@ impl SocketTable {
             protocol,
             created_ns: ev.ts_ns,
             state: TCP_CLOSE,
-            skaddr: 0,
-            inode: 0,
+            skaddr: ev.skaddr,
+            inode: ev.inode,
             local: None,
             remote: None,
             rx_queue: 0,
             tx_queue: 0,
             holders: Vec::new(),
-            stack: CreationStack::Unknown,
+            stack: CreationStack::of(ev),
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, TCP_CLOSE),
         });
@@ -1015,6 +1016,42 @@ mod tests {
         t.apply(&released(5));
         assert!(t.is_empty());
         assert_eq!(t.stats.released, 1);
+    }
+
+    #[test]
+    fn a_created_socket_is_known_by_address_and_inode_and_its_stack_follows() {
+        use sockleak_common::{STACK_NOT_SAMPLED, STACK_PENDING};
+        let mut t = SocketTable::new(16);
+        let mut born = created(5, 100);
+        born.skaddr = 0xffff_5000;
+        born.inode = 777;
+        born.user_stack_id = STACK_PENDING;
+        t.apply(&born);
+        let s = t.get(5).unwrap();
+        assert_eq!(
+            (s.skaddr, s.inode, s.stack),
+            (0xffff_5000, 777, CreationStack::Unknown)
+        );
+        // The classic tracepoint names only the address.
+        let mut listen = event(EventKind::StateChanged, Hook::TracepointInetSockSetState);
+        listen.skaddr = 0xffff_5000;
+        listen.new_state = TCP_LISTEN as u16;
+        t.apply(&listen);
+        assert_eq!(t.get(5).unwrap().state, TCP_LISTEN);
+        // The stack, taken at the exit of socket().
+        let mut exit = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        exit.cookie = 5;
+        exit.skaddr = 0xffff_5000;
+        exit.inode = 777;
+        exit.task = task(100, "client");
+        exit.user_stack_id = 12;
+        t.apply(&exit);
+        assert_eq!(t.get(5).unwrap().stack.key().map(|k| k.user), Some(12));
+        // Over the budget, the creation event says so and nothing follows.
+        let mut unsampled = created(6, 100);
+        unsampled.user_stack_id = STACK_NOT_SAMPLED;
+        t.apply(&unsampled);
+        assert_eq!(t.get(6).unwrap().stack, CreationStack::NotSampled);
     }
 
     #[test]

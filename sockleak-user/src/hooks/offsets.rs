@@ -38,6 +38,10 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.task_tgid = off("task_struct", "tgid")?;
     config.inode_mode = off("inode", "i_mode")?;
     config.have_offsets = 1;
+    // Optional: without it, the exit of every socket() names the inode with an fd walk.
+    if let Ok(inode) = btf.member_offset("socket_alloc", "vfs_inode") {
+        config.socket_inode = inode;
+    }
     // Optional: without them, stacks miss the caller of a frameless syscall wrapper.
     // The kernel's `enum bpf_func_id` lists every helper it has.
     if let Ok(sp) = btf.member_offset("pt_regs", "sp")
@@ -66,6 +70,11 @@ mod tests {
         assert!(c.sock_family < 32, "{c:?}");
         assert!(
             c.task_files > 0 && c.file_private_data > 0 && c.sock_cookie > 0,
+            "{c:?}"
+        );
+        // The inode follows the `struct socket` (128 bytes on this one).
+        assert!(
+            c.socket_inode >= 64 && c.socket_inode.is_multiple_of(8),
             "{c:?}"
         );
         // This kernel (6.18) has bpf_task_pt_regs; x86_64's pt_regs.sp is the 20th word.
