@@ -63,7 +63,11 @@ struct ChurnResult {
     /// Connections per second, one per round.
     rounds: Vec<f64>,
     median: f64,
-    /// Median throughput relative to no tracer.
+    /// Each round's rate over the untraced rate of the same round. The machine drifts
+    /// (rates moved by a fifth within one run here), and neighbouring runs drift together, so
+    /// a ratio within a round is steadier than a ratio of two medians.
+    vs_none_rounds: Vec<f64>,
+    /// Median of `vs_none_rounds`.
     vs_none: f64,
     /// CPU seconds the tracer process used per round (user + system), median.
     tracer_cpu_seconds: Option<f64>,
@@ -149,10 +153,11 @@ fn run(args: Args) -> Result<()> {
             }
         }
     }
-    let none = median(&churn[0].rounds);
+    let untraced = churn[0].rounds.clone();
     for (i, c) in churn.iter_mut().enumerate() {
         c.median = median(&c.rounds);
-        c.vs_none = c.median / none;
+        c.vs_none_rounds = c.rounds.iter().zip(&untraced).map(|(r, n)| r / n).collect();
+        c.vs_none = median(&c.vs_none_rounds);
         c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
         c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
     }
@@ -357,21 +362,29 @@ fn table(r: &Results, args: &Args) -> String {
     let _ = writeln!(out, "\nmachine: {}", r.machine);
     let _ = writeln!(
         out,
-        "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved; medians",
+        "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved;\n\
+         medians; 'vs none' pairs each round with the untraced run of the same round",
         args.seconds, args.rounds
     );
     let _ = writeln!(
         out,
-        "{:<48} {:>10} {:>8} {:>12} {:>10}",
-        "tracer", "conn/s", "vs none", "tracer CPU", "start-up"
+        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10}",
+        "tracer", "conn/s", "vs none", "rounds", "tracer CPU", "start-up"
     );
     for c in &r.churn {
+        let lowest = c
+            .vs_none_rounds
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let highest = c.vs_none_rounds.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "{:<48} {:>10.0} {:>7.1}% {:>12} {:>10}",
+            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10}",
             c.tracer,
             c.median,
             c.vs_none * 100.0,
+            format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0),
             c.tracer_cpu_seconds
                 .map_or("-".into(), |s| format!("{s:.2} s")),
             c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
