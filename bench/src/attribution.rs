@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::{
     Args, CHURN_ARGS, churn_load,
     peers::{Tracer, TracerKind},
+    probe::cpu_seconds,
 };
 
 #[derive(Serialize)]
@@ -30,6 +31,7 @@ pub struct Attribution {
     pub connections_per_second: f64,
     pub programs: Vec<ProgramCost>,
     pub kernel_us_per_connection: f64,
+    /// sockleak's own CPU during the churn, per connection.
     pub userspace_us_per_connection: f64,
 }
 
@@ -45,7 +47,10 @@ pub fn measure(args: &Args) -> Result<Attribution> {
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;
+    // Userspace CPU over the churn alone: start-up and the final report are not per connection.
+    let cpu_before = cpu_seconds(tracer.pid())?;
     let (connections, seconds) = churn_load(args)?;
+    let userspace_seconds = cpu_seconds(tracer.pid())? - cpu_before;
     // Read while sockleak runs: its programs unload when it exits.
     let per_connection = connections.max(1) as f64;
     let mut programs: Vec<ProgramCost> = loaded_programs()
@@ -62,12 +67,12 @@ pub fn measure(args: &Args) -> Result<Attribution> {
             }
         })
         .collect();
-    let stopped = tracer.stop()?;
+    tracer.stop()?;
     programs.sort_by(|a, b| b.us_per_connection.total_cmp(&a.us_per_connection));
     Ok(Attribution {
         connections_per_second: connections as f64 / seconds,
         kernel_us_per_connection: programs.iter().map(|p| p.us_per_connection).sum(),
-        userspace_us_per_connection: stopped.cpu_seconds * 1e6 / per_connection,
+        userspace_us_per_connection: userspace_seconds * 1e6 / per_connection,
         programs,
     })
 }

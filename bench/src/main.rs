@@ -29,7 +29,7 @@ use serde_json::Value;
 use crate::{
     attribution::Attribution,
     peers::{Tracer, TracerKind},
-    probe::{free_port, kernel_map_bytes, metric, resident_bytes, time_wait_sockets},
+    probe::{cpu_seconds, free_port, kernel_map_bytes, metric, resident_bytes, time_wait_sockets},
 };
 
 #[derive(Parser)]
@@ -69,7 +69,8 @@ struct ChurnResult {
     vs_none_rounds: Vec<f64>,
     /// Median of `vs_none_rounds`.
     vs_none: f64,
-    /// CPU seconds the tracer process used per round (user + system), median.
+    /// CPU seconds the tracer process used during each round's churn (user + system), median;
+    /// its start-up and final report are left out.
     tracer_cpu_seconds: Option<f64>,
     /// Milliseconds from spawn to the tracer's first line of output, median.
     startup_ms: Option<f64>,
@@ -139,16 +140,15 @@ fn run(args: Args) -> Result<()> {
                 kind.name()
             );
             let tracer = Tracer::start(*kind, &args.sockleak, &args.work, CHURN_ARGS)?;
-            let load = churn_load(&args)?;
+            let (load, tracer_cpu) = churn_beside(tracer.as_ref(), &args)?;
             let rate = load.0 as f64 / load.1;
             churn[i].rounds.push(rate);
             if let Some(tracer) = tracer {
                 startup[i].push(tracer.startup.as_secs_f64() * 1000.0);
-                let stopped = tracer.stop()?;
-                cpu[i].push(stopped.cpu_seconds);
-                let stats = stopped.sockleak_stats;
+                cpu[i].push(tracer_cpu);
+                let stats = tracer.stop()?.sockleak_stats;
                 if let Some(stats) = stats.filter(|_| *kind == TracerKind::Sockleak) {
-                    events.push(events_result(&stats, None, load.1, stopped.cpu_seconds));
+                    events.push(events_result(&stats, None, load.1, tracer_cpu));
                 }
             }
         }
@@ -172,17 +172,12 @@ fn run(args: Args) -> Result<()> {
         &small_ring,
     )?
     .context("sockleak tracer")?;
-    let load = churn_load(&args)?;
-    let stopped = tracer.stop()?;
-    let stats = stopped
+    let (load, tracer_cpu) = churn_beside(Some(&tracer), &args)?;
+    let stats = tracer
+        .stop()?
         .sockleak_stats
         .context("no final report from sockleak")?;
-    events.push(events_result(
-        &stats,
-        Some(16384),
-        load.1,
-        stopped.cpu_seconds,
-    ));
+    events.push(events_result(&stats, Some(16384), load.1, tracer_cpu));
 
     eprintln!("bench: churn under sockleak with BPF run-time statistics");
     // Measured apart from the comparisons above: the statistics cost time themselves.
@@ -216,6 +211,18 @@ fn run(args: Args) -> Result<()> {
 /// No periodic report during a churn run (the final one carries the counters), and every
 /// socket counts: the report is over the sockets open at the end, whatever their age.
 pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
+
+/// Runs the churn load beside a running tracer; returns (connections, seconds) and the CPU
+/// seconds the tracer used meanwhile (its start-up and final report are not churn costs).
+fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64)> {
+    let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
+    let load = churn_load(args)?;
+    let used = match (tracer, before) {
+        (Some(t), Some(before)) => cpu_seconds(t.pid())? - before,
+        _ => 0.0,
+    };
+    Ok((load, used))
+}
 
 /// Runs the churn load; returns (connections, seconds).
 pub(crate) fn churn_load(args: &Args) -> Result<(u64, f64)> {

@@ -92,7 +92,6 @@ pub struct Tracer {
 }
 
 pub struct Stopped {
-    pub cpu_seconds: f64,
     /// The final report's `stats`, for sockleak.
     pub sockleak_stats: Option<Value>,
 }
@@ -173,28 +172,14 @@ impl Tracer {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// SIGINT (every one of them ends cleanly on it), then the CPU time it used.
-    // Reaped by wait4 below, which std's wait cannot replace: it also returns the rusage.
-    #[allow(clippy::zombie_processes)]
+    /// SIGINT (every one of them ends cleanly on it), and what it said last.
     pub fn stop(mut self) -> Result<Stopped> {
-        let child = self.child.take().expect("running until stopped");
-        let pid = child.id() as i32;
-        // SAFETY: signalling and reaping our own child; wait4 also gives its rusage.
-        let usage = unsafe {
-            libc::kill(pid, libc::SIGINT);
-            let mut status = 0;
-            let mut usage: libc::rusage = std::mem::zeroed();
-            if libc::wait4(pid, &mut status, 0, &mut usage) != pid {
-                bail!(
-                    "waiting for {}: {}",
-                    self.kind.name(),
-                    std::io::Error::last_os_error()
-                );
-            }
-            usage
-        };
-        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-        let cpu_seconds = seconds(usage.ru_utime) + seconds(usage.ru_stime);
+        let mut child = self.child.take().expect("running until stopped");
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.kind.name()))?;
         let sockleak_stats = if self.kind.sockleak_options().is_some() {
             let text = std::fs::read_to_string(&self.output)?;
             text.lines()
@@ -205,10 +190,7 @@ impl Tracer {
         } else {
             None
         };
-        Ok(Stopped {
-            cpu_seconds,
-            sockleak_stats,
-        })
+        Ok(Stopped { sockleak_stats })
     }
 }
 

@@ -31,6 +31,24 @@ pub fn resident_bytes(pid: u32) -> Result<u64> {
 }
 
 /// Memory the kernel charges for `pid`'s BPF maps (`memlock` of each map fd's fdinfo).
+/// CPU seconds (user + system, all threads) process `pid` has used so far.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised name, which may itself hold spaces and parentheses.
+    let after_name = stat.rsplit_once(')').context("malformed /proc/PID/stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(ticks as f64 / per_second)
+}
+
 pub fn kernel_map_bytes(pid: u32) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
