@@ -116,12 +116,13 @@ fn a_million_churned_and_a_hundred_thousand_open() {
         "the final report lists every held socket"
     );
     assert_eq!(report.stat("dropped_table_full"), 0);
-    // Every connection is five events (a create, two fd installs, two releases). Under this
-    // load some are lost (each report over 100,000 sockets keeps the loop from the ring
-    // buffer for a second): allowed, but every one must be counted, and the table above is
-    // exact all the same, by reconciliation.
+    // Every connection is at least four events (a create, an accept, two releases; the exit
+    // of socket() sends one more only when it takes a stack). Under this load some are lost
+    // (each report over 100,000 sockets keeps the loop from the ring buffer for a second):
+    // allowed, but every one must be counted, and the table above is exact all the same, by
+    // reconciliation.
     let accounted = report.stat("events_sent") + report.stat("events_lost");
-    assert!(accounted >= 5 * CHURNED, "{}", report.0["stats"]);
+    assert!(accounted >= 4 * CHURNED, "{}", report.0["stats"]);
     eprintln!(
         "events sent {}, lost {}; sockets recovered {}, reconciled {}",
         report.stat("events_sent"),
