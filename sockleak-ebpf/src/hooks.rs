@@ -50,7 +50,7 @@ const AF_INET6: u16 = 10;
 #[inline(always)]
 fn current_task() -> Task {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // Field by field, without zeroing first (zeroing compiles to a slow `memset`, see `send`).
+    // Field by field, without zeroing first (zeroing compiles to a `memset` call, see `send`).
     let mut task = MaybeUninit::<Task>::uninit();
     let t = task.as_mut_ptr();
     // SAFETY: every field is written before `assume_init`; the comm helper fills all 16 bytes

@@ -109,7 +109,8 @@ impl GroupStack {
     /// Why a group shows no frames, in words for people.
     pub fn why_no_frames(&self) -> Option<&'static str> {
         match self {
-            GroupStack::Frames(_) => None,
+            GroupStack::Frames(frames) if !frames.is_empty() => None,
+            GroupStack::Frames(_) => Some("no frame of the creation stack could be named"),
             GroupStack::NotSampled => Some(
                 "stack not sampled: its process opened sockets faster than --stack-rate allows",
             ),
@@ -496,5 +497,28 @@ pub fn state_name(protocol: u8, state: u8) -> &'static str {
         12 => "NEW_SYN_RECV",
         13 => "BOUND_INACTIVE",
         _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_without_frames_says_why() {
+        let named = GroupStack::Frames(Arc::from(vec!["main (a.c:3)".to_owned()]));
+        assert_eq!(named.why_no_frames(), None);
+        for stack in [
+            GroupStack::None,
+            GroupStack::NotSampled,
+            GroupStack::Pending(StackKey {
+                pid: 1,
+                user: 0,
+                sp_word: 0,
+            }),
+            GroupStack::Frames(Arc::from(Vec::<String>::new())),
+        ] {
+            assert!(stack.why_no_frames().is_some(), "{stack:?}");
+        }
     }
 }

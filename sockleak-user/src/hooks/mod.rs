@@ -174,7 +174,8 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         }
     }
 
-    // fd installs: owners of accepted sockets, inodes of created ones.
+    // fd installs: owners of accepted sockets; stacks of created ones (and their inodes where
+    // sock_create cannot name them).
     if config.have_offsets != 0 {
         for syscall in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
             let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
