@@ -83,14 +83,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);
                 // With the inode named here, the exit of `socket()` only matters for the
                 // stack: it is decided here, and that exit sends nothing otherwise.
-                if cfg.capture_stacks != 0 {
-                    if within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns) {
-                        ev.user_stack_id = STACK_PENDING;
-                        stack_pending = true;
-                    } else {
-                        ev.user_stack_id = STACK_NOT_SAMPLED;
-                        count(Stat::StacksNotSampled);
-                    }
+                if cfg.capture_stacks != 0 && stack_allowed(ev, task.pid, cfg.stack_rate) {
+                    ev.user_stack_id = STACK_PENDING;
+                    stack_pending = true;
                 }
             }
         });
@@ -361,15 +356,10 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
                 ev.cookie = found.cookie;
                 ev.inode = found.inode;
                 ev.family = found.family;
-                if cfg.capture_stacks != 0 {
-                    if stacks == StackChoice::Take
-                        || within_stack_budget(task.pid, cfg.stack_rate, ev.ts_ns)
-                    {
-                        capture_stacks(ctx, &cfg, ev);
-                    } else {
-                        ev.user_stack_id = STACK_NOT_SAMPLED;
-                        count(Stat::StacksNotSampled);
-                    }
+                if cfg.capture_stacks != 0
+                    && (stacks == StackChoice::Take || stack_allowed(ev, task.pid, cfg.stack_rate))
+                {
+                    capture_stacks(ctx, &cfg, ev);
                 }
             });
         }
@@ -383,6 +373,18 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
 
 const EEXIST: i32 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Whether the stack of the socket `ev` announces may be taken: within its process's budget.
+/// If not, the event says so and the refusal is counted.
+#[inline(always)]
+fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
+    if within_stack_budget(pid, rate, ev.ts_ns) {
+        return true;
+    }
+    ev.user_stack_id = STACK_NOT_SAMPLED;
+    count(Stat::StacksNotSampled);
+    false
+}
 
 /// Whether process `pid` may have one more creation stack in the second that is running at
 /// `now_ns`. The count is not atomic: two CPUs racing may both take the last stack of a window,
