@@ -11,9 +11,8 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    Args, CHURN_ARGS, churn_load,
+    Args, CHURN_ARGS, churn_beside,
     peers::{Tracer, TracerKind},
-    probe::cpu_seconds,
 };
 
 #[derive(Serialize)]
@@ -47,10 +46,7 @@ pub fn measure(args: &Args) -> Result<Attribution> {
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;
-    // Userspace CPU over the churn alone: start-up and the final report are not per connection.
-    let cpu_before = cpu_seconds(tracer.pid())?;
-    let (connections, seconds) = churn_load(args)?;
-    let userspace_seconds = cpu_seconds(tracer.pid())? - cpu_before;
+    let ((connections, seconds), userspace_seconds) = churn_beside(Some(&tracer), args)?;
     // Read while sockleak runs: its programs unload when it exits.
     let per_connection = connections.max(1) as f64;
     let mut programs: Vec<ProgramCost> = loaded_programs()

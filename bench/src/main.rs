@@ -214,7 +214,7 @@ pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
 
 /// Runs the churn load beside a running tracer; returns (connections, seconds) and the CPU
 /// seconds the tracer used meanwhile (its start-up and final report are not churn costs).
-fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64)> {
+pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64)> {
     let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
     let load = churn_load(args)?;
     let used = match (tracer, before) {
@@ -225,7 +225,7 @@ fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64
 }
 
 /// Runs the churn load; returns (connections, seconds).
-pub(crate) fn churn_load(args: &Args) -> Result<(u64, f64)> {
+fn churn_load(args: &Args) -> Result<(u64, f64)> {
     let out = std::process::Command::new(&args.load)
         .args(["churn", "--seconds", &args.seconds.to_string()])
         .output()
