@@ -120,9 +120,19 @@ impl Tracer {
     /// Starts tracing the given pids with a short interval and no minimum age, and waits for
     /// the `started` line (every hook attached).
     pub fn start(pids: &[u32]) -> Self {
-        Self::start_with(pids, &["--interval", "300ms", "--min-age", "0s"])
+        Self::start_also(pids, &[])
     }
 
+    /// [`Tracer::start`], with `also` after its arguments.
+    pub fn start_also(pids: &[u32], also: &[&str]) -> Self {
+        let args: Vec<&str> = ["--interval", "300ms", "--min-age", "0s"]
+            .into_iter()
+            .chain(also.iter().copied())
+            .collect();
+        Self::start_with(pids, &args)
+    }
+
+    /// Starts tracing with exactly these arguments (and `--pid` for each of `pids`).
     pub fn start_with(pids: &[u32], extra: &[&str]) -> Self {
         require_root();
         let mut cmd = Command::new(sockleak_bin());

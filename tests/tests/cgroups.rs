@@ -66,10 +66,7 @@ fn a_containers_sockets_carry_its_cgroup_and_id_and_cgroup_filters_to_them() {
     inside.run("listen 127.0.0.1:0");
 
     let parent = cgroup.parent.to_str().unwrap(); // a file system path is accepted too
-    let tracer = Tracer::start_with(
-        &[],
-        &["--interval", "300ms", "--min-age", "0s", "--cgroup", parent],
-    );
+    let tracer = Tracer::start_also(&[], &["--cgroup", parent]);
     inside.run(&format!("connect 127.0.0.1:{port} 3"));
     outside.run(&format!("connect 127.0.0.1:{port} 4"));
     server.run("accept 7");

@@ -194,16 +194,9 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
     server.run("serve-keep");
     let mut client = Scenario::spawn();
     // A one-page ring: a burst of connections cannot fit, so events are lost for real.
-    let t = sockleak_tests::Tracer::start_with(
+    let t = sockleak_tests::Tracer::start_also(
         &[client.pid(), server.pid()],
-        &[
-            "--interval",
-            "300ms",
-            "--min-age",
-            "0s",
-            "--ring-buffer-bytes",
-            "4096",
-        ],
+        &["--ring-buffer-bytes", "4096"],
     );
     client.run(&format!("connect 127.0.0.1:{port} 300"));
     client.run(&format!("churn 127.0.0.1:{port} 500"));

@@ -83,18 +83,7 @@ fn prometheus_scrapes_the_open_sockets_of_a_leaking_process() {
     let mut client = Scenario::spawn();
     let pid = client.pid();
     let metrics_port = free_port();
-    let tracer = Tracer::start_with(
-        &[pid],
-        &[
-            "--interval",
-            "300ms",
-            "--min-age",
-            "0s",
-            "--quiet",
-            "--metrics",
-            &metrics_port.to_string(),
-        ],
-    );
+    let tracer = Tracer::start_also(&[pid], &["--quiet", "--metrics", &metrics_port.to_string()]);
     let target = format!("127.0.0.1:{metrics_port}");
     assert_eq!(
         tracer.started["metrics"],

@@ -59,13 +59,9 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let folded = dir.join("native.folded");
     let svg = dir.join("native.svg");
-    let tracer = Tracer::start_with(
+    let tracer = Tracer::start_also(
         &[leaker.pid()],
         &[
-            "--interval",
-            "300ms",
-            "--min-age",
-            "0s",
             "--folded",
             folded.to_str().unwrap(),
             "--flamegraph",
@@ -164,10 +160,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
 fn without_stacks_sockets_group_by_process_and_site() {
     let leaker_bin = build_native_leaker();
     let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
-    let tracer = Tracer::start_with(
-        &[leaker.pid()],
-        &["--interval", "300ms", "--min-age", "0s", "--no-stacks"],
-    );
+    let tracer = Tracer::start_also(&[leaker.pid()], &["--no-stacks"]);
     assert!(
         tracer.started["warnings"]
             .as_array()
@@ -201,18 +194,9 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
     let leaker_bin = build_native_leaker();
     let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
     let folded = Path::new(env!("CARGO_TARGET_TMPDIR")).join("over-rate.folded");
-    let tracer = Tracer::start_with(
+    let tracer = Tracer::start_also(
         &[leaker.pid()],
-        &[
-            "--interval",
-            "300ms",
-            "--min-age",
-            "0s",
-            "--stack-rate",
-            "3",
-            "--folded",
-            folded.to_str().unwrap(),
-        ],
+        &["--stack-rate", "3", "--folded", folded.to_str().unwrap()],
     );
     assert_eq!(tracer.started["stack_rate"], 3, "{}", tracer.started);
     // The listener and 7 connections, all within a few milliseconds: the listener and the

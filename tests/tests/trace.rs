@@ -281,10 +281,7 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
     let mut server = Scenario::spawn();
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     let mut client = Scenario::spawn();
-    let tracer = Tracer::start_with(
-        &[server.pid(), client.pid()],
-        &["--interval", "300ms", "--min-age", "0s", "--without-btf"],
-    );
+    let tracer = Tracer::start_also(&[server.pid(), client.pid()], &["--without-btf"]);
     let hooks = tracer.started["hooks"].as_array().unwrap();
     assert!(
         hooks.contains(&"tracepoint/sock/inet_sock_set_state".into()),
@@ -331,11 +328,7 @@ fn filters_narrow_the_report_to_what_was_asked() {
     app.run("udp 127.0.0.1:0 1");
     app.run("udp [::1]:0 1");
     let pid = app.pid();
-    let traced_with = |filters: &[&str]| {
-        let mut args = vec!["--interval", "300ms", "--min-age", "0s"];
-        args.extend_from_slice(filters);
-        Tracer::start_with(&[pid], &args)
-    };
+    let traced_with = |filters: &[&str]| Tracer::start_also(&[pid], filters);
     let shapes = |t: &Tracer| {
         let report = t.fresh_report();
         let mut seen: Vec<String> = report
@@ -380,17 +373,7 @@ fn filters_narrow_the_report_to_what_was_asked() {
 fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
     let mut watched = Scenario::spawn();
     let mut other = Scenario::spawn();
-    let tracer = Tracer::start_with(
-        &[watched.pid()],
-        &[
-            "--interval",
-            "300ms",
-            "--min-age",
-            "0s",
-            "--protocol",
-            "udp",
-        ],
-    );
+    let tracer = Tracer::start_also(&[watched.pid()], &["--protocol", "udp"]);
     watched.run("udp 127.0.0.1:0 5");
     watched.run("listen 127.0.0.1:0"); // TCP: filtered out by --protocol, in the kernel too
     other.run("udp 127.0.0.1:0 40");

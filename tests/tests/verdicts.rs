@@ -7,9 +7,7 @@ use sockleak_tests::{Scenario, Tracer, flags};
 const SETTLE: Duration = Duration::from_millis(2500);
 
 fn tracer(pids: &[u32], thresholds: &[&str]) -> Tracer {
-    let mut args = vec!["--interval", "300ms", "--min-age", "0s"];
-    args.extend_from_slice(thresholds);
-    Tracer::start_with(pids, &args)
+    Tracer::start_also(pids, thresholds)
 }
 
 #[test]
