@@ -53,8 +53,12 @@ pub struct SocketRow {
     pub site: &'static str,
     pub holders: Vec<u32>,
     pub flags: Vec<&'static str>,
-    /// How long the socket has been in its current state.
+    /// How long the socket has been in its current state: at least `state_age_ms`, at most
+    /// `state_age_max_ms`. Most transitions are learned from the samples taken every
+    /// `--interval`, which bracket them; equal when an event showed the transition; no upper
+    /// bound (`null`) for a socket already in its state when sockleak first saw it.
     pub state_age_ms: u64,
+    pub state_age_max_ms: Option<u64>,
     /// Socket memory from sock_diag (`ss -m`): rmem_alloc, rcvbuf, wmem_queued, sndbuf, ...
     pub memory: Option<SkMem>,
     /// TCP evidence: times since last data, retransmits, zero-window probes, progress counters.
@@ -458,6 +462,10 @@ fn row(
         holders: s.holders.clone(),
         flags: socket_flags(s, now_ns, thresholds),
         state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
+        state_age_max_ms: s
+            .evidence
+            .state_entered_after_ns
+            .map(|after| now_ns.saturating_sub(after) / 1_000_000),
         memory: s.evidence.mem,
         tcp: s.evidence.tcp.filter(|_| s.protocol == IPPROTO_TCP),
         rcvqueue_full: s.evidence.rcvqueue_full,
@@ -520,5 +528,42 @@ mod tests {
         ] {
             assert!(stack.why_no_frames().is_some(), "{stack:?}");
         }
+    }
+
+    #[test]
+    fn a_state_found_between_two_looks_shows_both_bounds() {
+        use crate::{render::text::socket_line, table::TCP_ESTABLISHED};
+        use sockleak_common::{EventKind, Hook, SockEvent};
+        const S: u64 = 1_000_000_000;
+        let mut table = SocketTable::new(4);
+        let mut created = SockEvent::new(EventKind::Created, Hook::CgroupSockCreate);
+        (created.cookie, created.family, created.protocol) = (1, 2, 6);
+        created.ts_ns = S;
+        table.apply(&created);
+        let mut s = table.sockets().next().unwrap().clone();
+        // A sample at 3 s found it connected.
+        s.state = TCP_ESTABLISHED;
+        s.evidence.state_since_ns = 3 * S;
+        let line = |s: &Socket| {
+            let r = row(
+                s,
+                Placement::default(),
+                3_000,
+                4 * S,
+                &Thresholds::default(),
+            );
+            ((r.state_age_ms, r.state_age_max_ms), socket_line(&r))
+        };
+        let (ages, text) = line(&s);
+        assert_eq!(ages, (1_000, Some(3_000)));
+        assert!(
+            text.contains("ESTABLISHED for 1.0s..3.0s  age 3.0s"),
+            "{text}"
+        );
+        // Found so when sockleak first looked: only the lower bound is known.
+        s.evidence.state_entered_after_ns = None;
+        let (ages, text) = line(&s);
+        assert_eq!(ages, (1_000, None));
+        assert!(text.contains("ESTABLISHED for 1.0s  age 3.0s"), "{text}");
     }
 }

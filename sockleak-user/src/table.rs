@@ -145,8 +145,17 @@ pub struct Evidence {
     /// Packets dropped because the receive queue was full; times the socket hit its memory limit.
     pub rcvqueue_full: u32,
     pub exceed_buf_limit: u32,
-    /// When the socket entered its current state (CLOCK_MONOTONIC ns).
+    /// When the socket entered its current state (CLOCK_MONOTONIC ns), as far as sockleak can
+    /// tell: the transition itself where an event showed it, else the sample that first found
+    /// the socket in it. Never earlier than the truth, so verdicts timed from it are never
+    /// early; the kernel side sends few transitions, so most states are learned by samples.
     pub state_since_ns: u64,
+    /// The last moment sockleak knew the socket in another state: the state began after it.
+    /// Equal to `state_since_ns` where the transition was seen; `None` when the socket was
+    /// already in it when sockleak first saw it (it began before the trace, or unseen).
+    pub state_entered_after_ns: Option<u64>,
+    /// The last event or sample that showed the current state.
+    state_checked_ns: u64,
     /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
     pub was_connected: bool,
     /// Last sample at which the owner had nothing unread or had read something since.
@@ -159,9 +168,13 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    fn new(now_ns: u64, state: u8) -> Self {
+    /// `entered_now`: the socket entered `state` at `now_ns` (it was just created or
+    /// accepted), rather than being found in it.
+    fn new(now_ns: u64, state: u8, entered_now: bool) -> Self {
         Self {
             state_since_ns: now_ns,
+            state_entered_after_ns: entered_now.then_some(now_ns),
+            state_checked_ns: now_ns,
             was_connected: connected_state(state),
             rx_progress_ns: now_ns,
             tx_progress_ns: now_ns,
@@ -185,12 +198,35 @@ impl Socket {
         }
     }
 
-    fn set_state(&mut self, state: u8, now_ns: u64) {
+    /// A state change event at `ts_ns`: the transition itself.
+    fn state_changed(&mut self, old_state: u8, state: u8, ts_ns: u64) {
+        // Our own idea of the old state may be stale (the kernel side sends few transitions),
+        // so the event's says whether this is a change.
+        if old_state != state || self.state != state {
+            self.state = state;
+            let e = &mut self.evidence;
+            e.state_since_ns = ts_ns;
+            e.state_entered_after_ns = Some(ts_ns);
+        }
+        self.state_checked(state, ts_ns);
+    }
+
+    /// A sample at `now_ns` found the socket in `state`: if that is new, it began some time
+    /// since the last look.
+    fn state_sampled(&mut self, state: u8, now_ns: u64) {
         if state != self.state {
             self.state = state;
-            self.evidence.state_since_ns = now_ns;
+            let e = &mut self.evidence;
+            e.state_since_ns = now_ns;
+            e.state_entered_after_ns = Some(e.state_checked_ns);
         }
-        self.evidence.was_connected |= connected_state(state);
+        self.state_checked(state, now_ns);
+    }
+
+    fn state_checked(&mut self, state: u8, now_ns: u64) {
+        let e = &mut self.evidence;
+        e.state_checked_ns = e.state_checked_ns.max(now_ns);
+        e.was_connected |= connected_state(state);
     }
 
     /// Folds one sock_diag sample into the progress tracking.
@@ -406,7 +442,7 @@ impl SocketTable {
             holders: Vec::new(),
             stack: CreationStack::of(ev),
             unheld_scans: 0,
-            evidence: Evidence::new(ev.ts_ns, TCP_CLOSE),
+            evidence: Evidence::new(ev.ts_ns, TCP_CLOSE, true),
         });
     }
 
@@ -473,7 +509,7 @@ impl SocketTable {
             holders: Vec::new(),
             stack: CreationStack::of(ev),
             unheld_scans: 0,
-            evidence: Evidence::new(ev.ts_ns, state),
+            evidence: Evidence::new(ev.ts_ns, state, true),
         });
     }
 
@@ -485,7 +521,7 @@ impl SocketTable {
                 // or connected state. The kernel side sends only some transitions, so the one
                 // before may never have been seen.
                 s.evidence.was_connected |= connected_state(ev.old_state as u8);
-                s.set_state(new_state, ev.ts_ns);
+                s.state_changed(ev.old_state as u8, new_state, ev.ts_ns);
                 if let Some(addresses) = event_addresses(ev) {
                     (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
                 }
@@ -708,7 +744,7 @@ impl SocketTable {
                 holders: pids.to_vec(),
                 stack: CreationStack::Unknown,
                 unheld_scans: 0,
-                evidence: Evidence::new(now_ns, d.state),
+                evidence: Evidence::new(now_ns, d.state, false),
             });
         }
         adopted
@@ -765,7 +801,7 @@ impl SocketTable {
         for s in self.sockets.values_mut() {
             let seen = by_cookie.get(&s.cookie);
             if let Some(d) = seen {
-                s.set_state(d.state, now_ns);
+                s.state_sampled(d.state, now_ns);
                 s.local = Some(d.local);
                 s.remote = Some(d.remote);
                 s.rx_queue = d.rx_queue;
@@ -1444,6 +1480,63 @@ mod tests {
             );
         }
         assert_eq!(t.get(9).unwrap().holders, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_state_found_by_a_sample_began_between_that_sample_and_the_look_before() {
+        const S: u64 = 1_000_000_000;
+        let mut t = SocketTable::new(4);
+        let mut born = created(9, 1);
+        born.inode = 31337;
+        born.ts_ns = S;
+        t.apply(&born);
+        let holders = Holders::from_pairs(vec![(31337, 1)]);
+        let sample = |t: &mut SocketTable, state, now_ns| {
+            t.reconcile(
+                &[diag(9, state, 31337)],
+                &holders,
+                now_ns,
+                &Filter::default(),
+                holds_nothing,
+            )
+        };
+        let window = |t: &SocketTable| {
+            let e = &t.get(9).unwrap().evidence;
+            (e.state_since_ns, e.state_entered_after_ns)
+        };
+        // Created (an event: exact), then connected some time before the first sample.
+        assert_eq!(window(&t), (S, Some(S)));
+        sample(&mut t, TCP_ESTABLISHED, 3 * S);
+        assert_eq!(window(&t), (3 * S, Some(S)));
+        // Still established: nothing moves.
+        sample(&mut t, TCP_ESTABLISHED, 5 * S);
+        assert_eq!(window(&t), (3 * S, Some(S)));
+        // The peer left between the last two samples.
+        sample(&mut t, TCP_CLOSE_WAIT, 7 * S);
+        assert_eq!(window(&t), (7 * S, Some(5 * S)));
+        // A reset the kernel side reports: the transition itself, though the table last knew
+        // the socket in another state than the event's old one.
+        let mut reset = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        reset.cookie = 9;
+        reset.old_state = TCP_LAST_ACK as u16;
+        reset.new_state = TCP_CLOSE as u16;
+        reset.ts_ns = 8 * S;
+        t.apply(&reset);
+        assert_eq!(window(&t), (8 * S, Some(8 * S)));
+    }
+
+    #[test]
+    fn a_socket_found_already_open_has_no_bound_on_its_state_age() {
+        let mut t = SocketTable::new(4);
+        let holders = Holders::from_pairs(vec![(31337, 1)]);
+        t.seed_pre_existing(
+            &[diag(9, TCP_ESTABLISHED, 31337)],
+            &holders,
+            5_000,
+            &Filter::default(),
+        );
+        let e = &t.get(9).unwrap().evidence;
+        assert_eq!((e.state_since_ns, e.state_entered_after_ns), (5_000, None));
     }
 
     #[test]

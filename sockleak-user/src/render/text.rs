@@ -209,7 +209,7 @@ pub fn socket_line(s: &SocketRow) -> String {
         s.local,
         s.remote,
         s.state,
-        human_ms(s.state_age_ms),
+        state_age(s),
         human_ms(s.age_ms),
         s.rx_queue,
         s.tx_queue,
@@ -307,6 +307,17 @@ pub fn human_bytes(bytes: u64) -> String {
         0..1024 => format!("{bytes}B"),
         1024..1_048_576 => format!("{:.1}K", bytes as f64 / 1024.0),
         _ => format!("{:.1}M", bytes as f64 / 1_048_576.0),
+    }
+}
+
+/// Time in the current state: `2.0s..12.0s` where samples bracket the transition (the state
+/// began between the sample that found it and the look before), one figure where an event
+/// showed it or where there is no earlier look to bound it.
+fn state_age(s: &SocketRow) -> String {
+    let at_least = human_ms(s.state_age_ms);
+    match s.state_age_max_ms.map(human_ms) {
+        Some(at_most) if at_most != at_least => format!("{at_least}..{at_most}"),
+        _ => at_least,
     }
 }
 
