@@ -200,6 +200,10 @@ impl Socket {
 
     /// A state change event at `ts_ns`: the transition itself.
     fn state_changed(&mut self, old_state: u8, state: u8, ts_ns: u64) {
+        // The transition came from somewhere: a socket leaving LISTEN or a connecting or
+        // connected state. The kernel side sends only some transitions, so the one before may
+        // never have been seen.
+        self.evidence.was_connected |= connected_state(old_state);
         // Our own idea of the old state may be stale (the kernel side sends few transitions),
         // so the event's says whether this is a change.
         if old_state != state || self.state != state {
@@ -517,10 +521,6 @@ impl SocketTable {
         let new_state = ev.new_state as u8;
         if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
             if let Some(s) = self.sockets.get_mut(&cookie) {
-                // The transition came from somewhere: a socket leaving LISTEN or a connecting
-                // or connected state. The kernel side sends only some transitions, so the one
-                // before may never have been seen.
-                s.evidence.was_connected |= connected_state(ev.old_state as u8);
                 s.state_changed(ev.old_state as u8, new_state, ev.ts_ns);
                 if let Some(addresses) = event_addresses(ev) {
                     (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
