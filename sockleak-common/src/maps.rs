@@ -1,0 +1,47 @@
+//! The maps both sides know by name: their sizes, the per-CPU counters in `STATS`, and the
+//! records the `socket_fds` iterator writes.
+
+/// Ring buffer size in bytes (a power of two, as the kernel requires): room for ~40k events,
+/// which absorbs a burst of connection churn between two userspace wake-ups.
+pub const EVENTS_RING_BYTES: u32 = 4 << 20;
+
+/// Processes whose stack budget the kernel side tracks at once (an LRU map: a process that
+/// stopped creating sockets makes room for one that starts).
+pub const STACK_BUDGET_PROCESSES: u32 = 4096;
+
+/// Slots of the `STACKS` map (distinct stacks it can hold) and frames kept per stack. Every
+/// slot is preallocated: 8192 x (64 x 8 + bucket header) is about 4.5 MiB of kernel memory.
+pub const STACK_SLOTS: u32 = 8192;
+pub const STACK_DEPTH: usize = 64;
+
+/// Per-CPU counters in the `STATS` map, indexed by these values.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    /// Events written to the ring buffer.
+    EventsSent = 0,
+    /// Events that could not be delivered because the ring buffer was full.
+    EventsLost = 1,
+    /// fd-table walks at syscall exit that failed (fd raced away, unexpected layout).
+    FdWalkFailed = 2,
+    /// A stack whose slot in `STACKS` already held another stack (the map is full or unlucky):
+    /// that socket's creation stack is unknown.
+    StackCollisions = 3,
+    /// Stacks that could not be captured for another reason (no user stack, a fault).
+    StackFailures = 4,
+    /// Stacks not taken because the creating process was over its `stack_rate` budget.
+    StacksNotSampled = 5,
+}
+
+pub const STAT_COUNT: u32 = 6;
+
+/// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
+/// from these instead of a readlink per fd under /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldSocket {
+    pub inode: u64,
+    /// The holding process (`tgid`).
+    pub pid: u32,
+    pub _pad: u32,
+}
