@@ -121,7 +121,7 @@ pub fn is_within(path: &str, filter: &str) -> bool {
 }
 
 /// Container and pod ids, as far as the path names them.
-#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Container {
     /// The 64-hex-digit id Docker, containerd, CRI-O and Podman give a container.
     pub container_id: Option<String>,

@@ -1,4 +1,6 @@
-//! The command line. `--help` is the reference; every flag says what it does and its default.
+//! The command line, turned into plain configuration (`sockleak_user::config`): the only
+//! place that knows clap. `--help` is the reference; every flag says what it does and its
+//! default.
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
@@ -6,8 +8,13 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-
-use crate::render::Format;
+use sockleak_common::{Family, Protocol, SocketState, TcpState};
+use sockleak_user::{
+    config::{DEFAULT_MAX_SOCKETS, DEFAULT_STACK_RATE, Limits, TraceConfig, TracerConfig},
+    filter::Filter,
+    render::Format,
+    verdict::Thresholds,
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,8 +65,8 @@ pub struct TraceArgs {
     #[arg(short, long, value_name = "DUR", value_parser = parse_positive_duration, help_heading = "Output")]
     pub duration: Option<Duration>,
     /// Output format: `text` for people, `json` for scripts (one JSON object per line).
-    #[arg(short, long, value_enum, default_value_t = Format::Text, help_heading = "Output")]
-    pub format: Format,
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Text, help_heading = "Output")]
+    pub format: FormatArg,
     /// Print the started line and the final report only, not one report per interval (for
     /// long runs that serve --metrics).
     #[arg(short, long, help_heading = "Output")]
@@ -118,7 +125,7 @@ pub struct SelectArgs {
     pub ports: Vec<u16>,
     /// Only show sockets in this state, e.g. CLOSE_WAIT, ESTABLISHED, LISTEN, UNCONN (repeatable).
     #[arg(long = "state", value_name = "STATE", value_parser = parse_state)]
-    pub states: Vec<&'static str>,
+    pub states: Vec<SocketState>,
     /// Only show sockets open at least this long (e.g. 500ms, 30s, 5m).
     #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
     pub min_age: Duration,
@@ -156,15 +163,15 @@ pub struct TracerArgs {
     #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
-    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS)]
     pub max_sockets: usize,
     /// Behave as on a kernel without BTF (classic tracepoints, no fd walk): for testing the
     /// fallback and for diagnosing BTF trouble.
     #[arg(long, hide = true)]
     pub without_btf: bool,
-    /// Do not capture the code path that created each socket: saves about a microsecond of
-    /// kernel time per socket on hosts with heavy connection churn; sockets are then grouped
-    /// by process and site only.
+    /// Do not capture the code path that created each socket: saves most of what a socket
+    /// costs sockleak in the kernel, on hosts with heavy connection churn; sockets are then
+    /// grouped by process and site only.
     #[arg(long)]
     pub no_stacks: bool,
     /// Most creation stacks taken per process and second (0: every socket). The stack walk is
@@ -174,8 +181,11 @@ pub struct TracerArgs {
     pub stack_rate: u64,
 }
 
-/// Enough for every socket of a typical service, a sample of a connection storm's.
-pub const DEFAULT_STACK_RATE: u64 = 1000;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    Text,
+    Json,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FamilyFilter {
@@ -189,31 +199,82 @@ pub enum ProtocolFilter {
     Udp,
 }
 
-/// The state names reports use, so a filter can only name a state that can match.
-const STATE_NAMES: [&str; 14] = [
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-    "BOUND_INACTIVE",
-    "UNCONN",
-];
+impl TraceArgs {
+    pub fn into_config(self) -> TraceConfig {
+        TraceConfig {
+            tracer: tracer_config(self.select, self.verdicts, self.tracer, self.interval),
+            duration: self.duration,
+            format: match self.format {
+                FormatArg::Text => Format::Text,
+                FormatArg::Json => Format::Json,
+            },
+            quiet: self.quiet,
+            folded: self.folded,
+            flamegraph: self.flamegraph,
+            metrics: self.metrics,
+        }
+    }
+}
 
-fn parse_state(text: &str) -> Result<&'static str, String> {
+impl TopArgs {
+    pub fn into_config(self) -> TracerConfig {
+        tracer_config(self.select, self.verdicts, self.tracer, self.interval)
+    }
+}
+
+fn tracer_config(
+    select: SelectArgs,
+    verdicts: VerdictArgs,
+    limits: TracerArgs,
+    interval: Duration,
+) -> TracerConfig {
+    TracerConfig {
+        filter: Filter {
+            pids: select.pids,
+            comms: select.comms,
+            ports: select.ports,
+            states: select.states,
+            family: select.family.map(|f| match f {
+                FamilyFilter::Ipv4 => Family::Ipv4,
+                FamilyFilter::Ipv6 => Family::Ipv6,
+            }),
+            protocol: select.protocol.map(|p| match p {
+                ProtocolFilter::Tcp => Protocol::Tcp,
+                ProtocolFilter::Udp => Protocol::Udp,
+            }),
+            cgroups: select.cgroups,
+            min_age_ns: select.min_age.as_nanos() as u64,
+        },
+        thresholds: Thresholds {
+            close_wait: verdicts.close_wait_after,
+            unread: verdicts.unread_after,
+            send_stuck: verdicts.send_stuck_after,
+            idle: verdicts.idle_after,
+            growing_reports: verdicts.growing_reports as usize,
+        },
+        limits: Limits {
+            ring_buffer_bytes: limits.ring_buffer_bytes,
+            max_sockets: limits.max_sockets,
+            without_btf: limits.without_btf,
+            stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
+        },
+        interval,
+    }
+}
+
+/// A state by the name reports use, so a filter can only name a state that can match.
+fn parse_state(text: &str) -> Result<SocketState, String> {
     let wanted = text.trim().to_ascii_uppercase().replace('-', "_");
-    STATE_NAMES
-        .iter()
-        .find(|s| **s == wanted)
-        .copied()
-        .ok_or_else(|| format!("unknown state '{text}': one of {}", STATE_NAMES.join(", ")))
+    SocketState::from_name(&wanted)
+        .filter(|s| *s != SocketState::Unknown)
+        .ok_or_else(|| {
+            // In the kernel's order, then what only UDP sockets are in.
+            let names: Vec<&str> = (1..=13)
+                .map(|n| SocketState::of(Protocol::Tcp, TcpState(n)).name())
+                .chain([SocketState::Unconnected.name()])
+                .collect();
+            format!("unknown state '{text}': one of {}", names.join(", "))
+        })
 }
 
 /// `PORT` or `:PORT` (localhost), or `HOST:PORT`.
@@ -301,10 +362,11 @@ mod tests {
 
     #[test]
     fn states_are_matched_loosely_but_must_exist() {
-        assert_eq!(parse_state("close_wait"), Ok("CLOSE_WAIT"));
-        assert_eq!(parse_state("Close-Wait"), Ok("CLOSE_WAIT"));
-        assert_eq!(parse_state("unconn"), Ok("UNCONN"));
+        assert_eq!(parse_state("close_wait"), Ok(SocketState::CloseWait));
+        assert_eq!(parse_state("Close-Wait"), Ok(SocketState::CloseWait));
+        assert_eq!(parse_state("unconn"), Ok(SocketState::Unconnected));
         assert!(parse_state("half_open").is_err());
+        assert!(parse_state("unknown").is_err(), "no socket is ever in it");
     }
 
     #[test]

@@ -10,9 +10,12 @@
 use std::{os::unix::fs::MetadataExt, path::Path};
 
 use anyhow::{Context, Result, bail};
-use sockleak_common::{COMM_LEN, FILTER_CGROUPS, FILTER_COMMS, FILTER_PIDS, KernelFilter};
+use sockleak_common::{
+    COMM_LEN, FILTER_CGROUPS, FILTER_COMMS, FILTER_PIDS, Family, KernelFilter, Protocol,
+    SocketState,
+};
 
-use crate::{cgroups::is_within, report::state_name, table::Socket};
+use crate::cgroups::is_within;
 
 /// Every list is "any of"; an empty list admits all.
 #[derive(Default, Debug, Clone)]
@@ -22,12 +25,10 @@ pub struct Filter {
     pub comms: Vec<String>,
     /// Local or remote port.
     pub ports: Vec<u16>,
-    /// State names as reports print them.
-    pub states: Vec<&'static str>,
-    /// AF_INET / AF_INET6.
-    pub family: Option<u8>,
-    /// IPPROTO_TCP / IPPROTO_UDP.
-    pub protocol: Option<u8>,
+    /// States as reports show them.
+    pub states: Vec<SocketState>,
+    pub family: Option<Family>,
+    pub protocol: Option<Protocol>,
     /// Cgroup v2 paths relative to the root (`/system.slice/docker-ID.scope`); their
     /// descendants match too.
     pub cgroups: Vec<String>,
@@ -54,8 +55,8 @@ impl Filter {
             pid_count: self.pids.len() as u32,
             comm_count: self.comms.len() as u32,
             cgroup_count: self.cgroups.len() as u32,
-            family: self.family.map_or(0, u16::from),
-            protocol: self.protocol.map_or(0, u16::from),
+            family: self.family.map_or(0, Family::af),
+            protocol: self.protocol.map_or(0, |p| p.ip().into()),
             ..KernelFilter::default()
         };
         kernel.pids[..self.pids.len()].copy_from_slice(&self.pids);
@@ -90,7 +91,7 @@ impl Filter {
     }
 
     /// Whether the kernel follows sockets of this family and protocol.
-    pub fn follows_kind(&self, family: u8, protocol: u8) -> bool {
+    pub fn follows_kind(&self, family: Family, protocol: Protocol) -> bool {
         self.family.is_none_or(|f| f == family) && self.protocol.is_none_or(|p| p == protocol)
     }
 
@@ -98,19 +99,28 @@ impl Filter {
         self.cgroups.iter().any(|c| is_within(path, c))
     }
 
-    /// Whether a report shows `s`, whose owner runs in `cgroup`.
-    pub fn admits(&self, s: &Socket, cgroup: Option<&str>, now_ns: u64) -> bool {
-        let port_of = |a: Option<std::net::SocketAddr>| a.map(|a| a.port());
-        self.follows_process(s.owner.pid, &s.owner.comm, || cgroup.map(str::to_owned))
+    /// Whether a report shows this socket.
+    pub fn admits(&self, s: &Candidate) -> bool {
+        self.follows_process(s.pid, s.comm, || s.cgroup.map(str::to_owned))
             && self.follows_kind(s.family, s.protocol)
-            && (self.ports.is_empty()
-                || [port_of(s.local), port_of(s.remote)]
-                    .iter()
-                    .flatten()
-                    .any(|p| self.ports.contains(p)))
-            && (self.states.is_empty() || self.states.contains(&state_name(s.protocol, s.state)))
-            && now_ns.saturating_sub(s.created_ns) >= self.min_age_ns
+            && (self.ports.is_empty() || s.ports.iter().flatten().any(|p| self.ports.contains(p)))
+            && (self.states.is_empty() || self.states.contains(&s.state))
+            && s.age_ns >= self.min_age_ns
     }
+}
+
+/// What a report knows of a socket when it decides whether to show it.
+pub struct Candidate<'a> {
+    pub pid: u32,
+    pub comm: &'a str,
+    /// The owner's cgroup v2 path.
+    pub cgroup: Option<&'a str>,
+    pub family: Family,
+    pub protocol: Protocol,
+    /// Local and remote port, where known.
+    pub ports: [Option<u16>; 2],
+    pub state: SocketState,
+    pub age_ns: u64,
 }
 
 #[cfg(test)]
@@ -124,8 +134,8 @@ mod tests {
             pids: vec![7, 9],
             comms: vec!["node".into()],
             cgroups: vec!["/".into()],
-            family: Some(10),
-            protocol: Some(6),
+            family: Some(Family::Ipv6),
+            protocol: Some(Protocol::Tcp),
             ..Filter::default()
         };
         let k = filter.kernel_filter(&root).unwrap();

@@ -2,8 +2,8 @@
 //!
 //! Reports need it to tell a socket its owner still holds from one it closed (and to find
 //! sockets no event announced). The `socket_fds` BPF iterator lists every process's socket fds
-//! in one read (about 0.1 s for 100,000 sockets, indexing included); without it (no BTF, a
-//! kernel before 5.8) the answer comes from a readlink per fd under /proc (about 0.45 s).
+//! in one read; without it (no BTF, a kernel before 5.8) the answer comes from a readlink per
+//! fd under /proc, several times slower over many sockets.
 use std::{fs::File, io::Read};
 
 use anyhow::{Context, Result, bail};
@@ -151,14 +151,9 @@ mod tests {
             return;
         }
         let (root, _) = crate::hooks::cgroup2_root().unwrap();
-        let options = crate::hooks::Options {
-            ring_buffer_bytes: sockleak_common::EVENTS_RING_BYTES,
-            without_btf: false,
-            creation_stacks: true,
-            stack_rate: 0,
-        };
+        let limits = crate::config::Limits::default();
         let attached =
-            crate::hooks::attach(&options, &root, &sockleak_common::KernelFilter::default())
+            crate::hooks::attach(&limits, &root, &sockleak_common::KernelFilter::default())
                 .unwrap();
         assert!(
             attached.hooks.iter().any(|h| h == "iter/task_file"),

@@ -1,26 +1,6 @@
-//! sockleak: find socket leaks in running services.
-//!
-//! The path of data: `hooks` (eBPF programs, attached) -> ring buffer -> `table` (one entry
-//! per open socket, reconciled with `sockdiag` and `procfs`) -> `report` (filter, group) ->
-//! `render` (text, JSON, flame graphs), `metrics` (Prometheus) or `top` (a live view), with
-//! `verdict` judging each socket on the way and `filter` choosing them. `tracer` drives the data
-//! path; `trace` and `top` are the commands; `cli` defines the command line.
-mod cgroups;
+//! `sockleak`: the command line over the library. Parses the arguments into plain
+//! configuration (`cli`), runs the command, and turns every error into one line on stderr.
 mod cli;
-mod filter;
-mod holders;
-mod hooks;
-mod metrics;
-mod procfs;
-mod render;
-mod report;
-mod sockdiag;
-mod symbolize;
-mod table;
-mod top;
-mod trace;
-mod tracer;
-mod verdict;
 
 use clap::{CommandFactory, Parser};
 
@@ -46,8 +26,8 @@ fn main() {
         Err(err) => fail(&anyhow::Error::from(err)),
     };
     let result = match cli.command {
-        Command::Trace(args) => runtime.block_on(trace::run(args)),
-        Command::Top(args) => runtime.block_on(top::run(args)),
+        Command::Trace(args) => runtime.block_on(sockleak_user::trace::run(args.into_config())),
+        Command::Top(args) => runtime.block_on(sockleak_user::top::run(args.into_config())),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "sockleak", &mut script);
@@ -82,12 +62,12 @@ fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
-/// A report over 100,000 sockets allocates tens of MiB for a moment (the sock_diag dump, the
-/// holder scan's pairs, the rows), some of it on the dump and scan threads. glibc's defaults keep that
-/// memory: one arena per thread, and an mmap threshold that rises after every large free so
-/// the next large buffer comes from the never-shrinking heap. One arena and a fixed 128 KiB
-/// threshold (large buffers always mmapped, so unmapped when freed) took sockleak from 154 to
-/// 91 MiB RSS over 100,000 sockets here, with the same report time.
+/// A report over many sockets allocates tens of MiB for a moment (the sock_diag dump, the
+/// holder scan's pairs, the rows), some of it on the dump and scan threads. glibc's defaults
+/// keep that memory: one arena per thread, and an mmap threshold that rises after every large
+/// free so the next large buffer comes from the never-shrinking heap. One arena and a fixed
+/// 128 KiB threshold (large buffers always mmapped, so unmapped when freed) keep sockleak's
+/// resident memory near what it uses, with the same report time (README, "Design notes").
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called first thing, before any thread exists.

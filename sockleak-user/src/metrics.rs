@@ -138,10 +138,11 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             ("pod_uid", s.container.pod_uid.clone().unwrap_or_default()),
         ];
         let mut kind = owner.clone();
-        kind.push(("protocol", s.protocol.to_owned()));
-        kind.push(("state", s.state.to_owned()));
+        kind.push(("protocol", s.protocol.name().to_owned()));
+        kind.push(("state", s.state.name().to_owned()));
         // The most specific verdict: flags come ordered that way.
-        kind.push(("verdict", s.flags.first().unwrap_or(&"none").to_string()));
+        let verdict = s.flags.first().map_or("none", |v| v.name());
+        kind.push(("verdict", verdict.to_owned()));
         *by_kind.entry(kind).or_default() += 1;
         let q = queues.entry(owner).or_default();
         q.receive_queue += u64::from(s.rx_queue);
@@ -193,7 +194,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     let mut suspects: BTreeMap<&str, u64> = BTreeMap::new();
     for g in &report.groups {
         for flag in &g.flags {
-            *suspects.entry(flag).or_default() += 1;
+            *suspects.entry(flag.name()).or_default() += 1;
         }
     }
     for (flag, n) in suspects {

@@ -4,6 +4,8 @@
 //! machine.
 use std::{fs, path::Path};
 
+use sockleak_common::Protocol;
+
 /// Every process now (thread ids are not listed at the top of /proc).
 pub fn pids() -> impl Iterator<Item = u32> {
     fs::read_dir("/proc")
@@ -16,8 +18,8 @@ pub fn pids() -> impl Iterator<Item = u32> {
 /// (socket inode, pid) for every socket fd on the machine, in no order, with repeats: the
 /// fallback of [`crate::holders`] when the `socket_fds` iterator is unavailable.
 ///
-/// One readlink per open fd on the machine (about 0.5 s for 100,000 sockets on two busy
-/// cores), so the processes are split over a few threads.
+/// One readlink per open fd on the machine, which over many sockets takes a while, so the
+/// processes are split over a few threads.
 pub fn socket_fds() -> Vec<(u64, u32)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let pids: Vec<u32> = pids().collect();
@@ -97,12 +99,12 @@ pub fn parse_socket_link(target: &str) -> Option<u64> {
         .ok()
 }
 
-/// The TCP and UDP sockets `pid` holds, as (inode, IPPROTO_*): the kernel names a socket's
+/// The TCP and UDP sockets `pid` holds, as (inode, protocol): the kernel names a socket's
 /// protocol in its `system.sockprotoname` attribute, which tells an unconnected TCP socket
 /// (listed nowhere else) from the process's unix sockets. Costs a getxattr per socket fd, so
 /// it is asked only about the few processes whose sockets reconciliation cannot otherwise
 /// judge.
-pub fn inet_sockets_of(pid: u32) -> Vec<(u64, u8)> {
+pub fn inet_sockets_of(pid: u32) -> Vec<(u64, Protocol)> {
     use std::os::unix::ffi::OsStrExt;
     let fd_path = format!("/proc/{pid}/fd");
     let Ok(fds) = fs::read_dir(&fd_path) else {
@@ -131,8 +133,8 @@ pub fn inet_sockets_of(pid: u32) -> Vec<(u64, u8)> {
         };
         let Ok(n) = usize::try_from(n) else { continue };
         let protocol = match name[..n].split(|&b| b == 0).next().unwrap_or_default() {
-            b"TCP" | b"TCPv6" => libc::IPPROTO_TCP as u8,
-            b"UDP" | b"UDPv6" => libc::IPPROTO_UDP as u8,
+            b"TCP" | b"TCPv6" => Protocol::Tcp,
+            b"UDP" | b"UDPv6" => Protocol::Udp,
             _ => continue,
         };
         found.push((inode, protocol));
@@ -203,13 +205,10 @@ pub(crate) mod tests {
         let (unix, _) = UnixDatagram::pair().unwrap();
         let found = inet_sockets_of(std::process::id());
         assert!(
-            found.contains(&(inode_of(tcp6), libc::IPPROTO_TCP as u8)),
+            found.contains(&(inode_of(tcp6), Protocol::Tcp)),
             "{found:?}"
         );
-        assert!(
-            found.contains(&(inode_of(udp), libc::IPPROTO_UDP as u8)),
-            "{found:?}"
-        );
+        assert!(found.contains(&(inode_of(udp), Protocol::Udp)), "{found:?}");
         assert!(
             !found
                 .iter()

@@ -100,7 +100,7 @@ pub struct Stacks {
     noted: HashSet<StackKey, foldhash::fast::RandomState>,
 }
 
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct StackStats {
     /// Distinct creation stacks of the sockets in the table.
     pub stacks: usize,

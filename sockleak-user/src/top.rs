@@ -20,7 +20,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::TopArgs,
+    config::TracerConfig,
     render::{
         escape::for_terminal,
         text::{
@@ -32,15 +32,16 @@ use crate::{
     tracer::Tracer,
 };
 
-pub async fn run(args: TopArgs) -> Result<()> {
+pub async fn run(config: TracerConfig) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("sockleak top draws on a terminal; for pipes and files use `sockleak trace`");
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     // Attached before the screen switches, so errors print as plain lines.
-    let mut tracer = Tracer::start(&args.select, &args.verdicts, &args.tracer, args.interval)?;
-    let mut view = View::new(args.interval, tracer.started.warnings.clone());
+    let mut tracer = Tracer::start(&config)?;
+    let interval = config.interval;
+    let mut view = View::new(interval, tracer.started.warnings.clone());
 
     // Terminal input blocks; a thread reads it and the loop selects on the channel.
     let (key_tx, mut keys) = mpsc::unbounded_channel();
@@ -61,7 +62,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let mut terminal = ratatui::init();
     let result = async {
         view.report = Some(tracer.report().await?);
-        let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
+        let mut ticks = interval_at(Instant::now() + interval, interval);
         loop {
             draw(&mut terminal, &view)?;
             tokio::select! {

@@ -9,14 +9,14 @@ use tokio::{
 };
 
 use crate::{
-    cli::TraceArgs,
+    config::TraceConfig,
     metrics::MetricsServer,
     render::{Output, flame::FlameFiles},
     report::Report,
     tracer::Tracer,
 };
 
-pub async fn run(args: TraceArgs) -> Result<()> {
+pub async fn run(args: TraceConfig) -> Result<()> {
     // First of all: a Ctrl-C or SIGTERM that arrives while attaching must still end in a final
     // report, not in the default action. tokio keeps it pending until the loop looks.
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -31,7 +31,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         Some(addr) => Some(MetricsServer::bind(addr).await?),
         None => None,
     };
-    let mut tracer = Tracer::start(&args.select, &args.verdicts, &args.tracer, args.interval)?;
+    let mut tracer = Tracer::start(&args.tracer)?;
+    let interval = args.tracer.interval;
     tracer.started.metrics = metrics
         .as_ref()
         .map(|m| format!("http://{}/metrics", m.addr));
@@ -40,7 +41,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     if stopped_by_pipe(out.started(&tracer.started))? {
         return Ok(());
     }
-    let mut ticks = interval_at(Instant::now() + args.interval, args.interval);
+    let mut ticks = interval_at(Instant::now() + interval, interval);
     let deadline = sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
 

@@ -8,21 +8,19 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use aya_log::EbpfLogger;
-use sockleak_common::{SockEvent, Stat};
+use sockleak_common::{Protocol, SockEvent, Stat};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
-    cgroups::Cgroups,
-    cli::{FamilyFilter, ProtocolFilter, SelectArgs, TracerArgs, VerdictArgs},
+    cgroups::{self, Cgroups},
+    config::TracerConfig,
     filter::Filter,
     holders::HolderScan,
     hooks, procfs,
-    render::Started,
-    report::{KernelStats, Report, Reporter},
-    sockdiag::{self, SockDiag},
+    report::{KernelStats, Report, Reporter, Started},
+    sockdiag::SockDiag,
     symbolize::{CreationStack, Stacks},
-    table::SocketTable,
-    verdict::Thresholds,
+    table::{Processes, SocketTable},
 };
 
 pub struct Tracer {
@@ -50,58 +48,37 @@ const COLLECT_EVERY: Duration = Duration::from_millis(50);
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
 
 impl Tracer {
-    /// Checks the arguments against the system, attaches, and seeds the table with the sockets
-    /// already open. `interval` is only echoed in the started line.
-    pub fn start(
-        select: &SelectArgs,
-        verdicts: &VerdictArgs,
-        limits: &TracerArgs,
-        interval: Duration,
-    ) -> Result<Self> {
-        for &pid in &select.pids {
+    /// Checks the configuration against the system, attaches, and seeds the table with the
+    /// sockets already open.
+    pub fn start(config: &TracerConfig) -> Result<Self> {
+        let TracerConfig {
+            filter,
+            thresholds,
+            limits,
+            interval,
+        } = config;
+        for &pid in &filter.pids {
             if !procfs::process_exists(pid) {
                 bail!("no process with pid {pid}");
             }
         }
         let (cgroup_root, cgroup_warning) = hooks::cgroup2_root()?;
         let cgroups = Cgroups::new(cgroup_root.clone());
-        let cgroup_filter = select
-            .cgroups
-            .iter()
-            .map(|c| cgroups.resolve_user_path(c))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(anyhow::Error::msg)?;
         let filter = Filter {
-            pids: select.pids.clone(),
-            comms: select.comms.clone(),
-            ports: select.ports.clone(),
-            states: select.states.clone(),
-            family: select.family.map(|f| match f {
-                FamilyFilter::Ipv4 => sockdiag::AF_INET,
-                FamilyFilter::Ipv6 => sockdiag::AF_INET6,
-            }),
-            protocol: select.protocol.map(|p| match p {
-                ProtocolFilter::Tcp => sockdiag::IPPROTO_TCP,
-                ProtocolFilter::Udp => sockdiag::IPPROTO_UDP,
-            }),
-            cgroups: cgroup_filter,
-            min_age_ns: select.min_age.as_nanos() as u64,
+            cgroups: filter
+                .cgroups
+                .iter()
+                .map(|c| cgroups.resolve_user_path(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?,
+            ..filter.clone()
         };
         let kernel_filter = filter.kernel_filter(&cgroup_root)?;
         let hooks::Attached {
             mut ebpf,
             hooks,
             mut warnings,
-        } = hooks::attach(
-            &hooks::Options {
-                ring_buffer_bytes: limits.ring_buffer_bytes,
-                without_btf: limits.without_btf,
-                creation_stacks: !limits.no_stacks,
-                stack_rate: limits.stack_rate,
-            },
-            &cgroup_root,
-            &kernel_filter,
-        )?;
+        } = hooks::attach(limits, &cgroup_root, &kernel_filter)?;
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
@@ -124,30 +101,26 @@ impl Tracer {
         // Nothing was released yet: no TIME_WAIT socket could be attributed.
         let diag = diag_source.dump(false)?;
         let holders = HolderScan::start(&mut ebpf).run();
-        table.seed_pre_existing(&diag.sockets, &holders, procfs::monotonic_ns(), &filter);
+        table.seed_pre_existing(
+            &diag.sockets,
+            &holders,
+            procfs::monotonic_ns(),
+            &filter,
+            &ProcFs,
+        );
 
         let started = Started {
             hooks,
             warnings,
-            pids: select.pids.clone(),
-            min_age_ms: select.min_age.as_millis() as u64,
+            pids: filter.pids.clone(),
+            min_age_ms: filter.min_age_ns / 1_000_000,
             interval_ms: interval.as_millis() as u64,
-            stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
+            stack_rate: limits.stack_rate,
             pre_existing: table.stats.pre_existing,
-            version: env!("CARGO_PKG_VERSION"),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             metrics: None,
         };
-        let reporter = Reporter::new(
-            filter,
-            Thresholds {
-                close_wait: verdicts.close_wait_after,
-                unread: verdicts.unread_after,
-                send_stuck: verdicts.send_stuck_after,
-                idle: verdicts.idle_after,
-                growing_reports: verdicts.growing_reports as usize,
-            },
-            cgroups,
-        );
+        let reporter = Reporter::new(filter, *thresholds, cgroups);
         // SAFETY: the RingBuf owns the map fd until it is dropped with the AsyncFd.
         let ring = unsafe { AsyncFd::register(ring) }
             .map_err(|e| e.into_parts().1)
@@ -247,13 +220,7 @@ impl Tracer {
         // Events that raced with the scans are applied before judging what is gone.
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
-        table.reconcile(
-            &diag.sockets,
-            &holders,
-            now,
-            &reporter.filter,
-            procfs::inet_sockets_of,
-        );
+        table.reconcile(&diag.sockets, &holders, now, &reporter.filter, &ProcFs);
         table.count_churn(&diag.sockets, &diag.time_wait);
         stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
         let reconciled = started.elapsed();
@@ -314,4 +281,21 @@ fn decode(bytes: &[u8]) -> Option<SockEvent> {
     }
     // SAFETY: length checked; SockEvent is plain integers, valid for any bit pattern.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockEvent>()) })
+}
+
+/// The table's questions about processes, answered from /proc.
+struct ProcFs;
+
+impl Processes for ProcFs {
+    fn comm(&self, pid: u32) -> Option<String> {
+        procfs::comm_of(pid)
+    }
+
+    fn cgroup(&self, pid: u32) -> Option<String> {
+        cgroups::path_of_process(pid)
+    }
+
+    fn inet_sockets(&self, pid: u32) -> Vec<(u64, Protocol)> {
+        procfs::inet_sockets_of(pid)
+    }
 }

@@ -22,6 +22,8 @@ use aya::{
 };
 use sockleak_common::{Config, KernelFilter};
 
+use crate::config::Limits;
+
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
 
@@ -35,30 +37,24 @@ pub struct Attached {
     pub warnings: Vec<String>,
 }
 
-/// How the programs are set up.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    /// Size of the event ring buffer (a power of two).
-    pub ring_buffer_bytes: u32,
-    /// Behave as on a kernel without BTF.
-    pub without_btf: bool,
-    /// Capture the user stack at socket creation and accept.
-    pub creation_stacks: bool,
-    /// Most stacks per process and second; 0 for every socket.
-    pub stack_rate: u64,
-}
-
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
 /// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach;
 /// `filter` says whose sockets the programs follow.
-pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> Result<Attached> {
+pub fn attach(limits: &Limits, cgroup_root: &Path, filter: &KernelFilter) -> Result<Attached> {
+    if EBPF_OBJECT.is_empty() {
+        bail!(
+            "this sockleak was built without its eBPF programs (a `cargo check` stub): build it \
+             with `cargo xtask build`"
+        );
+    }
     check_capabilities()?;
-    let Options {
+    let Limits {
         ring_buffer_bytes,
         without_btf,
-        creation_stacks,
         stack_rate,
-    } = *options;
+        ..
+    } = *limits;
+    let creation_stacks = stack_rate.is_some();
     let mut warnings = Vec::new();
     if !creation_stacks {
         warnings.push(
@@ -74,7 +70,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         tp_oldstate: 16,
         tp_newstate: 20,
         capture_stacks: u32::from(creation_stacks),
-        stack_rate,
+        stack_rate: stack_rate.unwrap_or(0),
         // An eighth of the ring: a burst wakes userspace well before the ring fills; anything
         // less waits for its 50 ms collection timer (`tracer::COLLECT_EVERY`).
         wakeup_bytes: u64::from(ring_buffer_bytes / 8),

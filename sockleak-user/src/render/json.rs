@@ -1,8 +1,7 @@
 //! Newline-delimited JSON: one object per line, `type` first.
 use serde_json::{Value, json};
 
-use super::Started;
-use crate::report::Report;
+use crate::report::{Report, Started};
 
 pub fn started(s: &Started) -> String {
     let mut v = serde_json::to_value(s).expect("serializable");
@@ -32,4 +31,84 @@ fn line(v: &Value) -> String {
     let mut s = serde_json::to_string(v).expect("serializable");
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+
+    use super::*;
+    use crate::report::{Line, Stats};
+
+    /// What the renderer writes is what the schema reads back: tests and the bench rely on it.
+    #[test]
+    fn lines_read_back_as_the_schema() {
+        let started = Started {
+            hooks: vec!["cgroup/sock_create".into()],
+            warnings: Vec::new(),
+            pids: vec![7],
+            min_age_ms: 5000,
+            interval_ms: 10_000,
+            stack_rate: Some(1000),
+            pre_existing: 3,
+            version: "0.1.0".into(),
+            metrics: None,
+        };
+        let line = super::started(&started);
+        assert!(line.starts_with(r#"{"type":"started","hooks":"#), "{line}");
+        let Line::Started(back) = serde_json::from_str(&line).unwrap() else {
+            panic!("not a started line: {line}");
+        };
+        assert_eq!((back.pids, back.stack_rate), (vec![7], Some(1000)));
+
+        let json = serde_json::json!({
+            "cookie": 9, "pid": 7, "tid": 7, "comm": "node", "uid": 0, "cgroup_id": 0,
+            "cgroup": null, "container_id": null, "pod_uid": null, "family": "ipv6",
+            "protocol": "tcp", "state": "CLOSE_WAIT", "local": "[::1]:80",
+            "remote": "[::1]:4000", "age_ms": 1, "rx_queue": 0, "tx_queue": 0,
+            "origin": "traced", "site": "accept", "holders": [7], "flags": ["close_wait"],
+            "state_age_ms": 1, "state_age_max_ms": null, "memory": null, "tcp": null,
+            "rcvqueue_full": 0, "exceed_buf_limit": 0
+        });
+        let row: crate::report::SocketRow = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            (
+                row.family,
+                row.protocol,
+                row.state,
+                row.origin,
+                &row.flags[..]
+            ),
+            (
+                Family::Ipv6,
+                Protocol::Tcp,
+                SocketState::CloseWait,
+                Origin::Accept,
+                &[Verdict::CloseWait][..]
+            )
+        );
+        assert_eq!(serde_json::to_value(&row).unwrap(), json, "field for field");
+
+        let report = Report {
+            sockets: vec![row],
+            groups: Vec::new(),
+            churn: Vec::new(),
+            stats: Stats {
+                kernel: Default::default(),
+                open_sockets: 1,
+                table: Default::default(),
+                stacks: Default::default(),
+                report_ms: 1.5,
+                netns_unreachable: 0,
+            },
+        };
+        let line = super::report(&report, true);
+        assert!(line.starts_with(r#"{"type":"report","sockets":"#), "{line}");
+        let Line::Report(back) = serde_json::from_str(&line).unwrap() else {
+            panic!("not a report line: {line}");
+        };
+        assert!(back.is_final);
+        assert_eq!(back.report.sockets[0].cookie, 9);
+        assert_eq!(back.report.stats.open_sockets, 1);
+    }
 }

@@ -7,28 +7,15 @@ pub mod text;
 
 use std::io::{self, Write};
 
-use crate::report::Report;
+use crate::report::{Report, Started};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// A table for people.
     Text,
+    /// One JSON object per line, for scripts.
     Json,
-}
-
-/// What `sockleak trace` says once every hook is attached.
-#[derive(serde::Serialize, Debug)]
-pub struct Started {
-    pub hooks: Vec<String>,
-    pub warnings: Vec<String>,
-    pub pids: Vec<u32>,
-    pub min_age_ms: u64,
-    pub interval_ms: u64,
-    /// Creation stacks per process and second (0: all); `None` with `--no-stacks`.
-    pub stack_rate: Option<u64>,
-    pub pre_existing: u64,
-    pub version: &'static str,
-    /// Where `--metrics` serves, once bound.
-    pub metrics: Option<String>,
 }
 
 /// Writes to stdout and flushes every record, so `| jq` and `tail -f` see each line at once.

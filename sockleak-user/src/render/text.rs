@@ -2,8 +2,10 @@
 //! sockets of each group as evidence.
 use std::fmt::Write;
 
-use super::{Started, escape::for_terminal};
-use crate::report::{Group, Report, SocketRow};
+use sockleak_common::Verdict;
+
+use super::escape::for_terminal;
+use crate::report::{Group, Report, SocketRow, Started};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
@@ -158,7 +160,7 @@ pub fn group_flags(g: &Group) -> String {
     if g.flags.is_empty() {
         "-".to_owned()
     } else {
-        g.flags.join(",")
+        names(&g.flags)
     }
 }
 
@@ -166,7 +168,7 @@ pub fn group_flags(g: &Group) -> String {
 pub fn group_states(g: &Group) -> String {
     g.states
         .iter()
-        .map(|(state, n)| format!("{state}:{n}"))
+        .map(|(state, n)| format!("{}:{n}", state.name()))
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -204,11 +206,11 @@ pub fn members_worst_first<'r>(r: &'r Report, g: &Group) -> Vec<&'r SocketRow> {
 pub fn socket_line(s: &SocketRow) -> String {
     format!(
         "{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
-        s.protocol,
-        s.family,
+        s.protocol.name(),
+        s.family.name(),
         s.local,
         s.remote,
-        s.state,
+        s.state.name(),
         state_age(s),
         human_ms(s.age_ms),
         s.rx_queue,
@@ -216,7 +218,7 @@ pub fn socket_line(s: &SocketRow) -> String {
         if s.flags.is_empty() {
             String::new()
         } else {
-            format!("  [{}]", s.flags.join(","))
+            format!("  [{}]", names(&s.flags))
         },
         if s.holders.is_empty() || s.holders == [s.pid] {
             String::new()
@@ -224,6 +226,11 @@ pub fn socket_line(s: &SocketRow) -> String {
             format!("  held by {}", pid_list(&s.holders, ","))
         }
     )
+}
+
+/// Verdicts as a comma-separated list.
+fn names(flags: &[Verdict]) -> String {
+    flags.iter().map(|v| v.name()).collect::<Vec<_>>().join(",")
 }
 
 /// The frames of a creation stack, innermost first, C++ parameter lists left out (JSON has
@@ -332,7 +339,52 @@ pub fn human_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sockleak_common::{Family, Origin, Protocol, SocketState};
+
     use super::*;
+
+    /// The row `report` makes of a socket found ESTABLISHED by a sample (`report`'s
+    /// `a_state_found_between_two_looks_has_both_bounds`).
+    fn established(state_age_ms: u64, state_age_max_ms: Option<u64>) -> SocketRow {
+        SocketRow {
+            cookie: 1,
+            pid: 1,
+            tid: 1,
+            comm: "client".into(),
+            uid: 0,
+            cgroup_id: 0,
+            cgroup: None,
+            container: Default::default(),
+            family: Family::Ipv4,
+            protocol: Protocol::Tcp,
+            state: SocketState::Established,
+            local: "127.0.0.1:1".parse().unwrap(),
+            remote: "127.0.0.1:2".parse().unwrap(),
+            age_ms: 3_000,
+            rx_queue: 0,
+            tx_queue: 0,
+            origin: Origin::Socket,
+            holders: vec![1],
+            flags: Vec::new(),
+            state_age_ms,
+            state_age_max_ms,
+            memory: None,
+            tcp: None,
+            rcvqueue_full: 0,
+            exceed_buf_limit: 0,
+        }
+    }
+
+    #[test]
+    fn a_state_age_shows_both_bounds_where_samples_bracket_it() {
+        let text = socket_line(&established(1_000, Some(3_000)));
+        assert!(
+            text.contains("ESTABLISHED for 1.0s..3.0s  age 3.0s"),
+            "{text}"
+        );
+        let text = socket_line(&established(1_000, None));
+        assert!(text.contains("ESTABLISHED for 1.0s  age 3.0s"), "{text}");
+    }
 
     #[test]
     fn frames_lose_their_parameter_lists_only() {

@@ -1,0 +1,32 @@
+//! sockleak: find socket leaks in running services. The library behind the `sockleak` binary;
+//! its tests and the bench use it too (they read reports through [`report::schema`]).
+//!
+//! The path of data, one module per step:
+//! - `hooks`: the eBPF programs, loaded and attached (their events are `sockleak_common`'s);
+//! - `table`: one entry per open socket, fed by the events and reconciled at every report with
+//!   the kernel's view (`sockdiag` for state and queues, `holders` for who holds each socket,
+//!   `procfs` and `cgroups` for processes);
+//! - `verdict`: why a socket looks leaked;
+//! - `report`: the sockets `filter` selects, grouped by owner, site and creation stack
+//!   (`symbolize` names the stacks);
+//! - `render`: text, JSON, folded stacks and flame graphs; `metrics` (Prometheus) and `top` (a
+//!   live view) show reports too.
+//!
+//! `tracer` drives that path; `trace` and `top` are the commands; `config` is what they are
+//! asked to do.
+pub mod cgroups;
+pub mod config;
+pub mod filter;
+pub mod holders;
+pub mod hooks;
+pub mod metrics;
+pub mod procfs;
+pub mod render;
+pub mod report;
+pub mod sockdiag;
+pub mod symbolize;
+pub mod table;
+pub mod top;
+pub mod trace;
+pub mod tracer;
+pub mod verdict;

@@ -1,0 +1,359 @@
+//! A report: the open sockets older than `--min-age` (the rows), grouped by owner and creation
+//! site, biggest groups first. Built from the table with the verdicts on each socket; rendered
+//! by `render`. `schema` says what a report holds, `growth` judges groups over time.
+pub mod growth;
+pub mod schema;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use sockleak_common::{Family, Origin, SocketState, Verdict};
+
+use self::growth::GrowthTracker;
+pub use self::schema::{
+    ChurnRow, Group, GroupKey, GroupStack, KernelStats, Line, Report, ReportLine, SocketRow,
+    Started, Stats,
+};
+use crate::{
+    cgroups::{Cgroups, Container, container_of},
+    filter::{Candidate, Filter},
+    symbolize::{CreationStack, StackKey, Stacks},
+    table::{Socket, SocketTable},
+    verdict::{Thresholds, socket_flags},
+};
+
+/// Builds reports; remembers what growth detection needs between them.
+pub struct Reporter {
+    pub filter: Filter,
+    pub thresholds: Thresholds,
+    growth: GrowthTracker,
+    cgroups: Cgroups,
+}
+
+/// Where a socket's owner runs.
+#[derive(Debug, Clone, Default)]
+struct Placement {
+    cgroup: Option<Arc<str>>,
+    container: Container,
+}
+
+impl Reporter {
+    pub fn new(filter: Filter, thresholds: Thresholds, cgroups: Cgroups) -> Self {
+        Self {
+            filter,
+            thresholds,
+            growth: GrowthTracker::default(),
+            cgroups,
+        }
+    }
+
+    pub fn report(
+        &mut self,
+        table: &SocketTable,
+        stacks: &Stacks,
+        now_ns: u64,
+        kernel: KernelStats,
+    ) -> Report {
+        let Self {
+            filter,
+            thresholds,
+            growth,
+            cgroups,
+        } = self;
+        // One cache lookup per distinct stack, not per socket.
+        let mut resolved: HashMap<StackKey, GroupStack> = HashMap::new();
+        let mut group_stack = |stack: CreationStack| match stack {
+            CreationStack::Unknown => GroupStack::None,
+            CreationStack::NotSampled => GroupStack::NotSampled,
+            CreationStack::Taken(key) => resolved
+                .entry(key)
+                .or_insert_with(|| match stacks.get(&key) {
+                    Some(stack) => GroupStack::Frames(Arc::clone(&stack.frames)),
+                    None => GroupStack::Pending(key),
+                })
+                .clone(),
+        };
+        // One path lookup per cgroup (or per process, for sockets that predate sockleak).
+        cgroups.learn(table.sockets().map(|s| s.owner.cgroup_id));
+        let mut placements: Vec<Placement> = Vec::new();
+        let mut placement_of: HashMap<(u64, u32), usize> = HashMap::new();
+        let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
+        let mut admitted: Vec<(std::cmp::Reverse<u64>, u64, usize, &Socket)> = Vec::new();
+        for s in table.sockets() {
+            let id = s.owner.cgroup_id;
+            let key = (id, if id == 0 { s.owner.pid } else { 0 });
+            let place = *placement_of.entry(key).or_insert_with(|| {
+                let cgroup = cgroups.path_of(id, s.owner.pid);
+                let container = cgroup.as_deref().map(container_of).unwrap_or_default();
+                placements.push(Placement { cgroup, container });
+                placements.len() - 1
+            });
+            if filter.admits(&candidate(s, placements[place].cgroup.as_deref(), now_ns)) {
+                admitted.push((std::cmp::Reverse(age_ms(s)), s.cookie, place, s));
+            }
+        }
+        // Oldest first. Sorted before the rows exist: a row is big, and moving many of them
+        // through a sort cost more than building them. Cookies are unique: no ties.
+        admitted.sort_unstable_by_key(|&(age, cookie, ..)| (age, cookie));
+
+        let mut rows = Vec::with_capacity(admitted.len());
+        let mut groups: Vec<Group> = Vec::new();
+        let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
+        let mut group_of_origin: HashMap<GroupOrigin, usize> = HashMap::new();
+        for (_, _, place, s) in admitted {
+            let place = &placements[place];
+            let origin = (
+                s.owner.pid,
+                Arc::clone(&s.owner.comm),
+                s.origin,
+                s.local
+                    .filter(|_| s.origin == Origin::Accept)
+                    .map(|a| a.port()),
+                s.stack,
+            );
+            let group = *group_of_origin.entry(origin).or_insert_with(|| {
+                let key = GroupKey {
+                    pid: s.owner.pid,
+                    comm: s.owner.comm.to_string(),
+                    site: site_label(s),
+                    stack: group_stack(s.stack),
+                };
+                *group_of_key.entry(key.clone()).or_insert_with(|| {
+                    groups.push(new_group(key, place));
+                    groups.len() - 1
+                })
+            });
+            let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
+            add_to_group(&mut groups[group], &row, rows.len());
+            rows.push(row);
+        }
+        let counts: HashMap<GroupKey, usize> =
+            groups.iter().map(|g| (g.key.clone(), g.count)).collect();
+        let growing = growth.observe(&counts, now_ns, thresholds.growing_reports);
+        for g in &mut groups {
+            if let Some(rate) = growing.get(&g.key) {
+                g.growth = Some(rate.clone());
+                g.flags.push(Verdict::Growing);
+            }
+            g.flags.sort();
+        }
+        groups.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(b.oldest_age_ms.cmp(&a.oldest_age_ms))
+                .then(a.key.pid.cmp(&b.key.pid))
+                .then(a.key.site.cmp(&b.key.site))
+                .then(a.key.stack.cmp(&b.key.stack))
+        });
+
+        let stats = Stats {
+            kernel,
+            open_sockets: table.len(),
+            table: table.stats.clone(),
+            stacks: stacks.stats(),
+            report_ms: 0.0,
+            netns_unreachable: 0,
+        };
+        Report {
+            sockets: rows,
+            groups,
+            churn: churn_rows(table, filter),
+            stats,
+        }
+    }
+}
+
+/// Sockets with the same process, name, origin (and listening port) and stack id always share
+/// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
+/// origin, not once per socket.
+type GroupOrigin = (u32, Arc<str>, Origin, Option<u16>, CreationStack);
+
+fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candidate<'a> {
+    Candidate {
+        pid: s.owner.pid,
+        comm: &s.owner.comm,
+        cgroup,
+        family: s.family,
+        protocol: s.protocol,
+        ports: [s.local.map(|a| a.port()), s.remote.map(|a| a.port())],
+        state: SocketState::of(s.protocol, s.state),
+        age_ns: now_ns.saturating_sub(s.created_ns),
+    }
+}
+
+fn new_group(key: GroupKey, place: &Placement) -> Group {
+    Group {
+        stack_not_sampled: key.stack == GroupStack::NotSampled,
+        key,
+        cgroup: place.cgroup.clone(),
+        container: place.container.clone(),
+        count: 0,
+        states: BTreeMap::new(),
+        oldest_age_ms: 0,
+        rx_queue: 0,
+        tx_queue: 0,
+        memory_bytes: 0,
+        flags: Vec::new(),
+        growth: None,
+        members: Vec::new(),
+    }
+}
+
+fn add_to_group(group: &mut Group, row: &SocketRow, index: usize) {
+    group.members.push(index);
+    group.count += 1;
+    *group.states.entry(row.state).or_default() += 1;
+    group.oldest_age_ms = group.oldest_age_ms.max(row.age_ms);
+    group.rx_queue += u64::from(row.rx_queue);
+    group.tx_queue += u64::from(row.tx_queue);
+    group.memory_bytes += row.memory.map_or(0, |m| m.pinned());
+    for &flag in &row.flags {
+        if !group.flags.contains(&flag) {
+            group.flags.push(flag);
+        }
+    }
+}
+
+/// The processes' churn, filtered to `--pid` when given, biggest first.
+fn churn_rows(table: &SocketTable, filter: &Filter) -> Vec<ChurnRow> {
+    let mut churn: Vec<ChurnRow> = table
+        .churn()
+        .iter()
+        .filter(|(pid, _)| filter.pids.is_empty() || filter.pids.contains(pid))
+        .map(|(&pid, c)| ChurnRow {
+            pid,
+            comm: c.comm.to_string(),
+            time_wait: c.time_wait,
+            orphaned: c.orphaned,
+        })
+        .collect();
+    churn.sort_by(|a, b| {
+        (b.time_wait + b.orphaned)
+            .cmp(&(a.time_wait + a.orphaned))
+            .then(a.pid.cmp(&b.pid))
+    });
+    churn
+}
+
+fn site_label(s: &Socket) -> String {
+    match s.origin {
+        Origin::Socket => "socket()".to_owned(),
+        // The listening port ties accepted sockets to the server that accepts them.
+        Origin::Accept => match s.local {
+            Some(local) => format!("accept() on :{}", local.port()),
+            None => "accept()".to_owned(),
+        },
+        Origin::PreExisting => "pre-existing".to_owned(),
+        Origin::Recovered => "recovered (creation event lost)".to_owned(),
+    }
+}
+
+fn row(
+    s: &Socket,
+    place: Placement,
+    age_ms: u64,
+    now_ns: u64,
+    thresholds: &Thresholds,
+) -> SocketRow {
+    SocketRow {
+        cookie: s.cookie,
+        pid: s.owner.pid,
+        tid: s.owner.tid,
+        comm: Arc::clone(&s.owner.comm),
+        uid: s.owner.uid,
+        cgroup_id: s.owner.cgroup_id,
+        cgroup: place.cgroup,
+        container: place.container,
+        family: s.family,
+        protocol: s.protocol,
+        state: SocketState::of(s.protocol, s.state),
+        local: addr_or_unbound(s.local, s.family),
+        remote: addr_or_unbound(s.remote, s.family),
+        age_ms,
+        rx_queue: s.unread_bytes(),
+        tx_queue: s.tx_queue,
+        origin: s.origin,
+        holders: s.holders.clone(),
+        flags: socket_flags(s, now_ns, thresholds),
+        state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
+        state_age_max_ms: s
+            .evidence
+            .state_entered_after_ns
+            .map(|after| now_ns.saturating_sub(after) / 1_000_000),
+        memory: s.evidence.mem,
+        tcp: s
+            .evidence
+            .tcp
+            .filter(|_| s.protocol == sockleak_common::Protocol::Tcp),
+        rcvqueue_full: s.evidence.rcvqueue_full,
+        exceed_buf_limit: s.evidence.exceed_buf_limit,
+    }
+}
+
+fn addr_or_unbound(addr: Option<SocketAddr>, family: Family) -> SocketAddr {
+    addr.unwrap_or_else(|| {
+        let any: IpAddr = if family == Family::Ipv6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        SocketAddr::new(any, 0)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use sockleak_common::{EventKind, Hook, SockEvent, TcpState};
+
+    use super::*;
+
+    #[test]
+    fn every_group_without_frames_says_why() {
+        let named = GroupStack::Frames(Arc::from(vec!["main (a.c:3)".to_owned()]));
+        assert_eq!(named.why_no_frames(), None);
+        for stack in [
+            GroupStack::None,
+            GroupStack::NotSampled,
+            GroupStack::Pending(StackKey {
+                pid: 1,
+                user: 0,
+                sp_word: 0,
+            }),
+            GroupStack::Frames(Arc::from(Vec::<String>::new())),
+        ] {
+            assert!(stack.why_no_frames().is_some(), "{stack:?}");
+        }
+    }
+
+    /// The row's ages; `render::text` shows them (`a_state_age_shows_both_bounds`).
+    #[test]
+    fn a_state_found_between_two_looks_has_both_bounds() {
+        const S: u64 = 1_000_000_000;
+        let mut table = SocketTable::new(4);
+        let mut created = SockEvent::new(EventKind::Created, Hook::CgroupSockCreate);
+        (created.cookie, created.family, created.protocol) = (1, 2, 6);
+        created.ts_ns = S;
+        table.apply(&created);
+        let mut s = table.sockets().next().unwrap().clone();
+        // A sample at 3 s found it connected.
+        s.state = TcpState::ESTABLISHED;
+        s.evidence.state_since_ns = 3 * S;
+        let ages = |s: &Socket| {
+            let r = row(
+                s,
+                Placement::default(),
+                3_000,
+                4 * S,
+                &Thresholds::default(),
+            );
+            (r.state_age_ms, r.state_age_max_ms)
+        };
+        assert_eq!(ages(&s), (1_000, Some(3_000)));
+        // Found so when sockleak first looked: only the lower bound is known.
+        s.evidence.state_entered_after_ns = None;
+        assert_eq!(ages(&s), (1_000, None));
+    }
+}

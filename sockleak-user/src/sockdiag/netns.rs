@@ -1,0 +1,93 @@
+//! Network namespaces: sock_diag sees only the namespace its netlink socket was created in,
+//! so each namespace a process is in gets netlink sockets of its own, created from a thread
+//! that entered it.
+use std::{collections::HashMap, io, os::fd::AsRawFd};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    Snapshot,
+    netlink::{NetlinkSocket, Part},
+    wire::DiagSocket,
+};
+use crate::procfs;
+
+/// The two netlink sockets of one network namespace (a netlink socket runs one dump at a time).
+pub struct Namespace {
+    living: NetlinkSocket,
+    time_wait: NetlinkSocket,
+}
+
+impl Namespace {
+    /// In sockleak's own namespace.
+    pub fn open() -> Result<Self> {
+        Ok(Self {
+            living: NetlinkSocket::open()?,
+            time_wait: NetlinkSocket::open()?,
+        })
+    }
+
+    /// In `pid`'s namespace: a short-lived thread enters it (setns affects only the calling
+    /// thread), creates the sockets there, and hands them back.
+    pub fn open_in_netns_of(pid: u32) -> Result<Self> {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on a valid namespace fd, on this thread only, which ends
+                    // right after.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error()).context("entering it (setns)");
+                    }
+                    Self::open()
+                })
+                .join()
+                .unwrap_or_else(|_| bail!("the setns thread panicked"))
+        })
+    }
+
+    /// Both parts at once (TIME_WAIT only if `time_wait`), appended to `out`.
+    pub fn dump(&self, time_wait: bool, out: &mut Snapshot) -> Result<()> {
+        let Snapshot {
+            sockets,
+            time_wait: cookies,
+        } = out;
+        let mut living = |d: DiagSocket| sockets.push(d);
+        if !time_wait {
+            return self.living.dump_all(Part::Living, &mut living);
+        }
+        std::thread::scope(|scope| {
+            let lingering = scope.spawn(|| {
+                self.time_wait
+                    .dump_all(Part::TimeWait, &mut |d: DiagSocket| cookies.push(d.cookie))
+            });
+            let living = self.living.dump_all(Part::Living, &mut living);
+            let lingering = lingering
+                .join()
+                .unwrap_or_else(|_| bail!("the TIME_WAIT dump thread panicked"));
+            living.and(lingering)
+        })
+    }
+}
+
+/// Network namespaces by inode, each with one process in it.
+pub fn network_namespaces() -> HashMap<u64, u32> {
+    let mut found = HashMap::new();
+    for pid in procfs::pids() {
+        if let Some(ns) = netns_of(&pid.to_string()) {
+            found.entry(ns).or_insert(pid);
+        }
+    }
+    found
+}
+
+/// The inode of `/proc/WHO/ns/net` (`net:[4026531840]`).
+pub fn netns_of(who: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{who}/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,350 @@
+//! sock_diag's wire format: the dump request sockleak sends, and the messages it gets back
+//! parsed into [`DiagSocket`]s. No I/O here; `netlink` moves the bytes.
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
+
+use anyhow::{Result, bail};
+use sockleak_common::{Family, Protocol, TcpState};
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDRLEN: usize = 16;
+/// struct inet_diag_msg without attributes.
+const INET_DIAG_MSG_LEN: usize = 72;
+const INET_DIAG_INFO: u16 = 2;
+const INET_DIAG_SKMEMINFO: u16 = 7;
+
+/// One socket as sock_diag reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiagSocket {
+    pub cookie: u64,
+    pub family: Family,
+    pub protocol: Protocol,
+    /// UDP uses ESTABLISHED for connected, CLOSE otherwise.
+    pub state: TcpState,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    /// Bytes: TCP received and not read, UDP rmem in use; 0 for a TCP listener.
+    pub rx_queue: u32,
+    /// Bytes: TCP written and not yet acknowledged, UDP wmem in use; 0 for a TCP listener.
+    pub tx_queue: u32,
+    pub uid: u32,
+    /// 0 for sockets no file refers to (TIME_WAIT, orphans, request sockets).
+    pub inode: u32,
+    pub mem: Option<SkMem>,
+    pub tcp: Option<TcpInfo>,
+}
+
+/// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SkMem {
+    pub rmem_alloc: u32,
+    pub rcvbuf: u32,
+    pub wmem_alloc: u32,
+    pub sndbuf: u32,
+    pub fwd_alloc: u32,
+    pub wmem_queued: u32,
+    pub drops: u32,
+}
+
+impl SkMem {
+    /// Kernel memory this socket pins: received data, queued data, and reserved pages.
+    pub fn pinned(&self) -> u64 {
+        u64::from(self.rmem_alloc) + u64::from(self.wmem_queued) + u64::from(self.fwd_alloc)
+    }
+}
+
+/// The parts of `struct tcp_info` (`INET_DIAG_INFO`) the verdicts use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TcpInfo {
+    /// Milliseconds since data was last sent / received / an ACK was received.
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+    /// Retransmissions of the current unacknowledged segment, and over the connection's life.
+    pub retransmits: u8,
+    pub total_retrans: u32,
+    /// Unanswered zero-window (or keepalive) probes.
+    pub probes: u8,
+    /// Progress counters: bytes the peer acknowledged, bytes received from the peer.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub notsent_bytes: u32,
+    pub snd_wnd: u32,
+}
+
+/// A dump request for every socket of `family` and `protocol` in one of `states` (a bit mask
+/// of [`TcpState::bit`]s), with memory and `tcp_info` attached.
+pub fn dump_request(family: Family, protocol: Protocol, states: u32) -> Vec<u8> {
+    let mut req = Vec::with_capacity(NLMSG_HDRLEN + 56);
+    let len = (NLMSG_HDRLEN + 56) as u32;
+    req.extend_from_slice(&len.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
+    // struct inet_diag_req_v2
+    req.push(family.af() as u8);
+    req.push(protocol.ip());
+    // Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
+    req.push((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1)));
+    req.push(0);
+    req.extend_from_slice(&states.to_ne_bytes());
+    req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
+    req
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    More,
+    Done,
+}
+
+/// Parses one datagram of netlink messages from a sock_diag dump of `protocol` sockets.
+pub fn parse_messages(
+    mut buf: &[u8],
+    protocol: Protocol,
+    out: &mut Vec<DiagSocket>,
+) -> Result<Parsed> {
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(buf[4..6].try_into().unwrap());
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            bail!(
+                "malformed netlink message (length {len}, {} bytes left)",
+                buf.len()
+            );
+        }
+        let payload = &buf[NLMSG_HDRLEN..len];
+        match kind {
+            NLMSG_DONE => return Ok(Parsed::Done),
+            NLMSG_ERROR => {
+                let errno = payload
+                    .get(0..4)
+                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
+                    .unwrap_or(0);
+                if errno != 0 {
+                    return Err(io::Error::from_raw_os_error(-errno).into());
+                }
+                return Ok(Parsed::Done);
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if let Some(sock) = parse_inet_diag_msg(payload, protocol) {
+                    out.push(sock);
+                }
+            }
+            _ => {}
+        }
+        let aligned = (len + 3) & !3;
+        buf = &buf[aligned.min(buf.len())..];
+    }
+    Ok(Parsed::More)
+}
+
+fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
+    if p.len() < INET_DIAG_MSG_LEN {
+        return None;
+    }
+    let u32_at = |off: usize| u32::from_ne_bytes(p[off..off + 4].try_into().unwrap());
+    let family = Family::from_af(p[0].into()).filter(|f| Family::INET.contains(f))?;
+    let state = TcpState(p[1]);
+    // inet_diag_sockid starts at 4: sport, dport (big endian), src[16], dst[16], if, cookie[2]
+    let sport = u16::from_be_bytes([p[4], p[5]]);
+    let dport = u16::from_be_bytes([p[6], p[7]]);
+    let addr = |off: usize| -> IpAddr {
+        if family == Family::Ipv6 {
+            let bytes: [u8; 16] = p[off..off + 16].try_into().unwrap();
+            IpAddr::V6(Ipv6Addr::from(bytes))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(p[off], p[off + 1], p[off + 2], p[off + 3]))
+        }
+    };
+    let cookie = u64::from(u32_at(44)) | (u64::from(u32_at(48)) << 32);
+    // For a TCP listener the kernel puts the accept queue length and its limit in the queue
+    // fields: connections, not bytes, so they are not reported as queued bytes.
+    let listening = protocol == Protocol::Tcp && state == TcpState::LISTEN;
+    let bytes = |off: usize| if listening { 0 } else { u32_at(off) };
+    let (mut mem, mut tcp) = (None, None);
+    for (kind, payload) in attributes(&p[INET_DIAG_MSG_LEN..]) {
+        match kind {
+            INET_DIAG_SKMEMINFO => mem = parse_skmeminfo(payload),
+            INET_DIAG_INFO if protocol == Protocol::Tcp => tcp = Some(parse_tcp_info(payload)),
+            _ => {}
+        }
+    }
+    Some(DiagSocket {
+        cookie,
+        family,
+        protocol,
+        state,
+        local: SocketAddr::new(addr(8), sport),
+        remote: SocketAddr::new(addr(24), dport),
+        rx_queue: bytes(56),
+        tx_queue: bytes(60),
+        uid: u32_at(64),
+        inode: u32_at(68),
+        mem,
+        tcp,
+    })
+}
+
+/// Netlink attributes (`struct rtattr`: u16 length including the header, u16 type, payload,
+/// padded to 4 bytes). Stops at the first malformed one.
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]);
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let payload = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn parse_skmeminfo(p: &[u8]) -> Option<SkMem> {
+    // SK_MEMINFO_RMEM_ALLOC, RCVBUF, WMEM_ALLOC, SNDBUF, FWD_ALLOC, WMEM_QUEUED, OPTMEM,
+    // BACKLOG, DROPS: u32 each.
+    let at = |i: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(
+            p.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+        ))
+    };
+    Some(SkMem {
+        rmem_alloc: at(0)?,
+        rcvbuf: at(1)?,
+        wmem_alloc: at(2)?,
+        sndbuf: at(3)?,
+        fwd_alloc: at(4)?,
+        wmem_queued: at(5)?,
+        drops: at(8).unwrap_or(0),
+    })
+}
+
+/// Older kernels send a shorter `tcp_info`; missing fields read as zero.
+fn parse_tcp_info(p: &[u8]) -> TcpInfo {
+    // SAFETY: tcp_info is plain integers; all-zero is valid.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let n = p.len().min(size_of::<libc::tcp_info>());
+    // SAFETY: copying n <= size_of::<tcp_info>() bytes into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p.as_ptr(), (&raw mut info).cast::<u8>(), n);
+    }
+    TcpInfo {
+        last_data_sent_ms: info.tcpi_last_data_sent,
+        last_data_recv_ms: info.tcpi_last_data_recv,
+        last_ack_recv_ms: info.tcpi_last_ack_recv,
+        retransmits: info.tcpi_retransmits,
+        total_retrans: info.tcpi_total_retrans,
+        probes: info.tcpi_probes,
+        bytes_acked: info.tcpi_bytes_acked,
+        bytes_received: info.tcpi_bytes_received,
+        notsent_bytes: info.tcpi_notsent_bytes,
+        snd_wnd: info.tcpi_snd_wnd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&((NLMSG_HDRLEN + payload.len()) as u32).to_ne_bytes());
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0u8; 10]);
+        m.extend_from_slice(payload);
+        while m.len() % 4 != 0 {
+            m.push(0);
+        }
+        m
+    }
+
+    #[test]
+    fn parses_an_ipv4_socket_and_done() {
+        let mut p = vec![0u8; INET_DIAG_MSG_LEN];
+        p[0] = Family::Ipv4.af() as u8;
+        p[1] = TcpState::CLOSE_WAIT.0;
+        p[4..6].copy_from_slice(&8080u16.to_be_bytes());
+        p[6..8].copy_from_slice(&40000u16.to_be_bytes());
+        p[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        p[24..28].copy_from_slice(&[127, 0, 0, 2]);
+        p[44..48].copy_from_slice(&7u32.to_ne_bytes());
+        p[48..52].copy_from_slice(&1u32.to_ne_bytes());
+        p[56..60].copy_from_slice(&1u32.to_ne_bytes());
+        p[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let mut buf = message(SOCK_DIAG_BY_FAMILY, &p);
+        buf.extend(message(NLMSG_DONE, &[0; 4]));
+        let mut out = Vec::new();
+        assert_eq!(
+            parse_messages(&buf, Protocol::Tcp, &mut out).unwrap(),
+            Parsed::Done
+        );
+        assert_eq!(out.len(), 1);
+        let s = &out[0];
+        assert_eq!(s.cookie, 7 | (1 << 32));
+        assert_eq!(s.local, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.remote, "127.0.0.2:40000".parse().unwrap());
+        assert_eq!(
+            (s.state, s.rx_queue, s.inode),
+            (TcpState::CLOSE_WAIT, 1, 4242)
+        );
+    }
+
+    #[test]
+    fn parses_memory_and_tcp_info_attributes() {
+        let mut p = vec![0u8; INET_DIAG_MSG_LEN];
+        p[0] = Family::Ipv4.af() as u8;
+        let mut mem = Vec::new();
+        for v in [100u32, 200, 300, 400, 500, 600, 0, 0, 9] {
+            mem.extend_from_slice(&v.to_ne_bytes());
+        }
+        let mut attr = |kind: u16, payload: &[u8]| {
+            p.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(payload);
+            while !p.len().is_multiple_of(4) {
+                p.push(0);
+            }
+        };
+        attr(INET_DIAG_SKMEMINFO, &mem);
+        let mut info = vec![0u8; 136];
+        info[120..128].copy_from_slice(&777u64.to_ne_bytes()); // tcpi_bytes_acked
+        info[52..56].copy_from_slice(&1234u32.to_ne_bytes()); // tcpi_last_data_recv
+        attr(INET_DIAG_INFO, &info);
+        let s = parse_inet_diag_msg(&p, Protocol::Tcp).unwrap();
+        let m = s.mem.unwrap();
+        assert_eq!(
+            (m.rmem_alloc, m.wmem_queued, m.fwd_alloc, m.drops),
+            (100, 600, 500, 9)
+        );
+        assert_eq!(m.pinned(), 1200);
+        let t = s.tcp.unwrap();
+        assert_eq!(
+            (t.bytes_acked, t.last_data_recv_ms, t.bytes_received),
+            (777, 1234, 0)
+        );
+    }
+
+    #[test]
+    fn reports_netlink_errors() {
+        let buf = message(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
+        assert!(parse_messages(&buf, Protocol::Tcp, &mut Vec::new()).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_messages(&bytes, Protocol::Tcp, &mut Vec::new());
+        }
+    }
+}

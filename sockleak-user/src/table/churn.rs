@@ -1,0 +1,78 @@
+//! Sockets a process closed that the kernel still keeps (TIME_WAIT, orphans still closing):
+//! connection churn, not leaks, counted per process that released them.
+use std::{collections::HashMap, sync::Arc};
+
+use sockleak_common::TcpState;
+
+use super::{KernelKeyed, SocketTable};
+use crate::sockdiag::DiagSocket;
+
+/// Released sockets remembered so their TIME_WAIT and orphan afterlife can be attributed.
+const RELEASED_MEMORY: usize = 65_536;
+
+/// A process's sockets that outlived their file: normal after close, but costly in bulk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Churn {
+    pub comm: Arc<str>,
+    pub time_wait: u32,
+    pub orphaned: u32,
+}
+
+impl SocketTable {
+    /// A TCP socket of `pid` was released: its TIME_WAIT or orphan may linger in the kernel.
+    pub(super) fn remember_release(&mut self, cookie: u64, pid: u32, comm: Arc<str>) {
+        if self.released.len() == RELEASED_MEMORY {
+            self.released.pop_front();
+        }
+        self.released.push_back((cookie, pid, comm));
+    }
+
+    /// Whether any TCP socket was seen released lately: only then can a TIME_WAIT socket be
+    /// attributed to a process, and worth dumping.
+    pub fn remembers_releases(&self) -> bool {
+        !self.released.is_empty()
+    }
+
+    /// TIME_WAIT and orphaned (FIN_WAIT, LAST_ACK, CLOSING without a file) sockets per process,
+    /// as [`SocketTable::count_churn`] last counted them.
+    pub fn churn(&self) -> &HashMap<u32, Churn> {
+        &self.churn
+    }
+
+    /// Sockets a process closed that the kernel still keeps: TIME_WAIT ones (by cookie) and
+    /// orphans still closing (in `diag` without an inode), per process that released them.
+    pub fn count_churn(&mut self, diag: &[DiagSocket], time_wait: &[u64]) {
+        self.churn.clear();
+        let owner_of: KernelKeyed<u64, (u32, &Arc<str>)> = self
+            .released
+            .iter()
+            .map(|(cookie, pid, comm)| (*cookie, (*pid, comm)))
+            .collect();
+        let lingering = diag
+            .iter()
+            .filter(|d| d.inode == 0)
+            .map(|d| (d.cookie, d.state))
+            .chain(
+                time_wait
+                    .iter()
+                    .map(|&cookie| (cookie, TcpState::TIME_WAIT)),
+            );
+        for (cookie, state) in lingering {
+            let Some(&(pid, comm)) = owner_of.get(&cookie) else {
+                continue;
+            };
+            let entry = self.churn.entry(pid).or_insert_with(|| Churn {
+                comm: comm.clone(),
+                ..Churn::default()
+            });
+            match state {
+                TcpState::TIME_WAIT => entry.time_wait += 1,
+                TcpState::FIN_WAIT1
+                | TcpState::FIN_WAIT2
+                | TcpState::CLOSING
+                | TcpState::LAST_ACK => entry.orphaned += 1,
+                _ => {}
+            }
+        }
+    }
+}

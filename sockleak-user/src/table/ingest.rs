@@ -1,0 +1,261 @@
+//! Events from the kernel side, applied to the table one at a time as the ring delivers them.
+use std::net::SocketAddr;
+
+use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpState};
+
+use super::{
+    SYNTHETIC_KEY, SocketTable,
+    socket::{Evidence, Owner, Socket},
+};
+use crate::symbolize::CreationStack;
+
+/// How many TCP sockets seen only through state changes (children waiting in an accept queue)
+/// are remembered until a process accepts them.
+const UNOWNED_CAPACITY: usize = 65_536;
+
+/// A TCP socket seen only through state changes so far: an accepted child before `accept()`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Unowned {
+    cookie: u64,
+    state: TcpState,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+}
+
+impl SocketTable {
+    pub fn apply(&mut self, ev: &SockEvent) {
+        self.stats.events += 1;
+        match EventKind::from_u32(ev.kind) {
+            Some(EventKind::Created) => self.on_created(ev),
+            Some(EventKind::FdInstalled) => self.on_fd_installed(ev),
+            Some(EventKind::StateChanged) => self.on_state_changed(ev),
+            Some(EventKind::Released) => self.on_released(ev),
+            Some(kind @ (EventKind::RcvQueueFull | EventKind::ExceedBufLimit)) => {
+                self.on_pressure(ev, kind)
+            }
+            None => self.stats.malformed += 1,
+        }
+    }
+
+    fn on_created(&mut self, ev: &SockEvent) {
+        let (Some(protocol), Some(family)) =
+            (Protocol::from_ip(ev.protocol), Family::from_af(ev.family))
+        else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
+        if let Some(existing) = self.sockets.get_mut(&ev.cookie) {
+            // Created between attaching and the pre-existing scan: the event knows better.
+            existing.origin = Origin::Socket;
+            existing.owner = owner;
+            existing.created_ns = ev.ts_ns;
+            existing.stack = CreationStack::of(ev);
+            return;
+        }
+        self.stats.created += 1;
+        self.insert(Socket {
+            cookie: ev.cookie,
+            origin: Origin::Socket,
+            owner,
+            family,
+            protocol,
+            created_ns: ev.ts_ns,
+            state: TcpState::CLOSE,
+            skaddr: ev.skaddr,
+            inode: ev.inode,
+            local: None,
+            remote: None,
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: Vec::new(),
+            stack: CreationStack::of(ev),
+            unheld_scans: 0,
+            evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
+        });
+    }
+
+    fn on_fd_installed(&mut self, ev: &SockEvent) {
+        let mut known = self.lookup(ev.cookie, ev.skaddr);
+        if let Some(stale) = known.filter(|&key| ev.cookie == 0 && self.reused_address(key, ev)) {
+            // Joined by address only, to a socket with another file: its `struct sock` was
+            // freed and the memory reused, so it is certainly released, whatever its (cookie
+            // keyed) release event could not find.
+            self.remove(stale);
+            self.stats.released += 1;
+            known = None;
+        }
+        if let Some(cookie) = known {
+            if let Some(s) = self.sockets.get_mut(&cookie) {
+                s.inode = ev.inode;
+                if s.stack == CreationStack::Unknown {
+                    s.stack = CreationStack::of(ev);
+                }
+                if s.skaddr != ev.skaddr && ev.skaddr != 0 {
+                    s.skaddr = ev.skaddr;
+                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                }
+            }
+            return;
+        }
+        let accepted =
+            ev.hook == Hook::SysExitAccept as u32 || ev.hook == Hook::SysExitAccept4 as u32;
+        if !accepted {
+            // socket() of a protocol we do not track (its Created event was ignored).
+            return;
+        }
+        let Some(family) = Family::from_af(ev.family) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        // An unowned entry at this address from an earlier socket (cookies differ) is stale.
+        let unowned = self
+            .unowned
+            .remove(&ev.skaddr)
+            .filter(|u| ev.cookie == 0 || u.cookie == 0 || u.cookie == ev.cookie);
+        let cookie = match (ev.cookie, unowned) {
+            (c, _) if c != 0 => c,
+            (_, Some(u)) if u.cookie != 0 => u.cookie,
+            // No cookie anywhere (classic tracepoint fallback): a synthetic key that cannot
+            // collide with real cookies, which count up from 1.
+            _ => ev.skaddr | SYNTHETIC_KEY,
+        };
+        self.stats.accepted += 1;
+        let state = unowned.map_or(TcpState::ESTABLISHED, |u| u.state);
+        let addresses = unowned.and_then(|u| u.addresses);
+        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
+        self.insert(Socket {
+            cookie,
+            origin: Origin::Accept,
+            owner,
+            family,
+            protocol: Protocol::Tcp,
+            created_ns: ev.ts_ns,
+            state,
+            skaddr: ev.skaddr,
+            inode: ev.inode,
+            local: addresses.map(|a| a.0),
+            remote: addresses.map(|a| a.1),
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: Vec::new(),
+            stack: CreationStack::of(ev),
+            unheld_scans: 0,
+            evidence: Evidence::new(ev.ts_ns, state, true),
+        });
+    }
+
+    fn on_state_changed(&mut self, ev: &SockEvent) {
+        let new_state = TcpState(ev.new_state as u8);
+        if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
+            if let Some(s) = self.sockets.get_mut(&cookie) {
+                s.state_changed(TcpState(ev.old_state as u8), new_state, ev.ts_ns);
+                if let Some(addresses) = event_addresses(ev) {
+                    (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
+                }
+                if s.skaddr == 0 && ev.skaddr != 0 {
+                    s.skaddr = ev.skaddr;
+                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                }
+            }
+            return;
+        }
+        if new_state == TcpState::CLOSE {
+            // Died before anyone accepted it.
+            self.unowned.remove(&ev.skaddr);
+            return;
+        }
+        let previous = self.unowned.get(&ev.skaddr).and_then(|u| u.addresses);
+        let addresses = match (previous, event_addresses(ev)) {
+            (Some(old), Some(new)) => {
+                let (l, r) = merge_addresses((Some(old.0), Some(old.1)), new);
+                l.zip(r)
+            }
+            (old, new) => new.or(old),
+        };
+        let entry = Unowned {
+            cookie: ev.cookie,
+            state: new_state,
+            addresses,
+        };
+        if self.unowned.insert(ev.skaddr, entry).is_none() {
+            self.unowned_order.push_back(ev.skaddr);
+            while self.unowned.len() > UNOWNED_CAPACITY {
+                let Some(oldest) = self.unowned_order.pop_front() else {
+                    break;
+                };
+                if self.unowned.remove(&oldest).is_some() {
+                    self.stats.dropped_unowned += 1;
+                }
+            }
+            // Keys removed elsewhere linger in the order queue; compact when it drifts.
+            if self.unowned_order.len() > 2 * UNOWNED_CAPACITY {
+                let live = &self.unowned;
+                self.unowned_order.retain(|k| live.contains_key(k));
+            }
+        }
+    }
+
+    fn on_released(&mut self, ev: &SockEvent) {
+        if let Some(s) = self.sockets.get(&ev.cookie)
+            && s.protocol == Protocol::Tcp
+            && s.state != TcpState::LISTEN
+        {
+            let (pid, comm) = (s.owner.pid, s.owner.comm.clone());
+            self.remember_release(ev.cookie, pid, comm);
+        }
+        if self.remove(ev.cookie) {
+            self.stats.released += 1;
+        }
+    }
+
+    fn on_pressure(&mut self, ev: &SockEvent, kind: EventKind) {
+        let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) else {
+            return;
+        };
+        if let Some(s) = self.sockets.get_mut(&cookie) {
+            let counter = match kind {
+                EventKind::RcvQueueFull => &mut s.evidence.rcvqueue_full,
+                _ => &mut s.evidence.exceed_buf_limit,
+            };
+            *counter = counter.saturating_add(1);
+        }
+    }
+
+    fn reused_address(&self, key: u64, ev: &SockEvent) -> bool {
+        self.sockets
+            .get(&key)
+            .is_some_and(|s| s.inode != 0 && ev.inode != 0 && s.inode != ev.inode)
+    }
+}
+
+/// The state-change tracepoint fires after the kernel released the port on the way to CLOSE
+/// (and before it assigned one on the way to SYN_SENT): a zero port never replaces a known one.
+fn merge_addresses(
+    known: (Option<SocketAddr>, Option<SocketAddr>),
+    new: (SocketAddr, SocketAddr),
+) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let pick = |old: Option<SocketAddr>, new: SocketAddr| match old {
+        Some(old) if new.port() == 0 => Some(old),
+        _ => Some(new),
+    };
+    (pick(known.0, new.0), pick(known.1, new.1))
+}
+
+/// Local and remote address carried by a state-change event, if the kernel side read them.
+fn event_addresses(ev: &SockEvent) -> Option<(SocketAddr, SocketAddr)> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    if ev.sport == 0 && ev.dport == 0 {
+        return None;
+    }
+    let ip = |b: &[u8; 16]| -> Option<IpAddr> {
+        match Family::from_af(ev.family)? {
+            Family::Ipv4 => Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))),
+            Family::Ipv6 => Some(IpAddr::V6(Ipv6Addr::from(*b))),
+            Family::Unix => None,
+        }
+    };
+    Some((
+        SocketAddr::new(ip(&ev.saddr)?, ev.sport),
+        SocketAddr::new(ip(&ev.daddr)?, ev.dport),
+    ))
+}

@@ -1,0 +1,167 @@
+//! The socket table: every open TCP/UDP socket sockleak knows about, keyed by socket cookie.
+//!
+//! Fed by kernel events (`ingest`: created, fd installed, state changed, released) and
+//! reconciled once per report against sock_diag and the holder scan (`reconcile`), which are
+//! the ground truth: a release the ring buffer lost cannot leave a ghost behind, because a
+//! socket that no process holds any more is dropped after two consecutive scans. Sockets a
+//! process closed that linger in the kernel are counted apart (`churn`). The table does no I/O
+//! of its own: what it needs to know about processes comes through [`Processes`].
+mod churn;
+mod ingest;
+mod reconcile;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+};
+
+use sockleak_common::Protocol;
+
+pub use self::{
+    churn::Churn,
+    socket::{Evidence, Owner, Socket},
+};
+use self::{ingest::Unowned, socket::CommNames};
+
+/// Marks a table key made from a socket's address where no cookie was known; real cookies
+/// count up from 1 and never reach it.
+const SYNTHETIC_KEY: u64 = 1 << 63;
+
+/// What the table asks about processes: /proc in sockleak, made-up answers in its tests.
+pub trait Processes {
+    /// The process name (`comm`); `None` if the process is gone.
+    fn comm(&self, pid: u32) -> Option<String>;
+    /// The process's cgroup v2 path.
+    fn cgroup(&self, pid: u32) -> Option<String>;
+    /// The TCP and UDP sockets the process holds, as (inode, protocol). Asked only about the
+    /// few owners whose sockets no other evidence can judge.
+    fn inet_sockets(&self, pid: u32) -> Vec<(u64, Protocol)>;
+}
+
+/// What the table did with events, for `stats` in reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TableStats {
+    /// Events read from the ring buffer by userspace.
+    #[serde(rename = "events_seen")]
+    pub events: u64,
+    pub created: u64,
+    pub accepted: u64,
+    pub released: u64,
+    /// Dropped by reconciliation: their release event was lost or never came.
+    pub reconciled: u64,
+    pub pre_existing: u64,
+    /// Found by reconciliation after their creation event was lost.
+    pub recovered: u64,
+    /// Sockets not tracked because the table was full.
+    pub dropped_table_full: u64,
+    /// Unowned TCP sockets forgotten because that list was full.
+    pub dropped_unowned: u64,
+    /// Events for protocols sockleak does not track (raw, ICMP, SCTP...).
+    pub ignored: u64,
+    #[serde(skip)]
+    pub malformed: u64,
+}
+
+/// Maps keyed by numbers the kernel assigns (cookies, inodes, `struct sock` addresses): no one
+/// chooses them to collide, so a fast hash serves, and every event and report does several
+/// lookups (SipHash was a large part of a report over many sockets).
+type KernelKeyed<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+pub struct SocketTable {
+    sockets: KernelKeyed<u64, Socket>,
+    /// Recently released TCP sockets (cookie, owner pid and name), oldest first, for churn
+    /// attribution. A ring searched once per report rather than a map updated twice per
+    /// connection: under churn, a map with an eviction per insert spent much of sockleak's
+    /// userspace time probing past its own tombstones.
+    released: VecDeque<(u64, u32, Arc<str>)>,
+    churn: HashMap<u32, Churn>,
+    /// Held sockets unknown to the table at the last scan: recovered if still so at the next.
+    unknown_held_last_scan: HashSet<u64>,
+    cookie_by_skaddr: KernelKeyed<u64, u64>,
+    /// TCP sockets seen only through state changes, by `struct sock` address: accept children
+    /// waiting for `accept()`.
+    unowned: KernelKeyed<u64, Unowned>,
+    unowned_order: VecDeque<u64>,
+    capacity: usize,
+    comm_names: CommNames,
+    pub stats: TableStats,
+}
+
+impl SocketTable {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            sockets: KernelKeyed::default(),
+            released: VecDeque::new(),
+            churn: HashMap::new(),
+            unknown_held_last_scan: HashSet::new(),
+            cookie_by_skaddr: KernelKeyed::default(),
+            unowned: KernelKeyed::default(),
+            unowned_order: VecDeque::new(),
+            capacity,
+            comm_names: CommNames::default(),
+            stats: TableStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        self.sockets.values()
+    }
+
+    /// A cookie, when the event has one, is the only identity that counts: `struct sock`
+    /// addresses are reused after free, so the address join is for cookie-less events only
+    /// (the classic tracepoint fallback).
+    fn lookup(&self, cookie: u64, skaddr: u64) -> Option<u64> {
+        if cookie != 0 {
+            return self.sockets.contains_key(&cookie).then_some(cookie);
+        }
+        if skaddr != 0 {
+            return self.cookie_by_skaddr.get(&skaddr).copied();
+        }
+        None
+    }
+
+    fn insert(&mut self, socket: Socket) {
+        if socket.cookie & SYNTHETIC_KEY != 0 && self.remove(socket.cookie) {
+            // The same address-made key: the socket that had this address was freed.
+            self.stats.released += 1;
+        }
+        if self.sockets.len() >= self.capacity {
+            self.stats.dropped_table_full += 1;
+            return;
+        }
+        if socket.skaddr != 0 {
+            self.cookie_by_skaddr.insert(socket.skaddr, socket.cookie);
+        }
+        self.sockets.insert(socket.cookie, socket);
+    }
+
+    fn remove(&mut self, cookie: u64) -> bool {
+        match self.sockets.remove(&cookie) {
+            Some(s) => {
+                if s.skaddr != 0 && self.cookie_by_skaddr.get(&s.skaddr) == Some(&cookie) {
+                    self.cookie_by_skaddr.remove(&s.skaddr);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+impl SocketTable {
+    fn get(&self, cookie: u64) -> Option<&Socket> {
+        self.sockets.get(&cookie)
+    }
+}

@@ -1,0 +1,229 @@
+//! One open socket as the table knows it: its owner, where it stands, and the evidence that
+//! builds up about it over time (the raw material of verdicts).
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+
+use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState};
+
+use crate::{
+    sockdiag::{DiagSocket, SkMem, TcpInfo},
+    symbolize::CreationStack,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    /// Shared: thousands of sockets of one process carry the same name.
+    pub comm: Arc<str>,
+}
+
+impl Owner {
+    pub(super) fn from_task(task: &Task, names: &mut CommNames) -> Self {
+        Self {
+            pid: task.pid,
+            tid: task.tid,
+            uid: task.uid,
+            cgroup_id: task.cgroup_id,
+            comm: names.of(&task.comm),
+        }
+    }
+}
+
+/// Process names as the kernel gives them (16 bytes) -> the shared string: a socket factory
+/// creates thousands of sockets a second under one name, and decoding and allocating the name
+/// for each was a large part of sockleak's time per event.
+#[derive(Default)]
+pub(super) struct CommNames(HashMap<[u8; COMM_LEN], Arc<str>, foldhash::fast::RandomState>);
+
+impl CommNames {
+    /// Names come and go with processes; past this many the cache starts over.
+    pub(super) const MAX: usize = 4096;
+
+    pub(super) fn of(&mut self, comm: &[u8; COMM_LEN]) -> Arc<str> {
+        if let Some(name) = self.0.get(comm) {
+            return Arc::clone(name);
+        }
+        if self.0.len() >= Self::MAX {
+            self.0.clear();
+        }
+        let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        let name: Arc<str> = Arc::from(String::from_utf8_lossy(&comm[..len]).as_ref());
+        self.0.insert(*comm, Arc::clone(&name));
+        name
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Socket {
+    pub cookie: u64,
+    pub origin: Origin,
+    pub owner: Owner,
+    pub family: Family,
+    pub protocol: Protocol,
+    /// CLOCK_MONOTONIC ns when created or accepted (when first seen, for pre-existing sockets).
+    pub created_ns: u64,
+    pub state: TcpState,
+    pub skaddr: u64,
+    /// Socket inode; 0 until the fd is seen.
+    pub inode: u64,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub rx_queue: u32,
+    pub tx_queue: u32,
+    /// Pids holding an fd to this socket at the last scan.
+    pub holders: Vec<u32>,
+    /// The owner's stack at `socket()` or `accept()`.
+    pub stack: CreationStack,
+    /// Consecutive scans that found nobody holding it.
+    pub(super) unheld_scans: u8,
+    pub evidence: Evidence,
+}
+
+/// What the kernel said about a socket over time: the raw material of verdicts.
+#[derive(Clone, Debug, Default)]
+pub struct Evidence {
+    pub mem: Option<SkMem>,
+    pub tcp: Option<TcpInfo>,
+    /// Packets dropped because the receive queue was full; times the socket hit its memory limit.
+    pub rcvqueue_full: u32,
+    pub exceed_buf_limit: u32,
+    /// When the socket entered its current state (CLOCK_MONOTONIC ns), as far as sockleak can
+    /// tell: the transition itself where an event showed it, else the sample that first found
+    /// the socket in it. Never earlier than the truth, so verdicts timed from it are never
+    /// early; the kernel side sends few transitions, so most states are learned by samples.
+    pub state_since_ns: u64,
+    /// The last moment sockleak knew the socket in another state: the state began after it.
+    /// Equal to `state_since_ns` where the transition was seen; `None` when the socket was
+    /// already in it when sockleak first saw it (it began before the trace, or unseen).
+    pub state_entered_after_ns: Option<u64>,
+    /// The last event or sample that showed the current state.
+    state_checked_ns: u64,
+    /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
+    pub was_connected: bool,
+    /// Last sample at which the owner had nothing unread or had read something since.
+    pub rx_progress_ns: u64,
+    /// Last sample at which nothing was unacknowledged or the peer acknowledged something.
+    pub tx_progress_ns: u64,
+    consumed: Option<u64>,
+    acked: Option<u64>,
+    last_rx_queue: u32,
+}
+
+impl Evidence {
+    /// `entered_now`: the socket entered `state` at `now_ns` (it was just created or
+    /// accepted), rather than being found in it.
+    pub(super) fn new(now_ns: u64, state: TcpState, entered_now: bool) -> Self {
+        Self {
+            state_since_ns: now_ns,
+            state_entered_after_ns: entered_now.then_some(now_ns),
+            state_checked_ns: now_ns,
+            was_connected: connected_state(state),
+            rx_progress_ns: now_ns,
+            tx_progress_ns: now_ns,
+            ..Self::default()
+        }
+    }
+}
+
+fn connected_state(state: TcpState) -> bool {
+    !matches!(state, TcpState::CLOSE | TcpState::LISTEN)
+}
+
+impl Socket {
+    /// sock_diag lists every hashed socket; an unconnected TCP socket (CLOSE) or an unbound
+    /// UDP one is not hashed, so its absence from the dump proves nothing.
+    pub(super) fn may_be_unlisted(&self) -> bool {
+        match self.protocol {
+            Protocol::Tcp => self.state == TcpState::CLOSE,
+            Protocol::Udp => self.local.is_none_or(|a| a.port() == 0),
+        }
+    }
+
+    /// A state change event at `ts_ns`: the transition itself.
+    pub(super) fn state_changed(&mut self, old_state: TcpState, state: TcpState, ts_ns: u64) {
+        // The transition came from somewhere: a socket leaving LISTEN or a connecting or
+        // connected state. The kernel side sends only some transitions, so the one before may
+        // never have been seen.
+        self.evidence.was_connected |= connected_state(old_state);
+        // Our own idea of the old state may be stale (the kernel side sends few transitions),
+        // so the event's says whether this is a change.
+        if old_state != state || self.state != state {
+            self.state = state;
+            let e = &mut self.evidence;
+            e.state_since_ns = ts_ns;
+            e.state_entered_after_ns = Some(ts_ns);
+        }
+        self.state_checked(state, ts_ns);
+    }
+
+    /// A sample at `now_ns` found the socket in `state`: if that is new, it began some time
+    /// since the last look.
+    pub(super) fn state_sampled(&mut self, state: TcpState, now_ns: u64) {
+        if state != self.state {
+            self.state = state;
+            let e = &mut self.evidence;
+            e.state_since_ns = now_ns;
+            e.state_entered_after_ns = Some(e.state_checked_ns);
+        }
+        self.state_checked(state, now_ns);
+    }
+
+    fn state_checked(&mut self, state: TcpState, now_ns: u64) {
+        let e = &mut self.evidence;
+        e.state_checked_ns = e.state_checked_ns.max(now_ns);
+        e.was_connected |= connected_state(state);
+    }
+
+    /// Folds one sock_diag sample into the progress tracking.
+    pub(super) fn sample(&mut self, d: &DiagSocket, now_ns: u64) {
+        let unread = self.unread_bytes();
+        let e = &mut self.evidence;
+        e.mem = d.mem;
+        e.tcp = d.tcp;
+        match d.tcp {
+            Some(info) if self.protocol == Protocol::Tcp => {
+                // Bytes the owner consumed = bytes received - bytes still queued.
+                let consumed = info.bytes_received.saturating_sub(u64::from(d.rx_queue));
+                if unread == 0 || e.consumed.is_some_and(|c| c != consumed) {
+                    e.rx_progress_ns = now_ns;
+                }
+                if self.tx_queue == 0 || e.acked.is_some_and(|a| a != info.bytes_acked) {
+                    e.tx_progress_ns = now_ns;
+                }
+                e.consumed = Some(consumed);
+                e.acked = Some(info.bytes_acked);
+            }
+            _ => {
+                // UDP has no sequence numbers: a queue that shrank was read from.
+                if unread == 0 || unread < e.last_rx_queue {
+                    e.rx_progress_ns = now_ns;
+                }
+                e.tx_progress_ns = now_ns;
+            }
+        }
+        e.last_rx_queue = unread;
+    }
+
+    /// Bytes the owner has not read. A CLOSE_WAIT socket's receive sequence counts the peer's
+    /// FIN, which is not data; and the FIN can only be consumed after all data before it, so a
+    /// non-zero queue in these states always includes exactly one FIN.
+    pub fn unread_bytes(&self) -> u32 {
+        let fin_counted = self.protocol == Protocol::Tcp
+            && matches!(
+                self.state,
+                TcpState::CLOSE_WAIT | TcpState::LAST_ACK | TcpState::CLOSING
+            );
+        if fin_counted {
+            self.rx_queue.saturating_sub(1)
+        } else {
+            self.rx_queue
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Events in, table out.
+use std::sync::Arc;
+
+use sockleak_common::{
+    COMM_LEN, EventKind, Hook, Origin, STACK_NOT_SAMPLED, STACK_PENDING, TcpState, Verdict,
+};
+
+use super::*;
+use crate::{
+    filter::Filter,
+    holders::Holders,
+    sockdiag::{DiagSocket, TcpInfo},
+    symbolize::CreationStack,
+    table::{SYNTHETIC_KEY, socket::CommNames},
+    verdict::{Thresholds, socket_flags},
+};
+
+#[test]
+fn one_name_is_one_shared_string_and_the_cache_stays_bounded() {
+    let mut names = CommNames::default();
+    let mut comm = [0u8; COMM_LEN];
+    comm[..4].copy_from_slice(b"node");
+    let first = names.of(&comm);
+    assert_eq!(&*first, "node");
+    assert!(Arc::ptr_eq(&first, &names.of(&comm)));
+    comm[..4].copy_from_slice(b"n\xffde");
+    assert_eq!(&*names.of(&comm), "n\u{fffd}de");
+    for i in 0..2 * CommNames::MAX as u32 {
+        comm[..4].copy_from_slice(&i.to_ne_bytes());
+        names.of(&comm);
+    }
+    assert!(names.len() <= CommNames::MAX);
+}
+
+#[test]
+fn created_then_released_leaves_nothing() {
+    let mut t = SocketTable::new(16);
+    t.apply(&created(5, 100));
+    assert_eq!(t.get(5).unwrap().owner.pid, 100);
+    assert_eq!(&*t.get(5).unwrap().owner.comm, "client");
+    t.apply(&released(5));
+    assert!(t.is_empty());
+    assert_eq!(t.stats.released, 1);
+}
+
+#[test]
+fn a_created_socket_is_known_by_address_and_inode_and_its_stack_follows() {
+    let mut t = SocketTable::new(16);
+    let mut born = created(5, 100);
+    born.skaddr = 0xffff_5000;
+    born.inode = 777;
+    born.user_stack_id = STACK_PENDING;
+    t.apply(&born);
+    let s = t.get(5).unwrap();
+    assert_eq!(
+        (s.skaddr, s.inode, s.stack),
+        (0xffff_5000, 777, CreationStack::Unknown)
+    );
+    // The classic tracepoint names only the address.
+    let mut listen = event(EventKind::StateChanged, Hook::TracepointInetSockSetState);
+    listen.skaddr = 0xffff_5000;
+    listen.new_state = state(TcpState::LISTEN);
+    t.apply(&listen);
+    assert_eq!(t.get(5).unwrap().state, TcpState::LISTEN);
+    // The stack, taken at the exit of socket().
+    let mut exit = event(EventKind::FdInstalled, Hook::SysExitSocket);
+    exit.cookie = 5;
+    exit.skaddr = 0xffff_5000;
+    exit.inode = 777;
+    exit.task = task(100, "client");
+    exit.user_stack_id = 12;
+    t.apply(&exit);
+    assert_eq!(t.get(5).unwrap().stack.key().map(|k| k.user), Some(12));
+    // Over the budget, the creation event says so and nothing follows.
+    let mut unsampled = created(6, 100);
+    unsampled.user_stack_id = STACK_NOT_SAMPLED;
+    t.apply(&unsampled);
+    assert_eq!(t.get(6).unwrap().stack, CreationStack::NotSampled);
+}
+
+#[test]
+fn accepted_socket_is_owned_by_the_acceptor_not_the_softirq() {
+    let mut t = SocketTable::new(16);
+    let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    est.cookie = 77;
+    est.skaddr = 0xffff_0000;
+    est.new_state = state(TcpState::ESTABLISHED);
+    est.task = task(0, "swapper/0"); // whatever ran the softirq; must be ignored
+    t.apply(&est);
+    assert!(t.is_empty(), "nobody owns it before accept()");
+    t.apply(&accepted_without_cookie(0xffff_0000, 999));
+    let s = t.get(77).expect("joined on skaddr");
+    assert_eq!(
+        (s.owner.pid, s.origin, s.state),
+        (4242, Origin::Accept, TcpState::ESTABLISHED)
+    );
+    let mut cw = est;
+    cw.new_state = state(TcpState::CLOSE_WAIT);
+    t.apply(&cw);
+    assert_eq!(t.get(77).unwrap().state, TcpState::CLOSE_WAIT);
+}
+
+#[test]
+fn an_accept_without_a_cookie_is_keyed_by_the_cookie_sock_diag_names_for_its_inode() {
+    // The classic-tracepoint fallback (5.10): the accept's fd walk finds no cookie yet.
+    let mut t = SocketTable::new(16);
+    t.apply(&accepted_without_cookie(0xffff_0000, 999));
+    assert!(t.get(0xffff_0000 | SYNTHETIC_KEY).is_some());
+    let holders = Holders::from_pairs(vec![(999, 4242)]);
+    let sample = diag(31, TcpState::CLOSE_WAIT, 999);
+    t.reconcile(&[sample], &holders, 2, &Filter::default(), &nobody_holds());
+    assert_eq!(
+        t.len(),
+        1,
+        "one socket, not a traced one and a recovered twin"
+    );
+    assert_eq!(
+        t.get(31).map(|s| (s.state, s.origin)),
+        Some((TcpState::CLOSE_WAIT, Origin::Accept))
+    );
+    // Its release carries the cookie: now it is found.
+    t.apply(&released(31));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_cookieless_accept_at_a_reused_address_replaces_the_freed_socket() {
+    let mut t = SocketTable::new(16);
+    let mut acc = accepted_without_cookie(0xffff_0000, 999);
+    t.apply(&acc);
+    // Its release (keyed by a cookie nobody knew) went unmatched; the memory is reused.
+    acc.inode = 1000;
+    t.apply(&acc);
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        t.get(0xffff_0000 | SYNTHETIC_KEY).map(|s| s.inode),
+        Some(1000)
+    );
+    assert_eq!((t.stats.accepted, t.stats.released), (2, 1));
+}
+
+#[test]
+fn a_reused_sock_address_does_not_join_a_new_socket_to_an_old_one() {
+    let mut t = SocketTable::new(16);
+    let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+    acc.cookie = 1;
+    acc.skaddr = 0xabc;
+    acc.task = task(10, "old");
+    t.apply(&acc);
+    // The old socket's release was lost; the address is reused by a new socket.
+    let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    est.cookie = 2;
+    est.skaddr = 0xabc;
+    est.new_state = state(TcpState::CLOSE_WAIT);
+    t.apply(&est);
+    assert_eq!(
+        t.get(1).unwrap().state,
+        TcpState::ESTABLISHED,
+        "old socket untouched"
+    );
+    let mut acc2 = acc;
+    acc2.cookie = 2;
+    acc2.task = task(20, "new");
+    t.apply(&acc2);
+    assert_eq!(
+        (t.get(2).unwrap().owner.pid, t.get(2).unwrap().state),
+        (20, TcpState::CLOSE_WAIT)
+    );
+}
+
+#[test]
+fn state_changes_carry_addresses_for_short_lived_sockets() {
+    let mut t = SocketTable::new(4);
+    t.apply(&created(3, 1));
+    let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    est.cookie = 3;
+    est.new_state = state(TcpState::ESTABLISHED);
+    est.family = 10;
+    est.sport = 40000;
+    est.dport = 443;
+    est.saddr[15] = 1;
+    est.daddr[15] = 1;
+    t.apply(&est);
+    let s = t.get(3).unwrap();
+    assert_eq!(s.local, Some("[::1]:40000".parse().unwrap()));
+    assert_eq!(s.remote, Some("[::1]:443".parse().unwrap()));
+    let mut reset = est;
+    reset.new_state = state(TcpState::CLOSE);
+    reset.sport = 0; // already released by the kernel when the tracepoint fires
+    t.apply(&reset);
+    let s = t.get(3).unwrap();
+    assert_eq!(s.local, Some("[::1]:40000".parse().unwrap()), "port kept");
+    assert_eq!(s.state, TcpState::CLOSE);
+}
+
+#[test]
+fn closed_sockets_lingering_in_the_kernel_count_as_churn_of_their_owner() {
+    let mut t = SocketTable::new(8);
+    for cookie in [1, 2] {
+        t.apply(&created(cookie, 55));
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = cookie;
+        est.new_state = state(TcpState::ESTABLISHED);
+        t.apply(&est);
+        t.apply(&released(cookie));
+    }
+    // TIME_WAIT sockets come as cookies from a dump of their own; orphans still closing
+    // are listed without an inode.
+    t.count_churn(&[diag(2, TcpState::FIN_WAIT2, 0)], &[1, 3]);
+    let churn = &t.churn()[&55];
+    assert_eq!(
+        (churn.time_wait, churn.orphaned, &*churn.comm),
+        (1, 1, "client")
+    );
+    assert_eq!(t.churn().len(), 1, "cookie 3 belongs to nobody we saw");
+}
+
+#[test]
+fn a_reset_seen_only_as_its_close_event_is_still_reset_held() {
+    // The kernel side does not send ESTABLISHED, and no sample ran before the reset.
+    let mut t = SocketTable::new(4);
+    t.apply(&created(6, 1));
+    let mut reset = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    reset.cookie = 6;
+    reset.old_state = state(TcpState::ESTABLISHED);
+    reset.new_state = state(TcpState::CLOSE);
+    t.apply(&reset);
+    let s = t.get(6).unwrap();
+    assert!(s.evidence.was_connected);
+    let later = 60_000_000_000;
+    assert_eq!(
+        socket_flags(s, later, &Thresholds::default()),
+        [Verdict::ResetHeld]
+    );
+}
+
+#[test]
+fn a_reset_with_bytes_in_flight_is_reset_held_not_send_stuck() {
+    let mut t = SocketTable::new(4);
+    t.apply(&created(4, 1));
+    let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+    fd.cookie = 4;
+    fd.inode = 77;
+    t.apply(&fd);
+    let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    est.cookie = 4;
+    est.new_state = state(TcpState::ESTABLISHED);
+    t.apply(&est);
+    let held = Holders::from_pairs(vec![(77, 1)]);
+    let sample = DiagSocket {
+        tx_queue: 5000,
+        tcp: Some(TcpInfo::default()),
+        ..diag(4, TcpState::ESTABLISHED, 77)
+    };
+    t.reconcile(&[sample], &held, 2, &Filter::default(), &nobody_holds());
+    let mut reset = est;
+    reset.new_state = state(TcpState::CLOSE);
+    reset.ts_ns = 3;
+    t.apply(&reset);
+    let later = 3 + 60_000_000_000;
+    t.reconcile(&[], &held, later, &Filter::default(), &nobody_holds());
+    let s = t.get(4).unwrap();
+    assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
+    assert_eq!(
+        socket_flags(s, later, &Thresholds::default()),
+        [Verdict::ResetHeld]
+    );
+}
+
+#[test]
+fn table_is_bounded() {
+    let mut t = SocketTable::new(3);
+    for cookie in 1..=5 {
+        t.apply(&created(cookie, 1));
+    }
+    assert_eq!(t.len(), 3);
+    assert_eq!(t.stats.dropped_table_full, 2);
+}
+
+#[test]
+fn ignores_protocols_it_does_not_track() {
+    let mut t = SocketTable::new(3);
+    let mut raw = created(1, 1);
+    raw.protocol = 1; // ICMP
+    t.apply(&raw);
+    assert!(t.is_empty());
+    assert_eq!(t.stats.ignored, 1);
+}
