@@ -5,10 +5,10 @@
 //! socket and its owner meet. Rust eBPF has no CO-RE, so every offset comes from the running
 //! kernel's BTF via [`Config`] (see `sockleak-user/src/hooks/offsets.rs`).
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sockleak_common::Config;
+use sockleak_common::{Config, Family};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+const AF_INET: u16 = Family::Ipv4.af();
+const AF_INET6: u16 = Family::Ipv6.af();
 
 pub struct FdSocket {
     pub skaddr: u64,

@@ -1,17 +1,42 @@
 //! sockleak's kernel side. Small and boring on purpose: each program records which socket and,
 //! only where it runs in process context, which task; userspace joins and judges.
 //!
+//! The programs, one file per hook family. Each fills a `SockEvent` in the ring (`maps::send`);
+//! none keeps per-socket state (the stack budget is per process, the pending stack per CPU).
+//!
+//! | file           | program                  | attach point                        | context  | tells |
+//! |----------------|--------------------------|-------------------------------------|----------|-------|
+//! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; picks `socket()` stacks |
+//! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone |
+//! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); gives accepted sockets their cookie |
+//! | `state.rs`     | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state | any      | TCP state, no cookie (fallback) |
+//! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks |
+//! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked |
+//! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
+//! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each inet socket |
+//!
+//! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture),
+//! `fdwalk.rs` (fd to socket), `filter.rs` (the owner filters), `maps.rs` (maps, config, and
+//! `send`, the one way an event reaches the ring).
+//!
+//! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
+//!
+//! `--pid`, `--comm`, `--cgroup`, `--family` and `--protocol` are applied here too (`filter`).
+//!
 //! Data path: hook -> `SockEvent` in the `EVENTS` ring buffer -> userspace socket table.
-//! Once per report, userspace also runs the `socket_fds` iterator, which lists who holds each
-//! socket (`HeldSocket` records in its read output).
 #![no_std]
 #![no_main]
 
+mod fd_install;
 mod fdwalk;
 mod filter;
-mod hooks;
 mod maps;
+mod pressure;
+mod sock;
 mod socket_fds;
+mod stacks;
+mod state;
+mod task;
 
 #[cfg(not(test))]
 #[panic_handler]

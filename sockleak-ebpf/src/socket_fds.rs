@@ -1,6 +1,6 @@
 //! `socket_fds`: a `task_file` iterator that writes one [`HeldSocket`] per inet socket fd of
 //! every process. Userspace runs it once per report to learn who holds each socket, instead of
-//! one readlink per fd under /proc (half a second for 100,000 sockets).
+//! one readlink per fd under /proc, which is slow over many sockets.
 //!
 //! The kernel visits each process once (threads sharing the file table are skipped) and calls
 //! the program one last time with no task when the walk ends.

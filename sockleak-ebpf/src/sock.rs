@@ -1,0 +1,111 @@
+//! Socket birth and release: `cgroup/sock_create` and `cgroup/sock_release` on the cgroup v2
+//! root, which the kernel runs for every AF_INET and AF_INET6 socket. They decide whether a
+//! socket may exist, and sockleak only watches: both always allow.
+use aya_ebpf::{
+    EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock,
+    programs::SockContext,
+};
+use sockleak_common::{Config, EventKind, Hook, STACK_PENDING, SockEvent};
+
+use crate::{
+    fdwalk::read_ptr,
+    filter::{admits_socket, admits_task},
+    maps::{STACK_PENDING_TID, config, send},
+    stacks::stack_allowed,
+    task::current_task,
+};
+
+/// What cgroup sock programs return to let the socket be.
+const ALLOW: i32 = 1;
+
+#[cgroup_sock(sock_create)]
+pub fn sock_create(ctx: SockContext) -> i32 {
+    let cfg = config();
+    let task = current_task();
+    let sock = SockIdentity::of(&ctx);
+    // The program's context is the `struct sock` itself (bpf_sock is a view of it).
+    let sk = ctx.sock as u64;
+    let mut stack_pending = false;
+    if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
+        send(EventKind::Created, Hook::CgroupSockCreate, |ev| {
+            ev.task = task;
+            sock.fill(ev);
+            ev.skaddr = sk;
+            if cfg.socket_inode != 0 {
+                ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);
+                // With the inode named here, the exit of `socket()` only matters for the
+                // stack: it is decided here, and that exit sends nothing otherwise.
+                if cfg.capture_stacks != 0 && stack_allowed(ev, task.pid, cfg.stack_rate) {
+                    ev.user_stack_id = STACK_PENDING;
+                    stack_pending = true;
+                }
+            }
+        });
+    }
+    if cfg.socket_inode != 0
+        && cfg.capture_stacks != 0
+        && let Some(pending) = STACK_PENDING_TID.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        unsafe { *pending = if stack_pending { task.tid } else { 0 } };
+    }
+    ALLOW
+}
+
+/// `sk->sk_socket`, then the inode beside that `struct socket` (`socket_alloc`).
+#[inline(always)]
+fn inode_of_sock(cfg: &Config, sk: u64) -> Result<u64, i32> {
+    // SAFETY: reads through the probe helper; a fault only makes them fail.
+    unsafe {
+        let socket = read_ptr(sk, cfg.sock_socket)?;
+        if socket == 0 {
+            return Err(-1);
+        }
+        read_ptr(socket + cfg.socket_inode, cfg.inode_ino)
+    }
+}
+
+#[cgroup_sock(sock_release)]
+pub fn sock_release(ctx: SockContext) -> i32 {
+    // No task and no owner filter: the last `fput` can run in a kworker, so the releasing task
+    // says nothing about the owner, and reading it would be a large part of the program.
+    let sock = SockIdentity::of(&ctx);
+    if admits_socket(sock.family, sock.protocol) {
+        send(EventKind::Released, Hook::CgroupSockRelease, |ev| {
+            sock.fill(ev)
+        });
+    }
+    ALLOW
+}
+
+/// The socket's identity, as a cgroup sock program sees it.
+struct SockIdentity {
+    cookie: u64,
+    family: u16,
+    protocol: u16,
+    sock_type: u16,
+}
+
+impl SockIdentity {
+    #[inline(always)]
+    fn of(ctx: &SockContext) -> Self {
+        // SAFETY: the kernel hands cgroup sock programs a valid `struct bpf_sock`.
+        unsafe {
+            let sock = &*ctx.sock;
+            Self {
+                cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+                family: sock.family as u16,
+                protocol: sock.protocol as u16,
+                sock_type: sock.type_ as u16,
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn fill(&self, ev: &mut SockEvent) {
+        ev.cookie = self.cookie;
+        ev.family = self.family;
+        ev.protocol = self.protocol;
+        ev.sock_type = self.sock_type;
+    }
+}

@@ -1,0 +1,91 @@
+//! Creation stacks: the owner's user stack where a socket is created or accepted, at most
+//! `Config::stack_rate` per process and second (the walk is the largest part of what a
+//! socket costs in the kernel, and a sample shows a leaking code path as well as all of them).
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{
+        bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    programs::{TracePointContext, tracing::StackIdContext},
+};
+use sockleak_common::{Config, STACK_NOT_SAMPLED, SockEvent, Stat};
+
+use crate::maps::{STACK_BUDGET, STACKS, StackWindow, count};
+
+const EEXIST: i32 = 17;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Whether the stack of the socket `ev` announces may be taken: within its process's budget.
+/// If not, the event says so and the refusal is counted.
+#[inline(always)]
+pub fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
+    if within_stack_budget(pid, rate, ev.ts_ns) {
+        return true;
+    }
+    ev.user_stack_id = STACK_NOT_SAMPLED;
+    count(Stat::StacksNotSampled);
+    false
+}
+
+/// Whether process `pid` may have one more creation stack in the second that is running at
+/// `now_ns`. The count is not atomic: two CPUs racing may both take the last stack of a window,
+/// which only means a stack more.
+#[inline(always)]
+fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
+    if rate == 0 {
+        return true;
+    }
+    match STACK_BUDGET.get_ptr_mut(&pid) {
+        // SAFETY: this process's map value, valid for the program's run.
+        Some(window) => unsafe {
+            if now_ns.wrapping_sub((*window).start_ns) >= NS_PER_SEC {
+                (*window).start_ns = now_ns;
+                (*window).taken = 1;
+                true
+            } else {
+                (*window).taken += 1;
+                (*window).taken <= rate
+            }
+        },
+        None => {
+            let first = StackWindow {
+                start_ns: now_ns,
+                taken: 1,
+            };
+            let _ = STACK_BUDGET.insert(&pid, &first, 0);
+            true
+        }
+    }
+}
+
+/// The creating task's user stack, at the syscall that gave it the socket. Only
+/// here: this is process context, and `current` is the owner.
+#[inline(always)]
+pub fn capture_stacks(ctx: &TracePointContext, cfg: &Config, ev: &mut SockEvent) {
+    ev.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
+    if cfg.have_task_pt_regs != 0 {
+        // SAFETY: helpers on the current task; a fault only makes the read fail.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+            if let Ok(sp) = bpf_probe_read_kernel((regs + cfg.pt_regs_sp) as *const u64) {
+                ev.user_sp_word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(err) => {
+            count(if err == -EEXIST {
+                Stat::StackCollisions
+            } else {
+                Stat::StackFailures
+            });
+            err
+        }
+    }
+}

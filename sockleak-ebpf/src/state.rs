@@ -1,0 +1,124 @@
+//! TCP state changes (`inet_sock_set_state`): typed as `tp_btf` where the kernel allows it,
+//! which gives the socket's cookie; the classic tracepoint otherwise, joined by the `struct
+//! sock` address. Any context (often a softirq): no task is read here.
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use sockleak_common::{EventKind, Family, Hook, SockEvent, TcpState};
+
+use crate::maps::{config, send};
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: *mut c_void = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    if new_state == TCP_SYN_RECV || old_state == TCP_SYN_RECV {
+        // A passive open's child: cloned from its listener (-> SYN_RECV), then connected
+        // (SYN_RECV ->). The fd walk at accept() reads the cookie from the socket, and the
+        // kernel only assigns one when asked: this is where accepted sockets get theirs. Both
+        // transitions: up to 6.12 at least the clone copies its request's cookie over the one
+        // assigned at the first, and with TCP Fast Open a child can be accepted before the
+        // second. Not at each of a connection's ten transitions: the helper is not free.
+        unsafe { bpf_get_socket_cookie(sk) };
+    }
+    if !state_worth_sending(sk as u64, new_state) {
+        return 0;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    send(EventKind::StateChanged, Hook::TpBtfInetSockSetState, |ev| {
+        ev.skaddr = sk as u64;
+        ev.cookie = cookie;
+        ev.old_state = old_state as u16;
+        ev.new_state = new_state as u16;
+        let _ = read_addresses(sk as u64, ev);
+    });
+    0
+}
+
+const TCP_SYN_RECV: i32 = TcpState::SYN_RECV.0 as i32;
+const TCP_CLOSE: i32 = TcpState::CLOSE.0 as i32;
+const TCP_LISTEN: i32 = TcpState::LISTEN.0 as i32;
+const AF_INET6: u16 = Family::Ipv6.af();
+
+/// Most transitions are churn userspace learns nothing from: every connection passes through
+/// SYN_SENT, ESTABLISHED, FIN_WAIT, LAST_ACK..., and the sock_diag sample every interval tells
+/// the state of any socket that lives long enough to matter. Only two are sent: LISTEN, and
+/// CLOSE while a file still holds the socket (reset or timed out under its owner: such a socket
+/// leaves sock_diag's tables, so only this event tells). Sending every transition tripled the
+/// events of a connect/accept/close churn.
+#[inline(always)]
+fn state_worth_sending(sk: u64, new_state: i32) -> bool {
+    if new_state == TCP_LISTEN {
+        return true;
+    }
+    if new_state != TCP_CLOSE {
+        return false;
+    }
+    let cfg = config();
+    if cfg.have_offsets == 0 {
+        return true; // cannot tell whether it is still held
+    }
+    // SAFETY: a read through the probe helper; a fault makes it fail, and then it is sent.
+    let file = unsafe { bpf_probe_read_kernel((sk + cfg.sock_socket) as *const u64) };
+    // Sent unless the socket is known to have lost its file.
+    !file.is_ok_and(|socket| socket == 0)
+}
+
+/// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
+#[inline(always)]
+fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
+    let cfg = config();
+    if cfg.have_offsets == 0 {
+        return Ok(());
+    }
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel((sk + cfg.sock_family) as *const u16)?;
+        let dport: u16 = bpf_probe_read_kernel((sk + cfg.sock_dport) as *const u16)?;
+        ev.family = family;
+        ev.dport = u16::from_be(dport);
+        ev.sport = bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16)?;
+        if ev.sport == 0 {
+            // Unhashed at CLOSE: skc_num is gone, inet_sport still says.
+            let sport: u16 = bpf_probe_read_kernel((sk + cfg.inet_sport) as *const u16)?;
+            ev.sport = u16::from_be(sport);
+        }
+        if family == AF_INET6 {
+            ev.saddr = bpf_probe_read_kernel((sk + cfg.sock_v6_rcv_saddr) as *const [u8; 16])?;
+            ev.daddr = bpf_probe_read_kernel((sk + cfg.sock_v6_daddr) as *const [u8; 16])?;
+        } else {
+            let s: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_rcv_saddr) as *const [u8; 4])?;
+            let d: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_daddr) as *const [u8; 4])?;
+            ev.saddr[..4].copy_from_slice(&s);
+            ev.daddr[..4].copy_from_slice(&d);
+        }
+    }
+    Ok(())
+}
+
+/// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state_tp(ctx: TracePointContext) -> i32 {
+    let cfg = config();
+    // SAFETY: reads of the tracepoint record at offsets from its tracefs format.
+    let (skaddr, old_state, new_state) = unsafe {
+        (
+            ctx.read_at::<u64>(cfg.tp_skaddr as usize).unwrap_or(0),
+            ctx.read_at::<i32>(cfg.tp_oldstate as usize).unwrap_or(0),
+            ctx.read_at::<i32>(cfg.tp_newstate as usize).unwrap_or(0),
+        )
+    };
+    send(
+        EventKind::StateChanged,
+        Hook::TracepointInetSockSetState,
+        |ev| {
+            ev.skaddr = skaddr;
+            ev.old_state = old_state as u16;
+            ev.new_state = new_state as u16;
+        },
+    );
+    0
+}
