@@ -17,9 +17,13 @@ installed=$(rustup toolchain list)
 if ! grep -q "^$STABLE-" <<<"$installed"; then
     rustup toolchain install "$STABLE" --profile minimal --component clippy,rustfmt
 fi
-if ! grep -q "^$NIGHTLY-" <<<"$installed" \
-    || ! rustup component list --toolchain "$NIGHTLY" --installed | grep -q '^rust-src'; then
-    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src
+# rust-src builds `core` for the eBPF target; clippy and rustfmt lint the eBPF crate.
+nightly_has() {
+    rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep -q "^$1"
+}
+if ! grep -q "^$NIGHTLY-" <<<"$installed" || ! nightly_has rust-src || ! nightly_has clippy \
+    || ! nightly_has rustfmt; then
+    rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src,clippy,rustfmt
 fi
 
 # Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc and

@@ -14,8 +14,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Builds the eBPF object and returns its path.
 pub fn build(root: &Path) -> Result<PathBuf> {
-    let ebpf_dir = root.join("sockleak-ebpf");
-    let nightly = pinned_toolchain(&ebpf_dir.join("rust-toolchain.toml"))?;
+    let nightly = pinned_toolchain(&root.join("sockleak-ebpf/rust-toolchain.toml"))?;
     let stable = pinned_toolchain(&root.join("rust-toolchain.toml"))?;
     let linker_dir = ensure_bpf_linker(&nightly, &stable)?;
     let target_dir = root.join("target/ebpf");
@@ -24,13 +23,35 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         linker_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    run(nightly_cargo(root, &nightly, &["build", "--release"]).env("PATH", path))?;
+    let object = target_dir.join("bpfel-unknown-none/release/sockleak");
+    if !object.is_file() {
+        bail!("eBPF build succeeded but {} is missing", object.display());
+    }
+    Ok(object)
+}
+
+/// `cargo fmt --check` and clippy (warnings denied) over the eBPF crate, for its target. A
+/// check links nothing, so no bpf-linker is needed.
+pub fn lint(root: &Path) -> Result<()> {
+    let nightly = pinned_toolchain(&root.join("sockleak-ebpf/rust-toolchain.toml"))?;
+    run(&mut nightly_cargo(root, &nightly, &["fmt", "--check"]))?;
+    run(&mut nightly_cargo(
+        root,
+        &nightly,
+        &["clippy", "--release", "--", "--deny", "warnings"],
+    ))
+}
+
+/// `cargo ARGS` with the pinned nightly in the eBPF crate (whose `.cargo/config.toml` names
+/// the target and `build-std`), writing under `target/ebpf`.
+fn nightly_cargo(root: &Path, nightly: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", &nightly, "cargo", "build", "--release"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&ebpf_dir)
-        .env("PATH", path);
-    // The outer cargo (stable) exports these; they must not leak into the nightly build.
+    cmd.args(["run", nightly, "cargo"])
+        .args(args)
+        .current_dir(root.join("sockleak-ebpf"))
+        .env("CARGO_TARGET_DIR", root.join("target/ebpf"));
+    // The outer cargo (stable) exports these; they must not leak into the nightly's.
     for var in [
         "RUSTC",
         "RUSTDOC",
@@ -41,12 +62,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     ] {
         cmd.env_remove(var);
     }
-    run(&mut cmd)?;
-    let object = target_dir.join("bpfel-unknown-none/release/sockleak");
-    if !object.is_file() {
-        bail!("eBPF build succeeded but {} is missing", object.display());
-    }
-    Ok(object)
+    cmd
 }
 
 fn pinned_toolchain(toolchain_file: &Path) -> Result<String> {

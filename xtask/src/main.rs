@@ -3,6 +3,8 @@
 //! - `build-ebpf`: the eBPF object, with the pinned nightly and a bpf-linker linked against that
 //!   nightly's own libLLVM (installed here on first use; see shared/TOOLCHAIN.md).
 //! - `build`: everything, leaving `target/release/sockleak` with the eBPF object embedded.
+//! - `lint`: `cargo fmt --check` and clippy with warnings denied, over every crate (the eBPF
+//!   one with its pinned nightly, for its own target).
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
 //! - `vm-test`: the kernel scenarios inside Debian's 5.10, 6.1 and 6.12 cloud kernels (qemu).
 //! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
@@ -30,6 +32,9 @@ enum Cmd {
     BuildEbpf,
     /// Build the eBPF object and the release binary `target/release/sockleak`.
     Build,
+    /// Check formatting and run clippy with warnings denied over every crate, the eBPF one
+    /// included (needs no eBPF object: a stub stands in).
+    Lint,
     /// Build everything and run the whole test suite (needs root).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -77,6 +82,7 @@ fn try_main() -> Result<()> {
             ebpf::build(&root)?;
         }
         Cmd::Build => build_release(&root)?,
+        Cmd::Lint => lint(&root)?,
         Cmd::Test { args } => test(&root, &args)?,
         Cmd::Bench { args } => bench(&root, &args)?,
         Cmd::VmTest { kernel, args } => {
@@ -120,6 +126,23 @@ pub(crate) fn build_with_ebpf(root: &Path, packages: &[&str]) -> Result<PathBuf>
     }
     run(build.env("SOCKLEAK_EBPF_OBJECT", &object))?;
     Ok(object)
+}
+
+/// Formatting and clippy, userspace workspace first, then the eBPF crate (outside the
+/// workspace: another toolchain, another target).
+fn lint(root: &Path) -> Result<()> {
+    run(cargo(root).args(["fmt", "--all", "--check"]))?;
+    run(cargo(root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "--deny",
+        "warnings",
+    ]))?;
+    ebpf::lint(root)?;
+    println!("lint: formatting and clippy are clean in every crate");
+    Ok(())
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {
