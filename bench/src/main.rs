@@ -25,6 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::Value;
+use sockleak_user::report::Stats;
 
 use crate::{
     attribution::Attribution,
@@ -243,15 +244,14 @@ fn churn_load(args: &Args) -> Result<(u64, f64)> {
     ))
 }
 
-fn events_result(stats: &Value, ring: Option<u64>, seconds: f64, cpu_seconds: f64) -> EventsResult {
-    let get = |k: &str| stats[k].as_u64().unwrap_or(0);
-    let seen = get("events_seen").max(1);
+fn events_result(stats: &Stats, ring: Option<u64>, seconds: f64, cpu_seconds: f64) -> EventsResult {
+    let seen = stats.table.events.max(1);
     EventsResult {
         ring_buffer_bytes: ring,
-        events_sent: get("events_sent"),
-        events_lost: get("events_lost"),
+        events_sent: stats.kernel.events_sent,
+        events_lost: stats.kernel.events_lost,
         seconds,
-        events_per_second: get("events_sent") as f64 / seconds,
+        events_per_second: stats.kernel.events_sent as f64 / seconds,
         sockleak_cpu_ms_per_1000_events: cpu_seconds * 1000.0 / seen as f64 * 1000.0,
     }
 }

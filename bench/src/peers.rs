@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
+use sockleak_user::report::{Line, Stats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TracerKind {
@@ -93,7 +93,7 @@ pub struct Tracer {
 
 pub struct Stopped {
     /// The final report's `stats`, for sockleak.
-    pub sockleak_stats: Option<Value>,
+    pub sockleak_stats: Option<Stats>,
 }
 
 impl Tracer {
@@ -184,9 +184,11 @@ impl Tracer {
             let text = std::fs::read_to_string(&self.output)?;
             text.lines()
                 .rev()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .find(|v| v["final"] == true)
-                .map(|v| v["stats"].clone())
+                .filter_map(|l| serde_json::from_str::<Line>(l).ok())
+                .find_map(|line| match line {
+                    Line::Report(report) if report.is_final => Some(report.report.stats),
+                    _ => None,
+                })
         } else {
             None
         };

@@ -1,6 +1,10 @@
-//! Test harness: the real `sockleak` binary with its programs attached, and scenario processes
-//! whose sockets it must see. Tests read as specs: start the tracer, do the thing, expect.
+//! Test harness: the real `sockleak` binary with its programs attached ([`Trace`]), and
+//! scenario processes whose sockets it must see ([`Scenario`]). Tests read as specs: start the
+//! tracer, do the thing, expect. Reports are read back through sockleak's own schema
+//! (`sockleak_user::report`), so a test asks `socket.state == SocketState::CloseWait`, not a
+//! string.
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
@@ -8,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+pub use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+pub use sockleak_user::report::{Group, Report, SocketRow, Started};
+use sockleak_user::report::{Line, ReportLine};
 
 /// How long to wait for the tracer to say anything before failing the test; scaled by
 /// SOCKLEAK_TEST_PATIENCE_SCALE where everything runs slower (under qemu's software
@@ -109,21 +115,22 @@ impl Drop for Scenario {
     }
 }
 
-/// A running `sockleak trace --format json`.
-pub struct Tracer {
+/// A running `sockleak trace --format json`, its lines read back through the library's own
+/// schema.
+pub struct Trace {
     child: Option<Child>,
-    lines: Receiver<Value>,
-    pub started: Value,
+    lines: Receiver<Line>,
+    pub started: Started,
 }
 
-impl Tracer {
+impl Trace {
     /// Starts tracing the given pids with a short interval and no minimum age, and waits for
     /// the `started` line (every hook attached).
     pub fn start(pids: &[u32]) -> Self {
         Self::start_also(pids, &[])
     }
 
-    /// [`Tracer::start`], with `also` after its arguments.
+    /// [`Trace::start`], with `also` after its arguments.
     pub fn start_also(pids: &[u32], also: &[&str]) -> Self {
         let args: Vec<&str> = ["--interval", "300ms", "--min-age", "0s"]
             .into_iter()
@@ -150,17 +157,19 @@ impl Tracer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("sockleak printed invalid JSON ({e}): {line}"));
-                if tx.send(value).is_err() {
+                let parsed: Line = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("sockleak printed a line off the schema ({e}): {line}")
+                });
+                if tx.send(parsed).is_err() {
                     break;
                 }
             }
         });
-        let started = rx
-            .recv_timeout(patience())
-            .expect("sockleak did not print its started line");
-        assert_eq!(started["type"], "started", "first line: {started}");
+        let started = match rx.recv_timeout(patience()) {
+            Ok(Line::Started(started)) => started,
+            Ok(other) => panic!("the first line is not `started`: {other:?}"),
+            Err(_) => panic!("sockleak did not print its started line"),
+        };
         Self {
             child: Some(child),
             lines: rx,
@@ -168,9 +177,10 @@ impl Tracer {
         }
     }
 
-    fn next_line(&self) -> Value {
+    fn next_report(&self) -> ReportLine {
         match self.lines.recv_timeout(patience()) {
-            Ok(v) => v,
+            Ok(Line::Report(report)) => report,
+            Ok(other) => panic!("a second started line: {other:?}"),
             Err(RecvTimeoutError::Timeout) => panic!("sockleak said nothing for {:?}", patience()),
             Err(RecvTimeoutError::Disconnected) => panic!("sockleak exited early"),
         }
@@ -183,11 +193,10 @@ impl Tracer {
         let since = Instant::now();
         let mut seen = 0;
         loop {
-            let v = self.next_line();
-            assert_eq!(v["type"], "report", "{v}");
+            let line = self.next_report();
             seen += 1;
             if seen >= 2 && since.elapsed() > Duration::from_millis(400) {
-                return Report(v);
+                return line.report;
             }
         }
     }
@@ -198,15 +207,15 @@ impl Tracer {
         self.fresh_report()
     }
 
-    /// SIGINT; the final report comes out and sockleak exits with status 0.
     /// Whether sockleak fell back to the classic `sock/inet_sock_set_state` tracepoint (no
     /// BTF, or a kernel such as 5.10 whose typed tracepoints cannot read a socket's cookie).
     /// There an accepted socket's release carries a cookie its accept could not read, so it
     /// leaves the table by reconciliation, a report or two later, not at once.
     pub fn on_classic_tracepoint(&self) -> bool {
-        self.started["hooks"]
-            .as_array()
-            .is_some_and(|h| h.iter().any(|h| h == "tracepoint/sock/inet_sock_set_state"))
+        self.started
+            .hooks
+            .iter()
+            .any(|h| h == "tracepoint/sock/inet_sock_set_state")
     }
 
     /// Fresh reports until one satisfies `settled` (or patience runs out: then the last one,
@@ -221,6 +230,7 @@ impl Tracer {
         }
     }
 
+    /// SIGINT; the final report comes out and sockleak exits with status 0.
     pub fn stop(mut self) -> Report {
         let mut child = self.child.take().unwrap();
         // SAFETY: signalling our own child.
@@ -229,11 +239,8 @@ impl Tracer {
         let deadline = Instant::now() + patience();
         while Instant::now() < deadline {
             match self.lines.recv_timeout(Duration::from_millis(200)) {
-                Ok(v) => {
-                    if v["final"] == true {
-                        last = Some(v);
-                    }
-                }
+                Ok(Line::Report(line)) if line.is_final => last = Some(line.report),
+                Ok(_) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -243,11 +250,11 @@ impl Tracer {
             status.success(),
             "sockleak exited with {status} after SIGINT"
         );
-        Report(last.expect("no final report after SIGINT"))
+        last.expect("no final report after SIGINT")
     }
 }
 
-impl Drop for Tracer {
+impl Drop for Trace {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -256,96 +263,104 @@ impl Drop for Tracer {
     }
 }
 
-/// A `{"type":"report"}` line with helpers for the questions tests ask.
-pub struct Report(pub Value);
+/// Which end of a connection a port is matched against.
+#[derive(Clone, Copy, Debug)]
+pub enum End {
+    Local,
+    Remote,
+}
 
-impl Report {
-    pub fn sockets(&self) -> &Vec<Value> {
-        self.0["sockets"].as_array().expect("sockets array")
+/// The questions tests ask of a report.
+pub trait Reading {
+    fn sockets_of(&self, pid: u32) -> Vec<&SocketRow>;
+
+    /// The groups of `pid` created at `site` (`socket()`, `accept() on :PORT`, ...).
+    fn groups_at(&self, pid: u32, site: &str) -> Vec<&Group>;
+
+    /// The one group of `pid` whose site is `site`; on any other count, fails with every
+    /// group in the report.
+    fn group_at(&self, pid: u32, site: &str) -> &Group;
+
+    /// The one socket of `pid` whose `end` has port `port`.
+    fn socket_at(&self, pid: u32, end: End, port: &str) -> &SocketRow;
+
+    /// The listening socket of `pid` (accepted sockets share its local port).
+    fn listener_of(&self, pid: u32) -> &SocketRow;
+}
+
+impl Reading for Report {
+    fn sockets_of(&self, pid: u32) -> Vec<&SocketRow> {
+        self.sockets.iter().filter(|s| s.pid == pid).collect()
     }
 
-    pub fn sockets_of(&self, pid: u32) -> Vec<&Value> {
-        self.sockets().iter().filter(|s| s["pid"] == pid).collect()
-    }
-
-    pub fn groups(&self) -> &Vec<Value> {
-        self.0["groups"].as_array().expect("groups array")
-    }
-
-    /// The one group of `pid` whose site is `site` (`socket()`, `accept() on :PORT`, ...); on
-    /// any other count, fails with every group in the report.
-    pub fn group_at(&self, pid: u32, site: &str) -> &Value {
-        let found: Vec<&Value> = self
-            .groups()
+    fn groups_at(&self, pid: u32, site: &str) -> Vec<&Group> {
+        self.groups
             .iter()
-            .filter(|g| g["pid"] == pid && g["site"] == site)
-            .collect();
+            .filter(|g| g.key.pid == pid && g.key.site == site)
+            .collect()
+    }
+
+    fn group_at(&self, pid: u32, site: &str) -> &Group {
+        let found = self.groups_at(pid, site);
         assert_eq!(
             found.len(),
             1,
             "groups of pid {pid} at {site} among {:#?}",
-            self.groups()
+            self.groups
         );
         found[0]
     }
 
-    /// The one socket of `pid` whose `field` (`local` or `remote`) ends with `:port`.
-    pub fn socket_at(&self, pid: u32, field: &str, port: &str) -> &Value {
-        let suffix = format!(":{port}");
-        let found: Vec<&Value> = self
+    fn socket_at(&self, pid: u32, end: End, port: &str) -> &SocketRow {
+        let port: u16 = port.parse().expect("a port number");
+        let found: Vec<&SocketRow> = self
             .sockets_of(pid)
             .into_iter()
-            .filter(|s| s[field].as_str().is_some_and(|a| a.ends_with(&suffix)))
+            .filter(|s| match end {
+                End::Local => s.local.port() == port,
+                End::Remote => s.remote.port() == port,
+            })
             .collect();
         assert_eq!(
             found.len(),
             1,
-            "pid {pid}, {field} port {port} among {:#?}",
+            "pid {pid}, {end:?} port {port} among {:#?}",
             self.sockets_of(pid)
         );
         found[0]
     }
 
-    /// The listening socket of `pid` (accepted sockets share its local port).
-    pub fn listener_of(&self, pid: u32) -> &Value {
-        let found: Vec<&Value> = self
+    fn listener_of(&self, pid: u32) -> &SocketRow {
+        let found: Vec<&SocketRow> = self
             .sockets_of(pid)
             .into_iter()
-            .filter(|s| s["state"] == "LISTEN")
+            .filter(|s| s.state == SocketState::Listen)
             .collect();
         assert_eq!(found.len(), 1, "listeners of {pid}: {found:#?}");
         found[0]
     }
-
-    pub fn stat(&self, name: &str) -> u64 {
-        self.0["stats"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no stat {name}"))
-    }
 }
 
-/// The verdicts on one socket or group.
-pub fn flags(v: &Value) -> Vec<&str> {
-    v["flags"]
-        .as_array()
-        .expect("flags array")
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect()
-}
+/// No verdict at all, for `assert_eq!(socket.flags, NO_VERDICT)`.
+pub const NO_VERDICT: [Verdict; 0] = [];
 
-/// Counts values of `field` over `sockets`.
-pub fn count_by<'a>(
-    sockets: impl IntoIterator<Item = &'a Value>,
-    field: &str,
-) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
+/// Counts `sockets` by `key`.
+pub fn count_by<'a, K: Ord>(
+    sockets: impl IntoIterator<Item = &'a SocketRow>,
+    key: impl Fn(&SocketRow) -> K,
+) -> BTreeMap<K, usize> {
+    let mut counts = BTreeMap::new();
     for s in sockets {
-        *counts
-            .entry(s[field].as_str().unwrap_or("?").to_owned())
-            .or_default() += 1;
+        *counts.entry(key(s)).or_default() += 1;
     }
     counts
+}
+
+/// Counts `sockets` by state.
+pub fn states<'a>(
+    sockets: impl IntoIterator<Item = &'a SocketRow>,
+) -> BTreeMap<SocketState, usize> {
+    count_by(sockets, |s| s.state)
 }
 
 /// A loopback port nobody listens on right now.

@@ -2,7 +2,7 @@
 //! names one is reported with that cgroup and container id, and `--cgroup` shows only it.
 use std::{fs, path::PathBuf};
 
-use sockleak_tests::{Scenario, Tracer};
+use sockleak_tests::{Origin, Reading, Scenario, SocketState, Trace};
 
 const CONTAINER_ID: &str = "5ac1ea4c0ffee0ddba11f00d5eed1e55c0de5ca1ab1e0b57ac1e5a1ad0b0e5af";
 
@@ -66,28 +66,32 @@ fn a_containers_sockets_carry_its_cgroup_and_id_and_cgroup_filters_to_them() {
     inside.run("listen 127.0.0.1:0");
 
     let parent = cgroup.parent.to_str().unwrap(); // a file system path is accepted too
-    let tracer = Tracer::start_also(&[], &["--cgroup", parent]);
+    let tracer = Trace::start_also(&[], &["--cgroup", parent]);
     inside.run(&format!("connect 127.0.0.1:{port} 3"));
     outside.run(&format!("connect 127.0.0.1:{port} 4"));
     server.run("accept 7");
 
     let report = tracer.fresh_report();
-    let sockets = report.sockets();
+    let sockets = &report.sockets;
     assert_eq!(
         sockets.len(),
         4,
         "only the 3 connections and the listener inside: {sockets:#?}"
     );
     for s in sockets {
-        assert_eq!(s["pid"], inside.pid());
-        assert_eq!(s["cgroup"], cgroup.reported.as_str(), "{s}");
-        assert_eq!(s["container_id"], CONTAINER_ID, "{s}");
-        assert!(s["pod_uid"].is_null());
-    }
-    assert!(sockets.iter().any(|s| s["origin"] == "pre-existing"));
-    for g in report.groups() {
+        assert_eq!(s.pid, inside.pid());
+        assert_eq!(s.cgroup.as_deref(), Some(cgroup.reported.as_str()), "{s:?}");
         assert_eq!(
-            (g["cgroup"].as_str(), g["container_id"].as_str()),
+            s.container.container_id.as_deref(),
+            Some(CONTAINER_ID),
+            "{s:?}"
+        );
+        assert!(s.container.pod_uid.is_none());
+    }
+    assert!(sockets.iter().any(|s| s.origin == Origin::PreExisting));
+    for g in &report.groups {
+        assert_eq!(
+            (g.cgroup.as_deref(), g.container.container_id.as_deref()),
             (Some(cgroup.reported.as_str()), Some(CONTAINER_ID))
         );
     }
@@ -104,29 +108,29 @@ fn sockets_in_another_network_namespace_are_sampled_in_that_namespace() {
     let own = fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(netns, own.to_string_lossy(), "the scenario moved");
     let port = app.run("listen 127.0.0.1:0")[0].clone();
-    let tracer = Tracer::start(&[app.pid()]);
+    let tracer = Trace::start(&[app.pid()]);
     app.run(&format!("connect 127.0.0.1:{port} 2"));
     app.run("accept 2");
     app.run("send 0 1000");
 
     let report = tracer.fresh_report();
     let listener = report.listener_of(app.pid());
-    assert_eq!(listener["origin"], "pre-existing", "{listener:#}");
+    assert_eq!(listener.origin, Origin::PreExisting, "{listener:#?}");
     let accepted: Vec<_> = report
         .sockets_of(app.pid())
         .into_iter()
-        .filter(|s| s["local"] == format!("127.0.0.1:{port}") && s["state"] == "ESTABLISHED")
+        .filter(|s| {
+            s.local.to_string() == format!("127.0.0.1:{port}")
+                && s.state == SocketState::Established
+        })
         .collect();
     assert_eq!(accepted.len(), 2, "{:#?}", report.sockets_of(app.pid()));
-    let unread: Vec<u64> = accepted
-        .iter()
-        .map(|s| s["rx_queue"].as_u64().unwrap())
-        .collect();
+    let unread: Vec<u32> = accepted.iter().map(|s| s.rx_queue).collect();
     assert!(
         unread.contains(&1000),
         "the unread bytes, from sock_diag in that namespace: {unread:?}"
     );
     for s in report.sockets_of(app.pid()) {
-        assert!(s["memory"].is_object(), "sampled: {s:#}");
+        assert!(s.memory.is_some(), "sampled: {s:#?}");
     }
 }

@@ -2,6 +2,7 @@
 use std::process::Command;
 
 use sockleak_tests::sockleak_bin;
+use sockleak_user::report::Line;
 
 fn run(args: &[&str]) -> (i32, String) {
     let out = Command::new(sockleak_bin()).args(args).output().unwrap();
@@ -89,27 +90,25 @@ fn json_lines_start_with_their_type_from_started_to_the_final_report() {
     for line in raw {
         assert!(line.starts_with(r#"{"type":"report","#), "{line}");
     }
-    let lines: Vec<serde_json::Value> = stdout
+    let lines: Vec<Line> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines[0]["type"], "started");
-    let hooks = lines[0]["hooks"].as_array().unwrap();
+    let Line::Started(started) = &lines[0] else {
+        panic!("{:?} first", lines[0]);
+    };
     for hook in ["cgroup/sock_create", "cgroup/sock_release"] {
-        assert!(hooks.contains(&hook.into()), "{hooks:?}");
+        assert!(started.hooks.iter().any(|h| h == hook), "{started:?}");
     }
     assert!(
         lines.len() >= 3,
         "started, an interval report, the final report"
     );
-    let last = lines.last().unwrap();
-    assert_eq!(
-        (&last["type"], &last["final"]),
-        (&"report".into(), &true.into())
-    );
-    for key in ["sockets", "groups", "stats"] {
-        assert!(last.get(key).is_some(), "{key} missing");
-    }
+    // Read through the schema, so `sockets`, `groups` and `stats` are there or it failed.
+    let Some(Line::Report(last)) = lines.last() else {
+        panic!("the last line is not a report: {:?}", lines.last());
+    };
+    assert!(last.is_final, "{last:?}");
 }
 
 #[test]

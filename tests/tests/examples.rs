@@ -7,8 +7,7 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
-use serde_json::Value;
-use sockleak_tests::{Tracer, eventually, flags, require_program};
+use sockleak_tests::{Group, SocketState, Trace, Verdict, eventually, require_program};
 
 /// A running example (its process group: the service and the client it forks).
 struct Example {
@@ -52,8 +51,8 @@ impl Drop for Example {
 
 /// Traces the example's service with short thresholds until one of its groups carries `flag`
 /// and satisfies `also`; returns that group.
-fn group_flagged(example: &Example, flag: &str, also: impl Fn(&Value) -> bool) -> Value {
-    let tracer = Tracer::start_with(
+fn group_flagged(example: &Example, flag: Verdict, also: impl Fn(&Group) -> bool) -> Group {
+    let tracer = Trace::start_with(
         &[example.service_pid],
         &[
             "--interval",
@@ -70,13 +69,13 @@ fn group_flagged(example: &Example, flag: &str, also: impl Fn(&Value) -> bool) -
             "3",
         ],
     );
-    eventually(&format!("a group flagged {flag}"), |last| {
+    eventually(&format!("a group flagged {}", flag.name()), |last| {
         let report = tracer.fresh_report();
-        *last = serde_json::to_string_pretty(report.groups()).unwrap();
+        *last = serde_json::to_string_pretty(&report.groups).unwrap();
         report
-            .groups()
+            .groups
             .iter()
-            .find(|g| g["pid"] == example.service_pid && flags(g).contains(&flag) && also(g))
+            .find(|g| g.key.pid == example.service_pid && g.flags.contains(&flag) && also(g))
             .cloned()
     })
 }
@@ -86,37 +85,32 @@ fn never_destroyed_piles_up_close_wait() {
     let example = Example::start("never-destroyed.js", 100);
     // Connections accepted before the tracer started form a `pre-existing` group of their
     // own; the one that matters is the group still being accepted into.
-    let group = group_flagged(&example, "close_wait", |g| {
-        g["site"].as_str().unwrap().starts_with("accept() on :")
-            && g["states"]["CLOSE_WAIT"].as_u64() >= Some(3)
+    let group = group_flagged(&example, Verdict::CloseWait, |g| {
+        g.key.site.starts_with("accept() on :") && g.states.get(&SocketState::CloseWait) >= Some(&3)
     });
-    assert_eq!(
-        group["states"].as_object().unwrap().len(),
-        1,
-        "only CLOSE_WAIT: {group:#}"
-    );
+    assert_eq!(group.states.len(), 1, "only CLOSE_WAIT: {group:#?}");
 }
 
 #[test]
 fn backpressure_ignored_leaves_the_send_queue_stuck() {
     let example = Example::start("backpressure-ignored.js", 20);
-    let group = group_flagged(&example, "send_stuck", |_| true);
-    assert!(group["tx_queue"].as_u64().unwrap() > 0, "{group:#}");
+    let group = group_flagged(&example, Verdict::SendStuck, |_| true);
+    assert!(group.tx_queue > 0, "{group:#?}");
 }
 
 #[test]
 fn unlimited_connections_grow() {
     let example = Example::start("unlimited-connections.js", 50);
-    let group = group_flagged(&example, "growing", |_| true);
+    let group = group_flagged(&example, Verdict::Growing, |_| true);
     assert!(
-        group["growth"]["per_minute"].as_f64().unwrap() > 0.0,
-        "{group:#}"
+        group.growth.as_ref().unwrap().per_minute > 0.0,
+        "{group:#?}"
     );
 }
 
 #[test]
 fn a_paused_stream_leaves_data_unread() {
     let example = Example::start("unread.js", 100);
-    let group = group_flagged(&example, "unread", |_| true);
-    assert!(group["rx_queue"].as_u64().unwrap() > 0, "{group:#}");
+    let group = group_flagged(&example, Verdict::Unread, |_| true);
+    assert!(group.rx_queue > 0, "{group:#?}");
 }

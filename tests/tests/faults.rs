@@ -8,7 +8,8 @@ use std::{
 };
 
 use serde_json::Value;
-use sockleak_tests::{Scenario, require_root, sockleak_bin};
+use sockleak_tests::{Reading, Scenario, SocketState, require_root, sockleak_bin, states};
+use sockleak_user::report::Line;
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -122,10 +123,10 @@ fn sigterm_prints_the_final_report_and_exits_zero() {
     let lines: Vec<String> = out.lines().map(Result::unwrap).collect();
     let status = wait_with_deadline(&mut child, Duration::from_secs(10));
     assert!(status.success(), "{status}");
-    let last: Value = serde_json::from_str(lines.last().expect("a final report")).unwrap();
-    assert_eq!(
-        (&last["type"], &last["final"]),
-        (&"report".into(), &true.into())
+    let last: Line = serde_json::from_str(lines.last().expect("a final report")).unwrap();
+    assert!(
+        matches!(&last, Line::Report(report) if report.is_final),
+        "{last:?}"
     );
 }
 
@@ -174,10 +175,12 @@ fn hostile_process_names_are_escaped_in_text_and_exact_in_json() {
         "raw escape reached the terminal:\n{text}"
     );
     assert!(text.contains("ev\\x1b[2J\\nil"), "{text}");
-    let last: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
-    let socket = &last["sockets"][0];
+    let Line::Report(last) = serde_json::from_str(json.lines().last().unwrap()).unwrap() else {
+        panic!("the last line is not a report: {json}");
+    };
+    let socket = &last.report.sockets[0];
     assert_eq!(
-        socket["comm"], "ev\x1b[2J\nil",
+        &*socket.comm, "ev\x1b[2J\nil",
         "JSON keeps the exact name, escaped by JSON"
     );
 }
@@ -194,7 +197,7 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
     server.run("serve-keep");
     let mut client = Scenario::spawn();
     // A one-page ring: a burst of connections cannot fit, so events are lost for real.
-    let t = sockleak_tests::Tracer::start_also(
+    let t = sockleak_tests::Trace::start_also(
         &[client.pid(), server.pid()],
         &["--ring-buffer-bytes", "4096"],
     );
@@ -204,23 +207,31 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
     // Ghosts need two scans past a one-second grace before they are dropped.
     let r = t.report_after(Duration::from_millis(2500));
     assert!(
-        r.stat("events_lost") > 0,
-        "the test needs real loss: {}",
-        r.0["stats"]
+        r.stats.kernel.events_lost > 0,
+        "the test needs real loss: {:?}",
+        r.stats
     );
-    assert!(r.stat("recovered") > 0, "{}", r.0["stats"]);
+    assert!(r.stats.table.recovered > 0, "{:?}", r.stats);
     let client_sockets = r.sockets_of(client.pid());
     assert_eq!(
         client_sockets.len(),
         300,
         "exactly the kept connections, no ghosts"
     );
-    assert!(client_sockets.iter().all(|s| s["state"] == "ESTABLISHED"));
-    let server_states = sockleak_tests::count_by(r.sockets_of(server.pid()), "state");
-    let expected = [("CLOSE_WAIT", 500), ("ESTABLISHED", 300), ("LISTEN", 1)];
+    assert!(
+        client_sockets
+            .iter()
+            .all(|s| s.state == SocketState::Established)
+    );
+    let server_states = states(r.sockets_of(server.pid()));
+    let expected = [
+        (SocketState::CloseWait, 500),
+        (SocketState::Established, 300),
+        (SocketState::Listen, 1),
+    ];
     assert_eq!(
         server_states,
-        expected.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        expected.into_iter().collect(),
         "every accepted socket found, whatever was lost"
     );
 }
@@ -247,10 +258,14 @@ fn a_missing_tracefs_is_mounted_by_sockleak() {
     }
     let (mut child, mut out) = start_json_keep_started(&["--interval", "10s"]);
     assert_eq!(tracefs_mounts(), 1, "sockleak mounted tracefs");
-    let started: Value = serde_json::from_str(&std::mem::take(&mut out.1)).unwrap();
-    let hooks = started["hooks"].as_array().unwrap();
+    let Line::Started(started) = serde_json::from_str(&std::mem::take(&mut out.1)).unwrap() else {
+        panic!("no started line first");
+    };
+    let hooks = &started.hooks;
     assert!(
-        hooks.contains(&"tracepoint/syscalls/sys_exit_accept4".into()),
+        hooks
+            .iter()
+            .any(|h| h == "tracepoint/syscalls/sys_exit_accept4"),
         "{hooks:?}"
     );
     child.kill().unwrap();

@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sockleak_tests::{Tracer, eventually, free_port, http_get, sockleak_bin};
+use sockleak_tests::{Trace, eventually, free_port, http_get, sockleak_bin};
 
 const HELD: u64 = 100_000;
 const CHURNED: u64 = 1_000_000;
@@ -26,7 +26,7 @@ fn a_million_churned_and_a_hundred_thousand_open() {
     assert!(load.is_file(), "{} missing", load.display());
     let metrics = format!("127.0.0.1:{}", free_port());
     // Only the load's sockets, filtered in the kernel: the rest of the machine is not the test.
-    let tracer = Tracer::start_with(
+    let tracer = Trace::start_with(
         &[],
         &[
             "--comm",
@@ -87,19 +87,19 @@ fn a_million_churned_and_a_hundred_thousand_open() {
             // What the extra or missing sockets are is the whole diagnosis: say it.
             let report = tracer.stop();
             let mut kinds = std::collections::BTreeMap::<String, u64>::new();
-            for s in report.sockets() {
+            for s in &report.sockets {
                 let kind = format!(
                     "{} {} {} {} holders={}",
-                    s["comm"],
-                    s["protocol"],
-                    s["state"],
-                    s["origin"],
-                    s["holders"].as_array().map_or(0, Vec::len)
+                    s.comm,
+                    s.protocol.name(),
+                    s.state.name(),
+                    s.origin.origin_name(),
+                    s.holders.len()
                 );
                 *kinds.entry(kind).or_default() += 1;
             }
             eprintln!("sockets in the final report, by kind: {kinds:#?}");
-            eprintln!("stats: {}", report.0["stats"]);
+            eprintln!("stats: {:?}", report.stats);
             std::panic::resume_unwind(failure);
         }
     };
@@ -111,24 +111,25 @@ fn a_million_churned_and_a_hundred_thousand_open() {
 
     let report = tracer.stop();
     assert_eq!(
-        report.sockets().len() as u64,
+        report.sockets.len() as u64,
         HELD,
         "the final report lists every held socket"
     );
-    assert_eq!(report.stat("dropped_table_full"), 0);
+    let stats = &report.stats;
+    assert_eq!(stats.table.dropped_table_full, 0);
     // Every connection is at least four events (a create, an accept, two releases; the exit
     // of socket() sends one more only when it takes a stack). Under this load some are lost
     // (each report over 100,000 sockets keeps the loop from the ring buffer for a second):
     // allowed, but every one must be counted, and the table above is exact all the same, by
     // reconciliation.
-    let accounted = report.stat("events_sent") + report.stat("events_lost");
-    assert!(accounted >= 4 * CHURNED, "{}", report.0["stats"]);
+    let accounted = stats.kernel.events_sent + stats.kernel.events_lost;
+    assert!(accounted >= 4 * CHURNED, "{stats:?}");
     eprintln!(
         "events sent {}, lost {}; sockets recovered {}, reconciled {}",
-        report.stat("events_sent"),
-        report.stat("events_lost"),
-        report.stat("recovered"),
-        report.stat("reconciled")
+        stats.kernel.events_sent,
+        stats.kernel.events_lost,
+        stats.table.recovered,
+        stats.table.reconciled
     );
 }
 

@@ -7,7 +7,7 @@ use std::{
 
 use serde_json::Value;
 use sockleak_tests::{
-    Scenario, Tracer, eventually, free_port, http_get, require_program, require_root,
+    Scenario, Trace, eventually, free_port, http_get, require_program, require_root,
 };
 
 struct Prometheus {
@@ -83,11 +83,11 @@ fn prometheus_scrapes_the_open_sockets_of_a_leaking_process() {
     let mut client = Scenario::spawn();
     let pid = client.pid();
     let metrics_port = free_port();
-    let tracer = Tracer::start_also(&[pid], &["--quiet", "--metrics", &metrics_port.to_string()]);
+    let tracer = Trace::start_also(&[pid], &["--quiet", "--metrics", &metrics_port.to_string()]);
     let target = format!("127.0.0.1:{metrics_port}");
     assert_eq!(
-        tracer.started["metrics"],
-        format!("http://{target}/metrics"),
+        tracer.started.metrics,
+        Some(format!("http://{target}/metrics")),
         "a bare port binds localhost"
     );
     client.run(&format!("connect 127.0.0.1:{port} 6"));

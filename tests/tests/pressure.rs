@@ -5,7 +5,7 @@
 //! cargo runs test binaries one at a time, so no other test's TCP traffic shares the squeeze.
 use std::{fs, time::Duration};
 
-use sockleak_tests::{Scenario, Tracer};
+use sockleak_tests::{End::Remote, Reading, Scenario, Trace};
 
 const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
 
@@ -23,7 +23,7 @@ fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
     let mut server = Scenario::spawn();
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     let mut client = Scenario::spawn();
-    let t = Tracer::start(&[server.pid(), client.pid()]);
+    let t = Trace::start(&[server.pid(), client.pid()]);
     let ports = client.run(&format!("connect 127.0.0.1:{port} 1"));
     server.run("accept 1");
 
@@ -41,9 +41,9 @@ fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
             std::thread::sleep(Duration::from_millis(500));
         }
         let report = t.report_after(Duration::from_millis(300));
-        let hit = report.socket_at(server.pid(), "remote", &ports[0])["exceed_buf_limit"]
-            .as_u64()
-            .unwrap()
+        let hit = report
+            .socket_at(server.pid(), Remote, &ports[0])
+            .exceed_buf_limit
             > 0;
         r = Some(report);
         if hit {
@@ -51,17 +51,14 @@ fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
         }
     }
     let r = r.unwrap();
-    let receiver = r.socket_at(server.pid(), "remote", &ports[0]);
-    assert!(
-        receiver["exceed_buf_limit"].as_u64().unwrap() > 0,
-        "{receiver}"
-    );
+    let receiver = r.socket_at(server.pid(), Remote, &ports[0]);
+    assert!(receiver.exceed_buf_limit > 0, "{receiver:?}");
     let listener = r.listener_of(server.pid());
-    assert_eq!(listener["exceed_buf_limit"], 0);
+    assert_eq!(listener.exceed_buf_limit, 0);
     assert!(
-        t.started["hooks"]
-            .as_array()
-            .unwrap()
-            .contains(&"tp_btf/sock_exceed_buf_limit".into())
+        t.started
+            .hooks
+            .iter()
+            .any(|h| h == "tp_btf/sock_exceed_buf_limit")
     );
 }

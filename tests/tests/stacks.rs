@@ -5,26 +5,17 @@ use std::{
     process::Command,
 };
 
-use serde_json::Value;
-use sockleak_tests::{Report, Scenario, Tracer};
+use sockleak_tests::{Group, Reading, Scenario, Trace};
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
-fn frames(group: &Value) -> Vec<&str> {
-    group["stack"]
-        .as_array()
-        .unwrap_or_else(|| panic!("group without a stack array: {group}"))
+fn frames(group: &Group) -> Vec<&str> {
+    group
+        .key
+        .stack
+        .frames()
         .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect()
-}
-
-/// The groups of `pid` created at `site`.
-fn groups_of<'a>(report: &'a Report, pid: u32, site: &str) -> Vec<&'a Value> {
-    report
-        .groups()
-        .iter()
-        .filter(|g| g["pid"] == pid && g["site"] == site)
+        .map(String::as_str)
         .collect()
 }
 
@@ -59,7 +50,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let folded = dir.join("native.folded");
     let svg = dir.join("native.svg");
-    let tracer = Tracer::start_also(
+    let tracer = Trace::start_also(
         &[leaker.pid()],
         &[
             "--folded",
@@ -71,7 +62,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     leaker.run("go");
 
     let report = tracer.fresh_report();
-    let leak = groups_of(&report, leaker.pid(), "socket()");
+    let leak = report.groups_at(leaker.pid(), "socket()");
     assert_eq!(
         leak.len(),
         2,
@@ -79,7 +70,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     );
     let leak_group = leak
         .iter()
-        .find(|g| g["count"] == 7)
+        .find(|g| g.count == 7)
         .unwrap_or_else(|| panic!("no group of the 7 leaked connections: {leak:#?}"));
     let leak_frames = frames(leak_group);
     // The direct caller of socket(), which a frame-pointer walk alone would skip (glibc's
@@ -102,7 +93,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
         leak_frames[0].contains("socket"),
         "innermost is the C library's socket() wrapper (no kernel frames): {leak_frames:#?}"
     );
-    let listener_group = leak.iter().find(|g| g["count"] == 1).unwrap();
+    let listener_group = leak.iter().find(|g| g.count == 1).unwrap();
     let listener_frames = frames(listener_group);
     assert!(
         listener_frames
@@ -113,11 +104,11 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
                 .any(|f| f.starts_with("open_and_forget")),
         "{listener_frames:#?}"
     );
-    assert_eq!(report.stat("stack_collisions"), 0);
+    assert_eq!(report.stats.kernel.stack_collisions, 0);
 
     // The files are rewritten at every report; the final one is complete.
     let last = tracer.stop();
-    assert_eq!(groups_of(&last, leaker.pid(), "socket()").len(), 2);
+    assert_eq!(last.groups_at(leaker.pid(), "socket()").len(), 2);
     let folded = std::fs::read_to_string(&folded).unwrap();
     let leak_line = folded
         .lines()
@@ -160,31 +151,31 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
 fn without_stacks_sockets_group_by_process_and_site() {
     let leaker_bin = build_native_leaker();
     let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
-    let tracer = Tracer::start_also(&[leaker.pid()], &["--no-stacks"]);
+    let tracer = Trace::start_also(&[leaker.pid()], &["--no-stacks"]);
     assert!(
-        tracer.started["warnings"]
-            .as_array()
-            .unwrap()
+        tracer
+            .started
+            .warnings
             .iter()
-            .any(|w| w.as_str().unwrap().contains("--no-stacks")),
-        "{}",
+            .any(|w| w.contains("--no-stacks")),
+        "{:?}",
         tracer.started
     );
     leaker.run("go");
     let report = tracer.report_when(|r| {
-        groups_of(r, leaker.pid(), "socket()")
+        r.groups_at(leaker.pid(), "socket()")
             .iter()
-            .any(|g| g["count"] == 8)
+            .any(|g| g.count == 8)
     });
-    let groups = groups_of(&report, leaker.pid(), "socket()");
+    let groups = report.groups_at(leaker.pid(), "socket()");
     assert_eq!(
         groups.len(),
         1,
         "the listener and the leak together: {groups:#?}"
     );
     assert!(frames(groups[0]).is_empty(), "{groups:#?}");
-    assert_eq!(report.stat("stack_failures"), 0);
-    assert_eq!(report.stat("stack_collisions"), 0);
+    assert_eq!(report.stats.kernel.stack_failures, 0);
+    assert_eq!(report.stats.kernel.stack_collisions, 0);
 }
 
 /// Past `--stack-rate` stacks in a second, a process's sockets are still tracked, owned and
@@ -194,27 +185,27 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
     let leaker_bin = build_native_leaker();
     let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
     let folded = Path::new(env!("CARGO_TARGET_TMPDIR")).join("over-rate.folded");
-    let tracer = Tracer::start_also(
+    let tracer = Trace::start_also(
         &[leaker.pid()],
         &["--stack-rate", "3", "--folded", folded.to_str().unwrap()],
     );
-    assert_eq!(tracer.started["stack_rate"], 3, "{}", tracer.started);
+    assert_eq!(tracer.started.stack_rate, Some(3), "{:?}", tracer.started);
     // The listener and 7 connections, all within a few milliseconds: the listener and the
     // first two connections get stacks, the other five do not.
     leaker.run("go");
     let report = tracer.report_when(|r| {
-        groups_of(r, leaker.pid(), "socket()")
+        r.groups_at(leaker.pid(), "socket()")
             .iter()
-            .map(|g| g["count"].as_u64().unwrap())
-            .sum::<u64>()
+            .map(|g| g.count)
+            .sum::<usize>()
             == 8
     });
-    let groups = groups_of(&report, leaker.pid(), "socket()");
-    let counts = |not_sampled: bool| -> Vec<u64> {
-        let mut counts: Vec<u64> = groups
+    let groups = report.groups_at(leaker.pid(), "socket()");
+    let counts = |not_sampled: bool| -> Vec<usize> {
+        let mut counts: Vec<usize> = groups
             .iter()
-            .filter(|g| g["stack_not_sampled"] == not_sampled)
-            .map(|g| g["count"].as_u64().unwrap())
+            .filter(|g| g.stack_not_sampled == not_sampled)
+            .map(|g| g.count)
             .collect();
         counts.sort();
         counts
@@ -225,17 +216,17 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
         "listener, then the sampled leak: {groups:#?}"
     );
     assert_eq!(counts(true), [5], "{groups:#?}");
-    let sampled_leak = groups.iter().find(|g| g["count"] == 2).unwrap();
+    let sampled_leak = groups.iter().find(|g| g.count == 2).unwrap();
     assert!(
         frames(sampled_leak)
             .iter()
             .any(|f| f.starts_with("open_and_forget_connections (")),
-        "{sampled_leak:#}"
+        "{sampled_leak:#?}"
     );
-    let unsampled = groups.iter().find(|g| g["count"] == 5).unwrap();
-    assert!(frames(unsampled).is_empty(), "{unsampled:#}");
-    assert_eq!(report.stat("stacks_not_sampled"), 5);
-    assert_eq!(report.stat("stack_failures"), 0);
+    let unsampled = groups.iter().find(|g| g.count == 5).unwrap();
+    assert!(frames(unsampled).is_empty(), "{unsampled:#?}");
+    assert_eq!(report.stats.kernel.stacks_not_sampled, 5);
+    assert_eq!(report.stats.kernel.stack_failures, 0);
 
     drop(tracer.stop());
     let folded = std::fs::read_to_string(&folded).unwrap();
@@ -261,7 +252,7 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
             .arg(Path::new(PROGRAMS).join("leaky_client.js"))
             .args([&port, "6"]),
     );
-    let tracer = Tracer::start(&[node.pid(), server.pid()]);
+    let tracer = Trace::start(&[node.pid(), server.pid()]);
     node.run("go");
     server.run("accept 6");
 
@@ -269,14 +260,14 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     // group of its own until a later report's retry names it. A few reports settle that.
     let mut report = tracer.fresh_report();
     for _ in 0..20 {
-        if groups_of(&report, node.pid(), "socket()").len() == 1 {
+        if report.groups_at(node.pid(), "socket()").len() == 1 {
             break;
         }
         report = tracer.fresh_report();
     }
-    let clients = groups_of(&report, node.pid(), "socket()");
+    let clients = report.groups_at(node.pid(), "socket()");
     assert_eq!(clients.len(), 1, "{clients:#?}");
-    assert_eq!(clients[0]["count"], 6);
+    assert_eq!(clients[0].count, 6);
     let client_frames = frames(clients[0]);
     // V8 names JavaScript frames in /tmp/perf-PID.map; net.connect reaches socket() through
     // Node's `net` module (internalConnect), libuv and the TCP wrapper.
@@ -294,9 +285,9 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     );
     // The server's side: its accept() stack, and the listening port that ties the sockets to
     // the server.
-    let accepted = groups_of(&report, server.pid(), &format!("accept() on :{port}"));
+    let accepted = report.groups_at(server.pid(), &format!("accept() on :{port}"));
     assert_eq!(
-        accepted.iter().map(|g| &g["count"]).collect::<Vec<_>>(),
+        accepted.iter().map(|g| g.count).collect::<Vec<_>>(),
         [6],
         "{accepted:#?}"
     );

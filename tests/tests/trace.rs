@@ -1,19 +1,16 @@
 //! `sockleak trace` against real sockets, with the real programs attached (root required).
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-use sockleak_tests::{Scenario, Tracer, count_by};
-
-fn states(sockets: &[&Value]) -> BTreeMap<String, usize> {
-    count_by(sockets.iter().copied(), "state")
-}
+use sockleak_tests::{
+    Family, Origin, Protocol, Reading, Scenario, SocketRow, SocketState, Trace, count_by, states,
+};
 
 #[test]
 fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     let mut server = Scenario::spawn();
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     let mut client = Scenario::spawn();
-    let tracer = Tracer::start(&[client.pid()]);
+    let tracer = Trace::start(&[client.pid()]);
 
     let ports = client.run(&format!("connect 127.0.0.1:{port} 40"));
     server.run("accept 40"); // and keeps them: the client's side stays ESTABLISHED
@@ -24,19 +21,10 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     let mine = report.sockets_of(client.pid());
     assert_eq!(mine.len(), 25, "{mine:#?}");
     for s in &mine {
-        assert_eq!(
-            (s["protocol"].as_str(), s["family"].as_str()),
-            (Some("tcp"), Some("ipv4"))
-        );
-        assert_eq!(s["origin"], "traced");
-        assert_eq!(s["comm"], "sockleak-scenar"); // comm is 15 bytes at most
-        let local_port = s["local"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_owned();
+        assert_eq!((s.protocol, s.family), (Protocol::Tcp, Family::Ipv4));
+        assert!(s.origin.traced());
+        assert_eq!(&*s.comm, "sockleak-scenar"); // comm is 15 bytes at most
+        let local_port = s.local.port().to_string();
         assert!(
             open.contains(&local_port),
             "{local_port} is not one of the open ones"
@@ -45,22 +33,17 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
             !closed.contains(&local_port),
             "closed socket {local_port} reported"
         );
-        assert_eq!(s["remote"], format!("127.0.0.1:{port}"));
-        assert!(
-            s["holders"]
-                .as_array()
-                .unwrap()
-                .contains(&Value::from(client.pid()))
-        );
+        assert_eq!(s.remote.to_string(), format!("127.0.0.1:{port}"));
+        assert!(s.holders.contains(&client.pid()));
     }
-    assert_eq!(states(&mine), BTreeMap::from([("ESTABLISHED".into(), 25)]));
-    let group = &report.groups()[0];
     assert_eq!(
-        (group["pid"].as_u64(), group["count"].as_u64()),
-        (Some(client.pid().into()), Some(25))
+        states(mine.iter().copied()),
+        BTreeMap::from([(SocketState::Established, 25)])
     );
-    assert_eq!(group["states"]["ESTABLISHED"], 25);
-    assert_eq!(report.stat("events_lost"), 0);
+    let group = &report.groups[0];
+    assert_eq!((group.key.pid, group.count), (client.pid(), 25));
+    assert_eq!(group.states[&SocketState::Established], 25);
+    assert_eq!(report.stats.kernel.events_lost, 0);
 
     let last = tracer.stop();
     assert_eq!(last.sockets_of(client.pid()).len(), 25);
@@ -71,25 +54,25 @@ fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
     let mut server = Scenario::spawn();
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     let mut client = Scenario::spawn();
-    let tracer = Tracer::start(&[server.pid(), client.pid()]);
+    let tracer = Trace::start(&[server.pid(), client.pid()]);
 
     client.run(&format!("connect 127.0.0.1:{port} 20"));
     server.run("accept 20");
     client.run("close 20"); // the peers leave; the server never closes its side
 
     let report = tracer.fresh_report();
-    let close_wait: Vec<&Value> = report
-        .sockets()
+    let close_wait: Vec<&SocketRow> = report
+        .sockets
         .iter()
-        .filter(|s| s["state"] == "CLOSE_WAIT")
+        .filter(|s| s.state == SocketState::CloseWait)
         .collect();
-    assert_eq!(close_wait.len(), 20, "{:#?}", report.sockets());
+    assert_eq!(close_wait.len(), 20, "{:#?}", report.sockets);
     for s in &close_wait {
-        assert_eq!(s["pid"], server.pid(), "attributed to the acceptor: {s}");
-        assert_eq!(s["site"], "accept");
-        assert_eq!(s["local"], format!("127.0.0.1:{port}"));
+        assert_eq!(s.pid, server.pid(), "attributed to the acceptor: {s:?}");
+        assert_eq!(s.origin, Origin::Accept);
+        assert_eq!(s.local.to_string(), format!("127.0.0.1:{port}"));
         // The peer's FIN is counted in the receive sequence but is not unread data.
-        assert_eq!(s["rx_queue"], 0, "{s}");
+        assert_eq!(s.rx_queue, 0, "{s:?}");
     }
     assert!(
         report.sockets_of(client.pid()).is_empty(),
@@ -100,18 +83,18 @@ fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
         "nothing belongs to the softirq's pid 0"
     );
     let group = report
-        .groups()
+        .groups
         .iter()
-        .find(|g| g["states"]["CLOSE_WAIT"] == 20)
+        .find(|g| g.states.get(&SocketState::CloseWait) == Some(&20))
         .expect("one group holds the 20 CLOSE_WAIT sockets");
-    assert_eq!(group["pid"], server.pid());
-    assert_eq!(group["site"], format!("accept() on :{port}"));
+    assert_eq!(group.key.pid, server.pid());
+    assert_eq!(group.key.site, format!("accept() on :{port}"));
 }
 
 #[test]
 fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
     let mut app = Scenario::spawn();
-    let tracer = Tracer::start(&[app.pid()]);
+    let tracer = Trace::start(&[app.pid()]);
     app.run("udp 127.0.0.1:0 3");
     app.run("udp [::1]:0 2");
     let port6 = app.run("listen [::1]:0")[0].clone();
@@ -119,15 +102,13 @@ fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
 
     let report = tracer.fresh_report();
     let mine = report.sockets_of(app.pid());
-    let kinds = mine.iter().fold(BTreeMap::new(), |mut m, s| {
-        let key = format!(
+    let kinds = count_by(mine.iter().copied(), |s| {
+        format!(
             "{} {} {}",
-            s["protocol"].as_str().unwrap(),
-            s["family"].as_str().unwrap(),
-            s["state"].as_str().unwrap()
-        );
-        *m.entry(key).or_insert(0) += 1;
-        m
+            s.protocol.name(),
+            s.family.name(),
+            s.state.name()
+        )
     });
     assert_eq!(
         kinds,
@@ -139,17 +120,14 @@ fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
         ]),
         "{mine:#?}"
     );
-    for s in mine.iter().filter(|s| s["family"] == "ipv6") {
-        assert!(s["local"].as_str().unwrap().starts_with("[::1]:"), "{s}");
+    for s in mine.iter().filter(|s| s.family == Family::Ipv6) {
+        assert!(s.local.to_string().starts_with("[::1]:"), "{s:?}");
     }
     for s in mine
         .iter()
-        .filter(|s| s["protocol"] == "udp" && s["family"] == "ipv4")
+        .filter(|s| s.protocol == Protocol::Udp && s.family == Family::Ipv4)
     {
-        assert!(
-            s["local"].as_str().unwrap().starts_with("127.0.0.1:"),
-            "{s}"
-        );
+        assert!(s.local.to_string().starts_with("127.0.0.1:"), "{s:?}");
     }
 }
 
@@ -159,27 +137,23 @@ fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
     let port = app.run("listen 127.0.0.1:0")[0].clone();
     app.run(&format!("connect 127.0.0.1:{port} 3"));
     app.run("udp 127.0.0.1:0 1");
-    let tracer = Tracer::start(&[app.pid()]);
-    assert!(
-        tracer.started["pre_existing"].as_u64().unwrap() >= 5,
-        "{}",
-        tracer.started
-    );
+    let tracer = Trace::start(&[app.pid()]);
+    assert!(tracer.started.pre_existing >= 5, "{:?}", tracer.started);
 
     let report = tracer.fresh_report();
     let mine = report.sockets_of(app.pid());
     assert_eq!(mine.len(), 5, "listener + 3 connections + 1 UDP: {mine:#?}");
     for s in &mine {
-        assert_eq!(s["origin"], "pre-existing", "{s}");
-        assert_eq!(s["holders"], serde_json::json!([app.pid()]), "{s}");
-        assert_eq!(s["comm"], "sockleak-scenar");
+        assert_eq!(s.origin, Origin::PreExisting, "{s:?}");
+        assert_eq!(s.holders, [app.pid()], "{s:?}");
+        assert_eq!(&*s.comm, "sockleak-scenar");
     }
     assert_eq!(
-        states(&mine),
+        states(mine.iter().copied()),
         BTreeMap::from([
-            ("ESTABLISHED".into(), 3),
-            ("LISTEN".into(), 1),
-            ("UNCONN".into(), 1)
+            (SocketState::Established, 3),
+            (SocketState::Listen, 1),
+            (SocketState::Unconnected, 1)
         ])
     );
 }
@@ -190,7 +164,7 @@ fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     server.run("serve"); // accepts and closes each connection at once
     let mut client = Scenario::spawn();
-    let tracer = Tracer::start(&[server.pid(), client.pid()]);
+    let tracer = Trace::start(&[server.pid(), client.pid()]);
 
     client.run(&format!("churn 127.0.0.1:{port} 2000"));
 
@@ -210,18 +184,19 @@ fn released_sockets_leave_the_table_and_churn_leaves_it_empty() {
         1,
         "only the listener stays: {server_sockets:#?}"
     );
-    assert_eq!(server_sockets[0]["state"], "LISTEN");
-    assert!(report.stat("created") >= 2000, "{}", report.0["stats"]);
-    assert!(report.stat("accepted") >= 2000, "{}", report.0["stats"]);
+    assert_eq!(server_sockets[0].state, SocketState::Listen);
+    let stats = &report.stats;
+    assert!(stats.table.created >= 2000, "{stats:?}");
+    assert!(stats.table.accepted >= 2000, "{stats:?}");
     // On the classic tracepoint the accepted sockets' releases cannot be matched; they leave
     // by reconciliation instead (see `on_classic_tracepoint`).
     let gone = match tracer.on_classic_tracepoint() {
-        true => report.stat("released") + report.stat("reconciled"),
-        false => report.stat("released"),
+        true => stats.table.released + stats.table.reconciled,
+        false => stats.table.released,
     };
-    assert!(gone >= 4000, "{}", report.0["stats"]);
-    assert_eq!(report.stat("events_lost"), 0);
-    assert_eq!(report.stat("dropped_unowned"), 0);
+    assert!(gone >= 4000, "{stats:?}");
+    assert_eq!(stats.kernel.events_lost, 0);
+    assert_eq!(stats.table.dropped_unowned, 0);
 }
 
 #[test]
@@ -250,7 +225,7 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
     };
     let kinds: Vec<_> = all_kinds.into_iter().filter(|&k| try_socket(k)).collect();
     assert!(kinds.len() >= 8, "most kinds work on any Linux: {kinds:?}");
-    let tracer = Tracer::start(&[std::process::id()]);
+    let tracer = Trace::start(&[std::process::id()]);
     for round in 0..50 {
         for &(family, kind, protocol) in &kinds {
             // SAFETY: plain socket(2)/close(2).
@@ -267,11 +242,11 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
     let left = report.sockets_of(std::process::id());
     assert!(
         left.is_empty(),
-        "all were closed: {left:#?}\nstats: {}",
-        report.0["stats"]
+        "all were closed: {left:#?}\nstats: {:?}",
+        report.stats
     );
     assert!(
-        report.stat("ignored") >= 50,
+        report.stats.table.ignored >= 50,
         "raw sockets are counted, not tracked"
     );
 }
@@ -281,19 +256,16 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
     let mut server = Scenario::spawn();
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     let mut client = Scenario::spawn();
-    let tracer = Tracer::start_also(&[server.pid(), client.pid()], &["--without-btf"]);
-    let hooks = tracer.started["hooks"].as_array().unwrap();
+    let tracer = Trace::start_also(&[server.pid(), client.pid()], &["--without-btf"]);
+    let hooks = &tracer.started.hooks;
     assert!(
-        hooks.contains(&"tracepoint/sock/inet_sock_set_state".into()),
-        "{hooks:?}"
-    );
-    assert!(
-        !hooks
+        hooks
             .iter()
-            .any(|h| h.as_str().unwrap().starts_with("tp_btf/")),
+            .any(|h| h == "tracepoint/sock/inet_sock_set_state"),
         "{hooks:?}"
     );
-    assert!(!tracer.started["warnings"].as_array().unwrap().is_empty());
+    assert!(!hooks.iter().any(|h| h.starts_with("tp_btf/")), "{hooks:?}");
+    assert!(!tracer.started.warnings.is_empty());
 
     let ports = client.run(&format!("connect 127.0.0.1:{port} 20"));
     server.run("accept 20");
@@ -301,20 +273,20 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
 
     // No fd walk without BTF: accepted sockets are found by the /proc scan instead.
     let report = tracer.fresh_report();
-    let server_states = count_by(report.sockets_of(server.pid()), "state");
+    let server_states = states(report.sockets_of(server.pid()));
     assert_eq!(
         server_states,
         BTreeMap::from([
-            ("CLOSE_WAIT".into(), 5),
-            ("ESTABLISHED".into(), 15),
-            ("LISTEN".into(), 1)
+            (SocketState::CloseWait, 5),
+            (SocketState::Established, 15),
+            (SocketState::Listen, 1)
         ])
     );
     let mine = report.sockets_of(client.pid());
     assert_eq!(mine.len(), 15, "{mine:#?}");
     for s in mine {
-        let local_port = s["local"].as_str().unwrap().rsplit(':').next().unwrap();
-        assert!(ports[5..].iter().any(|p| p == local_port), "{s}");
+        let local_port = s.local.port().to_string();
+        assert!(ports[5..].contains(&local_port), "{s:?}");
     }
 }
 
@@ -328,8 +300,8 @@ fn filters_narrow_the_report_to_what_was_asked() {
     app.run("udp 127.0.0.1:0 1");
     app.run("udp [::1]:0 1");
     let pid = app.pid();
-    let traced_with = |filters: &[&str]| Tracer::start_also(&[pid], filters);
-    let shapes = |t: &Tracer| {
+    let traced_with = |filters: &[&str]| Trace::start_also(&[pid], filters);
+    let shapes = |t: &Trace| {
         let report = t.fresh_report();
         let mut seen: Vec<String> = report
             .sockets_of(pid)
@@ -337,9 +309,9 @@ fn filters_narrow_the_report_to_what_was_asked() {
             .map(|s| {
                 format!(
                     "{} {} {}",
-                    s["protocol"].as_str().unwrap(),
-                    s["family"].as_str().unwrap(),
-                    s["state"].as_str().unwrap()
+                    s.protocol.name(),
+                    s.family.name(),
+                    s.state.name()
                 )
             })
             .collect();
@@ -373,7 +345,7 @@ fn filters_narrow_the_report_to_what_was_asked() {
 fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
     let mut watched = Scenario::spawn();
     let mut other = Scenario::spawn();
-    let tracer = Tracer::start_also(&[watched.pid()], &["--protocol", "udp"]);
+    let tracer = Trace::start_also(&[watched.pid()], &["--protocol", "udp"]);
     watched.run("udp 127.0.0.1:0 5");
     watched.run("listen 127.0.0.1:0"); // TCP: filtered out by --protocol, in the kernel too
     other.run("udp 127.0.0.1:0 40");
@@ -383,7 +355,8 @@ fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
     assert!(report.sockets_of(other.pid()).is_empty());
     // Only the watched process's five UDP creations were sent: the 40 others and the
     // listener were dropped by the programs, and reconciliation did not adopt them either.
-    assert_eq!(report.stat("created"), 5, "{}", report.0["stats"]);
-    assert_eq!(report.stat("recovered"), 0, "{}", report.0["stats"]);
-    assert_eq!(report.stat("pre_existing"), 0, "{}", report.0["stats"]);
+    let stats = &report.stats;
+    assert_eq!(stats.table.created, 5, "{stats:?}");
+    assert_eq!(stats.table.recovered, 0, "{stats:?}");
+    assert_eq!(stats.table.pre_existing, 0, "{stats:?}");
 }

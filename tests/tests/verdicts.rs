@@ -2,12 +2,12 @@
 //! that looks most like it. Thresholds are shortened to 1s so the tests take seconds.
 use std::time::Duration;
 
-use sockleak_tests::{Scenario, Tracer, flags};
+use sockleak_tests::{End::*, NO_VERDICT, Reading, Scenario, SocketState, Trace, Verdict};
 
 const SETTLE: Duration = Duration::from_millis(2500);
 
-fn tracer(pids: &[u32], thresholds: &[&str]) -> Tracer {
-    Tracer::start_also(pids, thresholds)
+fn tracer(pids: &[u32], thresholds: &[&str]) -> Trace {
+    Trace::start_also(pids, thresholds)
 }
 
 #[test]
@@ -26,37 +26,31 @@ fn close_wait_and_reset_held_but_not_open_or_unconnected_or_listening() {
     let r = t.report_after(SETTLE);
     let (s, c) = (server.pid(), client.pid());
     for p in &ports[..2] {
-        assert_eq!(flags(r.socket_at(s, "remote", p)), ["close_wait"]);
+        assert_eq!(r.socket_at(s, Remote, p).flags, [Verdict::CloseWait]);
     }
+    assert_eq!(r.socket_at(s, Remote, &ports[3]).flags, NO_VERDICT);
+    assert_eq!(r.listener_of(s).flags, NO_VERDICT);
+    let reset = r.socket_at(c, Local, &ports[2]);
     assert_eq!(
-        flags(r.socket_at(s, "remote", &ports[3])),
-        Vec::<&str>::new()
+        (reset.state, &reset.flags[..]),
+        (SocketState::Close, &[Verdict::ResetHeld][..])
     );
-    assert_eq!(flags(r.listener_of(s)), Vec::<&str>::new());
-    let reset = r.socket_at(c, "local", &ports[2]);
-    assert_eq!(
-        (reset["state"].as_str(), flags(reset)),
-        (Some("CLOSE"), vec!["reset_held"])
-    );
-    assert_eq!(
-        flags(r.socket_at(c, "local", &ports[3])),
-        Vec::<&str>::new()
-    );
+    assert_eq!(r.socket_at(c, Local, &ports[3]).flags, NO_VERDICT);
     let unconnected: Vec<_> = r
         .sockets_of(c)
         .into_iter()
-        .filter(|x| x["local"] == "0.0.0.0:0")
+        .filter(|x| x.local.to_string() == "0.0.0.0:0")
         .collect();
     assert_eq!(unconnected.len(), 2);
     for u in unconnected {
         assert_eq!(
-            (u["state"].as_str(), flags(u)),
-            (Some("CLOSE"), vec![]),
+            (u.state, &u.flags[..]),
+            (SocketState::Close, &NO_VERDICT[..]),
             "never connected is not reset"
         );
     }
     let group = r.group_at(s, &format!("accept() on :{port}"));
-    assert_eq!(flags(group), ["close_wait"]);
+    assert_eq!(group.flags, [Verdict::CloseWait]);
 }
 
 #[test]
@@ -76,29 +70,26 @@ fn unread_but_not_a_slow_reader_that_makes_progress() {
     server.run("slowread 1 4096 50"); // slow, but always making progress
 
     let r = t.report_after(SETTLE);
-    let never_read = r.socket_at(server.pid(), "remote", &ports[0]);
-    assert_eq!(flags(never_read), ["unread"]);
-    assert_eq!(never_read["rx_queue"], 65536);
+    let never_read = r.socket_at(server.pid(), Remote, &ports[0]);
+    assert_eq!(never_read.flags, [Verdict::Unread]);
+    assert_eq!(never_read.rx_queue, 65536);
     assert!(
-        never_read["memory"]["rmem_alloc"].as_u64().unwrap() >= 65536,
-        "{never_read}"
+        never_read.memory.unwrap().rmem_alloc >= 65536,
+        "{never_read:?}"
     );
-    let slow = r.socket_at(server.pid(), "remote", &ports[1]);
-    assert!(
-        slow["rx_queue"].as_u64().unwrap() > 0,
-        "the slow reader is behind: {slow}"
-    );
-    assert_eq!(flags(slow), Vec::<&str>::new(), "{slow}");
+    let slow = r.socket_at(server.pid(), Remote, &ports[1]);
+    assert!(slow.rx_queue > 0, "the slow reader is behind: {slow:?}");
+    assert_eq!(slow.flags, NO_VERDICT, "{slow:?}");
     assert_eq!(
-        flags(r.socket_at(client.pid(), "local", &ports[0])),
-        Vec::<&str>::new()
+        r.socket_at(client.pid(), Local, &ports[0]).flags,
+        NO_VERDICT
     );
     assert_eq!(
-        flags(r.socket_at(client.pid(), "local", &ports[1])),
-        Vec::<&str>::new()
+        r.socket_at(client.pid(), Local, &ports[1]).flags,
+        NO_VERDICT
     );
     let group = r.group_at(server.pid(), &format!("accept() on :{port}"));
-    assert!(group["memory_bytes"].as_u64().unwrap() >= 65536, "{group}");
+    assert!(group.memory_bytes >= 65536, "{group:?}");
 }
 
 #[test]
@@ -115,16 +106,13 @@ fn send_stuck_but_not_a_fast_bulk_transfer() {
     server.run("drain 1");
 
     let r = t.report_after(SETTLE);
-    let stuck = r.socket_at(client.pid(), "local", &ports[0]);
-    assert_eq!(flags(stuck), ["send_stuck"]);
-    assert!(stuck["tx_queue"].as_u64().unwrap() > 0, "{stuck}");
-    assert!(stuck["memory"]["sndbuf"].as_u64().unwrap() > 0, "{stuck}");
-    let bulk = r.socket_at(client.pid(), "local", &ports[1]);
-    assert_eq!(flags(bulk), Vec::<&str>::new(), "{bulk}");
-    assert!(
-        bulk["tcp"]["bytes_acked"].as_u64().unwrap() > 1 << 20,
-        "{bulk}"
-    );
+    let stuck = r.socket_at(client.pid(), Local, &ports[0]);
+    assert_eq!(stuck.flags, [Verdict::SendStuck]);
+    assert!(stuck.tx_queue > 0, "{stuck:?}");
+    assert!(stuck.memory.unwrap().sndbuf > 0, "{stuck:?}");
+    let bulk = r.socket_at(client.pid(), Local, &ports[1]);
+    assert_eq!(bulk.flags, NO_VERDICT, "{bulk:?}");
+    assert!(bulk.tcp.unwrap().bytes_acked > 1 << 20, "{bulk:?}");
 }
 
 #[test]
@@ -141,22 +129,22 @@ fn idle_but_not_an_active_keep_alive_connection() {
 
     let r = t.report_after(SETTLE);
     assert_eq!(
-        flags(r.socket_at(client.pid(), "local", &ports[0])),
-        ["idle"]
+        r.socket_at(client.pid(), Local, &ports[0]).flags,
+        [Verdict::Idle]
     );
     assert_eq!(
-        flags(r.socket_at(server.pid(), "remote", &ports[0])),
-        ["idle"]
+        r.socket_at(server.pid(), Remote, &ports[0]).flags,
+        [Verdict::Idle]
     );
     assert_eq!(
-        flags(r.socket_at(client.pid(), "local", &ports[1])),
-        Vec::<&str>::new()
+        r.socket_at(client.pid(), Local, &ports[1]).flags,
+        NO_VERDICT
     );
     assert_eq!(
-        flags(r.socket_at(server.pid(), "remote", &ports[1])),
-        Vec::<&str>::new()
+        r.socket_at(server.pid(), Remote, &ports[1]).flags,
+        NO_VERDICT
     );
-    assert_eq!(flags(r.listener_of(server.pid())), Vec::<&str>::new());
+    assert_eq!(r.listener_of(server.pid()).flags, NO_VERDICT);
 }
 
 #[test]
@@ -182,19 +170,16 @@ fn growing_but_not_a_stable_pool_or_a_churner() {
     }
 
     let r = t.report_after(Duration::from_millis(500));
-    let group_of = |pid: u32| r.groups().iter().find(|g| g["pid"] == pid);
+    let group_of = |pid: u32| r.groups.iter().find(|g| g.key.pid == pid);
     let leak = group_of(leaky.pid()).expect("the leaky process has sockets");
-    assert_eq!(flags(leak), ["growing"], "{leak}");
-    let growth = &leak["growth"];
-    assert!(growth["per_minute"].as_f64().unwrap() > 100.0, "{growth}");
-    assert!(growth["fd_limit"].as_u64().unwrap() > 0, "{growth}");
-    assert!(growth["seconds_to_fd_limit"].as_u64().is_some(), "{growth}");
+    assert_eq!(leak.flags, [Verdict::Growing], "{leak:?}");
+    let growth = leak.growth.as_ref().expect("a growing group says how fast");
+    assert!(growth.per_minute > 100.0, "{growth:?}");
+    assert!(growth.fd_limit.unwrap() > 0, "{growth:?}");
+    assert!(growth.seconds_to_fd_limit.is_some(), "{growth:?}");
     let stable = group_of(pool.pid()).unwrap();
-    assert_eq!(
-        (stable["count"].as_u64(), flags(stable)),
-        (Some(10), vec![])
-    );
-    assert!(group_of(churner.pid()).is_none_or(|g| flags(g).is_empty()));
+    assert_eq!((stable.count, &stable.flags[..]), (10, &NO_VERDICT[..]));
+    assert!(group_of(churner.pid()).is_none_or(|g| g.flags.is_empty()));
 }
 
 #[test]
@@ -218,21 +203,21 @@ fn time_wait_churn_is_counted_per_process_not_reported_as_a_leak() {
         1,
         "just the listener: {server_sockets:#?}"
     );
-    assert_eq!(flags(server_sockets[0]), Vec::<&str>::new());
-    let churn = r.0["churn"].as_array().unwrap();
+    assert_eq!(server_sockets[0].flags, NO_VERDICT);
+    let churn = &r.churn;
     let mine = churn
         .iter()
-        .find(|c| c["pid"] == client.pid())
+        .find(|c| c.pid == client.pid())
         .expect("client churn row");
     // Not all 3000: loopback connects may reuse a port whose TIME_WAIT is older than a second
     // (net.ipv4.tcp_tw_reuse=2, the default), which ends that TIME_WAIT early.
-    let lingering = mine["time_wait"].as_u64().unwrap() + mine["orphaned"].as_u64().unwrap();
-    assert!((1000..=3000).contains(&lingering), "{mine}");
-    assert_eq!(mine["comm"], "sockleak-scenar");
+    let lingering = mine.time_wait + mine.orphaned;
+    assert!((1000..=3000).contains(&lingering), "{mine:?}");
+    assert_eq!(mine.comm, "sockleak-scenar");
     let groups_of_client = r
-        .groups()
+        .groups
         .iter()
-        .filter(|g| g["pid"] == client.pid())
+        .filter(|g| g.key.pid == client.pid())
         .count();
     assert_eq!(groups_of_client, 0);
 }
@@ -245,18 +230,15 @@ fn unread_datagrams_pile_up_in_a_udp_socket_nobody_reads() {
     app.run(&format!("udp-flood {} 2000", ports[0]));
 
     let r = t.report_after(SETTLE);
-    let flooded = r.socket_at(app.pid(), "local", &ports[0]);
-    assert_eq!(flags(flooded), ["unread"], "{flooded}");
+    let flooded = r.socket_at(app.pid(), Local, &ports[0]);
+    assert_eq!(flooded.flags, [Verdict::Unread], "{flooded:?}");
     assert!(
-        flooded["memory"]["drops"].as_u64().unwrap() > 0,
-        "the queue overflowed: {flooded}"
+        flooded.memory.unwrap().drops > 0,
+        "the queue overflowed: {flooded:?}"
     );
     eprintln!(
         "rcvqueue_full on the flooded UDP socket: {}",
-        flooded["rcvqueue_full"]
+        flooded.rcvqueue_full
     );
-    assert_eq!(
-        flags(r.socket_at(app.pid(), "local", &ports[1])),
-        Vec::<&str>::new()
-    );
+    assert_eq!(r.socket_at(app.pid(), Local, &ports[1]).flags, NO_VERDICT);
 }
