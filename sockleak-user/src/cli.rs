@@ -10,8 +10,9 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 use sockleak_common::{Family, Protocol, SocketState, TcpState};
 use sockleak_user::{
-    config::{DEFAULT_MAX_SOCKETS, DEFAULT_STACK_RATE, Limits, TraceConfig, TracerConfig},
+    config::{DEFAULT_MAX_SOCKETS, TraceConfig, TracerConfig},
     filter::Filter,
+    hooks::{self, DEFAULT_STACK_RATE},
     render::Format,
     verdict::Thresholds,
 };
@@ -252,12 +253,12 @@ fn tracer_config(
             idle: verdicts.idle_after,
             growing_reports: verdicts.growing_reports as usize,
         },
-        limits: Limits {
+        programs: hooks::Options {
             ring_buffer_bytes: limits.ring_buffer_bytes,
-            max_sockets: limits.max_sockets,
             without_btf: limits.without_btf,
             stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
         },
+        max_sockets: limits.max_sockets,
         interval,
     }
 }

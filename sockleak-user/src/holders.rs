@@ -151,9 +151,9 @@ mod tests {
             return;
         }
         let (root, _) = crate::hooks::cgroup2_root().unwrap();
-        let limits = crate::config::Limits::default();
+        let options = crate::hooks::Options::default();
         let attached =
-            crate::hooks::attach(&limits, &root, &sockleak_common::KernelFilter::default())
+            crate::hooks::attach(&options, &root, &sockleak_common::KernelFilter::default())
                 .unwrap();
         assert!(
             attached.hooks.iter().any(|h| h == "iter/task_file"),

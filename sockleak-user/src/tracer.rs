@@ -54,7 +54,8 @@ impl Tracer {
         let TracerConfig {
             filter,
             thresholds,
-            limits,
+            programs,
+            max_sockets,
             interval,
         } = config;
         for &pid in &filter.pids {
@@ -78,7 +79,7 @@ impl Tracer {
             mut ebpf,
             hooks,
             mut warnings,
-        } = hooks::attach(limits, &cgroup_root, &kernel_filter)?;
+        } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
@@ -94,7 +95,7 @@ impl Tracer {
             // SAFETY: the logger owns its ring buffer fd for as long as it lives, and never swaps it.
             .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
 
-        let mut table = SocketTable::new(limits.max_sockets);
+        let mut table = SocketTable::new(*max_sockets);
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
         let mut diag_source = SockDiag::new()?;
@@ -115,7 +116,7 @@ impl Tracer {
             pids: filter.pids.clone(),
             min_age_ms: filter.min_age_ns / 1_000_000,
             interval_ms: interval.as_millis() as u64,
-            stack_rate: limits.stack_rate,
+            stack_rate: programs.stack_rate,
             pre_existing: table.stats.pre_existing,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             metrics: None,

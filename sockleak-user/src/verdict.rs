@@ -71,3 +71,68 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
     }
     flags
 }
+
+#[cfg(test)]
+mod tests {
+    use sockleak_common::{EventKind, Hook, TcpState, Verdict};
+
+    use super::*;
+    use crate::{
+        filter::Filter,
+        holders::Holders,
+        sockdiag::{DiagSocket, TcpInfo},
+        table::{SocketTable, testing::*},
+    };
+
+    #[test]
+    fn a_reset_seen_only_as_its_close_event_is_still_reset_held() {
+        // The kernel side does not send ESTABLISHED, and no sample ran before the reset.
+        let mut t = SocketTable::new(4);
+        t.apply(&created(6, 1));
+        let mut reset = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        reset.cookie = 6;
+        reset.old_state = state(TcpState::ESTABLISHED);
+        reset.new_state = state(TcpState::CLOSE);
+        t.apply(&reset);
+        let s = t.sockets().find(|s| s.cookie == 6).unwrap();
+        assert!(s.evidence.was_connected);
+        let later = 60_000_000_000;
+        assert_eq!(
+            socket_flags(s, later, &Thresholds::default()),
+            [Verdict::ResetHeld]
+        );
+    }
+
+    #[test]
+    fn a_reset_with_bytes_in_flight_is_reset_held_not_send_stuck() {
+        let mut t = SocketTable::new(4);
+        t.apply(&created(4, 1));
+        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        fd.cookie = 4;
+        fd.inode = 77;
+        t.apply(&fd);
+        let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        est.cookie = 4;
+        est.new_state = state(TcpState::ESTABLISHED);
+        t.apply(&est);
+        let held = Holders::from_pairs(vec![(77, 1)]);
+        let sample = DiagSocket {
+            tx_queue: 5000,
+            tcp: Some(TcpInfo::default()),
+            ..diag(4, TcpState::ESTABLISHED, 77)
+        };
+        t.reconcile(&[sample], &held, 2, &Filter::default(), &nobody_holds());
+        let mut reset = est;
+        reset.new_state = state(TcpState::CLOSE);
+        reset.ts_ns = 3;
+        t.apply(&reset);
+        let later = 3 + 60_000_000_000;
+        t.reconcile(&[], &held, later, &Filter::default(), &nobody_holds());
+        let s = t.sockets().find(|s| s.cookie == 4).unwrap();
+        assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
+        assert_eq!(
+            socket_flags(s, later, &Thresholds::default()),
+            [Verdict::ResetHeld]
+        );
+    }
+}

@@ -22,8 +22,6 @@ use aya::{
 };
 use sockleak_common::{Config, KernelFilter};
 
-use crate::config::Limits;
-
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
 
@@ -37,10 +35,34 @@ pub struct Attached {
     pub warnings: Vec<String>,
 }
 
+/// How the programs are set up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Size of the kernel-to-sockleak event ring in bytes (a power of two).
+    pub ring_buffer_bytes: u32,
+    /// Behave as on a kernel without BTF (classic tracepoints, no fd walk).
+    pub without_btf: bool,
+    /// Most creation stacks taken per process and second (0: every one); `None` takes none.
+    pub stack_rate: Option<u64>,
+}
+
+/// Enough for every socket of a typical service, a sample of a connection storm's.
+pub const DEFAULT_STACK_RATE: u64 = 1000;
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ring_buffer_bytes: sockleak_common::EVENTS_RING_BYTES,
+            without_btf: false,
+            stack_rate: Some(DEFAULT_STACK_RATE),
+        }
+    }
+}
+
 /// Checks privileges, loads the programs and attaches every hook this kernel allows.
 /// `cgroup_root` is the cgroup v2 mount ([`cgroup2_root`]), where the socket hooks attach;
 /// `filter` says whose sockets the programs follow.
-pub fn attach(limits: &Limits, cgroup_root: &Path, filter: &KernelFilter) -> Result<Attached> {
+pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> Result<Attached> {
     if EBPF_OBJECT.is_empty() {
         bail!(
             "this sockleak was built without its eBPF programs (a `cargo check` stub): build it \
@@ -48,12 +70,11 @@ pub fn attach(limits: &Limits, cgroup_root: &Path, filter: &KernelFilter) -> Res
         );
     }
     check_capabilities()?;
-    let Limits {
+    let Options {
         ring_buffer_bytes,
         without_btf,
         stack_rate,
-        ..
-    } = *limits;
+    } = *options;
     let creation_stacks = stack_rate.is_some();
     let mut warnings = Vec::new();
     if !creation_stacks {

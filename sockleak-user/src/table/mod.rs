@@ -11,6 +11,8 @@ mod ingest;
 mod reconcile;
 mod socket;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::{

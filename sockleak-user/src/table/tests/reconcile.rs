@@ -1,7 +1,7 @@
 //! Scans in: ghosts out, missed sockets in, state ages bounded.
 use sockleak_common::{EventKind, Hook, Origin, Protocol, TcpState};
 
-use super::*;
+use crate::table::{SocketTable, testing::*};
 use crate::{
     filter::Filter,
     holders::Holders,

@@ -1,0 +1,93 @@
+//! Events, scans and processes made up by hand, for the table's tests and the verdicts'.
+use sockleak_common::{EventKind, Family, Hook, Protocol, SockEvent, Task, TcpState};
+
+use super::Processes;
+use crate::sockdiag::DiagSocket;
+
+/// A kernel state as a state-change event carries it.
+pub(crate) fn state(s: TcpState) -> u16 {
+    s.0.into()
+}
+
+/// Processes as a test makes them up: every one alive, named `test`, in no cgroup, holding the
+/// inet sockets its function says.
+pub(crate) struct World<F>(pub F);
+
+impl<F: Fn(u32) -> Vec<(u64, Protocol)>> Processes for World<F> {
+    fn comm(&self, _pid: u32) -> Option<String> {
+        Some("test".to_owned())
+    }
+
+    fn cgroup(&self, _pid: u32) -> Option<String> {
+        None
+    }
+
+    fn inet_sockets(&self, pid: u32) -> Vec<(u64, Protocol)> {
+        (self.0)(pid)
+    }
+}
+
+/// A world whose processes hold no TCP or UDP socket of their own.
+pub(crate) fn nobody_holds() -> World<impl Fn(u32) -> Vec<(u64, Protocol)>> {
+    World(|_| Vec::new())
+}
+
+pub(crate) fn task(pid: u32, comm: &str) -> Task {
+    let mut t = Task {
+        pid,
+        tid: pid,
+        ..Task::default()
+    };
+    t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
+    t
+}
+
+pub(crate) fn event(kind: EventKind, hook: Hook) -> SockEvent {
+    let mut e = SockEvent::new(kind, hook);
+    e.ts_ns = 1;
+    e.family = 2;
+    e.protocol = 6;
+    e.sock_type = 1;
+    e
+}
+
+/// A TCP socket as sock_diag would list it.
+pub(crate) fn diag(cookie: u64, state: TcpState, inode: u32) -> DiagSocket {
+    DiagSocket {
+        cookie,
+        family: Family::Ipv4,
+        protocol: Protocol::Tcp,
+        state,
+        local: "127.0.0.1:1".parse().unwrap(),
+        remote: "127.0.0.1:2".parse().unwrap(),
+        rx_queue: 0,
+        tx_queue: 0,
+        uid: 0,
+        inode,
+        mem: None,
+        tcp: None,
+    }
+}
+
+pub(crate) fn created(cookie: u64, pid: u32) -> SockEvent {
+    let mut e = event(EventKind::Created, Hook::CgroupSockCreate);
+    e.cookie = cookie;
+    e.task = task(pid, "client");
+    e
+}
+
+/// The fd install of an accept whose fd walk found no cookie (none assigned yet): pid 4242,
+/// the server.
+pub(crate) fn accepted_without_cookie(skaddr: u64, inode: u64) -> SockEvent {
+    let mut e = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+    e.skaddr = skaddr;
+    e.inode = inode;
+    e.task = task(4242, "server");
+    e
+}
+
+pub(crate) fn released(cookie: u64) -> SockEvent {
+    let mut e = event(EventKind::Released, Hook::CgroupSockRelease);
+    e.cookie = cookie;
+    e
+}
