@@ -64,9 +64,9 @@ struct ChurnResult {
     /// Connections per second, one per round.
     rounds: Vec<f64>,
     median: f64,
-    /// Each round's rate over the untraced rate of the same round. The machine drifts
-    /// (rates moved by a fifth within one run here), and neighbouring runs drift together, so
-    /// a ratio within a round is steadier than a ratio of two medians.
+    /// Each round's rate over the untraced rate of the same round. A shared machine drifts
+    /// within one run, and neighbouring runs drift together, so a ratio within a round is
+    /// steadier than a ratio of two medians.
     vs_none_rounds: Vec<f64>,
     /// Median of `vs_none_rounds`.
     vs_none: f64,

@@ -68,7 +68,7 @@ fn socket_fds_of(pids: impl Iterator<Item = u32>) -> Vec<(u64, u32)> {
 }
 
 /// `readlinkat(dir, name)` into `buf`: resolves one path component instead of the four of
-/// `/proc/PID/fd/N`, which at 100,000 fds is most of the scan. Links longer than `buf` (not
+/// `/proc/PID/fd/N`, which over many fds is most of the scan. Links longer than `buf` (not
 /// sockets, whose targets are `socket:[INODE]`) come back truncated and fail to parse.
 fn read_link_at(dir: &fs::File, name: &std::ffi::OsStr, buf: &mut [u8]) -> Option<usize> {
     use std::os::{fd::AsRawFd, unix::ffi::OsStrExt};

@@ -186,9 +186,8 @@ impl Tracer {
         let ring = ring.get_mut();
         drain(ring, table, stacks);
         // The kernel's view (a sock_diag dump, who holds each socket) is gathered on blocking
-        // threads, both at once, while this task keeps applying events: over 100,000 sockets
-        // it takes a quarter of a second or more, and a busy ring buffer left alone that long
-        // overflows.
+        // threads, both at once, while this task keeps applying events: over many sockets it
+        // takes long enough for a busy ring buffer, left alone, to overflow.
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;

@@ -84,6 +84,28 @@ mod tests {
         table::{SocketTable, testing::*},
     };
 
+    /// Reports, groups and metrics take the first verdict as the most specific one.
+    #[test]
+    fn verdicts_come_most_specific_first() {
+        let mut t = SocketTable::new(4);
+        t.apply(&created(1, 1));
+        let mut fin = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        fin.cookie = 1;
+        fin.old_state = state(TcpState::ESTABLISHED);
+        fin.new_state = state(TcpState::CLOSE_WAIT);
+        t.apply(&fin);
+        let mut s = t.sockets().next().unwrap().clone();
+        s.rx_queue = 1001; // 1000 bytes and the FIN
+        s.tx_queue = 10;
+        let later = 600_000_000_000;
+        let flags = socket_flags(&s, later, &Thresholds::default());
+        assert_eq!(
+            flags,
+            [Verdict::CloseWait, Verdict::Unread, Verdict::SendStuck]
+        );
+        assert!(flags.is_sorted());
+    }
+
     #[test]
     fn a_reset_seen_only_as_its_close_event_is_still_reset_held() {
         // The kernel side does not send ESTABLISHED, and no sample ran before the reset.

@@ -1,10 +1,10 @@
 //! Just enough of a BTF reader for [`super::offsets`]: struct member offsets and enum member
 //! names, straight from the bytes of `/sys/kernel/btf/vmlinux`.
 //!
-//! A general BTF library parsed every one of the kernel's ~150,000 types into maps of owned
-//! strings: two thirds of sockleak's start-up time and 20 MB of peak memory, to read a dozen
-//! numbers. This walks the type section once, remembering where each type starts, and reads
-//! names in place. Layout: `include/uapi/linux/btf.h`.
+//! A general BTF library parsed every one of the kernel's types (well over a hundred thousand)
+//! into maps of owned strings, most of sockleak's start-up time and peak memory, to read a
+//! dozen numbers. This walks the type section once, remembering where each type starts, and
+//! reads names in place. Layout: `include/uapi/linux/btf.h`.
 use anyhow::{Result, bail};
 
 const MAGIC: u16 = 0xeb9f;
