@@ -31,6 +31,6 @@ mod user;
 pub use config::*;
 pub use event::*;
 pub use maps::*;
-pub use origin::Origin;
+pub use origin::{Origin, Role};
 pub use socket::{Family, Protocol, SockType, SocketState, TcpState};
 pub use verdict::Verdict;

@@ -8,50 +8,86 @@ pub enum Origin {
     Socket,
     /// Seen being accepted by `accept()` or `accept4()`.
     Accept,
-    /// Already open when sockleak started.
-    PreExisting,
+    /// Already open when sockleak started; what it is, as far as the kernel's view tells.
+    PreExisting(Role),
     /// Found open and held by a reconciliation although no event announced it (its creation
-    /// event was lost).
-    Recovered,
+    /// event was lost); what it is, as far as the kernel's view tells.
+    Recovered(Role),
+}
+
+/// What a socket sockleak did not see being made turns out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A connection on the local port of a listener: accepted from it.
+    Accepted,
+    /// Any other connection: the client end, made by `connect()`.
+    Connected,
+    /// A listener.
+    Listening,
+    /// Nothing tells (an unconnected or UDP socket).
+    Unknown,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [
+        Self::Accepted,
+        Self::Connected,
+        Self::Listening,
+        Self::Unknown,
+    ];
 }
 
 impl Origin {
-    pub const ALL: [Origin; 4] = [
-        Self::Socket,
-        Self::Accept,
-        Self::PreExisting,
-        Self::Recovered,
-    ];
-
     /// Whether sockleak saw the socket being created or accepted.
     pub const fn traced(self) -> bool {
         matches!(self, Self::Socket | Self::Accept)
+    }
+
+    /// What the kernel's view says a socket sockleak did not see being made is; `None` for
+    /// traced ones, whose site says it.
+    pub const fn role(self) -> Option<Role> {
+        match self {
+            Self::PreExisting(role) | Self::Recovered(role) => Some(role),
+            Self::Socket | Self::Accept => None,
+        }
     }
 
     /// The `origin` field: `traced`, `pre-existing` or `recovered`.
     pub const fn origin_name(self) -> &'static str {
         match self {
             Self::Socket | Self::Accept => "traced",
-            Self::PreExisting => "pre-existing",
-            Self::Recovered => "recovered",
+            Self::PreExisting(_) => "pre-existing",
+            Self::Recovered(_) => "recovered",
         }
     }
 
-    /// The `site` field: `socket`, `accept`, `pre-existing` or `recovered`.
+    /// The `site` field: `socket` or `accept` where seen; `accept`, `connect` or `listen`
+    /// where found open and the kernel's view tells which; else `pre-existing` or
+    /// `recovered`.
     pub const fn site_name(self) -> &'static str {
         match self {
             Self::Socket => "socket",
-            Self::Accept => "accept",
-            Self::PreExisting => "pre-existing",
-            Self::Recovered => "recovered",
+            Self::Accept | Self::PreExisting(Role::Accepted) | Self::Recovered(Role::Accepted) => {
+                "accept"
+            }
+            Self::PreExisting(Role::Connected) | Self::Recovered(Role::Connected) => "connect",
+            Self::PreExisting(Role::Listening) | Self::Recovered(Role::Listening) => "listen",
+            Self::PreExisting(Role::Unknown) => "pre-existing",
+            Self::Recovered(Role::Unknown) => "recovered",
         }
+    }
+
+    /// Every origin, for reading one back by its names.
+    pub fn all() -> impl Iterator<Item = Origin> {
+        [Self::Socket, Self::Accept]
+            .into_iter()
+            .chain(Role::ALL.into_iter().map(Self::PreExisting))
+            .chain(Role::ALL.into_iter().map(Self::Recovered))
     }
 
     /// The origin whose two fields read so.
     pub fn from_names(origin: &str, site: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|o| o.origin_name() == origin && o.site_name() == site)
+        Self::all().find(|o| o.origin_name() == origin && o.site_name() == site)
     }
 }
 
@@ -61,12 +97,13 @@ mod tests {
 
     #[test]
     fn both_names_identify_the_origin() {
-        for origin in Origin::ALL {
+        for origin in Origin::all() {
             assert_eq!(
                 Origin::from_names(origin.origin_name(), origin.site_name()),
                 Some(origin)
             );
         }
+        assert_eq!(Origin::all().count(), 10);
         assert_eq!(Origin::from_names("traced", "pre-existing"), None);
     }
 }

@@ -16,7 +16,6 @@ use ratatui::{
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
-    time::{Instant, interval_at},
 };
 
 use crate::{
@@ -29,7 +28,7 @@ use crate::{
         },
     },
     report::{Group, GroupKey, Report},
-    tracer::Tracer,
+    tracer::{self, Tracer},
 };
 
 pub async fn run(config: TracerConfig) -> Result<()> {
@@ -61,8 +60,7 @@ pub async fn run(config: TracerConfig) -> Result<()> {
 
     let mut terminal = ratatui::init();
     let result = async {
-        view.report = Some(tracer.report().await?);
-        let mut ticks = interval_at(Instant::now() + interval, interval);
+        let mut ticks = tracer::report_clock(interval);
         loop {
             draw(&mut terminal, &view)?;
             tokio::select! {

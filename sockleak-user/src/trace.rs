@@ -5,7 +5,7 @@ use std::{io, time::Duration};
 use anyhow::{Context, Result};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{Instant, interval_at, sleep},
+    time::sleep,
 };
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
     metrics::MetricsServer,
     render::{Output, flame::FlameFiles},
     report::Report,
-    tracer::Tracer,
+    tracer::{self, Tracer},
 };
 
 pub async fn run(args: TraceConfig) -> Result<()> {
@@ -41,7 +41,7 @@ pub async fn run(args: TraceConfig) -> Result<()> {
     if stopped_by_pipe(out.started(&tracer.started))? {
         return Ok(());
     }
-    let mut ticks = interval_at(Instant::now() + interval, interval);
+    let mut ticks = tracer::report_clock(interval);
     let deadline = sleep(args.duration.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(deadline);
 

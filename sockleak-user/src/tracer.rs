@@ -21,6 +21,7 @@ use crate::{
     sockdiag::SockDiag,
     symbolize::{CreationStack, Stacks},
     table::{Processes, SocketTable},
+    verdict::LOOK_AGAIN,
 };
 
 pub struct Tracer {
@@ -46,6 +47,14 @@ const COLLECT_EVERY: Duration = Duration::from_millis(50);
 
 /// How long the final report waits for stacks still being symbolized.
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
+
+/// When reports are due: the first soon after start, once a second look at every socket can
+/// tell a stopped reader from a slow one ([`LOOK_AGAIN`] after the look taken at start), then
+/// every `interval`. In an incident the first report is the one that matters.
+pub fn report_clock(interval: Duration) -> tokio::time::Interval {
+    let first = (LOOK_AGAIN + Duration::from_millis(500)).min(interval);
+    tokio::time::interval_at(tokio::time::Instant::now() + first, interval)
+}
 
 impl Tracer {
     /// Checks the configuration against the system, attaches, and seeds the table with the

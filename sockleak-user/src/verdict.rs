@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use sockleak_common::{Protocol, TcpState, Verdict};
 
-use crate::table::Socket;
+use crate::table::{Socket, kernel_clock_ns};
+
+/// How far apart two looks at a socket holding unread data must be to call it unread: a
+/// slow reader reads something in that time, a stopped one does not. The first report
+/// comes this long (and a little more) after the look sockleak takes as it starts.
+pub const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug)]
 pub struct Thresholds {
@@ -48,8 +53,13 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
     if tcp && s.state == TcpState::CLOSE && e.was_connected && in_state >= t.close_wait {
         flags.push(Verdict::ResetHeld);
     }
-    // Data waiting that the owner has not consumed any of for the whole threshold.
-    if s.unread_bytes() > 0 && since(e.rx_progress_ns) >= t.unread {
+    // Data waiting that the owner has not consumed any of for the whole threshold, and two
+    // looks far enough apart to tell a slow reader from one that stopped.
+    if s.unread_bytes() > 0
+        && since(e.rx_progress_ns) >= t.unread
+        && e.rx_still_since_ns
+            .is_some_and(|first| since(first) >= LOOK_AGAIN)
+    {
         flags.push(Verdict::Unread);
     }
     // Bytes in the send queue and the peer acknowledged nothing for the whole threshold.
@@ -63,8 +73,15 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
         && s.tx_queue == 0
         && let Some(info) = e.tcp
     {
+        // The kernel's clocks run from the connection's start at the latest, whenever
+        // sockleak first saw it; a socket it saw being made cannot be quiet for longer than
+        // it has known it.
         let quiet_ms = info.last_data_recv_ms.min(info.last_data_sent_ms);
-        let quiet = Duration::from_millis(u64::from(quiet_ms)).min(since(s.created_ns));
+        let quiet = Duration::from_nanos(kernel_clock_ns(quiet_ms));
+        let quiet = match s.origin.traced() {
+            true => quiet.min(since(s.created_ns)),
+            false => quiet,
+        };
         if quiet >= t.idle {
             flags.push(Verdict::Idle);
         }
@@ -97,6 +114,7 @@ mod tests {
         let mut s = t.sockets().next().unwrap().clone();
         s.rx_queue = 1001; // 1000 bytes and the FIN
         s.tx_queue = 10;
+        s.evidence.rx_still_since_ns = Some(0);
         let later = 600_000_000_000;
         let flags = socket_flags(&s, later, &Thresholds::default());
         assert_eq!(
@@ -157,4 +175,121 @@ mod tests {
             [Verdict::ResetHeld]
         );
     }
+
+    const S: u64 = 1_000_000_000;
+
+    /// Sockets found already open, in the one look sockleak takes as it starts.
+    fn found_at_start(sockets: &[DiagSocket]) -> SocketTable {
+        let mut t = SocketTable::new(16);
+        let pairs = sockets.iter().map(|d| (u64::from(d.inode), 7)).collect();
+        t.seed_pre_existing(
+            sockets,
+            &Holders::from_pairs(pairs),
+            100 * S,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+        t
+    }
+
+    fn flags_of(t: &SocketTable, cookie: u64, now_ns: u64) -> Vec<Verdict> {
+        let s = t.sockets().find(|s| s.cookie == cookie).unwrap();
+        socket_flags(s, now_ns, &Thresholds::default())
+    }
+
+    /// tcp_info as a socket quiet for `quiet_ms` reports it.
+    fn quiet_for(quiet_ms: u32, received: u64) -> Option<TcpInfo> {
+        Some(TcpInfo {
+            last_data_sent_ms: quiet_ms,
+            last_data_recv_ms: quiet_ms,
+            last_ack_recv_ms: quiet_ms,
+            bytes_received: received,
+            ..TcpInfo::default()
+        })
+    }
+
+    #[test]
+    fn a_close_wait_pile_up_older_than_sockleak_is_flagged_at_first_sight() {
+        let old = DiagSocket {
+            tcp: quiet_for(45_000, 1),
+            rx_queue: 1, // the FIN
+            ..diag(1, TcpState::CLOSE_WAIT, 10)
+        };
+        let young = DiagSocket {
+            tcp: quiet_for(5_000, 1),
+            ..old.clone()
+        };
+        let young = DiagSocket {
+            cookie: 2,
+            inode: 11,
+            ..young
+        };
+        let t = found_at_start(&[old, young]);
+        assert_eq!(flags_of(&t, 1, 100 * S), [Verdict::CloseWait]);
+        assert_eq!(flags_of(&t, 2, 100 * S), NONE, "in CLOSE_WAIT for 5 s only");
+        // The time in the state is the kernel's bound, less a jiffy.
+        let e = &t.sockets().find(|s| s.cookie == 1).unwrap().evidence;
+        assert_eq!(e.state_since_ns, 100 * S - 44_990_000_000);
+        assert_eq!(e.state_entered_after_ns, None);
+    }
+
+    #[test]
+    fn unread_data_older_than_sockleak_is_flagged_once_a_second_look_saw_no_reading() {
+        let waiting = DiagSocket {
+            tcp: quiet_for(45_000, 5000),
+            rx_queue: 5000,
+            ..diag(1, TcpState::ESTABLISHED, 10)
+        };
+        let mut t = found_at_start(std::slice::from_ref(&waiting));
+        let mut slow = found_at_start(std::slice::from_ref(&waiting));
+        assert_eq!(flags_of(&t, 1, 100 * S), NONE, "one look cannot tell");
+        let holders = Holders::from_pairs(vec![(10, 7)]);
+        let later = 100 * S + LOOK_AGAIN.as_nanos() as u64;
+        let still = DiagSocket {
+            tcp: quiet_for(46_000, 5000),
+            ..waiting.clone()
+        };
+        t.reconcile(
+            &[still],
+            &holders,
+            later,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+        assert_eq!(flags_of(&t, 1, later), [Verdict::Unread]);
+        // The same data waiting as long, but the owner read some of it meanwhile (more came
+        // in and the queue did not grow by as much).
+        let read_some = DiagSocket {
+            tcp: quiet_for(0, 9000),
+            rx_queue: 6000,
+            ..waiting
+        };
+        slow.reconcile(
+            &[read_some],
+            &holders,
+            later,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+        assert_eq!(flags_of(&slow, 1, later), NONE, "a slow reader");
+    }
+
+    #[test]
+    fn a_connection_quiet_since_before_sockleak_is_idle_at_first_sight() {
+        let quiet = DiagSocket {
+            tcp: quiet_for(6 * 60_000, 0),
+            ..diag(1, TcpState::ESTABLISHED, 10)
+        };
+        let chatty = DiagSocket {
+            tcp: quiet_for(100, 0),
+            cookie: 2,
+            inode: 11,
+            ..quiet.clone()
+        };
+        let t = found_at_start(&[quiet, chatty]);
+        assert_eq!(flags_of(&t, 1, 100 * S), [Verdict::Idle]);
+        assert_eq!(flags_of(&t, 2, 100 * S), NONE);
+    }
+
+    const NONE: [Verdict; 0] = [];
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+pub use sockleak_common::{Family, Origin, Protocol, Role, SocketState, Verdict};
 pub use sockleak_user::report::{Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};
 
@@ -121,6 +121,8 @@ pub struct Trace {
     child: Option<Child>,
     lines: Receiver<Line>,
     pub started: Started,
+    /// When the process was spawned.
+    spawned: Instant,
 }
 
 impl Trace {
@@ -147,6 +149,7 @@ impl Trace {
         for pid in pids {
             cmd.args(["--pid", &pid.to_string()]);
         }
+        let spawned = Instant::now();
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -174,7 +177,14 @@ impl Trace {
             child: Some(child),
             lines: rx,
             started,
+            spawned,
         }
+    }
+
+    /// The first report, and how long after spawning sockleak it came.
+    pub fn first_report(&self) -> (Report, Duration) {
+        let line = self.next_report();
+        (line.report, self.spawned.elapsed())
     }
 
     fn next_report(&self) -> ReportLine {

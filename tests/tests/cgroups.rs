@@ -2,7 +2,7 @@
 //! names one is reported with that cgroup and container id, and `--cgroup` shows only it.
 use std::{fs, path::PathBuf};
 
-use sockleak_tests::{Origin, Reading, Scenario, SocketState, Trace};
+use sockleak_tests::{Origin, Reading, Role, Scenario, SocketState, Trace};
 
 const CONTAINER_ID: &str = "5ac1ea4c0ffee0ddba11f00d5eed1e55c0de5ca1ab1e0b57ac1e5a1ad0b0e5af";
 
@@ -88,7 +88,11 @@ fn a_containers_sockets_carry_its_cgroup_and_id_and_cgroup_filters_to_them() {
         );
         assert!(s.container.pod_uid.is_none());
     }
-    assert!(sockets.iter().any(|s| s.origin == Origin::PreExisting));
+    assert!(
+        sockets
+            .iter()
+            .any(|s| matches!(s.origin, Origin::PreExisting(_)))
+    );
     for g in &report.groups {
         assert_eq!(
             (g.cgroup.as_deref(), g.container.container_id.as_deref()),
@@ -115,7 +119,11 @@ fn sockets_in_another_network_namespace_are_sampled_in_that_namespace() {
 
     let report = tracer.fresh_report();
     let listener = report.listener_of(app.pid());
-    assert_eq!(listener.origin, Origin::PreExisting, "{listener:#?}");
+    assert_eq!(
+        listener.origin,
+        Origin::PreExisting(Role::Listening),
+        "{listener:#?}"
+    );
     let accepted: Vec<_> = report
         .sockets_of(app.pid())
         .into_iter()

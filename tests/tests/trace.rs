@@ -2,7 +2,8 @@
 use std::collections::BTreeMap;
 
 use sockleak_tests::{
-    Family, Origin, Protocol, Reading, Scenario, SocketRow, SocketState, Trace, count_by, states,
+    Family, Origin, Protocol, Reading, Role, Scenario, SocketRow, SocketState, Trace, count_by,
+    states,
 };
 
 #[test]
@@ -143,8 +144,17 @@ fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
     let report = tracer.fresh_report();
     let mine = report.sockets_of(app.pid());
     assert_eq!(mine.len(), 5, "listener + 3 connections + 1 UDP: {mine:#?}");
+    // What each one is, from the kernel's view: the listener, the client ends of the three
+    // connections (the listener's side was never accepted), an unconnected UDP socket.
+    assert_eq!(
+        count_by(mine.iter().copied(), |s| s.origin),
+        BTreeMap::from([
+            (Origin::PreExisting(Role::Connected), 3),
+            (Origin::PreExisting(Role::Listening), 1),
+            (Origin::PreExisting(Role::Unknown), 1),
+        ])
+    );
     for s in &mine {
-        assert_eq!(s.origin, Origin::PreExisting, "{s:?}");
         assert_eq!(s.holders, [app.pid()], "{s:?}");
         assert_eq!(&*s.comm, "sockleak-scenar");
     }

@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Family, Origin, SocketState, Verdict};
+use sockleak_common::{Family, Origin, Role, SocketState, Verdict};
 
 use self::growth::GrowthTracker;
 pub use self::schema::{
@@ -109,9 +109,7 @@ impl Reporter {
                 s.owner.pid,
                 Arc::clone(&s.owner.comm),
                 s.origin,
-                s.local
-                    .filter(|_| s.origin == Origin::Accept)
-                    .map(|a| a.port()),
+                site_place(s),
                 s.stack,
             );
             let group = *group_of_origin.entry(origin).or_insert_with(|| {
@@ -169,7 +167,7 @@ impl Reporter {
 /// Sockets with the same process, name, origin (and listening port) and stack id always share
 /// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
 /// origin, not once per socket.
-type GroupOrigin = (u32, Arc<str>, Origin, Option<u16>, CreationStack);
+type GroupOrigin = (u32, Arc<str>, Origin, Option<SocketAddr>, CreationStack);
 
 fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candidate<'a> {
     Candidate {
@@ -238,6 +236,18 @@ fn churn_rows(table: &SocketTable, filter: &Filter) -> Vec<ChurnRow> {
     churn
 }
 
+/// Where in a group's site the socket's address counts: the listening port of accepted
+/// sockets and listeners, the endpoint of client connections found open (which are grouped
+/// by it, having no stack).
+fn site_place(s: &Socket) -> Option<SocketAddr> {
+    let port_only = |a: SocketAddr| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), a.port());
+    match (s.origin, s.origin.role()) {
+        (Origin::Accept, _) | (_, Some(Role::Accepted | Role::Listening)) => s.local.map(port_only),
+        (_, Some(Role::Connected)) => s.remote,
+        _ => None,
+    }
+}
+
 fn site_label(s: &Socket) -> String {
     match s.origin {
         Origin::Socket => "socket()".to_owned(),
@@ -246,8 +256,24 @@ fn site_label(s: &Socket) -> String {
             Some(local) => format!("accept() on :{}", local.port()),
             None => "accept()".to_owned(),
         },
-        Origin::PreExisting => "pre-existing".to_owned(),
-        Origin::Recovered => "recovered (creation event lost)".to_owned(),
+        Origin::PreExisting(role) => {
+            found_open_label(role, s).unwrap_or_else(|| "pre-existing".to_owned())
+        }
+        Origin::Recovered(role) => match found_open_label(role, s) {
+            Some(label) => format!("{label} (creation event lost)"),
+            None => "recovered (creation event lost)".to_owned(),
+        },
+    }
+}
+
+/// What a socket found open is, as a site: as a traced accept's for accepted connections,
+/// the listening port for listeners, the endpoint for client connections.
+fn found_open_label(role: Role, s: &Socket) -> Option<String> {
+    match role {
+        Role::Accepted => Some(format!("accept() on :{}", s.local?.port())),
+        Role::Listening => Some(format!("listen() on :{}", s.local?.port())),
+        Role::Connected => Some(format!("connect() to {}", s.remote?)),
+        Role::Unknown => None,
     }
 }
 

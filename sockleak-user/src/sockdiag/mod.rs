@@ -68,7 +68,7 @@ impl SockDiag {
             }
             let socket = match self.others.entry(ns) {
                 Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => match Namespace::open_in_netns_of(pid) {
+                Entry::Vacant(new) => match Namespace::open_in_netns_of(pid, ns) {
                     Ok(socket) => new.insert(socket),
                     Err(err) => {
                         log::debug!("network namespace of pid {pid}: {err:#}");

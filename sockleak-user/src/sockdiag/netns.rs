@@ -14,6 +14,8 @@ use crate::procfs;
 
 /// The two netlink sockets of one network namespace (a netlink socket runs one dump at a time).
 pub struct Namespace {
+    /// The namespace's inode, given to every socket it dumps.
+    inode: u64,
     living: NetlinkSocket,
     time_wait: NetlinkSocket,
 }
@@ -22,14 +24,15 @@ impl Namespace {
     /// In sockleak's own namespace.
     pub fn open() -> Result<Self> {
         Ok(Self {
+            inode: netns_of("self").unwrap_or(0),
             living: NetlinkSocket::open()?,
             time_wait: NetlinkSocket::open()?,
         })
     }
 
-    /// In `pid`'s namespace: a short-lived thread enters it (setns affects only the calling
-    /// thread), creates the sockets there, and hands them back.
-    pub fn open_in_netns_of(pid: u32) -> Result<Self> {
+    /// In `pid`'s namespace, whose inode is `inode`: a short-lived thread enters it (setns
+    /// affects only the calling thread), creates the sockets there, and hands them back.
+    pub fn open_in_netns_of(pid: u32, inode: u64) -> Result<Self> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
             .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
         std::thread::scope(|scope| {
@@ -40,7 +43,10 @@ impl Namespace {
                     if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                         return Err(io::Error::last_os_error()).context("entering it (setns)");
                     }
-                    Self::open()
+                    Ok(Self {
+                        inode,
+                        ..Self::open()?
+                    })
                 })
                 .join()
                 .unwrap_or_else(|_| bail!("the setns thread panicked"))
@@ -53,7 +59,12 @@ impl Namespace {
             sockets,
             time_wait: cookies,
         } = out;
-        let mut living = |d: DiagSocket| sockets.push(d);
+        let mut living = |d: DiagSocket| {
+            sockets.push(DiagSocket {
+                netns: self.inode,
+                ..d
+            })
+        };
         if !time_wait {
             return self.living.dump_all(Part::Living, &mut living);
         }

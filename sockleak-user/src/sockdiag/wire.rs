@@ -38,6 +38,9 @@ pub struct DiagSocket {
     pub inode: u32,
     pub mem: Option<SkMem>,
     pub tcp: Option<TcpInfo>,
+    /// The network namespace it lives in (its inode), which ports are local to; 0 until the
+    /// dump that found it says.
+    pub netns: u64,
 }
 
 /// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
@@ -190,6 +193,7 @@ fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
         inode: u32_at(68),
         mem,
         tcp,
+        netns: 0,
     })
 }
 

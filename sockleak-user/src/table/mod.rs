@@ -24,7 +24,7 @@ use sockleak_common::Protocol;
 
 pub use self::{
     churn::Churn,
-    socket::{Evidence, Owner, Socket},
+    socket::{Evidence, Owner, Socket, kernel_clock_ns},
 };
 use self::{ingest::Unowned, socket::CommNames};
 

@@ -3,14 +3,15 @@
 //! announced are adopted, and sockets that were open before sockleak started are seeded.
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     sync::Arc,
 };
 
-use sockleak_common::{Origin, Protocol, TcpState};
+use sockleak_common::{Origin, Protocol, Role, TcpState};
 
 use super::{
     KernelKeyed, Processes, SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, Owner, Socket},
+    socket::{Evidence, Owner, Socket, open_at_least_ns},
 };
 use crate::{filter::Filter, holders::Holders, sockdiag::DiagSocket, symbolize::CreationStack};
 
@@ -58,15 +59,7 @@ impl SocketTable {
         for s in self.sockets.values_mut() {
             let seen = by_cookie.get(&s.cookie);
             if let Some(d) = seen {
-                s.state_sampled(d.state, now_ns);
-                s.local = Some(d.local);
-                s.remote = Some(d.remote);
-                s.rx_queue = d.rx_queue;
-                s.tx_queue = d.tx_queue;
-                if s.inode == 0 {
-                    s.inode = u64::from(d.inode);
-                }
-                s.sample(d, now_ns);
+                s.observe(d, now_ns);
             } else if s.protocol == Protocol::Tcp && s.state == TcpState::CLOSE {
                 // Out of sock_diag's tables because it was closed or reset; the kernel purged
                 // its queues, so the last sample's sizes would be stale evidence.
@@ -139,18 +132,35 @@ impl SocketTable {
     /// Adds held sockets the table does not know and `admit` accepts, as `origin`, if a
     /// process the filter follows holds them (as the kernel would have sent them); returns how
     /// many.
+    ///
+    /// What each one is comes from the kernel's view ([`Role`]). A connection on a listener's
+    /// port was accepted from it and belongs, as a traced accept does, to the process holding
+    /// the listener (a forking server's connections are then one group, the children that
+    /// hold them its holders).
     fn adopt_held(
         &mut self,
         diag: &[DiagSocket],
         holders: &Holders,
         now_ns: u64,
-        origin: Origin,
+        origin: fn(Role) -> Origin,
         (filter, processes): (&Filter, &impl Processes),
         admit: impl Fn(u64) -> bool,
     ) -> u64 {
         let mut adopted = 0;
         // One read of /proc/PID/{comm,cgroup} per process, however many sockets it holds.
         let mut followed: HashMap<u32, Option<Arc<str>>> = HashMap::new();
+        let mut first_followed = |pids: &[u32]| {
+            pids.iter().find_map(|&pid| {
+                let comm = followed.entry(pid).or_insert_with(|| {
+                    let comm = processes.comm(pid).unwrap_or_default();
+                    filter
+                        .follows_process(pid, &comm, || processes.cgroup(pid))
+                        .then(|| Arc::from(comm.as_str()))
+                });
+                comm.clone().map(|comm| (pid, comm))
+            })
+        };
+        let listeners = Listeners::of(diag);
         for d in diag {
             if d.inode == 0
                 || self.sockets.contains_key(&d.cookie)
@@ -163,22 +173,21 @@ impl SocketTable {
                 break; // already counted as dropped when their events came
             }
             let pids = holders.of(u64::from(d.inode));
-            let owner = pids.iter().find_map(|&pid| {
-                let comm = followed.entry(pid).or_insert_with(|| {
-                    let comm = processes.comm(pid).unwrap_or_default();
-                    filter
-                        .follows_process(pid, &comm, || processes.cgroup(pid))
-                        .then(|| Arc::from(comm.as_str()))
-                });
-                comm.clone().map(|comm| (pid, comm))
-            });
-            let Some((pid, comm)) = owner else {
+            let listener = listeners.accepted_from(d);
+            let role = match d.state {
+                TcpState::LISTEN if d.protocol == Protocol::Tcp => Role::Listening,
+                _ if listener.is_some() => Role::Accepted,
+                _ if d.remote.port() != 0 => Role::Connected,
+                _ => Role::Unknown,
+            };
+            let acceptor = listener.and_then(|inode| first_followed(holders.of(inode)));
+            let Some((pid, comm)) = acceptor.or_else(|| first_followed(pids)) else {
                 continue;
             };
             adopted += 1;
-            self.insert(Socket {
+            let mut socket = Socket {
                 cookie: d.cookie,
-                origin,
+                origin: origin(role),
                 owner: Owner {
                     pid,
                     tid: pid,
@@ -188,7 +197,7 @@ impl SocketTable {
                 },
                 family: d.family,
                 protocol: d.protocol,
-                created_ns: now_ns,
+                created_ns: now_ns.saturating_sub(open_at_least_ns(d)),
                 state: d.state,
                 skaddr: 0,
                 inode: u64::from(d.inode),
@@ -200,7 +209,10 @@ impl SocketTable {
                 stack: CreationStack::Unknown,
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state, false),
-            });
+            };
+            // Its first look, as every later one: queues, and what the kernel's clocks say.
+            socket.observe(d, now_ns);
+            self.insert(socket);
         }
         adopted
     }
@@ -282,5 +294,38 @@ impl SocketTable {
             unaccounted.extend(sockets.iter().skip(available).map(|&(_, cookie)| cookie));
         }
         unaccounted
+    }
+}
+
+/// The TCP listeners of one scan, by network namespace and port (ports are per namespace).
+struct Listeners(HashMap<(u64, u16), Vec<(IpAddr, u64)>>);
+
+impl Listeners {
+    fn of(diag: &[DiagSocket]) -> Self {
+        let mut by_port: HashMap<(u64, u16), Vec<(IpAddr, u64)>> = HashMap::new();
+        for d in diag {
+            if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN && d.inode != 0 {
+                let at = (d.netns, d.local.port());
+                by_port
+                    .entry(at)
+                    .or_default()
+                    .push((d.local.ip(), u64::from(d.inode)));
+            }
+        }
+        Self(by_port)
+    }
+
+    /// The inode of the listener a TCP connection was accepted from: one on its local port
+    /// and address (or on every address), in its network namespace.
+    fn accepted_from(&self, d: &DiagSocket) -> Option<u64> {
+        if d.protocol != Protocol::Tcp || d.state == TcpState::LISTEN || d.remote.port() == 0 {
+            return None;
+        }
+        let on_port = self.0.get(&(d.netns, d.local.port()))?;
+        on_port
+            .iter()
+            .find(|(ip, _)| *ip == d.local.ip())
+            .or_else(|| on_port.iter().find(|(ip, _)| ip.is_unspecified()))
+            .map(|&(_, inode)| inode)
     }
 }

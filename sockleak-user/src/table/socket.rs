@@ -67,7 +67,9 @@ pub struct Socket {
     pub owner: Owner,
     pub family: Family,
     pub protocol: Protocol,
-    /// CLOCK_MONOTONIC ns when created or accepted (when first seen, for pre-existing sockets).
+    /// CLOCK_MONOTONIC ns when created or accepted; for a socket found already open, the
+    /// latest it can have been opened: when first seen, or earlier where the kernel's clocks
+    /// tell ([`open_at_least_ns`]).
     pub created_ns: u64,
     pub state: TcpState,
     pub skaddr: u64,
@@ -107,8 +109,13 @@ pub struct Evidence {
     state_checked_ns: u64,
     /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
     pub was_connected: bool,
-    /// Last sample at which the owner had nothing unread or had read something since.
+    /// Last moment the owner is known to have had nothing unread or to have read something:
+    /// a sample that saw it, or, at the first look at a socket holding unread data, when
+    /// that data came in at the latest (tcp_info's time since data last arrived).
     pub rx_progress_ns: u64,
+    /// The first sample of the current stretch without reading (`None` while nothing is
+    /// unread): one sample cannot tell a slow reader from a stopped one, two can.
+    pub rx_still_since_ns: Option<u64>,
     /// Last sample at which nothing was unacknowledged or the peer acknowledged something.
     pub tx_progress_ns: u64,
     consumed: Option<u64>,
@@ -129,6 +136,39 @@ impl Evidence {
             tx_progress_ns: now_ns,
             ..Self::default()
         }
+    }
+}
+
+/// A tcp_info clock (milliseconds since something happened, counted in jiffies) as a lower
+/// bound in nanoseconds: one jiffy less, at the coarsest tick a kernel has (100 Hz), since the
+/// event may have come late in its tick.
+pub fn kernel_clock_ns(ms: u32) -> u64 {
+    u64::from(ms.saturating_sub(10)) * 1_000_000
+}
+
+/// How long a TCP connection sockleak found already open has been open, at least: tcp_info's
+/// clocks (time since data was last sent or received, since an ACK last came) all start when
+/// the connection is established, at the latest. 0 where they say nothing (listeners, UDP,
+/// handshakes, which have no such clocks).
+pub(super) fn open_at_least_ns(d: &DiagSocket) -> u64 {
+    let established = matches!(
+        d.state,
+        TcpState::ESTABLISHED
+            | TcpState::CLOSE_WAIT
+            | TcpState::FIN_WAIT1
+            | TcpState::FIN_WAIT2
+            | TcpState::LAST_ACK
+            | TcpState::CLOSING
+    );
+    match d.tcp {
+        Some(info) if established && d.protocol == Protocol::Tcp => {
+            let longest = info
+                .last_data_sent_ms
+                .max(info.last_data_recv_ms)
+                .max(info.last_ack_recv_ms);
+            kernel_clock_ns(longest)
+        }
+        _ => 0,
     }
 }
 
@@ -181,8 +221,21 @@ impl Socket {
         e.was_connected |= connected_state(state);
     }
 
+    /// What one sock_diag sample, taken just before `now_ns`, says about this socket.
+    pub(super) fn observe(&mut self, d: &DiagSocket, now_ns: u64) {
+        self.state_sampled(d.state, now_ns);
+        self.local = Some(d.local);
+        self.remote = Some(d.remote);
+        self.rx_queue = d.rx_queue;
+        self.tx_queue = d.tx_queue;
+        if self.inode == 0 {
+            self.inode = u64::from(d.inode);
+        }
+        self.sample(d, now_ns);
+    }
+
     /// Folds one sock_diag sample into the progress tracking.
-    pub(super) fn sample(&mut self, d: &DiagSocket, now_ns: u64) {
+    fn sample(&mut self, d: &DiagSocket, now_ns: u64) {
         let unread = self.unread_bytes();
         let e = &mut self.evidence;
         e.mem = d.mem;
@@ -191,8 +244,25 @@ impl Socket {
             Some(info) if self.protocol == Protocol::Tcp => {
                 // Bytes the owner consumed = bytes received - bytes still queued.
                 let consumed = info.bytes_received.saturating_sub(u64::from(d.rx_queue));
-                if unread == 0 || e.consumed.is_some_and(|c| c != consumed) {
-                    e.rx_progress_ns = now_ns;
+                match e.consumed {
+                    _ if unread == 0 => {
+                        e.rx_progress_ns = now_ns;
+                        e.rx_still_since_ns = None;
+                    }
+                    Some(before) if before != consumed => {
+                        e.rx_progress_ns = now_ns;
+                        e.rx_still_since_ns = Some(now_ns);
+                    }
+                    Some(_) => {}
+                    None => {
+                        // The first look. The oldest unread byte came in no later than the
+                        // last data did, so it has waited at least that long; whether the
+                        // owner read anything meanwhile, only the next look can tell.
+                        let arrived =
+                            now_ns.saturating_sub(kernel_clock_ns(info.last_data_recv_ms));
+                        e.rx_progress_ns = e.rx_progress_ns.min(arrived);
+                        e.rx_still_since_ns = Some(now_ns);
+                    }
                 }
                 if self.tx_queue == 0 || e.acked.is_some_and(|a| a != info.bytes_acked) {
                     e.tx_progress_ns = now_ns;
@@ -205,10 +275,33 @@ impl Socket {
                 if unread == 0 || unread < e.last_rx_queue {
                     e.rx_progress_ns = now_ns;
                 }
+                e.rx_still_since_ns = match e.rx_still_since_ns {
+                    _ if unread == 0 => None,
+                    _ if unread < e.last_rx_queue => Some(now_ns),
+                    Some(since) => Some(since),
+                    None => Some(now_ns),
+                };
                 e.tx_progress_ns = now_ns;
             }
         }
         e.last_rx_queue = unread;
+        self.bound_state_by_kernel_clocks(d, now_ns);
+    }
+
+    /// Nothing arrives on a connection after the peer's FIN but ACKs of what the owner still
+    /// sends, and the FIN carries one: tcp_info's time since an ACK (or data) last arrived
+    /// bounds from below how long a CLOSE_WAIT socket has been in that state, however long
+    /// before sockleak it began.
+    fn bound_state_by_kernel_clocks(&mut self, d: &DiagSocket, now_ns: u64) {
+        let Some(info) = d.tcp.filter(|_| self.state == TcpState::CLOSE_WAIT) else {
+            return;
+        };
+        let quiet_ms = info.last_ack_recv_ms.min(info.last_data_recv_ms);
+        let e = &mut self.evidence;
+        let entered_by = now_ns.saturating_sub(kernel_clock_ns(quiet_ms));
+        // Never before the last moment it was known in another state.
+        let entered_by = entered_by.max(e.state_entered_after_ns.unwrap_or(0));
+        e.state_since_ns = e.state_since_ns.min(entered_by);
     }
 
     /// Bytes the owner has not read. A CLOSE_WAIT socket's receive sequence counts the peer's

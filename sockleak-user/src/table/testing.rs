@@ -66,6 +66,7 @@ pub(crate) fn diag(cookie: u64, state: TcpState, inode: u32) -> DiagSocket {
         inode,
         mem: None,
         tcp: None,
+        netns: 1,
     }
 }
 

@@ -5,6 +5,9 @@
 //! - `listen ADDR`          bind a TCP listener, reply with its port
 //! - `serve`                accept and drop connections on listener 0 forever (a healthy server)
 //! - `accept N`             accept N connections on listener 0 and keep them
+//! - `fork-accept N`        accept N connections on listener 0, each kept by a child process
+//!   of its own that closes the listener (a forking server: PostgreSQL, Apache prefork), reply
+//!   with the children's pids
 //! - `connect ADDR N`       open N TCP connections and keep them, reply with their local ports
 //! - `close N`              close the first N kept connections
 //! - `udp ADDR N`           bind N UDP sockets and keep them
@@ -79,6 +82,31 @@ fn main() {
                     accepted.push(s);
                 }
                 Ok(String::new())
+            }
+            Some("fork-accept") => {
+                let mut children = Vec::new();
+                for _ in 0..n(1) {
+                    let (conn, _) = listeners[0].accept().map_err(|e| e.to_string())?;
+                    // SAFETY: the child only makes async-signal-safe calls (prctl, close,
+                    // pause) and never returns.
+                    match unsafe { libc::fork() } {
+                        0 => unsafe {
+                            // Gone with the parent, whatever ends the test.
+                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                            libc::close(listeners[0].as_raw_fd());
+                            let _kept = &conn;
+                            loop {
+                                libc::pause();
+                            }
+                        },
+                        -1 => return Err(std::io::Error::last_os_error().to_string()),
+                        child => {
+                            children.push(child.to_string());
+                            drop(conn);
+                        }
+                    }
+                }
+                Ok(children.join(" "))
             }
             Some("connect") => {
                 let mut ports = Vec::new();

@@ -1,5 +1,5 @@
 //! Scans in: ghosts out, missed sockets in, state ages bounded.
-use sockleak_common::{EventKind, Hook, Origin, Protocol, TcpState};
+use sockleak_common::{EventKind, Hook, Origin, Protocol, Role, TcpState};
 
 use crate::table::{SocketTable, testing::*};
 use crate::{
@@ -86,7 +86,7 @@ fn a_missed_create_is_found_by_reconciliation() {
     let s = t.get(42).expect("recovered");
     assert_eq!(
         (s.origin, s.owner.pid),
-        (Origin::Recovered, std::process::id())
+        (Origin::Recovered(Role::Connected), std::process::id())
     );
     assert!(t.get(43).is_none(), "nobody holds it: not ours to report");
     assert_eq!(t.stats.recovered, 1);
@@ -265,4 +265,85 @@ fn fin_in_close_wait_is_not_unread_data() {
     assert_eq!(s.unread_bytes(), 10);
     s.state = TcpState::ESTABLISHED;
     assert_eq!(s.unread_bytes(), 11);
+}
+
+#[test]
+fn sockets_found_open_are_told_apart_and_accepted_ones_belong_to_the_listener() {
+    let at = |s: &str| s.parse().unwrap();
+    let listener = DiagSocket {
+        local: at("0.0.0.0:5432"),
+        remote: at("0.0.0.0:0"),
+        ..diag(1, TcpState::LISTEN, 100)
+    };
+    // Two connections a forking server accepted, each held by its own child.
+    let accepted = |cookie, inode, client: &str| DiagSocket {
+        local: at("127.0.0.1:5432"),
+        remote: at(client),
+        ..diag(cookie, TcpState::ESTABLISHED, inode)
+    };
+    // The client ends of two more, in another process; and a connection in another network
+    // namespace whose local port happens to be a listener's port here.
+    let client = |cookie, inode, local: &str| DiagSocket {
+        local: at(local),
+        remote: at("127.0.0.1:5432"),
+        ..diag(cookie, TcpState::ESTABLISHED, inode)
+    };
+    let elsewhere = DiagSocket {
+        netns: 2,
+        local: at("10.0.0.2:5432"),
+        remote: at("10.0.0.1:40000"),
+        ..diag(7, TcpState::ESTABLISHED, 106)
+    };
+    let scan = [
+        listener,
+        accepted(2, 101, "127.0.0.1:40001"),
+        accepted(3, 102, "127.0.0.1:40002"),
+        client(4, 103, "127.0.0.1:40001"),
+        client(5, 104, "127.0.0.1:40002"),
+        elsewhere,
+    ];
+    let holders = Holders::from_pairs(vec![
+        (100, 10),
+        (101, 21),
+        (102, 22),
+        (103, 30),
+        (104, 30),
+        (106, 40),
+    ]);
+    let mut t = SocketTable::new(16);
+    t.seed_pre_existing(&scan, &holders, 1, &Filter::default(), &nobody_holds());
+    let found = |cookie| {
+        let s = t.get(cookie).unwrap();
+        (s.origin, s.owner.pid, s.holders.clone())
+    };
+    assert_eq!(
+        found(1),
+        (Origin::PreExisting(Role::Listening), 10, vec![10])
+    );
+    assert_eq!(
+        found(2),
+        (Origin::PreExisting(Role::Accepted), 10, vec![21])
+    );
+    assert_eq!(
+        found(3),
+        (Origin::PreExisting(Role::Accepted), 10, vec![22])
+    );
+    assert_eq!(
+        found(4),
+        (Origin::PreExisting(Role::Connected), 30, vec![30])
+    );
+    assert_eq!(
+        found(7),
+        (Origin::PreExisting(Role::Connected), 40, vec![40])
+    );
+
+    // A filter that leaves the listener's process out keeps each connection with its holder.
+    let only_children = Filter {
+        pids: vec![21, 22],
+        ..Filter::default()
+    };
+    let mut t = SocketTable::new(16);
+    t.seed_pre_existing(&scan, &holders, 1, &only_children, &nobody_holds());
+    assert_eq!(t.get(2).map(|s| s.owner.pid), Some(21));
+    assert_eq!(t.len(), 2);
 }
