@@ -26,13 +26,14 @@ if ! grep -q "^$NIGHTLY-" <<<"$installed" || ! nightly_has rust-src || ! nightly
     rustup toolchain install "$NIGHTLY" --profile minimal --component rust-src,clippy,rustfmt
 fi
 
-# Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc and
-# node (the stack tests build a native leaker and run a Node.js one), tmux (drives
+# Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc, go and
+# node (the stack tests build a native and a Go leaker and run a Node.js one), tmux (drives
 # `sockleak top` in a test), prometheus (scrapes `--metrics` in a test; only the binary is
 # used, the tests start their own server).
 need=()
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
+command -v go >/dev/null || need+=(golang-go)
 command -v node >/dev/null || need+=(nodejs)
 command -v tmux >/dev/null || need+=(tmux)
 command -v prometheus >/dev/null || need+=(prometheus)

@@ -299,7 +299,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
         &[],
         st.netns_unreachable as f64,
     );
-    if let Some(rss) = resident_bytes() {
+    if let Some(rss) = crate::procfs::resident_bytes(std::process::id()) {
         family(
             &mut out,
             "process_resident_memory_bytes",
@@ -355,14 +355,6 @@ fn escape_label(value: &str) -> String {
         }
     }
     escaped
-}
-
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()?)
 }
 
 #[cfg(test)]

@@ -222,6 +222,43 @@ pub(crate) mod tests {
     }
 }
 
+/// A process's resident memory in bytes (`/proc/PID/statm`), or None if it is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    let statm = fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
+/// How long ago a process started, in milliseconds, or None if it is gone.
+pub fn age_ms(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let started_ticks = parse_start_time(&stat)?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let started_ms = started_ticks.checked_mul(1000)? / per_second.max(1);
+    Some(boot_time_ms().saturating_sub(started_ms))
+}
+
+/// `starttime`, field 22 of /proc/PID/stat (clock ticks after boot). The process name before
+/// it is in parentheses and may hold spaces and parentheses of its own.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_name = stat.rsplit_once(')')?.1;
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Milliseconds since boot, suspend included, as process start times count them.
+fn boot_time_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// A process's RLIMIT_NOFILE soft limit and how many fds it has open.
 pub fn fd_usage(pid: u32) -> (Option<u64>, Option<u64>) {
     let limit = fs::read_to_string(format!("/proc/{pid}/limits"))
@@ -246,6 +283,18 @@ pub fn parse_nofile_limit(limits: &str) -> Option<u64> {
 #[cfg(test)]
 mod limit_tests {
     use super::*;
+
+    #[test]
+    fn a_process_age_and_memory_from_proc() {
+        let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 12345 0 0";
+        assert_eq!(parse_start_time(stat), Some(12345));
+        assert_eq!(parse_start_time("42 (x"), None);
+        let me = std::process::id();
+        assert!(resident_bytes(me).unwrap() > 0);
+        // This test process started at most a few minutes ago, and not in the future.
+        assert!(age_ms(me).unwrap() < 3_600_000);
+        assert_eq!(age_ms(u32::MAX), None);
+    }
 
     #[test]
     fn parses_the_nofile_soft_limit() {

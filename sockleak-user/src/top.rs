@@ -22,9 +22,10 @@ use crate::{
     config::TracerConfig,
     render::{
         escape::for_terminal,
+        frames::plumbing_inside,
         text::{
-            group_flags, group_states, human_bytes, human_ms, members_worst_first, placement,
-            socket_line,
+            endpoints_line, folded_line, group_flags, group_states, human_bytes, human_ms,
+            members_worst_first, placement, process_line, socket_line,
         },
     },
     report::{Group, GroupKey, Report},
@@ -287,22 +288,35 @@ impl View {
             lines
                 .push(Line::from(format!("growing by {:.1} sockets/min", growth.per_minute)).red());
         }
+        let members = self
+            .report
+            .as_ref()
+            .map(|report| members_worst_first(report, g))
+            .unwrap_or_default();
+        let found_open = members.iter().any(|s| !s.origin.traced());
+        for line in [process_line(g, found_open), endpoints_line(g)]
+            .into_iter()
+            .flatten()
+        {
+            lines.push(Line::from(line));
+        }
         lines.push(Line::from(""));
         let frames = g.key.stack.frames();
         if let Some(why) = g.key.stack.why_no_frames() {
             lines.push(Line::from(why).dim());
         } else {
             lines.push(Line::from("created at (innermost first):").bold());
-            for frame in frames {
+            if let Some(folded) = folded_line(frames) {
+                lines.push(Line::from(format!("  {folded}")).dim());
+            }
+            for frame in &frames[plumbing_inside(frames)..] {
                 lines.push(Line::from(format!("  {}", for_terminal(frame))));
             }
         }
         lines.push(Line::from(""));
         lines.push(Line::from("sockets (flagged first):").bold());
-        if let Some(report) = &self.report {
-            for s in members_worst_first(report, g).iter().take(50) {
-                lines.push(Line::from(format!("  {}", socket_line(s))));
-            }
+        for s in members.iter().take(50) {
+            lines.push(Line::from(format!("  {}", socket_line(s))));
         }
         Paragraph::new(lines)
             .wrap(Wrap { trim: false })

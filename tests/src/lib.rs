@@ -13,7 +13,7 @@ use std::{
 };
 
 pub use sockleak_common::{Family, Origin, Protocol, Role, SocketState, Verdict};
-pub use sockleak_user::report::{Group, Report, SocketRow, Started};
+pub use sockleak_user::report::{EndpointCount, Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};
 
 /// How long to wait for the tracer to say anything before failing the test; scaled by
@@ -371,6 +371,31 @@ pub fn states<'a>(
     sockets: impl IntoIterator<Item = &'a SocketRow>,
 ) -> BTreeMap<SocketState, usize> {
     count_by(sockets, |s| s.state)
+}
+
+/// Runs `sockleak trace` with text output (and `--pid` for each of `pids`) until it exits by
+/// itself (give `--duration`), calling `then` once every hook is attached; returns stdout.
+pub fn trace_text(pids: &[u32], extra: &[&str], then: impl FnOnce()) -> String {
+    require_root();
+    let mut cmd = Command::new(sockleak_bin());
+    cmd.args(["trace", "--format", "text"]).args(extra);
+    for pid in pids {
+        cmd.args(["--pid", &pid.to_string()]);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning sockleak");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    out.read_line(&mut text).unwrap();
+    assert!(text.contains("tracing sockets"), "{text}");
+    then();
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "sockleak exited with {status}:\n{text}");
+    text
 }
 
 /// A loopback port nobody listens on right now.

@@ -295,3 +295,56 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     drop(tracer);
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", node.pid()));
 }
+
+/// Go's symbols carry their receiver (`main.(*Pool).open`), which the text report keeps, and
+/// the text leads with the program's own frames: the runtime's socket plumbing inside them is
+/// folded into one line.
+#[test]
+fn a_go_methods_stack_keeps_its_receiver_and_leads_with_the_programs_own_frames() {
+    let go = sockleak_tests::require_program("go");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let leaker_bin = dir.join("leaky_go");
+    let built = Command::new(go)
+        .args(["build", "-o"])
+        .arg(&leaker_bin)
+        .arg(Path::new(PROGRAMS).join("leaky.go"))
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("go-path"))
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("running go (setup.sh installs it)");
+    assert!(
+        built.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("5"));
+    let text = sockleak_tests::trace_text(
+        &[leaker.pid()],
+        &["--min-age", "0s", "--interval", "500ms", "--duration", "3s"],
+        || {
+            leaker.run("go");
+        },
+    );
+    let last = text
+        .split("=== final report")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no final report:\n{text}"));
+    let site = format!(
+        "at main.(*Pool).open (leaky.go:{})",
+        line_of("leaky.go", "LEAK SITE")
+    );
+    assert!(last.contains(&site), "{site} not in:\n{last}");
+    assert!(!last.contains("main..open"), "{last}");
+    assert!(
+        last.contains("frames of socket plumbing folded, from runtime/internal/syscall.Syscall6"),
+        "{last}"
+    );
+    // The program's own frame leads: right after the fold, no runtime frame between.
+    let lines: Vec<&str> = last.lines().collect();
+    let at = lines.iter().position(|l| l.contains(&site)).unwrap();
+    assert!(
+        lines[at - 1].contains("frames of socket plumbing folded"),
+        "{last}"
+    );
+}

@@ -2,8 +2,8 @@
 use std::collections::BTreeMap;
 
 use sockleak_tests::{
-    Family, Origin, Protocol, Reading, Role, Scenario, SocketRow, SocketState, Trace, count_by,
-    states,
+    EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, SocketRow, SocketState,
+    Trace, count_by, states,
 };
 
 #[test]
@@ -44,6 +44,20 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     let group = &report.groups[0];
     assert_eq!((group.key.pid, group.count), (client.pid(), 25));
     assert_eq!(group.states[&SocketState::Established], 25);
+    // Where they go, and the process around them.
+    assert_eq!(
+        group.endpoints,
+        [EndpointCount {
+            endpoint: format!("127.0.0.1:{port}").parse().unwrap(),
+            count: 25
+        }]
+    );
+    assert_eq!(group.more_endpoints, 0);
+    let process = group.process.expect("the owner is alive");
+    assert!(
+        process.resident_bytes > 0 && process.age_ms > 0,
+        "{process:?}"
+    );
     assert_eq!(report.stats.kernel.events_lost, 0);
 
     let last = tracer.stop();

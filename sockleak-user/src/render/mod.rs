@@ -2,6 +2,7 @@
 //! folded stacks and flame graphs for people who would rather look.
 pub mod escape;
 pub mod flame;
+pub mod frames;
 pub mod json;
 pub mod text;
 

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use sockleak_common::Verdict;
 
-use super::escape::for_terminal;
+use super::{escape::for_terminal, frames::plumbing_inside};
 use crate::report::{Group, Report, SocketRow, Started};
 
 /// Sockets listed under each group; the JSON output has all of them.
@@ -129,6 +129,13 @@ pub fn report(r: &Report, final_report: bool) -> String {
         if let Some(line) = placement(g) {
             let _ = writeln!(out, "{:>8}{line}", "");
         }
+        let members = members_worst_first(r, g);
+        if let Some(line) = process_line(g, members.iter().any(|s| !s.origin.traced())) {
+            let _ = writeln!(out, "{:>8}{line}", "");
+        }
+        if let Some(line) = endpoints_line(g) {
+            let _ = writeln!(out, "{:>8}{line}", "");
+        }
         stack(&mut out, g.key.stack.frames());
         if g.stack_not_sampled {
             let _ = writeln!(
@@ -138,7 +145,6 @@ pub fn report(r: &Report, final_report: bool) -> String {
                 g.key.stack.why_no_frames().unwrap_or("")
             );
         }
-        let members = members_worst_first(r, g);
         for s in members.iter().take(SOCKETS_PER_GROUP) {
             let _ = writeln!(out, "{:>8}{}", "", socket_line(s));
         }
@@ -183,6 +189,56 @@ pub fn placement(g: &Group) -> Option<String> {
     }
     if let Some(pod) = &g.container.pod_uid {
         let _ = write!(line, "  pod {pod}");
+    }
+    Some(line)
+}
+
+/// The owner's memory (and how it moved since sockleak's first report) and age. A socket
+/// the process opened cannot be older than it: for sockets sockleak found open
+/// (`found_open`), the only upper bound on their age.
+pub fn process_line(g: &Group, found_open: bool) -> Option<String> {
+    let p = g.process?;
+    let change = match p.resident_change_bytes {
+        0 => String::new(),
+        d if d > 0 => format!(
+            " (+{} since the first report)",
+            human_bytes(d.unsigned_abs())
+        ),
+        d => format!(
+            " (-{} since the first report)",
+            human_bytes(d.unsigned_abs())
+        ),
+    };
+    let bound = if found_open {
+        "; the sockets found open are no older"
+    } else {
+        ""
+    };
+    Some(format!(
+        "process: {} resident{change}, started {} ago{bound}",
+        human_bytes(p.resident_bytes),
+        human_ms(p.age_ms)
+    ))
+}
+
+/// Where the group's client connections go, unless its site already names the one place.
+pub fn endpoints_line(g: &Group) -> Option<String> {
+    if g.endpoints.is_empty()
+        || (g.endpoints.len() == 1
+            && g.more_endpoints == 0
+            && g.key.site.starts_with("connect() to "))
+    {
+        return None;
+    }
+    let mut line = String::from("to ");
+    for (i, e) in g.endpoints.iter().enumerate() {
+        if i > 0 {
+            line.push_str(", ");
+        }
+        let _ = write!(line, "{} ({})", e.endpoint, e.count);
+    }
+    if g.more_endpoints > 0 {
+        let _ = write!(line, " and {} more endpoints", g.more_endpoints);
     }
     Some(line)
 }
@@ -233,9 +289,13 @@ fn names(flags: &[Verdict]) -> String {
     flags.iter().map(|v| v.name()).collect::<Vec<_>>().join(",")
 }
 
-/// The frames of a creation stack, innermost first, C++ parameter lists left out (JSON has
-/// them whole).
+/// The frames of a creation stack, innermost first, from the first past the socket plumbing
+/// (which is said, not shown), C++ parameter lists left out (JSON has them whole).
 fn stack(out: &mut String, frames: &[String]) {
+    if let Some(line) = folded_line(frames) {
+        let _ = writeln!(out, "{:>8}{line}", "");
+    }
+    let frames = &frames[plumbing_inside(frames)..];
     for frame in frames.iter().take(FRAMES_PER_GROUP) {
         let _ = writeln!(
             out,
@@ -254,15 +314,34 @@ fn stack(out: &mut String, frames: &[String]) {
     }
 }
 
+/// What the text views say in place of the plumbing they fold.
+pub fn folded_line(frames: &[String]) -> Option<String> {
+    let folded = plumbing_inside(frames);
+    let innermost = frames.first()?;
+    let name = innermost.split(" (").next().unwrap_or(innermost);
+    (folded > 0).then(|| {
+        let frames = if folded == 1 { "frame" } else { "frames" };
+        format!(
+            "({folded} {frames} of socket plumbing folded, from {})",
+            for_terminal(&without_parameters(name))
+        )
+    })
+}
+
 /// `ns::f<T>(int, char const*) const (x.cc:12)` -> `ns::f<T> const (x.cc:12)`: demangled C++
 /// parameter lists make frames unreadably long and rarely tell one frame from another.
-/// `(anonymous namespace)` is part of the name and stays.
-fn without_parameters(frame: &str) -> String {
+/// `(anonymous namespace)` is part of the name and stays, and so does a Go receiver
+/// (`net.(*netFD).accept`), which follows a dot.
+pub fn without_parameters(frame: &str) -> String {
     let mut out = String::with_capacity(frame.len());
     let mut chars = frame.char_indices().peekable();
     let mut prev = ' ';
     while let Some((i, c)) = chars.next() {
-        if c == '(' && prev != ' ' && !frame[i..].starts_with("(anonymous namespace)") {
+        if c == '('
+            && prev != ' '
+            && prev != '.'
+            && !frame[i..].starts_with("(anonymous namespace)")
+        {
             let mut depth = 1;
             for (_, c) in chars.by_ref() {
                 match c {
@@ -405,6 +484,14 @@ mod tests {
             "open_and_forget (leaky.c:14)"
         );
         assert_eq!(without_parameters("f(g(int)) const"), "f const");
+        assert_eq!(
+            without_parameters("net.(*netFD).accept (fd_unix.go:172)"),
+            "net.(*netFD).accept (fd_unix.go:172)"
+        );
+        assert_eq!(
+            without_parameters("main.(*Pool[go.shape.int]).Get"),
+            "main.(*Pool[go.shape.int]).Get"
+        );
         assert_eq!(without_parameters("unbalanced(oops"), "unbalanced");
     }
 

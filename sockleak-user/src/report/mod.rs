@@ -1,7 +1,9 @@
 //! A report: the open sockets older than `--min-age` (the rows), grouped by owner and creation
 //! site, biggest groups first. Built from the table with the verdicts on each socket; rendered
-//! by `render`. `schema` says what a report holds, `growth` judges groups over time.
+//! by `render`. `schema` says what a report holds, `growth` judges groups over time,
+//! `process` reads their owners.
 pub mod growth;
+pub mod process;
 pub mod schema;
 
 use std::{
@@ -10,13 +12,13 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Family, Origin, Role, SocketState, Verdict};
+use sockleak_common::{Family, Origin, Role, SocketState, TcpState, Verdict};
 
-use self::growth::GrowthTracker;
 pub use self::schema::{
-    ChurnRow, Group, GroupKey, GroupStack, KernelStats, Line, Report, ReportLine, SocketRow,
-    Started, Stats,
+    ChurnRow, EndpointCount, Group, GroupKey, GroupStack, KernelStats, Line, Report, ReportLine,
+    SocketRow, Started, Stats,
 };
+use self::{growth::GrowthTracker, process::ProcessTracker};
 use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::{Candidate, Filter},
@@ -30,6 +32,7 @@ pub struct Reporter {
     pub filter: Filter,
     pub thresholds: Thresholds,
     growth: GrowthTracker,
+    processes: ProcessTracker,
     cgroups: Cgroups,
 }
 
@@ -46,6 +49,7 @@ impl Reporter {
             filter,
             thresholds,
             growth: GrowthTracker::default(),
+            processes: ProcessTracker::default(),
             cgroups,
         }
     }
@@ -61,6 +65,7 @@ impl Reporter {
             filter,
             thresholds,
             growth,
+            processes,
             cgroups,
         } = self;
         // One cache lookup per distinct stack, not per socket.
@@ -103,6 +108,7 @@ impl Reporter {
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
         let mut group_of_origin: HashMap<GroupOrigin, usize> = HashMap::new();
+        let mut endpoints: Vec<HashMap<SocketAddr, usize>> = Vec::new();
         for (_, _, place, s) in admitted {
             let place = &placements[place];
             let origin = (
@@ -126,7 +132,18 @@ impl Reporter {
             });
             let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
             add_to_group(&mut groups[group], &row, rows.len());
+            if let Some(endpoint) = client_endpoint(s) {
+                endpoints.resize_with(groups.len(), HashMap::new);
+                *endpoints[group].entry(endpoint).or_default() += 1;
+            }
             rows.push(row);
+        }
+        for (group, counts) in groups.iter_mut().zip(endpoints) {
+            (group.endpoints, group.more_endpoints) = most_common(counts);
+        }
+        let owners = processes.observe(groups.iter().map(|g| g.key.pid));
+        for g in &mut groups {
+            g.process = owners.get(&g.key.pid).copied();
         }
         let counts: HashMap<GroupKey, usize> =
             groups.iter().map(|g| (g.key.clone(), g.count)).collect();
@@ -196,6 +213,9 @@ fn new_group(key: GroupKey, place: &Placement) -> Group {
         memory_bytes: 0,
         flags: Vec::new(),
         growth: None,
+        process: None,
+        endpoints: Vec::new(),
+        more_endpoints: 0,
         members: Vec::new(),
     }
 }
@@ -213,6 +233,32 @@ fn add_to_group(group: &mut Group, row: &SocketRow, index: usize) {
             group.flags.push(flag);
         }
     }
+}
+
+/// Where a client connection goes: the remote end of a connected socket the owner made
+/// (accepted sockets' remote ends are their clients, not endpoints).
+fn client_endpoint(s: &Socket) -> Option<SocketAddr> {
+    let client = match s.origin.role() {
+        None => s.origin == Origin::Socket,
+        Some(role) => role == Role::Connected,
+    };
+    s.remote
+        .filter(|r| client && r.port() != 0 && s.state != TcpState::LISTEN)
+}
+
+/// Endpoints shown per group; the rest are counted.
+const ENDPOINTS_SHOWN: usize = 3;
+
+/// The most common endpoints (most connections first, then by address) and how many others.
+fn most_common(counts: HashMap<SocketAddr, usize>) -> (Vec<EndpointCount>, usize) {
+    let mut all: Vec<EndpointCount> = counts
+        .into_iter()
+        .map(|(endpoint, count)| EndpointCount { endpoint, count })
+        .collect();
+    all.sort_by(|a, b| b.count.cmp(&a.count).then(a.endpoint.cmp(&b.endpoint)));
+    let more = all.len().saturating_sub(ENDPOINTS_SHOWN);
+    all.truncate(ENDPOINTS_SHOWN);
+    (all, more)
 }
 
 /// The processes' churn, filtered to `--pid` when given, biggest first.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 use serde::{Deserialize, Serialize};
 use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
 
-use super::growth::Growth;
+use super::{growth::Growth, process::Process};
 use crate::{
     cgroups::Container,
     sockdiag::{SkMem, TcpInfo},
@@ -186,11 +186,24 @@ pub struct Group {
     pub flags: Vec<Verdict>,
     /// Present when the group is `growing`.
     pub growth: Option<Growth>,
+    /// Its owner's memory and age; absent when the process is gone.
+    pub process: Option<Process>,
+    /// Where its client connections go, the most common first (at most a few).
+    pub endpoints: Vec<EndpointCount>,
+    /// How many other endpoints its client connections go to.
+    pub more_endpoints: usize,
     /// Its process was over `--stack-rate` when these sockets were created: `stack` is empty.
     pub stack_not_sampled: bool,
     /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.
     #[serde(skip)]
     pub members: Vec<usize>,
+}
+
+/// A remote endpoint and how many of a group's connections go to it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EndpointCount {
+    pub endpoint: SocketAddr,
+    pub count: usize,
 }
 
 /// Sockets a process closed that linger in the kernel: connection churn, not leaks.
