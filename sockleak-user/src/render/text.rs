@@ -92,15 +92,24 @@ pub fn report(r: &Report, final_report: bool) -> String {
         churn(&mut out, r);
         return out;
     }
+    // Wide enough for the longest site (`connect() to [2001:db8::1]:5432`), so the columns
+    // after it stay aligned.
+    let site = r
+        .groups
+        .iter()
+        .map(|g| g.key.site.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(20, 56);
     let _ = writeln!(
         out,
-        "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  STATES",
+        "{:>6}  {:>7}  {:<16}  {:<site$}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  STATES",
         "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q", "MEM", "FLAGS"
     );
     for g in &r.groups {
         let _ = writeln!(
             out,
-            "{:>6}  {:>7}  {:<16}  {:<20}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
+            "{:>6}  {:>7}  {:<16}  {:<site$}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
             g.count,
             g.key.pid,
             for_terminal(&g.key.comm),
