@@ -58,6 +58,9 @@ pub struct Config {
     /// `socket_alloc.vfs_inode`: a socket's inode sits beside its `struct socket`, which lets
     /// `sock_create` name the inode without the fd walk. 0 when unknown.
     pub socket_inode: u64,
+    /// Non-zero when the libuv uprobes are loaded: `sock_create` then looks for the handle the
+    /// creating thread is opening a socket for.
+    pub libuv_handles: u64,
     /// Most creation stacks taken per process and second; 0 takes every one. The stack walk is
     /// most of a socket's cost, and a process opening thousands of sockets a second shows its
     /// code paths in a sample as well as in all of them (bcc's memleak samples the same way).

@@ -113,7 +113,11 @@ pub struct SockEvent {
     /// failed walk. No kernel stack: at syscall exit it is the same three entry frames for every
     /// socket, and taking it would cost as much again as the user stack.
     pub user_stack_id: i32,
-    pub _pad2: i32,
+    /// Id in `STACKS` of the stack that made the libuv handle this socket was opened for
+    /// ([`EventKind::Created`]): libuv opens a handle's socket a tick after the program's code
+    /// made the handle, so that stack is the one that names the program's code. [`NO_STACK`]
+    /// for sockets not opened by libuv for a handle whose making was seen.
+    pub handle_stack_id: i32,
     /// The word at the user stack pointer when the syscall was made: the return address into
     /// the caller of a frameless syscall wrapper (glibc's `socket()`), which a frame-pointer
     /// walk skips. 0 when unread; userspace decides whether it is a code address.
@@ -162,7 +166,7 @@ impl SockEvent {
             saddr: [0; 16],
             daddr: [0; 16],
             user_stack_id: NO_STACK,
-            _pad2: 0,
+            handle_stack_id: NO_STACK,
             user_sp_word: 0,
         }
     }

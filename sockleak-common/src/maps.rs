@@ -9,6 +9,12 @@ pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 /// stopped creating sockets makes room for one that starts).
 pub const STACK_BUDGET_PROCESSES: u32 = 4096;
 
+/// libuv handles whose making was seen (their stack is kept until a socket is opened for
+/// them), and threads inside a libuv call that may open a handle's socket: LRU maps, so a
+/// handle that never opens one, or a process that exits, makes room.
+pub const LIBUV_HANDLES: u32 = 16384;
+pub const LIBUV_THREADS: u32 = 4096;
+
 /// Slots of the `STACKS` map (distinct stacks it can hold) and frames kept per stack. Every
 /// slot is preallocated: 8192 x (64 x 8 + bucket header) is about 4.5 MiB of kernel memory.
 pub const STACK_SLOTS: u32 = 8192;

@@ -13,6 +13,8 @@
 //! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks |
 //! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked |
 //! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
+//! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle |
+//! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |
 //! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each inet socket |
 //!
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture),
@@ -30,6 +32,7 @@
 mod fd_install;
 mod fdwalk;
 mod filter;
+mod libuv;
 mod maps;
 mod pressure;
 mod sock;

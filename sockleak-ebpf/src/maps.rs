@@ -1,15 +1,16 @@
 //! Every map is bounded; sockleak keeps no per-socket state in the kernel (the userspace table
 //! holds it), so nothing here can grow with the number of sockets. `STACKS` grows with distinct
-//! creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes, up to
-//! its fixed number of entries, least recently used first out.
+//! creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes and
+//! `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and threads, each up to its fixed number
+//! of entries, least recently used first out.
 use aya_ebpf::{
     btf_maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
 };
 use sockleak_common::{
-    Config, EVENTS_RING_BYTES, EventKind, Hook, NO_STACK, STACK_BUDGET_PROCESSES, STACK_DEPTH,
-    STACK_SLOTS, STAT_COUNT, SockEvent, Stat,
+    Config, EVENTS_RING_BYTES, EventKind, Hook, LIBUV_HANDLES, LIBUV_THREADS, NO_STACK,
+    STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, Stat,
 };
 
 #[btf_map]
@@ -41,6 +42,24 @@ pub static STACK_PENDING_TID: PerCpuArray<u32, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { STAT_COUNT as usize }> = PerCpuArray::new();
+
+/// A libuv handle: the process and the handle's address in it.
+#[repr(C)]
+pub struct HandleKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub handle: u64,
+}
+
+/// The stack (id in `STACKS`) that made each libuv handle, until a socket is opened for it.
+#[btf_map]
+pub static HANDLE_STACKS: LruHashMap<HandleKey, i32, { LIBUV_HANDLES as usize }> =
+    LruHashMap::new();
+
+/// The handle each thread (by tid) is inside a libuv call for, a call that may open the
+/// handle's socket (`uv_tcp_connect`, `uv_tcp_bind`, ...): set on entry, removed on return.
+#[btf_map]
+pub static OPENING_HANDLE: LruHashMap<u32, u64, { LIBUV_THREADS as usize }> = LruHashMap::new();
 
 /// Written by userspace before load (`EbpfLoader::override_global`); read-only afterwards.
 #[unsafe(no_mangle)]
@@ -75,6 +94,7 @@ static CONFIG: Config = Config {
     inode_mode: 0,
     stack_rate: 0,
     socket_inode: 0,
+    libuv_handles: 0,
 };
 
 #[inline(always)]
@@ -131,6 +151,7 @@ pub fn send(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
         event.ts_ns = bpf_ktime_get_ns();
         event.fd = -1;
         event.user_stack_id = NO_STACK;
+        event.handle_stack_id = NO_STACK;
         fill(event);
     }
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast();

@@ -5,11 +5,12 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock,
     programs::SockContext,
 };
-use sockleak_common::{Config, EventKind, Hook, STACK_PENDING, SockEvent};
+use sockleak_common::{Config, EventKind, Hook, NO_STACK, STACK_PENDING, SockEvent};
 
 use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
+    libuv::handle_stack,
     maps::{STACK_PENDING_TID, config, send},
     stacks::stack_allowed,
     task::current_task,
@@ -31,11 +32,18 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             ev.task = task;
             sock.fill(ev);
             ev.skaddr = sk;
+            if cfg.libuv_handles != 0 {
+                ev.handle_stack_id = handle_stack(task.pid, task.tid);
+            }
             if cfg.socket_inode != 0 {
                 ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);
                 // With the inode named here, the exit of `socket()` only matters for the
-                // stack: it is decided here, and that exit sends nothing otherwise.
-                if cfg.capture_stacks != 0 && stack_allowed(ev, task.pid, cfg.stack_rate) {
+                // stack: it is decided here, and that exit sends nothing otherwise. A socket
+                // opened for a libuv handle has the handle's stack, which says more.
+                if cfg.capture_stacks != 0
+                    && ev.handle_stack_id == NO_STACK
+                    && stack_allowed(ev, task.pid, cfg.stack_rate)
+                {
                     ev.user_stack_id = STACK_PENDING;
                     stack_pending = true;
                 }

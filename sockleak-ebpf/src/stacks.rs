@@ -32,7 +32,7 @@ pub fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
 /// `now_ns`. The count is not atomic: two CPUs racing may both take the last stack of a window,
 /// which only means a stack more.
 #[inline(always)]
-fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
+pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
     if rate == 0 {
         return true;
     }
@@ -75,8 +75,9 @@ pub fn capture_stacks(ctx: &TracePointContext, cfg: &Config, ev: &mut SockEvent)
     }
 }
 
+/// The id in `STACKS` of the stack `flags` ask for, or the (counted) error of a failed walk.
 #[inline(always)]
-fn stack_id(ctx: &TracePointContext, flags: u64) -> i32 {
+pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
     match ctx.get_stackid(&STACKS, flags) {
         Ok(id) => id as i32,
         Err(err) => {

@@ -32,6 +32,8 @@ pub struct StackKey {
     pub pid: u32,
     pub user: i32,
     pub sp_word: u64,
+    /// Taken where a libuv handle was made (`uv_tcp_init`), not at the socket's syscall.
+    pub handle: bool,
 }
 
 /// What sockleak knows of the code path that created a socket.
@@ -46,12 +48,24 @@ pub enum CreationStack {
 }
 
 impl CreationStack {
+    /// The stack an event names: the one that made the socket's libuv handle where there is
+    /// one (it names the program's code; the socket's own names the event loop), else the
+    /// socket's own.
     pub fn of(ev: &SockEvent) -> Self {
+        if ev.handle_stack_id >= 0 {
+            return Self::Taken(StackKey {
+                pid: ev.task.pid,
+                user: ev.handle_stack_id,
+                sp_word: 0,
+                handle: true,
+            });
+        }
         match ev.user_stack_id {
             id if id >= 0 => Self::Taken(StackKey {
                 pid: ev.task.pid,
                 user: id,
                 sp_word: ev.user_sp_word,
+                handle: false,
             }),
             STACK_NOT_SAMPLED => Self::NotSampled,
             _ => Self::Unknown,

@@ -24,8 +24,8 @@ use crate::{
         escape::for_terminal,
         frames::plumbing_inside,
         text::{
-            endpoints_line, folded_line, group_flags, group_states, human_bytes, human_ms,
-            members_worst_first, placement, process_line, socket_line,
+            HANDLE_STACK, endpoints_line, folded_line, group_flags, group_states, human_bytes,
+            human_ms, members_worst_first, placement, process_line, socket_line,
         },
     },
     report::{Group, GroupKey, Report},
@@ -306,6 +306,9 @@ impl View {
             lines.push(Line::from(why).dim());
         } else {
             lines.push(Line::from("created at (innermost first):").bold());
+            if g.handle_stack {
+                lines.push(Line::from(format!("  {HANDLE_STACK}")).dim());
+            }
             if let Some(folded) = folded_line(frames) {
                 lines.push(Line::from(format!("  {folded}")).dim());
             }

@@ -28,6 +28,8 @@ pub struct Tracer {
     /// Owns the attached programs (they detach when it drops) and runs the `socket_fds`
     /// iterator for each report.
     ebpf: Ebpf,
+    /// The libuv binaries probed so far; more are looked for at every report.
+    libuv: hooks::libuv::LibuvProbes,
     ring: AsyncFd<RingBuf<MapData>>,
     /// Events are written without waking userspace until an eighth of the ring is waiting;
     /// this collects the rest.
@@ -88,7 +90,11 @@ impl Tracer {
             mut ebpf,
             hooks,
             mut warnings,
+            mut libuv,
         } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
+        // Before the first look at what is open: sockets opened from now on get their handle's
+        // stack.
+        libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
@@ -139,6 +145,7 @@ impl Tracer {
         collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             ebpf,
+            libuv,
             ring,
             collect,
             logger,
@@ -183,6 +190,7 @@ impl Tracer {
         let started = std::time::Instant::now();
         let Self {
             ebpf,
+            libuv,
             ring,
             collect,
             kernel_stats,
@@ -194,6 +202,8 @@ impl Tracer {
         } = self;
         let ring = ring.get_mut();
         drain(ring, table, stacks);
+        // Node processes started since the last look.
+        libuv.probe(ebpf, hooks::libuv::candidates(&reporter.filter.pids));
         // The kernel's view (a sock_diag dump, who holds each socket) is gathered on blocking
         // threads, both at once, while this task keeps applying events: over many sockets it
         // takes long enough for a busy ring buffer, left alone, to overflow.

@@ -257,20 +257,23 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     server.run("accept 6");
 
     // Node writes its perf map lazily: a JIT frame unknown at the first symbolization makes a
-    // group of its own until a later report's retry names it. A few reports settle that.
-    let mut report = tracer.fresh_report();
-    for _ in 0..20 {
-        if report.groups_at(node.pid(), "socket()").len() == 1 {
-            break;
-        }
-        report = tracer.fresh_report();
-    }
+    // group of its own until a later report's retry names it; and symbolizing node's first
+    // stacks (a large binary with DWARF) takes a while. A few reports settle both.
+    let accept_site = format!("accept() on :{port}");
+    let report = tracer.report_when(|r| {
+        r.groups_at(node.pid(), "socket()").len() == 1
+            && r.groups_at(server.pid(), &accept_site)
+                .iter()
+                .all(|g| !frames(g).is_empty())
+    });
     let clients = report.groups_at(node.pid(), "socket()");
     assert_eq!(clients.len(), 1, "{clients:#?}");
     assert_eq!(clients[0].count, 6);
     let client_frames = frames(clients[0]);
-    // V8 names JavaScript frames in /tmp/perf-PID.map; net.connect reaches socket() through
-    // Node's `net` module (internalConnect), libuv and the TCP wrapper.
+    // V8 names JavaScript frames in /tmp/perf-PID.map. The stack is where the handle was
+    // made (libuv opens its socket a tick later): net.connect makes it through Node's `net`
+    // module and the TCP wrapper, under the script's own function.
+    assert!(clients[0].handle_stack, "{:#?}", clients[0]);
     assert!(
         client_frames
             .iter()
@@ -280,7 +283,13 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     assert!(
         client_frames
             .iter()
-            .any(|f| f.contains("node::TCPWrap::Connect")),
+            .any(|f| f.contains("node::TCPWrap::New")),
+        "{client_frames:#?}"
+    );
+    assert!(
+        client_frames
+            .iter()
+            .any(|f| f.starts_with("JS:openAndForget ") && f.contains("leaky_client.js:")),
         "{client_frames:#?}"
     );
     // The server's side: its accept() stack, and the listening port that ties the sockets to
@@ -347,4 +356,64 @@ fn a_go_methods_stack_keeps_its_receiver_and_leads_with_the_programs_own_frames(
         lines[at - 1].contains("frames of socket plumbing folded"),
         "{last}"
     );
+}
+
+/// Node opens a connection's socket a tick after the code that asked for it ran, from its own
+/// code; the stack that names the service's functions is the one that made the connection's
+/// libuv handle, which the group shows and says so. The service runs before sockleak starts.
+#[test]
+fn a_node_services_own_functions_name_the_upstream_connections_they_leak() {
+    upstream_leak_is_named(&[]);
+}
+
+/// The same through `http.get` and a new `http.Agent` per request, a classic leak.
+#[test]
+fn a_node_services_own_functions_name_the_http_agents_it_leaks() {
+    upstream_leak_is_named(&["http"]);
+}
+
+fn upstream_leak_is_named(mode: &[&str]) {
+    let mut upstream = Scenario::spawn();
+    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
+    upstream.run("serve-keep");
+    let mut service = Scenario::spawn_program(
+        Command::new("node")
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
+            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
+            .args([port.as_str(), "5"])
+            .args(mode),
+    );
+    let tracer = Trace::start(&[service.pid()]);
+    service.run("go");
+
+    let report = tracer.report_when(|r| r.groups_at(service.pid(), "socket()").len() == 1);
+    let groups = report.groups_at(service.pid(), "socket()");
+    assert_eq!(groups.len(), 1, "{groups:#?}");
+    let group = groups[0];
+    assert_eq!(group.count, 5);
+    assert!(group.handle_stack, "{group:#?}");
+    let frames = frames(group);
+    let at = |function: &str| {
+        let line = line_of("upstream_leak.js", &format!("function {function}("));
+        let wanted = format!("JS:{function} ");
+        frames
+            .iter()
+            .position(|f| {
+                f.starts_with(&wanted) && f.contains(&format!("upstream_leak.js:{line}:"))
+            })
+            .unwrap_or_else(|| panic!("{function} (defined at line {line}) not in {frames:#?}"))
+    };
+    let net = frames
+        .iter()
+        .position(|f| f.starts_with("JS:") && f.contains("node:net:"))
+        .unwrap_or_else(|| panic!("no frame of Node's net module in {frames:#?}"));
+    // Innermost first: Node's net module, then the function that called it, then its caller.
+    assert!(net < at("openUpstreamForRequest"), "{frames:#?}");
+    assert!(
+        at("openUpstreamForRequest") < at("handleRequest"),
+        "{frames:#?}"
+    );
+    drop(tracer);
+    let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", service.pid()));
 }

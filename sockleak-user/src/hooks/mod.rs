@@ -7,6 +7,7 @@
 //! iterator (BTF, 5.8+), without which reports read socket holders from /proc.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
 mod btf;
+pub mod libuv;
 pub mod offsets;
 pub mod tracefs;
 
@@ -33,6 +34,8 @@ pub struct Attached {
     pub ebpf: Ebpf,
     pub hooks: Vec<String>,
     pub warnings: Vec<String>,
+    /// Loaded, attached to binaries as they are found.
+    pub libuv: libuv::LibuvProbes,
 }
 
 /// How the programs are set up.
@@ -92,6 +95,8 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         tp_newstate: 20,
         capture_stacks: u32::from(creation_stacks),
         stack_rate: stack_rate.unwrap_or(0),
+        // The libuv uprobes only matter for stacks.
+        libuv_handles: u64::from(creation_stacks),
         // An eighth of the ring: a burst wakes userspace well before the ring fills; anything
         // less waits for its 50 ms collection timer (`tracer::COLLECT_EVERY`).
         wakeup_bytes: u64::from(ring_buffer_bytes / 8),
@@ -226,10 +231,30 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         }
     }
 
+    // Where libuv programs (Node.js) made the handles their sockets are opened for: optional,
+    // a socket's own stack is the fallback.
+    let libuv = if creation_stacks {
+        match libuv::LibuvProbes::load(&mut ebpf) {
+            Ok(probes) => {
+                hooks.push("uprobe/libuv".to_owned());
+                probes
+            }
+            Err(err) => {
+                warnings.push(one_line(&format!(
+                    "libuv uprobes unavailable, Node.js sockets keep the event loop's stack: {err:#}"
+                )));
+                libuv::LibuvProbes::default()
+            }
+        }
+    } else {
+        libuv::LibuvProbes::default()
+    };
+
     Ok(Attached {
         ebpf,
         hooks,
         warnings,
+        libuv,
     })
 }
 

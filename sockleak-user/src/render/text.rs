@@ -12,6 +12,10 @@ const SOCKETS_PER_GROUP: usize = 5;
 /// Creation-stack frames shown under each group; the JSON output has all of them.
 const FRAMES_PER_GROUP: usize = 12;
 
+/// Said above a stack taken where a libuv handle was made.
+pub const HANDLE_STACK: &str =
+    "(where the libuv handle was made; libuv opened its socket a tick later)";
+
 pub fn started(s: &Started) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -144,6 +148,9 @@ pub fn report(r: &Report, final_report: bool) -> String {
         }
         if let Some(line) = endpoints_line(g) {
             let _ = writeln!(out, "{:>8}{line}", "");
+        }
+        if g.handle_stack && !g.key.stack.frames().is_empty() {
+            let _ = writeln!(out, "{:>8}{HANDLE_STACK}", "");
         }
         stack(&mut out, g.key.stack.frames());
         if g.stack_not_sampled {

@@ -126,7 +126,8 @@ impl Reporter {
                     stack: group_stack(s.stack),
                 };
                 *group_of_key.entry(key.clone()).or_insert_with(|| {
-                    groups.push(new_group(key, place));
+                    let handle_stack = s.stack.key().is_some_and(|k| k.handle);
+                    groups.push(new_group(key, place, handle_stack));
                     groups.len() - 1
                 })
             });
@@ -199,9 +200,10 @@ fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candida
     }
 }
 
-fn new_group(key: GroupKey, place: &Placement) -> Group {
+fn new_group(key: GroupKey, place: &Placement, handle_stack: bool) -> Group {
     Group {
         stack_not_sampled: key.stack == GroupStack::NotSampled,
+        handle_stack,
         key,
         cgroup: place.cgroup.clone(),
         container: place.container.clone(),
@@ -393,6 +395,7 @@ mod tests {
                 pid: 1,
                 user: 0,
                 sp_word: 0,
+                handle: false,
             }),
             GroupStack::Frames(Arc::from(Vec::<String>::new())),
         ] {

@@ -194,6 +194,9 @@ pub struct Group {
     pub more_endpoints: usize,
     /// Its process was over `--stack-rate` when these sockets were created: `stack` is empty.
     pub stack_not_sampled: bool,
+    /// `stack` is where the libuv handle these sockets were opened for was made (Node.js and
+    /// other libuv programs open a handle's socket a tick after their code made the handle).
+    pub handle_stack: bool,
     /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.
     #[serde(skip)]
     pub members: Vec<usize>,

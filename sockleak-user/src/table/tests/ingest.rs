@@ -232,3 +232,20 @@ fn ignores_protocols_it_does_not_track() {
     assert!(t.is_empty());
     assert_eq!(t.stats.ignored, 1);
 }
+
+#[test]
+fn a_socket_opened_for_a_libuv_handle_has_the_stack_that_made_the_handle() {
+    let mut t = SocketTable::new(4);
+    let mut born = created(5, 100);
+    born.user_stack_id = 3; // the event loop's, had it been taken
+    born.handle_stack_id = 9;
+    t.apply(&born);
+    let key = t.get(5).unwrap().stack.key().unwrap();
+    assert_eq!((key.pid, key.user, key.handle), (100, 9, true));
+    // Any other socket keeps its own.
+    let mut plain = created(6, 100);
+    plain.user_stack_id = 3;
+    t.apply(&plain);
+    let key = t.get(6).unwrap().stack.key().unwrap();
+    assert_eq!((key.user, key.handle), (3, false));
+}

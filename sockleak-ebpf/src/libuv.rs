@@ -1,0 +1,108 @@
+//! libuv handles: where a Node.js (or any libuv) program's code made the handle a socket is
+//! later opened for. `net.connect()` makes a `TCP` handle (`uv_tcp_init`) synchronously under
+//! the caller's code, but libuv opens its socket a tick later (`uv_tcp_connect`), when only the
+//! event loop is on the stack. So the handle's making is where the stack is taken, and it is
+//! handed to the socket `sock_create` sees while the thread is inside the libuv call that opens
+//! it.
+//!
+//! Attached as uprobes by userspace to every binary or library that exports libuv (`node`
+//! does), in whichever process runs it.
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_ktime_get_ns},
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use sockleak_common::{NO_STACK, Stat};
+
+use crate::{
+    filter::admits_task,
+    maps::{HANDLE_STACKS, HandleKey, OPENING_HANDLE, config, count},
+    stacks::{stack_id, within_stack_budget},
+    task::current_task,
+};
+
+/// `uv_tcp_init(loop, handle)`, `uv_tcp_init_ex`, `uv_udp_init`, `uv_udp_init_ex`,
+/// `uv_pipe_init`: the handle is the second argument.
+#[uprobe]
+pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
+    let cfg = config();
+    if cfg.capture_stacks == 0 {
+        return 0;
+    }
+    let Some(handle) = ctx.arg::<u64>(1) else {
+        return 0;
+    };
+    let task = current_task();
+    if !admits_task(&task) {
+        return 0;
+    }
+    // Within the process's budget, as a socket's own stack would be.
+    // SAFETY: the helper has no preconditions.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
+    if !within_stack_budget(task.pid, cfg.stack_rate, now_ns) {
+        count(Stat::StacksNotSampled);
+        return 0;
+    }
+    let stack = stack_id(&ctx, BPF_F_USER_STACK as u64);
+    if stack < 0 {
+        return 0;
+    }
+    let key = HandleKey {
+        pid: task.pid,
+        _pad: 0,
+        handle,
+    };
+    let _ = HANDLE_STACKS.insert(&key, &stack, 0);
+    0
+}
+
+/// Entry of a call that may open a handle's socket, with the handle as its first argument:
+/// `uv_tcp_bind`, `uv_udp_bind`, `uv_udp_connect`, `uv_udp_try_send`.
+#[uprobe]
+pub fn uv_opening_first(ctx: ProbeContext) -> u32 {
+    opening(ctx.arg::<u64>(0));
+    0
+}
+
+/// The same with the handle second: `uv_tcp_connect(req, handle, ...)`,
+/// `uv_udp_send(req, handle, ...)`.
+#[uprobe]
+pub fn uv_opening_second(ctx: ProbeContext) -> u32 {
+    opening(ctx.arg::<u64>(1));
+    0
+}
+
+#[inline(always)]
+fn opening(handle: Option<u64>) {
+    if let Some(handle) = handle {
+        let tid = bpf_get_current_pid_tgid() as u32;
+        let _ = OPENING_HANDLE.insert(&tid, &handle, 0);
+    }
+}
+
+/// Return of any of those calls: whatever socket the thread makes next is not the handle's.
+#[uretprobe]
+pub fn uv_opened(_ctx: RetProbeContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let _ = OPENING_HANDLE.remove(&tid);
+    0
+}
+
+/// The stack that made the libuv handle the current thread is opening a socket for, if any.
+#[inline(always)]
+pub fn handle_stack(pid: u32, tid: u32) -> i32 {
+    // SAFETY: map values, valid for the program's run.
+    let Some(handle) = (unsafe { OPENING_HANDLE.get(&tid) }) else {
+        return NO_STACK;
+    };
+    let key = HandleKey {
+        pid,
+        _pad: 0,
+        handle: *handle,
+    };
+    match unsafe { HANDLE_STACKS.get(&key) } {
+        Some(stack) => *stack,
+        None => NO_STACK,
+    }
+}
