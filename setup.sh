@@ -28,12 +28,13 @@ fi
 
 # Debian packages: bpftool (tests check that nothing stays attached after SIGKILL), gcc, go and
 # node (the stack tests build a native and a Go leaker and run a Node.js one), tmux (drives
-# `sockleak top` in a test), prometheus (scrapes `--metrics` in a test; only the binary is
-# used, the tests start their own server).
+# `sockleak top` in a test), file (a test checks the release binary is static), prometheus
+# (scrapes `--metrics` in a test; only the binary is used, the tests start their own server).
 need=()
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v go >/dev/null || need+=(golang-go)
+command -v file >/dev/null || need+=(file)
 command -v node >/dev/null || need+=(nodejs)
 command -v tmux >/dev/null || need+=(tmux)
 command -v prometheus >/dev/null || need+=(prometheus)

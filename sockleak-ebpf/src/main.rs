@@ -48,6 +48,8 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
+/// What the kernel is told: GPL-compatible (its helpers for reading user memory and stacks
+/// need that), and true to the crate's own MIT licence, as aya's template does.
 #[unsafe(link_section = "license")]
 #[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

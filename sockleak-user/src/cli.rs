@@ -20,7 +20,7 @@ use sockleak_user::{
 #[derive(Parser, Debug)]
 #[command(
     name = "sockleak",
-    version,
+    version = sockleak_user::LONG_VERSION,
     about = "Find socket leaks in running services",
     long_about = "Find socket leaks in running services.\n\nsockleak follows every TCP and UDP \
                   socket from creation (socket(), accept()) to release with eBPF, and reports the \

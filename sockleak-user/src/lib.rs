@@ -30,3 +30,22 @@ pub mod top;
 pub mod trace;
 pub mod tracer;
 pub mod verdict;
+
+/// What `sockleak --version` says: the release, the commit it was built from, and whether the
+/// binary is statically linked (a `cargo xtask dist` build, which runs on any x86-64 Linux
+/// whatever its C library).
+pub const LONG_VERSION: &str = if cfg!(target_feature = "crt-static") {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SOCKLEAK_COMMIT"),
+        ", statically linked)"
+    )
+} else {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("SOCKLEAK_COMMIT"),
+        ", dynamically linked)"
+    )
+};

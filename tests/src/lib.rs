@@ -42,13 +42,22 @@ pub fn sockleak_bin() -> PathBuf {
     path
 }
 
-/// Cargo builds `sockleak-scenario` next to the test executables' `deps/` directory.
-fn scenario_bin() -> PathBuf {
+/// A workspace binary built with the tests (`sockleak-scenario`, `sockleak-load`): cargo
+/// puts it next to the test executables' `deps/` directory.
+pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = dir.join("sockleak-scenario");
-    assert!(path.is_file(), "{} missing", path.display());
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} missing: run the suite with `cargo xtask test`",
+        path.display()
+    );
     path
+}
+
+fn scenario_bin() -> PathBuf {
+    workspace_bin("sockleak-scenario")
 }
 
 /// These tests load real eBPF programs. Not being root is a failure, never a silent skip.

@@ -70,3 +70,24 @@ fn the_daemonsets_arguments_run() {
     assert!(args.contains(&"--metrics".to_owned()), "{args:?}");
     run_deployed(&args);
 }
+
+/// The image carries the release's binary: the tarball `cargo xtask dist` makes for this
+/// version, unpacked, and nothing built apart.
+#[test]
+fn the_container_image_is_made_from_the_release_tarball() {
+    let containerfile = deploy_file("Containerfile");
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        containerfile
+            .lines()
+            .any(|l| l == format!("ARG VERSION={version}")),
+        "{containerfile}"
+    );
+    assert!(
+        containerfile
+            .lines()
+            .any(|l| l == "ADD target/dist/sockleak-${VERSION}-x86_64-linux.tar.gz /opt/"),
+        "{containerfile}"
+    );
+    assert!(!containerfile.contains("target/release"), "{containerfile}");
+}

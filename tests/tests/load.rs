@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use sockleak_tests::{Trace, eventually, free_port, http_get, sockleak_bin};
+use sockleak_tests::{Trace, eventually, free_port, http_get, workspace_bin};
 
 const HELD: u64 = 100_000;
 const CHURNED: u64 = 1_000_000;
@@ -21,9 +21,8 @@ fn metric(body: &str, name: &str) -> Option<f64> {
 
 #[test]
 fn a_million_churned_and_a_hundred_thousand_open() {
-    // Built with the workspace by `cargo xtask test`, next to sockleak itself.
-    let load = sockleak_bin().with_file_name("sockleak-load");
-    assert!(load.is_file(), "{} missing", load.display());
+    // The benchmarks' load generator, built with the tests by `cargo xtask test`.
+    let load = workspace_bin("sockleak-load");
     let metrics = format!("127.0.0.1:{}", free_port());
     // Only the load's sockets, filtered in the kernel: the rest of the machine is not the test.
     let tracer = Trace::start_with(

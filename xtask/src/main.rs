@@ -3,12 +3,15 @@
 //! - `build-ebpf`: the eBPF object, with the pinned nightly and a bpf-linker linked against that
 //!   nightly's own libLLVM (installed here on first use; see shared/TOOLCHAIN.md).
 //! - `build`: everything, leaving `target/release/sockleak` with the eBPF object embedded.
+//! - `dist`: a release under `target/dist/`: a statically linked binary in a tarball and a
+//!   Debian package, with SHA-256 sums.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, over every crate (the eBPF
 //!   one with its pinned nightly, for its own target).
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
 //! - `vm-test`: the kernel scenarios inside Debian's 5.10, 6.1 and 6.12 cloud kernels (qemu).
 //! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
 //! - `run -- ARGS`: build, then run `sockleak ARGS` (through sudo when not root).
+mod dist;
 mod ebpf;
 mod vm;
 
@@ -35,6 +38,9 @@ enum Cmd {
     /// Check formatting and run clippy with warnings denied over every crate, the eBPF one
     /// included (needs no eBPF object: a stub stands in).
     Lint,
+    /// Build a release under target/dist/: a statically linked sockleak, a tarball with its
+    /// man page, completions, systemd unit and licences, a Debian package, and SHA256SUMS.
+    Dist,
     /// Build everything and run the whole test suite (needs root).
     Test {
         /// Extra arguments for `cargo test` (after `--`).
@@ -83,6 +89,9 @@ fn try_main() -> Result<()> {
         }
         Cmd::Build => build_release(&root)?,
         Cmd::Lint => lint(&root)?,
+        Cmd::Dist => {
+            dist::dist(&root)?;
+        }
         Cmd::Test { args } => test(&root, &args)?,
         Cmd::Bench { args } => bench(&root, &args)?,
         Cmd::VmTest { kernel, args } => {
@@ -151,9 +160,11 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             "the test suite loads real eBPF programs and needs root: run `sudo -E env PATH=$PATH cargo xtask test`"
         );
     }
-    // The scenario tests run the real binary, built exactly as users get it, and the load
-    // test runs the benchmarks' load generator (`cargo test` builds only the tested package's
-    // own binaries).
+    // The scenario tests run the binary users get: the static one of a release, in
+    // target/dist beside the tarball and the package its own tests check. The load test runs
+    // the benchmarks' load generator (`cargo test` builds only the tested package's own
+    // binaries).
+    let release = dist::dist(root)?;
     let object = build_with_ebpf(root, &["sockleak-user", "sockleak-bench"])?;
     let mut cmd = cargo(root);
     cmd.args([
@@ -167,7 +178,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         "--no-fail-fast",
     ])
     .env("SOCKLEAK_EBPF_OBJECT", &object)
-    .env("SOCKLEAK_BIN", root.join("target/release/sockleak"))
+    .env("SOCKLEAK_BIN", &release.binary)
+    .env("SOCKLEAK_DIST", release.tarball.parent().unwrap())
     .arg("--")
     .args(extra);
     run_tests_and_summarize(&mut cmd)

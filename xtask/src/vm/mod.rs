@@ -108,21 +108,26 @@ pub(super) struct Payload {
 }
 
 fn build_payload(root: &Path) -> Result<Payload> {
-    crate::build_with_ebpf(root, &["sockleak-user", "sockleak-tests"])?;
+    // sockleak as users get it: the static binary of a release, alone, with no library of
+    // the machine that built it.
+    let release = crate::dist::dist(root)?;
+    crate::build_with_ebpf(root, &["sockleak-tests"])?;
     let trace_test = test_executable(root, "trace")?;
-    let release = root.join("target/release");
-    let mut files = vec![
-        (release.join("sockleak"), "/sockleak/sockleak".to_owned()),
+    let built = root.join("target/release");
+    // The tests' own programs are ordinary dynamic executables: their libraries go too.
+    let test_programs = vec![
         (
-            release.join("sockleak-scenario"),
+            built.join("sockleak-scenario"),
             "/sockleak/sockleak-scenario".to_owned(),
         ),
         (trace_test, "/sockleak/deps/trace".to_owned()),
     ];
     let mut libraries = BTreeSet::new();
-    for (binary, _) in &files {
+    for (binary, _) in &test_programs {
         libraries.extend(shared_libraries(binary)?);
     }
+    let mut files = vec![(release.binary, "/sockleak/sockleak".to_owned())];
+    files.extend(test_programs);
     files.extend(libraries.into_iter().map(|lib| {
         let inside = lib.to_string_lossy().into_owned();
         (lib, inside)
