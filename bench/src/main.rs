@@ -12,6 +12,8 @@
 //! 5. CPU: sockleak's own CPU time per 1,000 events during the churn.
 //! 6. Attribution: the kernel time of each of sockleak's programs and its userspace CPU, per
 //!    connection, beside what an untraced connection costs.
+//! 7. Linking: the release's static binary (the one measured above) beside the same code
+//!    linked dynamically: size, start-up, memory idle and with 10,000 sockets, report time.
 mod attribution;
 mod peers;
 mod probe;
@@ -35,9 +37,13 @@ use crate::{
 
 #[derive(Parser)]
 pub(crate) struct Args {
-    /// The sockleak binary under test.
+    /// The sockleak binary under test: the release's, as users get it.
     #[arg(long)]
     pub sockleak: PathBuf,
+    /// The same build linked dynamically, compared with `--sockleak` at start-up and in
+    /// memory.
+    #[arg(long)]
+    sockleak_dynamic: Option<PathBuf>,
     /// The load generator (`sockleak-load`).
     #[arg(long)]
     load: PathBuf,
@@ -98,7 +104,25 @@ struct ScaleResult {
     report_seconds: f64,
     /// TCP TIME_WAIT sockets on the machine while the reports ran.
     time_wait_sockets: Option<u64>,
+    /// From spawn to the first line of output.
+    startup_ms: f64,
 }
+
+/// One way of linking sockleak, measured at [`LINKING_SOCKETS`] sockets.
+#[derive(Serialize)]
+struct LinkingResult {
+    linking: &'static str,
+    binary: PathBuf,
+    size_bytes: u64,
+    /// Medians over the rounds, which alternate between the binaries.
+    startup_ms: f64,
+    rss_idle_bytes: u64,
+    rss_bytes: u64,
+    report_seconds: f64,
+}
+
+/// Enough sockets for the allocator to show, few enough to repeat.
+const LINKING_SOCKETS: usize = 10_000;
 
 #[derive(Serialize)]
 struct Results {
@@ -107,6 +131,7 @@ struct Results {
     events: Vec<EventsResult>,
     scale: Vec<ScaleResult>,
     attribution: Option<Attribution>,
+    linking: Vec<LinkingResult>,
 }
 
 fn main() {
@@ -190,11 +215,18 @@ fn run(args: Args) -> Result<()> {
     for &sockets in &args.scale {
         eprintln!("bench: {sockets} sockets open");
         // One failed size must not throw away the minutes of churn measured before it.
-        match scale_run(&args, sockets) {
+        match scale_run(&args, &args.sockleak, sockets) {
             Ok(result) => scale.push(result),
             Err(err) => eprintln!("bench: {sockets} sockets: {err:#}"),
         }
     }
+
+    let linking = match &args.sockleak_dynamic {
+        Some(dynamic) => linking(&args, dynamic)
+            .inspect_err(|err| eprintln!("bench: linking: {err:#}"))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
 
     let results = Results {
         machine,
@@ -202,6 +234,7 @@ fn run(args: Args) -> Result<()> {
         events,
         scale,
         attribution,
+        linking,
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     print!("{}", table(&results, &args));
@@ -256,8 +289,36 @@ fn events_result(stats: &Stats, ring: Option<u64>, seconds: f64, cpu_seconds: f6
     }
 }
 
+/// The static release binary and the dynamic build, alternately, at [`LINKING_SOCKETS`].
+fn linking(args: &Args, dynamic: &std::path::Path) -> Result<Vec<LinkingResult>> {
+    let binaries = [("static", args.sockleak.as_path()), ("dynamic", dynamic)];
+    let mut runs: [Vec<ScaleResult>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds.min(3) {
+        for (i, (linking, binary)) in binaries.iter().enumerate() {
+            eprintln!("bench: linking round {}, {linking}", round + 1);
+            runs[i].push(scale_run(args, binary, LINKING_SOCKETS)?);
+        }
+    }
+    binaries
+        .iter()
+        .zip(&runs)
+        .map(|((linking, binary), runs)| {
+            let of = |f: fn(&ScaleResult) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            Ok(LinkingResult {
+                linking,
+                binary: binary.to_path_buf(),
+                size_bytes: std::fs::metadata(binary)?.len(),
+                startup_ms: of(|r| r.startup_ms),
+                rss_idle_bytes: of(|r| r.rss_idle_bytes as f64) as u64,
+                rss_bytes: of(|r| r.rss_bytes as f64) as u64,
+                report_seconds: of(|r| r.report_seconds),
+            })
+        })
+        .collect()
+}
+
 /// Starts sockleak serving metrics, opens `sockets` sockets, and reads what it costs.
-fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
+fn scale_run(args: &Args, sockleak: &std::path::Path, sockets: usize) -> Result<ScaleResult> {
     let port = free_port()?;
     let metrics_addr = format!("127.0.0.1:{port}");
     let extra = [
@@ -269,9 +330,10 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
         "--min-age",
         "0s",
     ];
-    let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, &extra)?
+    let tracer = Tracer::start(TracerKind::Sockleak, sockleak, &args.work, &extra)?
         .context("sockleak tracer")?;
     let pid = tracer.pid();
+    let startup_ms = tracer.startup.as_secs_f64() * 1000.0;
     // One report in, before any load: the idle footprint.
     wait_for(Duration::from_secs(30), || {
         metric(&metrics_addr, "sockleak_last_report_timestamp_seconds").map(|_| ())
@@ -327,6 +389,7 @@ fn scale_run(args: &Args, sockets: usize) -> Result<ScaleResult> {
         kernel_map_bytes: maps,
         report_seconds,
         time_wait_sockets: time_wait,
+        startup_ms,
     })
 }
 
@@ -442,6 +505,31 @@ fn table(r: &Results, args: &Args) -> String {
             s.report_seconds * 1000.0,
             s.time_wait_sockets.map_or("-".into(), |n| n.to_string()),
         );
+    }
+    if !r.linking.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nlinking: the release's static binary (measured above) and a dynamic build, \
+             {LINKING_SOCKETS} sockets held;\nrounds alternate between them, medians"
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:>12} {:>10} {:>12} {:>14} {:>12}",
+            "binary", "size", "start-up", "RSS idle", "RSS sockets", "report time"
+        );
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        for l in &r.linking {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>8.1} MiB {:>7.0} ms {:>8.1} MiB {:>10.1} MiB {:>9.0} ms",
+                l.linking,
+                mib(l.size_bytes),
+                l.startup_ms,
+                mib(l.rss_idle_bytes),
+                mib(l.rss_bytes),
+                l.report_seconds * 1000.0,
+            );
+        }
     }
     if let Some(a) = &r.attribution {
         // What one connection costs the machine untraced: every CPU busy with the churn.

@@ -191,6 +191,9 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
             "the benchmarks load eBPF programs and need root: run `sudo -E env PATH=$PATH cargo xtask bench`"
         );
     }
+    // The release's static binary is what users run and what is measured; the dynamic
+    // build is measured beside it once, for what static linking costs.
+    let release = dist::dist(root)?;
     build_release(root)?;
     run(cargo(root).args(["build", "--release", "--package", "sockleak-bench"]))?;
     // The peers: libbpf-tools' tcplife and tcpstates (CO-RE, no kernel headers needed) and
@@ -203,6 +206,8 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
     let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
         .arg("--sockleak")
+        .arg(&release.binary)
+        .arg("--sockleak-dynamic")
         .arg(root.join("target/release/sockleak"))
         .arg("--load")
         .arg(root.join("target/release/sockleak-load"))
