@@ -118,6 +118,9 @@ pub struct SockEvent {
     /// made the handle, so that stack is the one that names the program's code. [`NO_STACK`]
     /// for sockets not opened by libuv for a handle whose making was seen.
     pub handle_stack_id: i32,
+    /// Key in `JS_STACKS` of the JavaScript frames found where the handle was made (with
+    /// `handle_stack_id`), or [`crate::NO_JS_STACK`].
+    pub js_stack_id: u32,
     /// The word at the user stack pointer when the syscall was made: the return address into
     /// the caller of a frameless syscall wrapper (glibc's `socket()`), which a frame-pointer
     /// walk skips. 0 when unread; userspace decides whether it is a code address.
@@ -167,6 +170,7 @@ impl SockEvent {
             daddr: [0; 16],
             user_stack_id: NO_STACK,
             handle_stack_id: NO_STACK,
+            js_stack_id: crate::NO_JS_STACK,
             user_sp_word: 0,
         }
     }

@@ -3,8 +3,9 @@
 //!
 //! Read this crate first. Everything the kernel side tells userspace is a [`SockEvent`] in the
 //! `EVENTS` ring buffer, the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
-//! stacks in `STACKS` that events refer to by id. Everything userspace tells the kernel side is
-//! the [`Config`] and [`KernelFilter`] globals, written before the programs load.
+//! stacks in `STACKS` (and JavaScript ones in `JS_STACKS`, see [`JsStack`]) that events refer
+//! to by id. Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
+//! globals, written before the programs load, and the V8 layouts in `V8_LAYOUTS`.
 //!
 //! The vocabulary: a socket's [`Family`], [`Protocol`] and [`SockType`], its state as the
 //! kernel numbers it ([`TcpState`]) and as a person reads it ([`SocketState`]), where it comes
@@ -21,6 +22,7 @@ mod event;
 mod maps;
 mod origin;
 mod socket;
+mod v8;
 mod verdict;
 
 #[cfg(feature = "user")]
@@ -33,4 +35,5 @@ pub use event::*;
 pub use maps::*;
 pub use origin::{Origin, Role};
 pub use socket::{Family, Protocol, SockType, SocketState, TcpState};
+pub use v8::*;
 pub use verdict::Verdict;

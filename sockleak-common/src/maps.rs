@@ -37,9 +37,12 @@ pub enum Stat {
     StackFailures = 4,
     /// Stacks not taken because the creating process was over its `stack_rate` budget.
     StacksNotSampled = 5,
+    /// JavaScript stacks not kept: `JS_STACKS` was full, or held another stack under the same
+    /// key. Those sockets keep their native frames only.
+    JsStacksLost = 6,
 }
 
-pub const STAT_COUNT: u32 = 6;
+pub const STAT_COUNT: u32 = 7;
 
 /// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
 /// from these instead of a readlink per fd under /proc.

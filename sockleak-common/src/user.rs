@@ -6,12 +6,17 @@ use serde::{
     ser::SerializeStruct,
 };
 
-use crate::{Config, Family, KernelFilter, Origin, Protocol, SockEvent, SocketState, Verdict};
+use crate::{
+    Config, Family, JsStack, KernelFilter, Origin, Protocol, SockEvent, SocketState, V8Layout,
+    Verdict,
+};
 
 // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
 unsafe impl aya::Pod for Config {}
 unsafe impl aya::Pod for KernelFilter {}
 unsafe impl aya::Pod for SockEvent {}
+unsafe impl aya::Pod for V8Layout {}
+unsafe impl aya::Pod for JsStack {}
 
 /// Serialized as its `name()`, read back by `from_name()`.
 macro_rules! by_name {

@@ -13,13 +13,14 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sockleak_common::{NO_STACK, Stat};
+use sockleak_common::Stat;
 
 use crate::{
     filter::admits_task,
-    maps::{HANDLE_STACKS, HandleKey, OPENING_HANDLE, config, count},
+    maps::{HANDLE_STACKS, HandleKey, HandleStacks, OPENING_HANDLE, config, count},
     stacks::{stack_id, within_stack_budget},
     task::current_task,
+    v8::js_stack,
 };
 
 /// `uv_tcp_init(loop, handle)`, `uv_tcp_init_ex`, `uv_udp_init`, `uv_udp_init_ex`,
@@ -44,16 +45,18 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
         count(Stat::StacksNotSampled);
         return 0;
     }
-    let stack = stack_id(&ctx, BPF_F_USER_STACK as u64);
-    if stack < 0 {
+    let native = stack_id(&ctx, BPF_F_USER_STACK as u64);
+    if native < 0 {
         return 0;
     }
+    // Node's JavaScript frames, named by userspace where no perf map does.
+    let js = js_stack(&ctx, task.pid);
     let key = HandleKey {
         pid: task.pid,
         _pad: 0,
         handle,
     };
-    let _ = HANDLE_STACKS.insert(&key, &stack, 0);
+    let _ = HANDLE_STACKS.insert(&key, &HandleStacks { native, js }, 0);
     0
 }
 
@@ -89,12 +92,12 @@ pub fn uv_opened(_ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The stack that made the libuv handle the current thread is opening a socket for, if any.
+/// Where the libuv handle the current thread is opening a socket for was made, if known.
 #[inline(always)]
-pub fn handle_stack(pid: u32, tid: u32) -> i32 {
+pub fn handle_stacks(pid: u32, tid: u32) -> HandleStacks {
     // SAFETY: map values, valid for the program's run.
     let Some(handle) = (unsafe { OPENING_HANDLE.get(&tid) }) else {
-        return NO_STACK;
+        return HandleStacks::NONE;
     };
     let key = HandleKey {
         pid,
@@ -102,7 +105,7 @@ pub fn handle_stack(pid: u32, tid: u32) -> i32 {
         handle: *handle,
     };
     match unsafe { HANDLE_STACKS.get(&key) } {
-        Some(stack) => *stack,
-        None => NO_STACK,
+        Some(stacks) => *stacks,
+        None => HandleStacks::NONE,
     }
 }

@@ -13,13 +13,13 @@
 //! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks |
 //! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked |
 //! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
-//! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle |
+//! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle, and its JavaScript frames (`v8.rs`) |
 //! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |
 //! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each inet socket |
 //!
-//! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture),
-//! `fdwalk.rs` (fd to socket), `filter.rs` (the owner filters), `maps.rs` (maps, config, and
-//! `send`, the one way an event reaches the ring).
+//! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`
+//! (the JavaScript frames of a Node.js stack), `fdwalk.rs` (fd to socket), `filter.rs` (the
+//! owner filters), `maps.rs` (maps, config, and `send`, the one way an event reaches the ring).
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
 //!
@@ -40,6 +40,7 @@ mod socket_fds;
 mod stacks;
 mod state;
 mod task;
+mod v8;
 
 #[cfg(not(test))]
 #[panic_handler]

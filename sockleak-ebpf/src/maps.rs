@@ -2,15 +2,18 @@
 //! holds it), so nothing here can grow with the number of sockets. `STACKS` grows with distinct
 //! creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes and
 //! `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and threads, each up to its fixed number
-//! of entries, least recently used first out.
+//! of entries, least recently used first out. `JS_STACKS` grows with distinct JavaScript stacks
+//! up to its slots, and `V8_LAYOUTS` holds what userspace put there for the V8 processes it
+//! found (it removes the ones that exit).
 use aya_ebpf::{
-    btf_maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    btf_maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     helpers::generated::{bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
 };
 use sockleak_common::{
-    Config, EVENTS_RING_BYTES, EventKind, Hook, LIBUV_HANDLES, LIBUV_THREADS, NO_STACK,
-    STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, Stat,
+    Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
+    LIBUV_THREADS, NO_JS_STACK, NO_STACK, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
+    STAT_COUNT, SockEvent, Stat, V8_PROCESSES, V8Layout,
 };
 
 #[btf_map]
@@ -51,15 +54,44 @@ pub struct HandleKey {
     pub handle: u64,
 }
 
-/// The stack (id in `STACKS`) that made each libuv handle, until a socket is opened for it.
+/// Where a libuv handle was made: its native stack (id in `STACKS`) and its JavaScript frames
+/// (key in `JS_STACKS`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HandleStacks {
+    pub native: i32,
+    pub js: u32,
+}
+
+impl HandleStacks {
+    pub const NONE: Self = Self {
+        native: NO_STACK,
+        js: NO_JS_STACK,
+    };
+}
+
+/// Where each libuv handle was made, until a socket is opened for it.
 #[btf_map]
-pub static HANDLE_STACKS: LruHashMap<HandleKey, i32, { LIBUV_HANDLES as usize }> =
+pub static HANDLE_STACKS: LruHashMap<HandleKey, HandleStacks, { LIBUV_HANDLES as usize }> =
     LruHashMap::new();
 
 /// The handle each thread (by tid) is inside a libuv call for, a call that may open the
 /// handle's socket (`uv_tcp_connect`, `uv_tcp_bind`, ...): set on entry, removed on return.
 #[btf_map]
 pub static OPENING_HANDLE: LruHashMap<u32, u64, { LIBUV_THREADS as usize }> = LruHashMap::new();
+
+/// The V8 layout of each Node.js process userspace found (by pid), or of every process
+/// ([`sockleak_common::ANY_V8_PROCESS`]) while all share one.
+#[btf_map]
+pub static V8_LAYOUTS: HashMap<u32, V8Layout, { V8_PROCESSES as usize }> = HashMap::new();
+
+/// JavaScript stacks by key (see `sockleak_common::JsStack`); userspace never deletes.
+#[btf_map]
+pub static JS_STACKS: HashMap<u32, JsStack, { JS_STACK_SLOTS as usize }> = HashMap::new();
+
+/// Where a walk builds its stack: too large for the program's own stack.
+#[btf_map]
+pub static JS_SCRATCH: PerCpuArray<JsStack, 1> = PerCpuArray::new();
 
 /// Written by userspace before load (`EbpfLoader::override_global`); read-only afterwards.
 #[unsafe(no_mangle)]
@@ -152,6 +184,7 @@ pub fn send(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
         event.fd = -1;
         event.user_stack_id = NO_STACK;
         event.handle_stack_id = NO_STACK;
+        event.js_stack_id = NO_JS_STACK;
         fill(event);
     }
     let ring = core::ptr::from_ref(&EVENTS).cast_mut().cast();

@@ -10,7 +10,7 @@ use sockleak_common::{Config, EventKind, Hook, NO_STACK, STACK_PENDING, SockEven
 use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
-    libuv::handle_stack,
+    libuv::handle_stacks,
     maps::{STACK_PENDING_TID, config, send},
     stacks::stack_allowed,
     task::current_task,
@@ -33,7 +33,9 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             sock.fill(ev);
             ev.skaddr = sk;
             if cfg.libuv_handles != 0 {
-                ev.handle_stack_id = handle_stack(task.pid, task.tid);
+                let made = handle_stacks(task.pid, task.tid);
+                ev.handle_stack_id = made.native;
+                ev.js_stack_id = made.js;
             }
             if cfg.socket_inode != 0 {
                 ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);

@@ -8,7 +8,7 @@
 //!   `procfs` and `cgroups` for processes);
 //! - `verdict`: why a socket looks leaked;
 //! - `report`: the sockets `filter` selects, grouped by owner, site and creation stack
-//!   (`symbolize` names the stacks);
+//!   (`symbolize` names the stacks, `v8` the JavaScript frames of a node without perf maps);
 //! - `render`: text, JSON, folded stacks and flame graphs; `metrics` (Prometheus) and `top` (a
 //!   live view) show reports too.
 //!
@@ -29,6 +29,7 @@ pub mod table;
 pub mod top;
 pub mod trace;
 pub mod tracer;
+pub mod v8;
 pub mod verdict;
 
 /// What `sockleak --version` says: the release, the commit it was built from, and whether the

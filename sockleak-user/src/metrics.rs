@@ -207,7 +207,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     }
 
     let st = &report.stats;
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 11] = [
         (
             "sockleak_events_sent_total",
             "Events the kernel side delivered to the ring buffer.",
@@ -252,6 +252,11 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             "sockleak_stack_failures_total",
             "Creation stacks that could not be captured.",
             st.kernel.stack_failures,
+        ),
+        (
+            "sockleak_js_stacks_lost_total",
+            "JavaScript stacks of Node.js without perf maps not kept (table full or colliding).",
+            st.kernel.js_stacks_lost,
         ),
         (
             "sockleak_stacks_not_sampled_total",

@@ -6,7 +6,9 @@
 //! it sees (a hash lookup); reports read whatever the cache holds. A stack with frames nobody
 //! could name yet is retried at later reports: JIT runtimes write their perf maps
 //! (`/tmp/perf-PID.map`) lazily, so a JavaScript frame unknown at creation is usually known a
-//! few seconds later.
+//! few seconds later. Where node runs without perf maps, the JavaScript frames the kernel walk
+//! found (`JS_STACKS`) are named from the process's heap ([`crate::v8`]) and take the place of
+//! the native frames V8's code has there.
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
@@ -18,12 +20,14 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, StackTraceMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
-use sockleak_common::{STACK_NOT_SAMPLED, SockEvent};
+use sockleak_common::{JsStack, NO_JS_STACK, STACK_NOT_SAMPLED, SockEvent};
+
+use crate::v8::{self, V8Processes, heap::LineEnds};
 
 /// Which stack created a socket: its id in `STACKS`, the process whose address space the
 /// addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
@@ -34,6 +38,8 @@ pub struct StackKey {
     pub sp_word: u64,
     /// Taken where a libuv handle was made (`uv_tcp_init`), not at the socket's syscall.
     pub handle: bool,
+    /// The JavaScript frames found there (key in `JS_STACKS`), or [`NO_JS_STACK`].
+    pub js: u32,
 }
 
 /// What sockleak knows of the code path that created a socket.
@@ -58,6 +64,7 @@ impl CreationStack {
                 user: ev.handle_stack_id,
                 sp_word: 0,
                 handle: true,
+                js: ev.js_stack_id,
             });
         }
         match ev.user_stack_id {
@@ -66,6 +73,7 @@ impl CreationStack {
                 user: id,
                 sp_word: ev.user_sp_word,
                 handle: false,
+                js: NO_JS_STACK,
             }),
             STACK_NOT_SAMPLED => Self::NotSampled,
             _ => Self::Unknown,
@@ -87,6 +95,8 @@ pub struct Stack {
     pub frames: Arc<[String]>,
     /// Frames that could not be named yet; retried while the process lives.
     pub unknown: usize,
+    /// What the frames lack and why, for people (JavaScript frames left unnamed).
+    pub note: Option<Arc<str>>,
     attempts: u8,
 }
 
@@ -123,13 +133,32 @@ pub struct StackStats {
 }
 
 impl Stacks {
-    pub fn start(map: StackTraceMap<MapData>) -> std::io::Result<Self> {
+    /// Starts the symbolizer thread over the kernel's stack maps (`JS_STACKS` may be absent,
+    /// with the libuv uprobes), naming JavaScript frames with the layouts in `v8`.
+    pub fn start(
+        map: StackTraceMap<MapData>,
+        js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
+        v8: V8Processes,
+    ) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let worker_cache = Arc::clone(&cache);
         thread::Builder::new()
             .name("symbolize".into())
-            .spawn(move || Worker::new(map, worker_cache).run(rx))?;
+            .spawn(move || {
+                Worker {
+                    map,
+                    js_stacks,
+                    v8,
+                    cache: worker_cache,
+                    // Made on its thread: it is not Send.
+                    symbolizer: Symbolizer::new(),
+                    addresses: HashMap::new(),
+                    js: HashMap::new(),
+                    lines: HashMap::new(),
+                }
+                .run(rx)
+            })?;
         Ok(Self {
             requests,
             cache,
@@ -184,22 +213,23 @@ impl Stacks {
 
 struct Worker {
     map: StackTraceMap<MapData>,
+    js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
+    v8: V8Processes,
     cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>,
     symbolizer: Symbolizer,
     /// Stack ids never change meaning (userspace never deletes from `STACKS`): read each once.
     addresses: HashMap<i32, Vec<u64>>,
+    /// Nor do JavaScript stack keys (nothing deletes from `JS_STACKS`).
+    js: HashMap<u32, Option<Box<JsStack>>>,
+    /// Scripts' line ends, by process (a few processes' worth).
+    lines: HashMap<u32, LineEnds>,
 }
 
-impl Worker {
-    fn new(map: StackTraceMap<MapData>, cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>) -> Self {
-        Self {
-            map,
-            cache,
-            symbolizer: Symbolizer::new(),
-            addresses: HashMap::new(),
-        }
-    }
+/// Processes, and scripts per process, whose line ends are kept.
+const LINES_PROCESSES: usize = 64;
+const LINES_SCRIPTS: usize = 256;
 
+impl Worker {
     fn run(mut self, requests: Receiver<Request>) {
         while let Ok(request) = requests.recv() {
             match request {
@@ -227,6 +257,9 @@ impl Worker {
         let mut frames = Vec::new();
         let process = Source::Process(Process::new(key.pid.into()));
         let mut user_frames = self.names(&process, &user);
+        if key.js != NO_JS_STACK || key.handle {
+            stack.note = self.name_js_frames(&key, &user, &mut user_frames);
+        }
         // Past code built without frame pointers the walk reads whatever is on the stack: a
         // tail of unknown addresses that differs from call to call, or ends early. It is cut,
         // so one call path is one group however far each walk got.
@@ -248,6 +281,69 @@ impl Worker {
         if let Ok(mut cache) = self.cache.lock() {
             cache.insert(key, Arc::new(stack));
         }
+    }
+
+    /// Puts the names of the JavaScript frames of `key` in place of the native frames at the
+    /// same depth (V8's code, unnamed or named after a builtin such as the interpreter's
+    /// trampoline). A frame a perf map named keeps that name: the runtime's own word comes
+    /// first. Returns what is missing, in words, when something is.
+    fn name_js_frames(
+        &mut self,
+        key: &StackKey,
+        native: &[u64],
+        frames: &mut [Option<Vec<String>>],
+    ) -> Option<Arc<str>> {
+        let layout = self.v8.get(key.pid)?;
+        let layout = match &*layout {
+            Ok(layout) => layout,
+            Err(why) => return Some(format!("JavaScript frames not named: {why}").into()),
+        };
+        let stack = self.js_stack(key.js)?;
+        if self.lines.len() >= LINES_PROCESSES && !self.lines.contains_key(&stack.pid) {
+            self.lines.clear();
+        }
+        let lines = self.lines.entry(stack.pid).or_default();
+        if lines.len() >= LINES_SCRIPTS {
+            lines.clear();
+        }
+        let (named, failed) = v8::name_frames(&stack, layout, lines);
+        for frame in named {
+            match (native.get(frame.depth), frames.get_mut(frame.depth)) {
+                (Some(&pc), Some(slot)) if pc == frame.pc => {
+                    let from_perf_map = slot
+                        .as_ref()
+                        .is_some_and(|names| names.iter().any(|n| n.starts_with("JS:")));
+                    if !from_perf_map {
+                        *slot = Some(vec![frame.name]);
+                    }
+                }
+                _ => log::debug!(
+                    "JavaScript frame {} at depth {} is not in the native stack",
+                    frame.name,
+                    frame.depth
+                ),
+            }
+        }
+        failed.map(|(count, first)| {
+            format!("{count} JavaScript frames could not be read from the heap: {first}").into()
+        })
+    }
+
+    fn js_stack(&mut self, id: u32) -> Option<Box<JsStack>> {
+        if id == NO_JS_STACK {
+            return None;
+        }
+        let map = self.js_stacks.as_ref()?;
+        self.js
+            .entry(id)
+            .or_insert_with(|| match map.get(&id, 0) {
+                Ok(stack) => Some(Box::new(stack)),
+                Err(err) => {
+                    log::debug!("reading JavaScript stack {id}: {err}");
+                    None
+                }
+            })
+            .clone()
     }
 
     fn addresses_of(&mut self, id: i32) -> Vec<u64> {

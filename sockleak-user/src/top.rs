@@ -316,6 +316,9 @@ impl View {
                 lines.push(Line::from(format!("  {}", for_terminal(frame))));
             }
         }
+        if let Some(note) = &g.stack_note {
+            lines.push(Line::from(format!("({})", for_terminal(note))).dim());
+        }
         lines.push(Line::from(""));
         lines.push(Line::from("sockets (flagged first):").bold());
         for s in members.iter().take(50) {

@@ -99,9 +99,15 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
-        let stacks = Stacks::start(StackTraceMap::try_from(
-            ebpf.take_map("STACKS").context("STACKS map missing")?,
-        )?)
+        let js_stacks = ebpf
+            .take_map("JS_STACKS")
+            .map(aya::maps::HashMap::try_from)
+            .transpose()?;
+        let stacks = Stacks::start(
+            StackTraceMap::try_from(ebpf.take_map("STACKS").context("STACKS map missing")?)?,
+            js_stacks,
+            libuv.processes.clone(),
+        )
         .context("starting the symbolizer thread")?;
         // After every program is loaded: init takes the log map out of `ebpf`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
@@ -256,6 +262,7 @@ impl Tracer {
             stack_collisions: stat(Stat::StackCollisions),
             stack_failures: stat(Stat::StackFailures),
             stacks_not_sampled: stat(Stat::StacksNotSampled),
+            js_stacks_lost: stat(Stat::JsStacksLost),
         };
         let mut report = reporter.report(table, stacks, now, kernel);
         log::debug!(

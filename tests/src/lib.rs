@@ -152,9 +152,16 @@ impl Trace {
 
     /// Starts tracing with exactly these arguments (and `--pid` for each of `pids`).
     pub fn start_with(pids: &[u32], extra: &[&str]) -> Self {
+        Self::start_in_env(pids, extra, &[])
+    }
+
+    /// [`Trace::start_with`], with these variables in sockleak's environment.
+    pub fn start_in_env(pids: &[u32], extra: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let mut cmd = Command::new(sockleak_bin());
-        cmd.args(["trace", "--format", "json"]).args(extra);
+        cmd.args(["trace", "--format", "json"])
+            .args(extra)
+            .envs(env.iter().copied());
         for pid in pids {
             cmd.args(["--pid", &pid.to_string()]);
         }

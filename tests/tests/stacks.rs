@@ -417,3 +417,92 @@ fn upstream_leak_is_named(mode: &[&str]) {
     drop(tracer);
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", service.pid()));
 }
+
+/// In an incident node runs without perf-map flags. The same service, started without any
+/// flag before sockleak: the kernel walk keeps each JavaScript frame's function and sockleak
+/// names it from the heap, with the line of the call each frame was in.
+#[test]
+fn a_node_service_without_flags_has_its_functions_named_from_v8s_heap() {
+    let (group, frames) = unflagged_upstream_leak(&[], &[]);
+    assert!(group.stack_note.is_none(), "{group:#?}");
+    let net = frames
+        .iter()
+        .position(|f| f.starts_with("JS:") && f.contains(" (node:net"))
+        .unwrap_or_else(|| panic!("no frame of Node's net module in {frames:#?}"));
+    let connect = line_of("upstream_leak.js", "= net.connect(");
+    let call = line_of("upstream_leak.js", "  openUpstreamForRequest(onConnected);");
+    let open = frame_at(&frames, "JS:openUpstreamForRequest (", connect);
+    let handle = frame_at(&frames, "JS:handleRequest (", call);
+    assert!(net < open && open < handle, "{frames:#?}");
+}
+
+/// An `http.get` per request through a new `http.Agent`, without flags: the user's function
+/// at the line of the `http.get` call.
+#[test]
+fn a_node_service_without_flags_names_the_http_agents_it_leaks() {
+    let (_, frames) = unflagged_upstream_leak(&["http"], &[]);
+    let get = line_of("upstream_leak.js", "= http.get(");
+    let open = frame_at(&frames, "JS:openUpstreamForRequest (", get);
+    let handle = frame_at(
+        &frames,
+        "JS:handleRequest (",
+        line_of("upstream_leak.js", "  openUpstreamForRequest(onConnected);"),
+    );
+    assert!(open < handle, "{frames:#?}");
+}
+
+/// A V8 layout sockleak does not understand (the test hook makes every one so) names no
+/// JavaScript frame: the group keeps its native frames and says why.
+#[test]
+fn a_v8_layout_not_understood_names_nothing_and_says_why() {
+    let (group, frames) = unflagged_upstream_leak(&[], &[("SOCKLEAK_TEST_V8_UNSUPPORTED", "1")]);
+    assert!(!frames.iter().any(|f| f.starts_with("JS:")), "{frames:#?}");
+    assert!(
+        frames.iter().any(|f| f.starts_with("node::TCPWrap::New")),
+        "native frames stay: {frames:#?}"
+    );
+    let note = group.stack_note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("JavaScript frames not named: the V8 layout of ")
+            && note.contains("SOCKLEAK_TEST_V8_UNSUPPORTED"),
+        "{group:#?}"
+    );
+}
+
+/// upstream_leak.js run without flags before sockleak, five upstreams opened: their one
+/// group and its frames.
+fn unflagged_upstream_leak(mode: &[&str], env: &[(&str, &str)]) -> (Group, Vec<String>) {
+    let mut upstream = Scenario::spawn();
+    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
+    upstream.run("serve-keep");
+    let mut service = Scenario::spawn_program(
+        Command::new("node")
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
+            .args([port.as_str(), "5"])
+            .args(mode),
+    );
+    let tracer = Trace::start_in_env(
+        &[service.pid()],
+        &["--interval", "300ms", "--min-age", "0s"],
+        env,
+    );
+    service.run("go");
+    let report = tracer.report_when(|r| {
+        r.groups_at(service.pid(), "socket()")
+            .first()
+            .is_some_and(|g| g.count == 5 && !g.key.stack.frames().is_empty())
+    });
+    let group = report.group_at(service.pid(), "socket()").clone();
+    assert!(group.handle_stack, "{group:#?}");
+    let frames = group.key.stack.frames().to_vec();
+    (group, frames)
+}
+
+/// The index of the frame that starts with `prefix` and is at `upstream_leak.js:line`.
+fn frame_at(frames: &[String], prefix: &str, line: usize) -> usize {
+    frames
+        .iter()
+        .position(|f| f.starts_with(prefix) && f.ends_with(&format!("upstream_leak.js:{line})")))
+        .unwrap_or_else(|| panic!("no {prefix}... at line {line} in {frames:#?}"))
+}

@@ -5,16 +5,29 @@
 //!
 //! Processes are looked at when tracing starts and at every report: a node started later gets
 //! the probes too. Each binary is probed once, for every process that maps it.
-use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
+//!
+//! The same scans read each node binary's V8 layout (once per binary) and tell the kernel walk
+//! and the symbolizer which process runs which (see [`crate::v8`]).
+use std::{
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
     programs::{UProbe, uprobe::UProbeScope},
 };
+use sockleak_common::{ANY_V8_PROCESS, V8Layout};
 
 use super::program_mut;
-use crate::procfs;
+use crate::{
+    procfs,
+    v8::{LayoutOf, V8Processes, layout::Layout},
+};
 
 /// The programs and the libuv functions each is attached to. Every one of these functions is
 /// in libuv's public API (node exports them for its addons).
@@ -54,14 +67,24 @@ const PROBES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// A file by device and inode.
+type FileId = (u64, u64);
+
 /// What has been probed and looked at.
 #[derive(Default)]
 pub struct LibuvProbes {
     loaded: bool,
-    /// Files (device, inode) already looked at, probed or not.
-    seen: HashSet<(u64, u64)>,
+    /// Files already looked at, probed or not.
+    seen: HashSet<FileId>,
     /// How many of them export libuv and are probed.
     pub probed: usize,
+    /// The V8 layout of each executable that exports libuv (node), read once.
+    layouts: HashMap<FileId, LayoutOf>,
+    /// The kernel's `V8_LAYOUTS`, and what it holds by pid.
+    kernel_layouts: Option<BpfHashMap<MapData, u32, V8Layout>>,
+    registered: HashMap<u32, V8Layout>,
+    /// The symbolizer's view of the same.
+    pub processes: V8Processes,
 }
 
 impl LibuvProbes {
@@ -73,35 +96,92 @@ impl LibuvProbes {
                 .load()
                 .with_context(|| format!("loading the uprobe {program}"))?;
         }
+        let kernel_layouts = ebpf
+            .take_map("V8_LAYOUTS")
+            .context("V8_LAYOUTS map missing")?
+            .try_into()?;
         Ok(Self {
             loaded: true,
+            kernel_layouts: Some(kernel_layouts),
             ..Self::default()
         })
     }
 
     /// Probes the libuv in the executables (and libraries) of these processes not looked at
-    /// yet.
+    /// yet, and tells the kernel and the symbolizer the V8 layout of each that runs node.
+    /// `pids` is every process there is, or every one watched.
     pub fn probe(&mut self, ebpf: &mut Ebpf, pids: impl IntoIterator<Item = u32>) {
         if !self.loaded {
             return;
         }
+        let mut running = HashSet::new();
         for pid in pids {
             let exe = format!("/proc/{pid}/exe");
-            if self.first_look(&exe) && self.probe_file(ebpf, &exe) {
-                continue;
+            let Some(file) = file_id(&exe) else { continue };
+            running.insert(pid);
+            if self.seen.insert(file) {
+                if self.probe_file(ebpf, &exe) {
+                    self.layouts.insert(file, read_layout(&exe));
+                } else if let Some(library) = libuv_library_of(pid)
+                    && file_id(&library).is_some_and(|lib| self.seen.insert(lib))
+                    && self.probe_file(ebpf, &library)
+                {
+                    // A distribution may link libuv as a shared library, which is looked at
+                    // once too; V8 is still in the executable.
+                    self.layouts.insert(file, read_layout(&exe));
+                }
             }
-            // A distribution may link libuv as a shared library; it is looked at once too.
-            if let Some(library) = libuv_library_of(pid)
-                && self.first_look(&library)
-            {
-                self.probe_file(ebpf, &library);
+            if let Some(layout) = self.layouts.get(&file) {
+                self.register(pid, layout.clone());
             }
         }
+        self.forget_exited(&running);
     }
 
-    /// Whether `path` (a file some process maps) is looked at for the first time.
-    fn first_look(&mut self, path: &str) -> bool {
-        std::fs::metadata(path).is_ok_and(|m| self.seen.insert((m.dev(), m.ino())))
+    /// Tells the kernel walk and the symbolizer process `pid`'s layout.
+    fn register(&mut self, pid: u32, layout: LayoutOf) {
+        if let (Ok(layout), Some(map)) = (&*layout, &mut self.kernel_layouts)
+            && self.registered.get(&pid) != Some(&layout.kernel)
+        {
+            match map.insert(&pid, &layout.kernel, 0) {
+                Ok(()) => {
+                    self.registered.insert(pid, layout.kernel);
+                }
+                Err(err) => log::debug!("V8 layout of pid {pid} not registered: {err}"),
+            }
+        }
+        self.processes.set(pid, layout);
+    }
+
+    /// Forgets processes not running any more, and keeps a layout for processes not yet
+    /// looked at (a node started since this scan).
+    fn forget_exited(&mut self, running: &HashSet<u32>) {
+        let Some(map) = &mut self.kernel_layouts else {
+            return;
+        };
+        let gone: Vec<u32> = self
+            .registered
+            .keys()
+            .filter(|pid| !running.contains(pid))
+            .copied()
+            .collect();
+        for pid in gone {
+            let _ = map.remove(&pid);
+            self.registered.remove(&pid);
+        }
+        self.processes.retain(|pid| running.contains(&pid));
+        // Only while every node binary seen has one layout, all understood: a process of
+        // another would be walked with a layout not its own.
+        let mut kernels = self
+            .layouts
+            .values()
+            .map(|l| l.as_ref().as_ref().ok().map(|l| l.kernel));
+        let first = kernels.next().flatten();
+        let shared = first.filter(|&first| kernels.all(|k| k == Some(first)));
+        let _ = match shared {
+            Some(layout) => map.insert(&ANY_V8_PROCESS, &layout, 0),
+            None => map.remove(&ANY_V8_PROCESS),
+        };
     }
 
     /// Attaches every probe to `path`; false if it does not export libuv.
@@ -126,6 +206,28 @@ impl LibuvProbes {
         log::info!("libuv uprobes on {path}");
         true
     }
+}
+
+fn file_id(path: &str) -> Option<FileId> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The V8 layout of the binary at `path` (a process's `exe` link), or why there is none,
+/// naming the binary (logged once per binary).
+fn read_layout(path: &str) -> LayoutOf {
+    let shown =
+        std::fs::read_link(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string());
+    let layout = Layout::of_binary(Path::new(path))
+        .map_err(|err| format!("the V8 layout of {shown} is not understood: {err:#}"));
+    match &layout {
+        Ok(l) => log::info!(
+            "V8 {}.{} layout read from {shown}",
+            l.version.0,
+            l.version.1
+        ),
+        Err(err) => log::info!("{err}"),
+    }
+    Arc::new(layout)
 }
 
 /// The libuv shared library process `pid` maps, as a path from sockleak's view of the file

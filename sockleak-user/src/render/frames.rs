@@ -26,15 +26,16 @@ fn is_entry(frame: &str) -> bool {
     )
 }
 
-/// Whether a frame (`name (file:line)`, `name`, `JS:name script:line`, `0xADDR [unknown]`)
-/// belongs to the machinery between a program's own code and the socket.
+/// Whether a frame (`name (file:line)`, `name`, `JS:name script:line` from a perf map,
+/// `JS:name (script:line)` from V8's heap, `0xADDR [unknown]`) belongs to the machinery
+/// between a program's own code and the socket.
 fn is_plumbing(frame: &str) -> bool {
     if frame.ends_with(" [unknown]") {
         return true;
     }
-    // Node's own JavaScript (`JS:internalConnect node:net:1038:25`).
+    // Node's own JavaScript (`JS:internalConnect node:net:1038:25`, `JS:connect (node:net)`).
     if let Some(js) = frame.strip_prefix("JS:") {
-        return js.contains(" node:");
+        return js.contains(" node:") || js.contains(" (node:");
     }
     let name = frame.split(" (").next().unwrap_or(frame);
     const RUNTIME_PREFIXES: &[&str] = &[
@@ -127,6 +128,14 @@ mod tests {
             "JS:openUpstream /srv/app.js:12:3",
         ]);
         assert_eq!(plumbing_inside(&node_client), 4);
+        // The same named from V8's heap (no perf map).
+        let node_heap = frames(&[
+            "uv_tcp_init (tcp.c:118)",
+            "node::TCPWrap::New",
+            "JS:connect (node:net)",
+            "JS:openUpstream (/srv/app.js:12)",
+        ]);
+        assert_eq!(plumbing_inside(&node_heap), 3);
         // Nothing but the event loop and the program's entry: nothing to lead with, nothing
         // folded.
         let node_accept = frames(&[

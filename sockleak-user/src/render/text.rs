@@ -75,6 +75,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             st.kernel.stack_collisions
         );
     }
+    if st.kernel.js_stacks_lost > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} JavaScript stacks lost to a full table: some Node.js groups show \
+             native frames only",
+            st.kernel.js_stacks_lost
+        );
+    }
     if st.kernel.events_lost > 0 || st.table.dropped_table_full > 0 {
         let _ = writeln!(
             out,
@@ -153,6 +161,9 @@ pub fn report(r: &Report, final_report: bool) -> String {
             let _ = writeln!(out, "{:>8}{HANDLE_STACK}", "");
         }
         stack(&mut out, g.key.stack.frames());
+        if let Some(note) = &g.stack_note {
+            let _ = writeln!(out, "{:>8}({})", "", for_terminal(note));
+        }
         if g.stack_not_sampled {
             let _ = writeln!(
                 out,

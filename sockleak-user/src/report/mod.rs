@@ -126,8 +126,12 @@ impl Reporter {
                     stack: group_stack(s.stack),
                 };
                 *group_of_key.entry(key.clone()).or_insert_with(|| {
-                    let handle_stack = s.stack.key().is_some_and(|k| k.handle);
-                    groups.push(new_group(key, place, handle_stack));
+                    let mut group = new_group(key, place);
+                    if let Some(stack_key) = s.stack.key() {
+                        group.handle_stack = stack_key.handle;
+                        group.stack_note = stacks.get(&stack_key).and_then(|st| st.note.clone());
+                    }
+                    groups.push(group);
                     groups.len() - 1
                 })
             });
@@ -200,10 +204,11 @@ fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candida
     }
 }
 
-fn new_group(key: GroupKey, place: &Placement, handle_stack: bool) -> Group {
+fn new_group(key: GroupKey, place: &Placement) -> Group {
     Group {
         stack_not_sampled: key.stack == GroupStack::NotSampled,
-        handle_stack,
+        handle_stack: false,
+        stack_note: None,
         key,
         cgroup: place.cgroup.clone(),
         container: place.container.clone(),
@@ -396,6 +401,7 @@ mod tests {
                 user: 0,
                 sp_word: 0,
                 handle: false,
+                js: 0,
             }),
             GroupStack::Frames(Arc::from(Vec::<String>::new())),
         ] {

@@ -197,6 +197,10 @@ pub struct Group {
     /// `stack` is where the libuv handle these sockets were opened for was made (Node.js and
     /// other libuv programs open a handle's socket a tick after their code made the handle).
     pub handle_stack: bool,
+    /// What `stack` lacks and why: JavaScript frames of a node without perf maps that could
+    /// not be named (its V8 layout is not understood, or the heap did not check out).
+    #[serde(default)]
+    pub stack_note: Option<Arc<str>>,
     /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.
     #[serde(skip)]
     pub members: Vec<usize>,
@@ -231,6 +235,10 @@ pub struct KernelStats {
     pub stack_failures: u64,
     /// Creation stacks not taken because their process was over `--stack-rate`.
     pub stacks_not_sampled: u64,
+    /// JavaScript stacks (of node without perf maps) not kept: their table was full or held
+    /// another under the same key. Those sockets show native frames.
+    #[serde(default)]
+    pub js_stacks_lost: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

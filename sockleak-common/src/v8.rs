@@ -1,0 +1,87 @@
+//! JavaScript frames of a Node.js process that runs without perf-map flags: what userspace
+//! tells the kernel of a V8 build's layout, and the frames the kernel's walk records for
+//! userspace to name.
+//!
+//! V8's generated code keeps frame pointers, and a JavaScript frame holds its function just
+//! below the frame pointer. The walk (at `uv_tcp_init`, where a handle is made under the
+//! caller's code) reads each such function's SharedFunctionInfo then and there: functions are
+//! young objects that move at the next scavenge, their SharedFunctionInfo lives on. Userspace
+//! later reads the name, script and line from the process, checking every object's type.
+
+/// JavaScript frames kept per walk, and frames walked to find them.
+pub const JS_FRAMES: usize = 16;
+pub const JS_WALK_DEPTH: u32 = 48;
+
+/// Distinct JavaScript stacks the kernel keeps (preallocated, about 800 KiB). Never deleted,
+/// like `STACKS`, so an id names the same frames for the whole trace; when full, new ones are
+/// counted as lost.
+pub const JS_STACK_SLOTS: u32 = 2048;
+
+/// Processes whose V8 layout the kernel knows at once.
+pub const V8_PROCESSES: u32 = 1024;
+
+/// `V8_LAYOUTS` key of the layout for processes not listed by pid: set while every V8 binary
+/// sockleak has seen shares one layout, so a node started after the last scan is walked too.
+pub const ANY_V8_PROCESS: u32 = 0;
+
+/// `js_stack_id` of a socket or handle without JavaScript frames.
+pub const NO_JS_STACK: u32 = 0;
+
+/// Where a JavaScript frame keeps its context (a heap object; V8's own frames keep a
+/// small-integer type marker there), its function, and an interpreted frame's bytecode offset:
+/// byte offsets from the frame pointer, the same on x86-64 since V8 8.7 (node 16). Fixed, so
+/// the walk reads them at constant places (older verifiers refuse a variable offset into the
+/// program's stack); userspace checks a binary's `v8dbg_off_fp_*` agree before using it.
+pub const V8_FP_CONTEXT: i16 = -8;
+pub const V8_FP_FUNCTION: i16 = -16;
+pub const V8_FP_BYTECODE_OFFSET: i16 = -40;
+
+/// Where one V8 build keeps what the walk reads of its objects, from the build's `v8dbg_*`
+/// symbols: byte offsets, and instance types.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8Layout {
+    /// `HeapObject::map`, `Map::instance_type`, `JSFunction::shared`.
+    pub object_map: u16,
+    pub map_instance_type: u16,
+    pub function_shared: u16,
+    /// The instance types of `JSFunction` and its subclasses.
+    pub first_function_type: u16,
+    pub last_function_type: u16,
+    pub _pad: [u16; 3],
+}
+
+/// One JavaScript frame the walk found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsFrame {
+    /// The code address the frame is at: the return address the frame below it holds, the
+    /// same word the native stack has at index `depth` (0 for the walk's first frame).
+    pub pc: u64,
+    /// Tagged pointer to the function's SharedFunctionInfo.
+    pub shared: u64,
+    /// The frame's bytecode offset (counted from the tagged BytecodeArray), or -1 when the
+    /// frame is not interpreted.
+    pub bytecode_offset: i32,
+    /// Frames from the walk's start: the native stack's index of this frame.
+    pub depth: u16,
+    pub _pad: u16,
+}
+
+/// A walk's JavaScript frames, innermost first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsStack {
+    /// The whole stack's hash; the key is its low half, so a stored stack with another hash
+    /// under the same key is a collision, never taken for this one.
+    pub hash: u64,
+    /// The process whose heap the pointers are in.
+    pub pid: u32,
+    pub count: u32,
+    pub frames: [JsFrame; JS_FRAMES],
+}
+
+const _: () = assert!(core::mem::size_of::<V8Layout>() == 16);
+
+const _: () = assert!(core::mem::size_of::<JsFrame>() == 24);
+const _: () = assert!(core::mem::size_of::<JsStack>() == 16 + 24 * JS_FRAMES);

@@ -1,0 +1,155 @@
+//! JavaScript frames where a libuv handle is made, for Node.js processes without perf maps
+//! (see `sockleak_common::JsStack`): a frame-pointer walk from the probed call. A frame whose
+//! context slot holds a heap object and whose function slot a `JSFunction` (by its map's
+//! instance type) is a JavaScript frame; its SharedFunctionInfo and bytecode offset are kept.
+//! Everything else (names, scripts, lines, and checking that what was read is what it seems)
+//! is userspace's.
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
+use sockleak_common::{
+    ANY_V8_PROCESS, JS_WALK_DEPTH, JsFrame, NO_JS_STACK, Stat, V8_FP_BYTECODE_OFFSET,
+    V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
+};
+
+use crate::maps::{JS_SCRATCH, JS_STACKS, V8_LAYOUTS, count};
+
+/// V8's tagging of a word: a heap object pointer ends in 01, a small integer in 0 (and holds
+/// its value in the upper half on x86-64).
+const HEAP_OBJECT_TAG_MASK: u64 = 3;
+const HEAP_OBJECT_TAG: u64 = 1;
+const SMI_TAG_MASK: u64 = 1;
+
+/// Each frame is read as one window of words: from `BELOW` bytes under the frame pointer
+/// (V8's frame slots) up to the saved frame pointer and the return address.
+const BELOW: u64 = 48;
+const WINDOW_WORDS: usize = 8;
+const SAVED_FP: usize = 6;
+const RETURN_ADDRESS: usize = 7;
+
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+/// The key in `JS_STACKS` of the JavaScript frames on the current thread's stack, or
+/// [`NO_JS_STACK`] when there are none, the process's V8 layout is unknown, or the stack
+/// could not be kept (counted).
+#[inline(always)]
+pub fn js_stack(ctx: &ProbeContext, pid: u32) -> u32 {
+    // SAFETY: map values, valid for the program's run.
+    let layout = match unsafe { V8_LAYOUTS.get(&pid) } {
+        Some(layout) => *layout,
+        None => match unsafe { V8_LAYOUTS.get(&ANY_V8_PROCESS) } {
+            Some(layout) => *layout,
+            None => return NO_JS_STACK,
+        },
+    };
+    let Some(stack) = JS_SCRATCH.get_ptr_mut(0) else {
+        return NO_JS_STACK;
+    };
+    // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
+    let stack = unsafe { &mut *stack };
+    // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
+    // is still its caller's.
+    let mut fp = unsafe { (*ctx.regs).rbp };
+    let mut pc = 0u64;
+    // The count and hash live in the map value, not in registers: the verifier does not
+    // follow a map value's contents, so walks that found different numbers of frames are one
+    // state to it, not one per count (which made the program too complex to load).
+    stack.count = 0;
+    stack.hash = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(pid);
+    for depth in 0..JS_WALK_DEPTH {
+        if fp < BELOW || fp & 7 != 0 {
+            break;
+        }
+        // SAFETY: reads the traced process's memory; a fault only makes the read fail.
+        let Ok(window) =
+            (unsafe { bpf_probe_read_user((fp - BELOW) as *const [u64; WINDOW_WORDS]) })
+        else {
+            break;
+        };
+        if let Some(shared) = function_shared(
+            &layout,
+            window[slot(V8_FP_CONTEXT)],
+            window[slot(V8_FP_FUNCTION)],
+        ) && let Some(frame) = stack.frames.get_mut(stack.count as usize)
+        {
+            let offset = window[slot(V8_FP_BYTECODE_OFFSET)];
+            let bytecode_offset = if offset & SMI_TAG_MASK == 0 {
+                (offset >> 32) as i32
+            } else {
+                -1
+            };
+            *frame = JsFrame {
+                pc,
+                shared,
+                bytecode_offset,
+                depth: depth as u16,
+                _pad: 0,
+            };
+            for word in [pc, shared, bytecode_offset as u64, u64::from(depth)] {
+                stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
+            }
+            stack.count += 1;
+        }
+        pc = window[RETURN_ADDRESS];
+        fp = window[SAVED_FP];
+    }
+    if stack.count == 0 {
+        return NO_JS_STACK;
+    }
+    let hash = stack.hash;
+    stack.pid = pid;
+    // Frames past `count` are a former walk's; userspace reads `count` of them.
+    let key = (hash as u32).max(1);
+    if JS_STACKS
+        .insert(&key, stack, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return key;
+    }
+    // SAFETY: a map value, valid for the program's run.
+    match unsafe { JS_STACKS.get(&key) } {
+        Some(kept) if kept.hash == hash => key,
+        _ => {
+            count(Stat::JsStacksLost);
+            NO_JS_STACK
+        }
+    }
+}
+
+/// The window's index of the word at `offset` from the frame pointer.
+const fn slot(offset: i16) -> usize {
+    ((offset as i64 + BELOW as i64) / 8) as usize
+}
+
+const _: () = assert!(slot(V8_FP_BYTECODE_OFFSET) < SAVED_FP && slot(V8_FP_CONTEXT) < SAVED_FP);
+
+/// The tagged SharedFunctionInfo of the frame's function, if the frame is a JavaScript one:
+/// a heap object as its context (V8's own frames keep a small-integer type marker there) and
+/// a `JSFunction` as its function.
+#[inline(always)]
+fn function_shared(layout: &V8Layout, context: u64, function: u64) -> Option<u64> {
+    if context & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG
+        || function & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG
+    {
+        return None;
+    }
+    let object = function - HEAP_OBJECT_TAG;
+    // SAFETY (all three): reads the traced process's memory; a fault makes the read fail.
+    let map: u64 =
+        unsafe { bpf_probe_read_user((object + u64::from(layout.object_map)) as *const u64) }
+            .ok()?;
+    if map & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG {
+        return None;
+    }
+    let instance_type: u16 = unsafe {
+        bpf_probe_read_user(
+            (map - HEAP_OBJECT_TAG + u64::from(layout.map_instance_type)) as *const u16,
+        )
+    }
+    .ok()?;
+    if !(layout.first_function_type..=layout.last_function_type).contains(&instance_type) {
+        return None;
+    }
+    let shared: u64 =
+        unsafe { bpf_probe_read_user((object + u64::from(layout.function_shared)) as *const u64) }
+            .ok()?;
+    (shared & HEAP_OBJECT_TAG_MASK == HEAP_OBJECT_TAG).then_some(shared)
+}
