@@ -14,7 +14,10 @@
 //!    connection, beside what an untraced connection costs.
 //! 7. Linking: the release's static binary (the one measured above) beside the same code
 //!    linked dynamically: size, start-up, memory idle and with 10,000 sockets, report time.
+//! 8. Node.js stacks: the kernel time of a creation stack taken where a node without perf-map
+//!    flags makes a connection's handle, with its JavaScript frames walked and without.
 mod attribution;
+mod node;
 mod peers;
 mod probe;
 
@@ -132,6 +135,7 @@ struct Results {
     scale: Vec<ScaleResult>,
     attribution: Option<Attribution>,
     linking: Vec<LinkingResult>,
+    node_stacks: Option<node::NodeStacks>,
 }
 
 fn main() {
@@ -221,6 +225,11 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
+    eprintln!("bench: Node.js creation stacks with BPF run-time statistics");
+    let node_stacks = node::measure(&args)
+        .inspect_err(|err| eprintln!("bench: node stacks: {err:#}"))
+        .ok();
+
     let linking = match &args.sockleak_dynamic {
         Some(dynamic) => linking(&args, dynamic)
             .inspect_err(|err| eprintln!("bench: linking: {err:#}"))
@@ -235,6 +244,7 @@ fn run(args: Args) -> Result<()> {
         scale,
         attribution,
         linking,
+        node_stacks,
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     print!("{}", table(&results, &args));
@@ -530,6 +540,33 @@ fn table(r: &Results, args: &Args) -> String {
                 l.report_seconds * 1000.0,
             );
         }
+    }
+    if let Some(n) = &r.node_stacks {
+        let _ = writeln!(
+            out,
+            "\nNode.js creation stacks: node without perf-map flags, {} connections one after \
+             another,\nevery handle's stack taken (--stack-rate 0), BPF run-time statistics on",
+            n.connections
+        );
+        let _ = writeln!(
+            out,
+            "{:<36} {:>14} {:>12}",
+            "", "ns per stack", "node conn/s"
+        );
+        let _ = writeln!(
+            out,
+            "{:<36} {:>14.0} {:>12.0}",
+            "native and JavaScript frames",
+            n.ns_per_stack_with_js,
+            n.connections_per_second_with_js
+        );
+        let _ = writeln!(
+            out,
+            "{:<36} {:>14.0} {:>12.0}",
+            "native frames only (layout withheld)",
+            n.ns_per_stack_native_only,
+            n.connections_per_second_native_only
+        );
     }
     if let Some(a) = &r.attribution {
         // What one connection costs the machine untraced: every CPU busy with the churn.

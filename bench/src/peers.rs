@@ -105,6 +105,17 @@ impl Tracer {
         work: &Path,
         extra: &[&str],
     ) -> Result<Option<Self>> {
+        Self::start_in_env(kind, sockleak, work, extra, &[])
+    }
+
+    /// [`Tracer::start`] with these variables in the tracer's environment.
+    pub fn start_in_env(
+        kind: TracerKind,
+        sockleak: &Path,
+        work: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Option<Self>> {
         let mut cmd = match kind {
             TracerKind::None => return Ok(None),
             TracerKind::Sockleak
@@ -131,6 +142,7 @@ impl Tracer {
         let output = work.join(format!("{kind:?}.out").to_lowercase());
         let started = Instant::now();
         let child = cmd
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(&output)?)
             .stderr(File::create(output.with_extension("err"))?)

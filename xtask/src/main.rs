@@ -202,6 +202,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         ("tcplife", "libbpf-tools"),
         ("bpftrace", "bpftrace"),
         ("stdbuf", "coreutils"),
+        ("node", "nodejs"),
     ])?;
     let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
