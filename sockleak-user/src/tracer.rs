@@ -41,6 +41,8 @@ pub struct Tracer {
     table: SocketTable,
     stacks: Stacks,
     reporter: Reporter,
+    /// The kernel's count of lost events at the last report.
+    lost_at_last_report: u64,
     pub started: Started,
 }
 
@@ -160,6 +162,7 @@ impl Tracer {
             table,
             stacks,
             reporter,
+            lost_at_last_report: 0,
             started,
         })
     }
@@ -193,13 +196,77 @@ impl Tracer {
 
     /// Applies every pending event, reconciles with the kernel's view, and builds a report.
     pub async fn report(&mut self) -> Result<Report> {
+        self.build_report(false).await
+    }
+
+    /// The last report: nobody gets a second look at it, so pending stacks get a moment.
+    pub async fn final_report(&mut self) -> Result<Report> {
+        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
+        self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
+        self.build_report(true).await
+    }
+
+    async fn build_report(&mut self, last: bool) -> Result<Report> {
         let started = std::time::Instant::now();
+        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
+        // Node processes started since the last look.
+        self.libuv.probe(
+            &mut self.ebpf,
+            hooks::libuv::candidates(&self.reporter.filter.pids),
+        );
+        let mut look = self.look(started).await?;
+        // A held socket no event announced is adopted on its second look only (see
+        // `SocketTable::reconcile`), normally the next report's. When events were lost since
+        // the last report, or this is the last one, that look is taken now: a report right
+        // after a loss is complete.
+        let lost = self.kernel_stat(Stat::EventsLost);
+        if (last || lost > self.lost_at_last_report) && self.table.awaits_second_look() {
+            log::debug!("events lost: a second look for the sockets they announced");
+            look = self.look(started).await?;
+        }
+        self.lost_at_last_report = lost;
+        let stat = |s: Stat| self.kernel_stat(s);
+        let kernel = KernelStats {
+            events_sent: stat(Stat::EventsSent),
+            events_lost: lost,
+            fd_walk_failed: stat(Stat::FdWalkFailed),
+            stack_collisions: stat(Stat::StackCollisions),
+            stack_failures: stat(Stat::StackFailures),
+            stacks_not_sampled: stat(Stat::StacksNotSampled),
+            js_stacks_lost: stat(Stat::JsStacksLost),
+        };
+        let Self {
+            table,
+            stacks,
+            reporter,
+            ..
+        } = self;
+        stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
+        let reconciled = started.elapsed();
+        let mut report = reporter.report(table, stacks, look.now, kernel);
+        log::debug!(
+            "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel), \
+             reconcile {:?}, build {:?}",
+            table.len(),
+            look.dumped,
+            look.scanned,
+            reconciled - look.gathered_at,
+            started.elapsed() - reconciled
+        );
+        report.stats.netns_unreachable = look.unreachable_namespaces;
+        report.stats.report_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(report)
+    }
+
+    /// One look at the kernel's view: a sock_diag dump and a holder scan, gathered on blocking
+    /// threads, both at once, while this task keeps applying events (over many sockets it
+    /// takes long enough for a busy ring buffer, left alone, to overflow); then the table is
+    /// reconciled with it.
+    async fn look(&mut self, started: std::time::Instant) -> Result<Look> {
         let Self {
             ebpf,
-            libuv,
             ring,
             collect,
-            kernel_stats,
             sock_diag,
             table,
             stacks,
@@ -207,12 +274,6 @@ impl Tracer {
             ..
         } = self;
         let ring = ring.get_mut();
-        drain(ring, table, stacks);
-        // Node processes started since the last look.
-        libuv.probe(ebpf, hooks::libuv::candidates(&reporter.filter.pids));
-        // The kernel's view (a sock_diag dump, who holds each socket) is gathered on blocking
-        // threads, both at once, while this task keeps applying events: over many sockets it
-        // takes long enough for a busy ring buffer, left alone, to overflow.
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;
@@ -247,44 +308,32 @@ impl Tracer {
         let now = procfs::monotonic_ns();
         table.reconcile(&diag.sockets, &holders, now, &reporter.filter, &ProcFs);
         table.count_churn(&diag.sockets, &diag.time_wait);
-        stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
-        let reconciled = started.elapsed();
-        let stat = |s: Stat| -> u64 {
-            kernel_stats
-                .get(&(s as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0)
-        };
-        let kernel = KernelStats {
-            events_sent: stat(Stat::EventsSent),
-            events_lost: stat(Stat::EventsLost),
-            fd_walk_failed: stat(Stat::FdWalkFailed),
-            stack_collisions: stat(Stat::StackCollisions),
-            stack_failures: stat(Stat::StackFailures),
-            stacks_not_sampled: stat(Stat::StacksNotSampled),
-            js_stacks_lost: stat(Stat::JsStacksLost),
-        };
-        let mut report = reporter.report(table, stacks, now, kernel);
-        log::debug!(
-            "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel), \
-             reconcile {:?}, build {:?}",
-            table.len(),
+        Ok(Look {
+            now,
             dumped,
             scanned,
-            reconciled - gathered_at,
-            started.elapsed() - reconciled
-        );
-        report.stats.netns_unreachable = unreachable_namespaces;
-        report.stats.report_ms = started.elapsed().as_secs_f64() * 1000.0;
-        Ok(report)
+            gathered_at,
+            unreachable_namespaces,
+        })
     }
 
-    /// The last report: nobody gets a second look at it, so pending stacks get a moment.
-    pub async fn final_report(&mut self) -> Result<Report> {
-        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
-        self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
-        self.report().await
+    /// A kernel counter, summed over CPUs.
+    fn kernel_stat(&self, stat: Stat) -> u64 {
+        self.kernel_stats
+            .get(&(stat as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
     }
+}
+
+/// What one look at the kernel's view found and took.
+struct Look {
+    /// When the table was reconciled with it.
+    now: u64,
+    dumped: Duration,
+    scanned: Duration,
+    gathered_at: Duration,
+    unreachable_namespaces: usize,
 }
 
 fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {

@@ -256,6 +256,11 @@ impl Trace {
         }
     }
 
+    /// sockleak's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// SIGINT; the final report comes out and sockleak exits with status 0.
     pub fn stop(mut self) -> Report {
         let mut child = self.child.take().unwrap();

@@ -236,6 +236,64 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
     );
 }
 
+/// In an incident the report that matters may be the one right after a loss. sockleak is
+/// frozen while a churn overflows its ring and a client keeps 25 of 40 connections; resumed,
+/// and stopped half a second later, its final report has all 25 (found by a second look taken
+/// at once, not at a next report that never comes), and not the 15 closed.
+#[test]
+fn the_report_right_after_a_loss_has_every_socket_the_loss_hid() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    server.run("serve-keep");
+    let mut client = Scenario::spawn();
+    let t = sockleak_tests::Trace::start_with(
+        &[client.pid()],
+        &[
+            "--ring-buffer-bytes",
+            "16384",
+            "--interval",
+            "1h",
+            "--min-age",
+            "0s",
+        ],
+    );
+    let signal = |sig| {
+        // SAFETY: signalling the test's own child.
+        unsafe { libc::kill(t.pid() as i32, sig) };
+    };
+    // Its first report is out: the next one is the final.
+    let _ = t.first_report();
+    signal(libc::SIGSTOP);
+    client.run(&format!("churn 127.0.0.1:{port} 2000"));
+    let ports = client.run(&format!("connect 127.0.0.1:{port} 40"));
+    client.run("close 15");
+    signal(libc::SIGCONT);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = t.stop();
+    assert!(
+        r.stats.kernel.events_lost > 0,
+        "the test needs real loss: {:?}",
+        r.stats
+    );
+    let open: Vec<String> = r
+        .sockets_of(client.pid())
+        .iter()
+        .filter(|s| s.state == SocketState::Established)
+        .map(|s| s.local.port().to_string())
+        .collect();
+    let (closed, kept) = ports.split_at(15);
+    for port in kept {
+        assert!(
+            open.contains(port),
+            "kept port {port} missing from {open:?}"
+        );
+    }
+    for port in closed {
+        assert!(!open.contains(port), "closed port {port} reported open");
+    }
+}
+
 #[test]
 fn a_missing_tracefs_is_mounted_by_sockleak() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

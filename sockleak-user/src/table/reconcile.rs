@@ -31,14 +31,16 @@ impl SocketTable {
         filter: &Filter,
         processes: &impl Processes,
     ) {
-        self.stats.pre_existing += self.adopt_held(
-            diag,
-            holders,
-            now_ns,
-            Origin::PreExisting,
-            (filter, processes),
-            |_| true,
-        );
+        self.stats.pre_existing += self
+            .adopt_held(
+                diag,
+                holders,
+                now_ns,
+                Origin::PreExisting,
+                (filter, processes),
+                |_| true,
+            )
+            .0;
     }
 
     /// Brings every socket up to date with the kernel's view and drops the ones no process
@@ -101,12 +103,11 @@ impl SocketTable {
                 self.stats.reconciled += 1;
             }
         }
-        // The other half of healing: sockets some process holds that no event announced. Like
-        // ghosts, only on two consecutive scans: a socket created and released while the scans
-        // ran is still in this (stale) dump, but its release has already been applied.
-        let unknown = self.unknown_held(diag, holders);
+        // The other half of healing: sockets a followed process holds that no event announced.
+        // Like ghosts, only on two consecutive scans: a socket created and released while the
+        // scans ran is still in this (stale) dump, but its release has already been applied.
         let seen_before = std::mem::take(&mut self.unknown_held_last_scan);
-        self.stats.recovered += self.adopt_held(
+        let (recovered, seen_now) = self.adopt_held(
             diag,
             holders,
             now_ns,
@@ -114,24 +115,19 @@ impl SocketTable {
             (filter, processes),
             |c| seen_before.contains(&c),
         );
-        self.unknown_held_last_scan = unknown
-            .into_iter()
-            .filter(|c| !self.sockets.contains_key(c))
-            .collect();
+        self.stats.recovered += recovered;
+        self.unknown_held_last_scan = seen_now;
     }
 
-    /// Held sockets the table does not know, by cookie.
-    fn unknown_held(&self, diag: &[DiagSocket], holders: &Holders) -> HashSet<u64> {
-        diag.iter()
-            .filter(|d| d.inode != 0 && !self.sockets.contains_key(&d.cookie))
-            .filter(|d| !holders.of(u64::from(d.inode)).is_empty())
-            .map(|d| d.cookie)
-            .collect()
+    /// Whether the last reconciliation found sockets a followed process holds that no event
+    /// announced: the next one adopts those still there.
+    pub fn awaits_second_look(&self) -> bool {
+        !self.unknown_held_last_scan.is_empty()
     }
 
     /// Adds held sockets the table does not know and `admit` accepts, as `origin`, if a
     /// process the filter follows holds them (as the kernel would have sent them); returns how
-    /// many.
+    /// many, and the cookies of those `admit` refused.
     ///
     /// What each one is comes from the kernel's view ([`Role`]). A connection on a listener's
     /// port was accepted from it and belongs, as a traced accept does, to the process holding
@@ -145,8 +141,9 @@ impl SocketTable {
         origin: fn(Role) -> Origin,
         (filter, processes): (&Filter, &impl Processes),
         admit: impl Fn(u64) -> bool,
-    ) -> u64 {
+    ) -> (u64, HashSet<u64>) {
         let mut adopted = 0;
+        let mut refused = HashSet::new();
         // One read of /proc/PID/{comm,cgroup} per process, however many sockets it holds.
         let mut followed: HashMap<u32, Option<Arc<str>>> = HashMap::new();
         let mut first_followed = |pids: &[u32]| {
@@ -165,12 +162,8 @@ impl SocketTable {
             if d.inode == 0
                 || self.sockets.contains_key(&d.cookie)
                 || !filter.follows_kind(d.family, d.protocol)
-                || !admit(d.cookie)
             {
                 continue;
-            }
-            if self.sockets.len() >= self.capacity {
-                break; // already counted as dropped when their events came
             }
             let pids = holders.of(u64::from(d.inode));
             let listener = listeners.accepted_from(d);
@@ -184,6 +177,13 @@ impl SocketTable {
             let Some((pid, comm)) = acceptor.or_else(|| first_followed(pids)) else {
                 continue;
             };
+            if !admit(d.cookie) {
+                refused.insert(d.cookie);
+                continue;
+            }
+            if self.sockets.len() >= self.capacity {
+                break; // already counted as dropped when their events came
+            }
             adopted += 1;
             let mut socket = Socket {
                 cookie: d.cookie,
@@ -214,7 +214,7 @@ impl SocketTable {
             socket.observe(d, now_ns);
             self.insert(socket);
         }
-        adopted
+        (adopted, refused)
     }
 
     /// Sockets accepted on the classic-tracepoint fallback are keyed by their address (no
