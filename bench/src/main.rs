@@ -16,7 +16,9 @@
 //!    linked dynamically: size, start-up, memory idle and with 10,000 sockets, report time.
 //! 8. Node.js stacks: the kernel time of a creation stack taken where a node without perf-map
 //!    flags makes a connection's handle, with its JavaScript frames walked and without.
+//! 9. A Node.js HTTP service under `wrk`, a connection per request: its rate under each tracer.
 mod attribution;
+mod http;
 mod node;
 mod peers;
 mod probe;
@@ -84,6 +86,13 @@ struct ChurnResult {
     tracer_cpu_seconds: Option<f64>,
     /// Milliseconds from spawn to the tracer's first line of output, median.
     startup_ms: Option<f64>,
+    /// The whole machine's busy CPU time (every process, the kernel, interrupts: /proc/stat)
+    /// per connection, one per round.
+    machine_us_per_connection: Vec<f64>,
+    /// Median over rounds of this round's machine CPU per connection minus the untraced
+    /// round's: all a tracer adds to a connection, including kernel work that BPF run-time
+    /// statistics never show.
+    added_us_per_connection: f64,
 }
 
 #[derive(Serialize)]
@@ -136,6 +145,7 @@ struct Results {
     attribution: Option<Attribution>,
     linking: Vec<LinkingResult>,
     node_stacks: Option<node::NodeStacks>,
+    node_http: Vec<http::HttpRow>,
 }
 
 fn main() {
@@ -170,9 +180,14 @@ fn run(args: Args) -> Result<()> {
                 kind.name()
             );
             let tracer = Tracer::start(*kind, &args.sockleak, &args.work, CHURN_ARGS)?;
+            let machine_before = machine_busy_seconds()?;
             let (load, tracer_cpu) = churn_beside(tracer.as_ref(), &args)?;
+            let machine = machine_busy_seconds()? - machine_before;
             let rate = load.0 as f64 / load.1;
             churn[i].rounds.push(rate);
+            churn[i]
+                .machine_us_per_connection
+                .push(machine * 1e6 / load.0.max(1) as f64);
             if let Some(tracer) = tracer {
                 startup[i].push(tracer.startup.as_secs_f64() * 1000.0);
                 cpu[i].push(tracer_cpu);
@@ -184,10 +199,18 @@ fn run(args: Args) -> Result<()> {
         }
     }
     let untraced = churn[0].rounds.clone();
+    let untraced_us = churn[0].machine_us_per_connection.clone();
     for (i, c) in churn.iter_mut().enumerate() {
         c.median = median(&c.rounds);
         c.vs_none_rounds = c.rounds.iter().zip(&untraced).map(|(r, n)| r / n).collect();
         c.vs_none = median(&c.vs_none_rounds);
+        let added: Vec<f64> = c
+            .machine_us_per_connection
+            .iter()
+            .zip(&untraced_us)
+            .map(|(t, n)| t - n)
+            .collect();
+        c.added_us_per_connection = median(&added);
         c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
         c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
     }
@@ -225,6 +248,9 @@ fn run(args: Args) -> Result<()> {
         }
     }
 
+    let node_http = http::measure(&args)
+        .inspect_err(|err| eprintln!("bench: node http: {err:#}"))
+        .unwrap_or_default();
     eprintln!("bench: Node.js creation stacks with BPF run-time statistics");
     let node_stacks = node::measure(&args)
         .inspect_err(|err| eprintln!("bench: node stacks: {err:#}"))
@@ -245,6 +271,7 @@ fn run(args: Args) -> Result<()> {
         attribution,
         linking,
         node_stacks,
+        node_http,
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     print!("{}", table(&results, &args));
@@ -266,6 +293,28 @@ pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64
         _ => 0.0,
     };
     Ok((load, used))
+}
+
+/// Busy CPU seconds of the whole machine so far: every CPU's time in user, nice, system, irq,
+/// softirq and steal (/proc/stat), so that kernel work no BPF statistic sees is counted.
+fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = cpu
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(busy as f64 / per_second)
 }
 
 /// Runs the churn load; returns (connections, seconds).
@@ -426,7 +475,7 @@ fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<
     }
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -443,13 +492,14 @@ fn table(r: &Results, args: &Args) -> String {
     let _ = writeln!(
         out,
         "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved;\n\
-         medians; 'vs none' pairs each round with the untraced run of the same round",
+         medians; 'vs none' pairs each round with the untraced run of the same round; 'added CPU'\n\
+         is the whole machine's busy CPU (/proc/stat) per connection, minus the untraced round's",
         args.seconds, args.rounds
     );
     let _ = writeln!(
         out,
-        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10}",
-        "tracer", "conn/s", "vs none", "rounds", "tracer CPU", "start-up"
+        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10} {:>12}",
+        "tracer", "conn/s", "vs none", "rounds", "tracer CPU", "start-up", "added CPU"
     );
     for c in &r.churn {
         let lowest = c
@@ -460,7 +510,7 @@ fn table(r: &Results, args: &Args) -> String {
         let highest = c.vs_none_rounds.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10}",
+            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12}",
             c.tracer,
             c.median,
             c.vs_none * 100.0,
@@ -468,7 +518,38 @@ fn table(r: &Results, args: &Args) -> String {
             c.tracer_cpu_seconds
                 .map_or("-".into(), |s| format!("{s:.2} s")),
             c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
+            format!("{:.2} us", c.added_us_per_connection),
         );
+    }
+    if !r.node_http.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNode.js HTTP service (started before the tracers, no flags) under wrk, a connection \
+             per request;\n{}s x {} rounds per tracer, interleaved, medians",
+            args.seconds.ceil(),
+            args.rounds
+        );
+        let _ = writeln!(
+            out,
+            "{:<48} {:>10} {:>8} {:>14}",
+            "tracer", "req/s", "vs none", "rounds"
+        );
+        for h in &r.node_http {
+            let lowest = h
+                .vs_none_rounds
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min);
+            let highest = h.vs_none_rounds.iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "{:<48} {:>10.0} {:>7.1}% {:>14}",
+                h.tracer,
+                h.median,
+                h.vs_none * 100.0,
+                format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0),
+            );
+        }
     }
     let _ = writeln!(out, "\nsockleak events");
     let _ = writeln!(

@@ -203,6 +203,7 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         ("bpftrace", "bpftrace"),
         ("stdbuf", "coreutils"),
         ("node", "nodejs"),
+        ("wrk", "wrk"),
     ])?;
     let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
