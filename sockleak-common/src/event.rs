@@ -32,7 +32,8 @@ pub enum EventKind {
     FdInstalled = 2,
     /// The TCP state changed (`inet_sock_set_state`, any context: no task).
     StateChanged = 3,
-    /// The socket was released: its last file reference is gone (cgroup/sock_release).
+    /// The socket was released: its last file reference is gone (cgroup/sock_release). Not
+    /// sent for a socket whose birth was still in `NEWBORN`: userspace never heard of it.
     Released = 4,
     /// A packet was dropped because the receive queue was full (`sock_rcvqueue_full`).
     RcvQueueFull = 5,

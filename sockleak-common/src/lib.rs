@@ -2,7 +2,8 @@
 //! and the words both sides use for sockets.
 //!
 //! Read this crate first. Everything the kernel side tells userspace is a [`SockEvent`] in the
-//! `EVENTS` ring buffer, the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
+//! `EVENTS` ring buffer or, for a socket's birth, in the `NEWBORN` map ([`NEWBORN_SOCKETS`]),
+//! the release log ([`ReleasedSocket`]), the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
 //! stacks in `STACKS` (and JavaScript ones in `JS_STACKS`, see [`JsStack`]) that events refer
 //! to by id. Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
 //! globals, written before the programs load, and the V8 layouts in `V8_LAYOUTS`.

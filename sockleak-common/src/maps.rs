@@ -5,6 +5,30 @@
 /// which absorbs a burst of connection churn between two userspace wake-ups.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 
+/// Sockets whose creation or accept the kernel keeps in `NEWBORN` (by cookie) instead of the
+/// ring, until userspace reads them at a report or their release deletes them: most sockets of
+/// a busy service live less than a report interval, and those then cost no event, no wake-up
+/// and no userspace work. Preallocated (about 200 bytes each); a socket that finds it full is
+/// announced through the ring as before. The default of `--newborn-sockets`.
+pub const NEWBORN_SOCKETS: u32 = 16_384;
+
+/// Releases of TCP sockets userspace never saw (they left `NEWBORN` at their release), kept
+/// so their TIME_WAIT and orphan afterlife can still be counted per process: a circular log per
+/// CPU, oldest overwritten first.
+pub const RELEASE_LOG_SLOTS: u32 = 65_536;
+
+/// One entry of the release log.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReleasedSocket {
+    /// 0 for a slot never written.
+    pub cookie: u64,
+    /// The process that created or accepted the socket.
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; crate::COMM_LEN],
+}
+
 /// Processes whose stack budget the kernel side tracks at once (an LRU map: a process that
 /// stopped creating sockets makes room for one that starts).
 pub const STACK_BUDGET_PROCESSES: u32 = 4096;
@@ -40,9 +64,17 @@ pub enum Stat {
     /// JavaScript stacks not kept: `JS_STACKS` was full, or held another stack under the same
     /// key. Those sockets keep their native frames only.
     JsStacksLost = 6,
+    /// Sockets announced in `NEWBORN` rather than the ring.
+    NewbornKept = 7,
+    /// Sockets announced through the ring because `NEWBORN` was full.
+    NewbornFull = 8,
+    /// Sockets created by `socket()`, and accepted ones, released while still in `NEWBORN`:
+    /// userspace never saw them, and counts them from these.
+    ShortLivedCreated = 9,
+    ShortLivedAccepted = 10,
 }
 
-pub const STAT_COUNT: u32 = 7;
+pub const STAT_COUNT: u32 = 11;
 
 /// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
 /// from these instead of a readlink per fd under /proc.

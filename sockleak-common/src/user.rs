@@ -7,8 +7,8 @@ use serde::{
 };
 
 use crate::{
-    Config, Family, JsStack, KernelFilter, Origin, Protocol, SockEvent, SocketState, V8Layout,
-    Verdict,
+    Config, Family, JsStack, KernelFilter, Origin, Protocol, ReleasedSocket, SockEvent,
+    SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
@@ -17,6 +17,7 @@ unsafe impl aya::Pod for KernelFilter {}
 unsafe impl aya::Pod for SockEvent {}
 unsafe impl aya::Pod for V8Layout {}
 unsafe impl aya::Pod for JsStack {}
+unsafe impl aya::Pod for ReleasedSocket {}
 
 /// Serialized as its `name()`, read back by `from_name()`.
 macro_rules! by_name {

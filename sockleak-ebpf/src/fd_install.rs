@@ -5,12 +5,12 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use sockleak_common::{EventKind, Hook, Stat};
+use sockleak_common::{EventKind, Hook, STACK_PENDING, SockEvent, Stat};
 
 use crate::{
     fdwalk::socket_of_fd,
     filter::{admits_socket, admits_task},
-    maps::{STACK_PENDING_TID, config, config_field, count, send},
+    maps::{NEWBORN, STACK_PENDING_TID, announce, config, config_field, count, send},
     stacks::{capture_stacks, stack_allowed},
     task::current_task,
 };
@@ -19,28 +19,39 @@ use crate::{
 /// unless `sock_create` chose this thread's socket for a stack.
 #[tracepoint(category = "syscalls", name = "sys_exit_socket")]
 pub fn sys_exit_socket(ctx: TracePointContext) -> i32 {
-    if config_field(|c| &c.socket_inode) == 0 {
+    // One call below, not one per case: each inlined copy of the fd walk and its event costs
+    // stack, and the program has 512 bytes.
+    let stacks = if config_field(|c| &c.socket_inode) == 0 {
         // Older layout: the creation event has no inode, this exit gives it (and the stack).
-        fd_installed(&ctx, Hook::SysExitSocket, StackChoice::Budgeted);
+        StackChoice::Budgeted
+    } else if taken_pending_stack() {
+        StackChoice::Take
+    } else {
         return 0;
-    }
+    };
+    fd_installed(&ctx, Hook::SysExitSocket, stacks);
+    0
+}
+
+/// Whether `sock_create` chose this thread's socket for a stack (and the slot is now cleared).
+#[inline(always)]
+fn taken_pending_stack() -> bool {
     if config_field(|c| &c.capture_stacks) == 0 {
-        return 0;
+        return false;
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(pending) = STACK_PENDING_TID.get_ptr_mut(0) else {
-        return 0;
+        return false;
     };
-    // SAFETY: this CPU's slot, as in `sock_create`.
+    // SAFETY: this CPU's slot, as in `sock_create`. The fd walk names the socket the stack
+    // belongs to, whatever the slot held.
     unsafe {
         if *pending != tid || tid == 0 {
-            return 0;
+            return false;
         }
         *pending = 0;
     }
-    // The fd walk names the socket the stack belongs to, whatever the slot held.
-    fd_installed(&ctx, Hook::SysExitSocket, StackChoice::Take);
-    0
+    true
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_accept")]
@@ -76,9 +87,21 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
         return;
     }
     let fd = ret as i32;
-    match socket_of_fd(&cfg, fd) {
+    match socket_of_fd(cfg, fd) {
         Ok(Some(found)) if admits_socket(found.family, 0) => {
-            send(EventKind::FdInstalled, hook, |ev| {
+            if stacks == StackChoice::Take
+                && cfg.newborn != 0
+                && let Some(created) = NEWBORN.get_ptr_mut(&found.cookie)
+            {
+                // Its creation is still in the kernel's map: the stack goes with it.
+                // SAFETY: a map value, valid for the program's run.
+                let created = unsafe { &mut *created };
+                if created.user_stack_id == STACK_PENDING {
+                    capture_stacks(ctx, cfg, created);
+                }
+                return;
+            }
+            let fill = |ev: &mut SockEvent| {
                 ev.task = task;
                 ev.fd = fd;
                 ev.skaddr = found.skaddr;
@@ -88,9 +111,17 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
                 if cfg.capture_stacks != 0
                     && (stacks == StackChoice::Take || stack_allowed(ev, task.pid, cfg.stack_rate))
                 {
-                    capture_stacks(ctx, &cfg, ev);
+                    capture_stacks(ctx, cfg, ev);
                 }
-            });
+            };
+            if hook == Hook::SysExitSocket {
+                // The stack (or, on the older layout, the inode) of a creation userspace
+                // already read, or that went through the ring.
+                send(EventKind::FdInstalled, hook, fill);
+            } else {
+                // An accepted socket is born here, as far as userspace is concerned.
+                announce(EventKind::FdInstalled, hook, fill);
+            }
         }
         Ok(_) => {} // not an inet socket, or filtered out
         Err(err) => {

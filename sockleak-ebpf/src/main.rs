@@ -1,13 +1,15 @@
 //! sockleak's kernel side. Small and boring on purpose: each program records which socket and,
 //! only where it runs in process context, which task; userspace joins and judges.
 //!
-//! The programs, one file per hook family. Each fills a `SockEvent` in the ring (`maps::send`);
-//! none keeps per-socket state (the stack budget is per process, the pending stack per CPU).
+//! The programs, one file per hook family. Each fills a `SockEvent`: a socket's birth (creation
+//! or accept) goes into the `NEWBORN` map until userspace reads it or the socket's release
+//! deletes it (`maps::announce`), everything else into the ring (`maps::send`). No other
+//! per-socket state (the stack budget is per process, the pending stack per CPU).
 //!
 //! | file           | program                  | attach point                        | context  | tells |
 //! |----------------|--------------------------|-------------------------------------|----------|-------|
 //! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; picks `socket()` stacks |
-//! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone |
+//! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone (nothing if still in `NEWBORN`) |
 //! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); gives accepted sockets their cookie |
 //! | `state.rs`     | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state | any      | TCP state, no cookie (fallback) |
 //! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks |
@@ -25,7 +27,8 @@
 //!
 //! `--pid`, `--comm`, `--cgroup`, `--family` and `--protocol` are applied here too (`filter`).
 //!
-//! Data path: hook -> `SockEvent` in the `EVENTS` ring buffer -> userspace socket table.
+//! Data path: hook -> `SockEvent` in `NEWBORN` or the `EVENTS` ring buffer -> userspace socket
+//! table.
 #![no_std]
 #![no_main]
 

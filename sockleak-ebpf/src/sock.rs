@@ -5,16 +5,19 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock,
     programs::SockContext,
 };
-use sockleak_common::{Config, EventKind, Hook, NO_STACK, STACK_PENDING, SockEvent};
+use sockleak_common::{Config, EventKind, Hook, NO_STACK, Protocol, STACK_PENDING, SockEvent};
 
 use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
-    maps::{STACK_PENDING_TID, config, send},
+    maps::{STACK_PENDING_TID, announce, config, forget_newborn, send},
     stacks::stack_allowed,
     task::current_task,
 };
+
+const TCP: u16 = Protocol::Tcp.ip() as u16;
+const UDP: u16 = Protocol::Udp.ip() as u16;
 
 /// What cgroup sock programs return to let the socket be.
 const ALLOW: i32 = 1;
@@ -28,7 +31,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let sk = ctx.sock as u64;
     let mut stack_pending = false;
     if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
-        send(EventKind::Created, Hook::CgroupSockCreate, |ev| {
+        let fill = |ev: &mut SockEvent| {
             ev.task = task;
             sock.fill(ev);
             ev.skaddr = sk;
@@ -38,7 +41,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 ev.js_stack_id = made.js;
             }
             if cfg.socket_inode != 0 {
-                ev.inode = inode_of_sock(&cfg, sk).unwrap_or(0);
+                ev.inode = inode_of_sock(cfg, sk).unwrap_or(0);
                 // With the inode named here, the exit of `socket()` only matters for the
                 // stack: it is decided here, and that exit sends nothing otherwise. A socket
                 // opened for a libuv handle has the handle's stack, which says more.
@@ -50,7 +53,13 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                     stack_pending = true;
                 }
             }
-        });
+        };
+        if sock.protocol == TCP || sock.protocol == UDP {
+            announce(EventKind::Created, Hook::CgroupSockCreate, fill);
+        } else {
+            // Raw and ICMP sockets: userspace counts them as ignored, as it always did.
+            send(EventKind::Created, Hook::CgroupSockCreate, fill);
+        }
     }
     if cfg.socket_inode != 0
         && cfg.capture_stacks != 0
@@ -80,7 +89,10 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     // No task and no owner filter: the last `fput` can run in a kworker, so the releasing task
     // says nothing about the owner, and reading it would be a large part of the program.
     let sock = SockIdentity::of(&ctx);
-    if admits_socket(sock.family, sock.protocol) {
+    let tcp = sock.protocol == TCP;
+    // A socket userspace has not read yet leaves without a word: most sockets of a busy
+    // service end here.
+    if admits_socket(sock.family, sock.protocol) && !forget_newborn(sock.cookie, tcp) {
         send(EventKind::Released, Hook::CgroupSockRelease, |ev| {
             sock.fill(ev)
         });

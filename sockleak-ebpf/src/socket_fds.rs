@@ -46,7 +46,7 @@ pub extern "C" fn socket_fds(ctx: *mut TaskFileContext) -> i32 {
     }
     let cfg = config();
     // SAFETY: probe reads; a fault only makes a read fail.
-    if let Ok(Some(held)) = unsafe { held_socket(&cfg, task, file) } {
+    if let Ok(Some(held)) = unsafe { held_socket(cfg, task, file) } {
         // SAFETY: `meta` and its `seq` are valid for the call; the record is plain bytes.
         unsafe {
             bpf_seq_write(

@@ -163,6 +163,11 @@ pub struct TracerArgs {
     /// 4096). Events that do not fit are counted as lost and healed by reconciliation.
     #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::EVENTS_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_buffer_bytes: u32,
+    /// Sockets the kernel keeps between two reports instead of sending an event for each (a
+    /// socket released before the next report then costs no event at all); past it, sockets
+    /// are announced through the ring buffer. 0 sends every socket through the ring.
+    #[arg(long, value_name = "N", default_value_t = sockleak_common::NEWBORN_SOCKETS, value_parser = clap::value_parser!(u32).range(..=1 << 24))]
+    pub newborn_sockets: u32,
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS)]
     pub max_sockets: usize,
@@ -255,6 +260,7 @@ fn tracer_config(
         },
         programs: hooks::Options {
             ring_buffer_bytes: limits.ring_buffer_bytes,
+            newborn_sockets: limits.newborn_sockets,
             without_btf: limits.without_btf,
             stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
         },

@@ -3,6 +3,7 @@
 //!
 //! The path of data, one module per step:
 //! - `hooks`: the eBPF programs, loaded and attached (their events are `sockleak_common`'s);
+//!   `newborn` reads the sockets the kernel keeps until a report asks;
 //! - `table`: one entry per open socket, fed by the events and reconciled at every report with
 //!   the kernel's view (`sockdiag` for state and queues, `holders` for who holds each socket,
 //!   `procfs` and `cgroups` for processes);
@@ -20,6 +21,7 @@ pub mod filter;
 pub mod holders;
 pub mod hooks;
 pub mod metrics;
+pub mod newborn;
 pub mod procfs;
 pub mod render;
 pub mod report;

@@ -207,7 +207,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     }
 
     let st = &report.stats;
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 12] = [
         (
             "sockleak_events_sent_total",
             "Events the kernel side delivered to the ring buffer.",
@@ -262,6 +262,11 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             "sockleak_stacks_not_sampled_total",
             "Creation stacks not taken because their process was over --stack-rate.",
             st.kernel.stacks_not_sampled,
+        ),
+        (
+            "sockleak_sockets_short_lived_total",
+            "Sockets released before any report read them from the kernel's newborn map: counted, never tabled.",
+            st.kernel.short_lived,
         ),
     ];
     for (name, help, value) in counters {

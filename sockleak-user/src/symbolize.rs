@@ -186,10 +186,15 @@ impl Stacks {
     /// Waits (at most `timeout`) until everything queued so far is symbolized: for the last
     /// report, which nobody gets a second look at.
     pub fn settle(&self, timeout: Duration) {
+        let _ = self.flushed().recv_timeout(timeout);
+    }
+
+    /// Hears once everything queued so far is symbolized (or at once, disconnected, if the
+    /// symbolizer is gone): for waiting on a blocking thread while the caller goes on.
+    pub fn flushed(&self) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::sync_channel(1);
-        if self.requests.send(Request::Flush(tx)).is_ok() {
-            let _ = rx.recv_timeout(timeout);
-        }
+        let _ = self.requests.send(Request::Flush(tx));
+        rx
     }
 
     /// Forgets stacks no open socket refers to any more, so a long trace of short-lived

@@ -16,7 +16,9 @@ use crate::{
     config::TracerConfig,
     filter::Filter,
     holders::HolderScan,
-    hooks, procfs,
+    hooks,
+    newborn::Newborn,
+    procfs,
     report::{KernelStats, Report, Reporter, Started},
     sockdiag::SockDiag,
     symbolize::{CreationStack, Stacks},
@@ -31,6 +33,8 @@ pub struct Tracer {
     /// The libuv binaries probed so far; more are looked for at every report.
     libuv: hooks::libuv::LibuvProbes,
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Sockets born since the last report, kept by the kernel until a report reads them.
+    newborn: Newborn,
     /// Events are written without waking userspace until an eighth of the ring is waiting;
     /// this collects the rest.
     collect: tokio::time::Interval,
@@ -48,6 +52,10 @@ pub struct Tracer {
 
 /// How often events the kernel wrote without a wake-up are collected.
 const COLLECT_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a report waits for the stacks of sockets born since the last one to be
+/// symbolized (at the same time as its scans, which often take as long).
+const REPORT_SYMBOLIZE_WAIT: Duration = Duration::from_millis(300);
 
 /// How long the final report waits for stacks still being symbolized.
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
@@ -93,19 +101,21 @@ impl Tracer {
             hooks,
             mut warnings,
             mut libuv,
+            newborn_in_kernel,
         } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
         // Before the first look at what is open: sockets opened from now on get their handle's
         // stack.
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        let mut newborn = Newborn::take_from(&mut ebpf)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
         let js_stacks = ebpf
             .take_map("JS_STACKS")
             .map(aya::maps::HashMap::try_from)
             .transpose()?;
-        let stacks = Stacks::start(
+        let mut stacks = Stacks::start(
             StackTraceMap::try_from(ebpf.take_map("STACKS").context("STACKS map missing")?)?,
             js_stacks,
             libuv.processes.clone(),
@@ -119,6 +129,9 @@ impl Tracer {
             .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
 
         let mut table = SocketTable::new(*max_sockets);
+        if newborn_in_kernel {
+            table.expect_newborn_in_kernel();
+        }
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
         let mut diag_source = SockDiag::new()?;
@@ -132,6 +145,12 @@ impl Tracer {
             &filter,
             &ProcFs,
         );
+        // Sockets born since the programs attached: the dump saw some of them, and their
+        // creation events know better. Also the first batch read, which a kernel may refuse.
+        let born = newborn
+            .take()
+            .context("reading the kernel's map of newborn sockets (batch operations, 5.6+)")?;
+        adopt(&born, &mut table, &mut stacks);
 
         let started = Started {
             hooks,
@@ -155,6 +174,7 @@ impl Tracer {
             ebpf,
             libuv,
             ring,
+            newborn,
             collect,
             logger,
             kernel_stats,
@@ -201,6 +221,7 @@ impl Tracer {
 
     /// The last report: nobody gets a second look at it, so pending stacks get a moment.
     pub async fn final_report(&mut self) -> Result<Report> {
+        take_newborn(&mut self.newborn, &mut self.table, &mut self.stacks);
         drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
         self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
         self.build_report(true).await
@@ -226,6 +247,10 @@ impl Tracer {
         }
         self.lost_at_last_report = lost;
         let stat = |s: Stat| self.kernel_stat(s);
+        let short_lived = (
+            stat(Stat::ShortLivedCreated),
+            stat(Stat::ShortLivedAccepted),
+        );
         let kernel = KernelStats {
             events_sent: stat(Stat::EventsSent),
             events_lost: lost,
@@ -234,6 +259,9 @@ impl Tracer {
             stack_failures: stat(Stat::StackFailures),
             stacks_not_sampled: stat(Stat::StacksNotSampled),
             js_stacks_lost: stat(Stat::JsStacksLost),
+            newborn_kept: stat(Stat::NewbornKept),
+            newborn_full: stat(Stat::NewbornFull),
+            short_lived: short_lived.0 + short_lived.1,
         };
         let Self {
             table,
@@ -244,6 +272,12 @@ impl Tracer {
         stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
         let reconciled = started.elapsed();
         let mut report = reporter.report(table, stacks, look.now, kernel);
+        // Sockets born and released between two reports never reached the table; the kernel
+        // counted them.
+        let counts = &mut report.stats.table;
+        counts.created += short_lived.0;
+        counts.accepted += short_lived.1;
+        counts.released += short_lived.0 + short_lived.1;
         log::debug!(
             "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel), \
              reconcile {:?}, build {:?}",
@@ -266,6 +300,7 @@ impl Tracer {
         let Self {
             ebpf,
             ring,
+            newborn,
             collect,
             sock_diag,
             table,
@@ -274,12 +309,20 @@ impl Tracer {
             ..
         } = self;
         let ring = ring.get_mut();
+        // The sockets born since the last report, first: their stacks are symbolized while the
+        // scans run, so a leak's first report names its code.
+        take_newborn(newborn, table, stacks);
+        let symbolized = stacks.flushed();
+        let released_unseen = newborn.released().unwrap_or_else(|err| {
+            log::warn!("reading the kernel's release log: {err}");
+            Vec::new()
+        });
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;
         // TIME_WAIT sockets (often more than all the others) only matter for the churn rows,
         // which attribute the ones sockleak saw released.
-        let time_wait = table.remembers_releases();
+        let time_wait = table.remembers_releases() || !released_unseen.is_empty();
         let dump = tokio::task::spawn_blocking(move || {
             let dumped = diag_source.dump(time_wait);
             (diag_source, dumped, started.elapsed())
@@ -289,9 +332,12 @@ impl Tracer {
             let holders = holder_scan.run();
             (holders, started.elapsed())
         });
-        let gathered = async { tokio::join!(dump, scan) };
+        let symbolized = tokio::task::spawn_blocking(move || {
+            let _ = symbolized.recv_timeout(REPORT_SYMBOLIZE_WAIT);
+        });
+        let gathered = async { tokio::join!(dump, scan, symbolized) };
         tokio::pin!(gathered);
-        let (dump, scan) = loop {
+        let (dump, scan, _) = loop {
             tokio::select! {
                 gathered = &mut gathered => break gathered,
                 _ = collect.tick() => drain(ring, table, stacks),
@@ -303,11 +349,14 @@ impl Tracer {
         let diag = diag?;
         let (holders, scanned) = scan.context("the socket holder scan thread panicked")?;
         let gathered_at = started.elapsed();
-        // Events that raced with the scans are applied before judging what is gone.
+        // Sockets born before the scans ended, and events that raced with the scans, are applied
+        // before judging what is gone: every socket in the dump is then either known or adopted
+        // on a second look.
+        take_newborn(newborn, table, stacks);
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
         table.reconcile(&diag.sockets, &holders, now, &reporter.filter, &ProcFs);
-        table.count_churn(&diag.sockets, &diag.time_wait);
+        table.count_churn(&diag.sockets, &diag.time_wait, &released_unseen);
         Ok(Look {
             now,
             dumped,
@@ -334,6 +383,26 @@ struct Look {
     scanned: Duration,
     gathered_at: Duration,
     unreachable_namespaces: usize,
+}
+
+/// Moves the sockets the kernel kept since the last call into the table. Before the ring is
+/// read: whatever the ring says about them came after.
+fn take_newborn(newborn: &mut Newborn, table: &mut SocketTable, stacks: &mut Stacks) {
+    match newborn.take() {
+        Ok(born) => adopt(&born, table, stacks),
+        // They stay in the kernel's map (or, once it is full, come through the ring), and the
+        // report's scans still find those held.
+        Err(err) => log::warn!("reading the kernel's map of newborn sockets: {err}"),
+    }
+}
+
+fn adopt(born: &[SockEvent], table: &mut SocketTable, stacks: &mut Stacks) {
+    table.adopt_newborn(born);
+    for ev in born {
+        if let Some(key) = CreationStack::of(ev).key() {
+            stacks.note(key);
+        }
+    }
 }
 
 fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {

@@ -196,10 +196,11 @@ fn lost_events_are_counted_and_the_table_heals_itself() {
     let port = server.run("listen 127.0.0.1:0")[0].clone();
     server.run("serve-keep");
     let mut client = Scenario::spawn();
-    // A one-page ring: a burst of connections cannot fit, so events are lost for real.
+    // A one-page ring, and every socket through it: a burst of connections cannot fit, so
+    // events are lost for real.
     let t = sockleak_tests::Trace::start_also(
         &[client.pid(), server.pid()],
-        &["--ring-buffer-bytes", "4096"],
+        &["--ring-buffer-bytes", "4096", "--newborn-sockets", "0"],
     );
     client.run(&format!("connect 127.0.0.1:{port} 300"));
     client.run(&format!("churn 127.0.0.1:{port} 500"));
@@ -252,6 +253,9 @@ fn the_report_right_after_a_loss_has_every_socket_the_loss_hid() {
         &[
             "--ring-buffer-bytes",
             "16384",
+            // Every socket through the ring, so that the churn overflows it.
+            "--newborn-sockets",
+            "0",
             "--interval",
             "1h",
             "--min-age",

@@ -64,6 +64,41 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     assert_eq!(last.sockets_of(client.pid()).len(), 25);
 }
 
+/// Sockets wait in the kernel's newborn map until a report reads them, and a socket released
+/// before that is only counted. A map too small for the burst sends the rest through the ring:
+/// the report is as exact either way.
+#[test]
+fn sockets_the_newborn_map_cannot_hold_come_through_the_ring_and_the_count_stays_exact() {
+    let mut server = Scenario::spawn();
+    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    server.run("serve-keep");
+    let mut client = Scenario::spawn();
+    let tracer = Trace::start_also(&[client.pid()], &["--newborn-sockets", "8"]);
+
+    client.run(&format!("churn 127.0.0.1:{port} 200"));
+    let ports = client.run(&format!("connect 127.0.0.1:{port} 40"));
+    client.run("close 15");
+    let (closed, open) = ports.split_at(15);
+
+    let report = tracer.fresh_report();
+    let mine = report.sockets_of(client.pid());
+    assert_eq!(mine.len(), 25, "{mine:#?}");
+    for s in &mine {
+        assert!(s.origin.traced(), "{s:?}");
+        assert_eq!(s.state, SocketState::Established);
+        let local_port = s.local.port().to_string();
+        assert!(open.contains(&local_port) && !closed.contains(&local_port));
+    }
+    let stats = &report.stats;
+    assert!(stats.kernel.short_lived >= 200, "the churn's: {stats:?}");
+    assert!(
+        stats.kernel.newborn_full >= 32,
+        "40 past a map of 8: {stats:?}"
+    );
+    assert!(stats.table.created >= 240, "{stats:?}");
+    assert_eq!(stats.kernel.events_lost, 0);
+}
+
 #[test]
 fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
     let mut server = Scenario::spawn();

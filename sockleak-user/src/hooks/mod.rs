@@ -36,6 +36,8 @@ pub struct Attached {
     pub warnings: Vec<String>,
     /// Loaded, attached to binaries as they are found.
     pub libuv: libuv::LibuvProbes,
+    /// Whether newborn sockets wait in the kernel's `NEWBORN` map for a report to read them.
+    pub newborn_in_kernel: bool,
 }
 
 /// How the programs are set up.
@@ -43,6 +45,8 @@ pub struct Attached {
 pub struct Options {
     /// Size of the kernel-to-sockleak event ring in bytes (a power of two).
     pub ring_buffer_bytes: u32,
+    /// Entries of the kernel's map of newborn sockets (0: every socket through the ring).
+    pub newborn_sockets: u32,
     /// Behave as on a kernel without BTF (classic tracepoints, no fd walk).
     pub without_btf: bool,
     /// Most creation stacks taken per process and second (0: every one); `None` takes none.
@@ -56,6 +60,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             ring_buffer_bytes: sockleak_common::EVENTS_RING_BYTES,
+            newborn_sockets: sockleak_common::NEWBORN_SOCKETS,
             without_btf: false,
             stack_rate: Some(DEFAULT_STACK_RATE),
         }
@@ -75,6 +80,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     check_capabilities()?;
     let Options {
         ring_buffer_bytes,
+        newborn_sockets,
         without_btf,
         stack_rate,
     } = *options;
@@ -140,10 +146,24 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         ));
     }
 
+    // Newborn sockets wait in the kernel's map only where their creation names their inode:
+    // on the older layout the inode follows at the exit of `socket()`, through the ring.
+    config.newborn = u64::from(config.socket_inode != 0 && newborn_sockets > 0);
+    if config.newborn == 0 && newborn_sockets > 0 {
+        warnings.push(
+            "every socket is announced through the event ring (no socket inode offset in BTF): \
+             short-lived sockets cost more"
+                .to_owned(),
+        );
+    }
+    config.release_log_per_cpu = release_log_per_cpu();
+
     let mut ebpf = EbpfLoader::new()
         .override_global("CONFIG", &config, true)
         .override_global("FILTER", filter, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
+        // A hash map cannot have no entries; with none asked for, it is never written.
+        .map_max_entries("NEWBORN", newborn_sockets.max(1))
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
 
@@ -255,7 +275,16 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         hooks,
         warnings,
         libuv,
+        newborn_in_kernel: config.newborn != 0,
     })
+}
+
+/// Each CPU's share of the release log, a power of two (the programs index it with a mask).
+fn release_log_per_cpu() -> u64 {
+    let cpus = aya::util::nr_cpus()
+        .map_or(1, |n| n.get())
+        .next_power_of_two();
+    u64::from(sockleak_common::RELEASE_LOG_SLOTS / cpus)
 }
 
 /// Verifier logs span many lines; a warning is one.

@@ -239,6 +239,16 @@ pub struct KernelStats {
     /// another under the same key. Those sockets show native frames.
     #[serde(default)]
     pub js_stacks_lost: u64,
+    /// Sockets the kernel kept in its map of newborn sockets rather than the ring, and those
+    /// that found it full (announced through the ring instead).
+    #[serde(default)]
+    pub newborn_kept: u64,
+    #[serde(default)]
+    pub newborn_full: u64,
+    /// Sockets released before any report read them from that map: counted in `created`,
+    /// `accepted` and `released`, never in the table.
+    #[serde(default)]
+    pub short_lived: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -2,7 +2,7 @@
 //! connection churn, not leaks, counted per process that released them.
 use std::{collections::HashMap, sync::Arc};
 
-use sockleak_common::TcpState;
+use sockleak_common::{ReleasedSocket, TcpState};
 
 use super::{KernelKeyed, SocketTable};
 use crate::sockdiag::DiagSocket;
@@ -40,12 +40,24 @@ impl SocketTable {
     }
 
     /// Sockets a process closed that the kernel still keeps: TIME_WAIT ones (by cookie) and
-    /// orphans still closing (in `diag` without an inode), per process that released them.
-    pub fn count_churn(&mut self, diag: &[DiagSocket], time_wait: &[u64]) {
+    /// orphans still closing (in `diag` without an inode), per process that released them,
+    /// whether the table saw the release or the kernel logged it (`released_unseen`: sockets
+    /// released before any report read them).
+    pub fn count_churn(
+        &mut self,
+        diag: &[DiagSocket],
+        time_wait: &[u64],
+        released_unseen: &[ReleasedSocket],
+    ) {
         self.churn.clear();
-        let owner_of: KernelKeyed<u64, (u32, &Arc<str>)> = self
-            .released
+        let names = &mut self.comm_names;
+        let unseen: Vec<(u64, u32, Arc<str>)> = released_unseen
             .iter()
+            .map(|r| (r.cookie, r.pid, names.of(&r.comm)))
+            .collect();
+        let owner_of: KernelKeyed<u64, (u32, &Arc<str>)> = unseen
+            .iter()
+            .chain(&self.released)
             .map(|(cookie, pid, comm)| (*cookie, (*pid, comm)))
             .collect();
         let lingering = diag

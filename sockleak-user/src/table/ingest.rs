@@ -13,6 +13,10 @@ use crate::symbolize::CreationStack;
 /// are remembered until a process accepts them.
 const UNOWNED_CAPACITY: usize = 65_536;
 
+/// Events waiting for their socket's announcement ([`SocketTable::adopt_newborn`]), at most:
+/// past it they are applied as they come, as without the kernel's map.
+const DEFERRED_CAPACITY: usize = 16_384;
+
 /// A TCP socket seen only through state changes so far: an accepted child before `accept()`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Unowned {
@@ -22,8 +26,49 @@ pub(super) struct Unowned {
 }
 
 impl SocketTable {
+    /// Applies one event from the ring.
     pub fn apply(&mut self, ev: &SockEvent) {
         self.stats.events += 1;
+        if self.may_be_about_a_newborn(ev) {
+            self.deferred.push(*ev);
+            return;
+        }
+        self.apply_now(ev);
+    }
+
+    /// The kernel keeps newborn sockets in its own map until a report reads them (see
+    /// `sockleak_common::NEWBORN_SOCKETS`); from then on, events about them are expected.
+    pub fn expect_newborn_in_kernel(&mut self) {
+        self.newborn_in_kernel = true;
+    }
+
+    /// Sockets the kernel kept in its map until now (their creation or accept events, in no
+    /// particular order), then the ring's events that were waiting for them. Call before
+    /// reading the ring again: an event the ring holds about one of these came after it.
+    pub fn adopt_newborn(&mut self, born: &[SockEvent]) {
+        for ev in born {
+            self.stats.events += 1;
+            self.apply_now(ev);
+        }
+        for ev in std::mem::take(&mut self.deferred) {
+            self.apply_now(&ev);
+        }
+    }
+
+    /// A state change or memory pressure on a socket the table does not know: with newborn
+    /// sockets in the kernel's map, it may be one of them (a new listener, say).
+    fn may_be_about_a_newborn(&self, ev: &SockEvent) -> bool {
+        self.newborn_in_kernel
+            && ev.cookie != 0
+            && matches!(
+                EventKind::from_u32(ev.kind),
+                Some(EventKind::StateChanged | EventKind::RcvQueueFull | EventKind::ExceedBufLimit)
+            )
+            && !self.sockets.contains_key(&ev.cookie)
+            && self.deferred.len() < DEFERRED_CAPACITY
+    }
+
+    fn apply_now(&mut self, ev: &SockEvent) {
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Created) => self.on_created(ev),
             Some(EventKind::FdInstalled) => self.on_fd_installed(ev),

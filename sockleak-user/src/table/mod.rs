@@ -20,7 +20,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::Protocol;
+use sockleak_common::{Protocol, SockEvent};
 
 pub use self::{
     churn::Churn,
@@ -87,6 +87,11 @@ pub struct SocketTable {
     /// waiting for `accept()`.
     unowned: KernelKeyed<u64, Unowned>,
     unowned_order: VecDeque<u64>,
+    /// Whether the kernel keeps newborn sockets in its own map until a report reads them
+    /// ([`SocketTable::adopt_newborn`]): an event about a socket the table does not know may
+    /// then be about one of those, and waits in `deferred` for it.
+    newborn_in_kernel: bool,
+    deferred: Vec<SockEvent>,
     capacity: usize,
     comm_names: CommNames,
     pub stats: TableStats,
@@ -102,6 +107,8 @@ impl SocketTable {
             cookie_by_skaddr: KernelKeyed::default(),
             unowned: KernelKeyed::default(),
             unowned_order: VecDeque::new(),
+            newborn_in_kernel: false,
+            deferred: Vec::new(),
             capacity,
             comm_names: CommNames::default(),
             stats: TableStats::default(),

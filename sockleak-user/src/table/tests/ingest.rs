@@ -204,13 +204,69 @@ fn closed_sockets_lingering_in_the_kernel_count_as_churn_of_their_owner() {
     }
     // TIME_WAIT sockets come as cookies from a dump of their own; orphans still closing
     // are listed without an inode.
-    t.count_churn(&[diag(2, TcpState::FIN_WAIT2, 0)], &[1, 3]);
+    t.count_churn(&[diag(2, TcpState::FIN_WAIT2, 0)], &[1, 3], &[]);
     let churn = &t.churn()[&55];
     assert_eq!(
         (churn.time_wait, churn.orphaned, &*churn.comm),
         (1, 1, "client")
     );
     assert_eq!(t.churn().len(), 1, "cookie 3 belongs to nobody we saw");
+}
+
+#[test]
+fn releases_the_kernel_logged_count_as_churn_of_their_creator() {
+    let mut t = SocketTable::new(8);
+    let mut logged = sockleak_common::ReleasedSocket {
+        cookie: 7,
+        pid: 66,
+        ..Default::default()
+    };
+    logged.comm[..6].copy_from_slice(b"server");
+    t.count_churn(&[], &[7, 8], &[logged]);
+    let churn = &t.churn()[&66];
+    assert_eq!((churn.time_wait, &*churn.comm), (1, "server"));
+    assert_eq!(t.churn().len(), 1);
+}
+
+#[test]
+fn an_event_about_a_socket_still_in_the_kernels_map_waits_for_it() {
+    let mut t = SocketTable::new(8);
+    t.expect_newborn_in_kernel();
+    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    listen.cookie = 9;
+    listen.old_state = state(TcpState::CLOSE);
+    listen.new_state = state(TcpState::LISTEN);
+    t.apply(&listen);
+    assert!(t.is_empty());
+    // The report reads the kernel's map: the listener arrives, then what waited for it.
+    t.adopt_newborn(&[created(9, 70)]);
+    assert_eq!(t.get(9).unwrap().state, TcpState::LISTEN);
+    assert_eq!(t.stats.events, 2);
+    // Events about known sockets are applied at once.
+    let mut close = listen;
+    close.old_state = state(TcpState::LISTEN);
+    close.new_state = state(TcpState::CLOSE);
+    t.apply(&close);
+    assert_eq!(t.get(9).unwrap().state, TcpState::CLOSE);
+}
+
+#[test]
+fn an_event_whose_socket_never_comes_is_applied_as_before() {
+    let mut t = SocketTable::new(8);
+    t.expect_newborn_in_kernel();
+    let mut est = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    est.cookie = 4;
+    est.skaddr = 0x1000;
+    est.new_state = state(TcpState::ESTABLISHED);
+    t.apply(&est);
+    // Released before any report read it: the kernel dropped it, the event stays unowned,
+    // as an accepted child's would.
+    t.adopt_newborn(&[]);
+    assert!(t.is_empty());
+    let mut accept = accepted_without_cookie(0x1000, 77);
+    accept.cookie = 4;
+    t.apply(&accept);
+    assert_eq!(t.get(4).unwrap().state, TcpState::ESTABLISHED);
 }
 
 #[test]
