@@ -90,10 +90,17 @@ fn sockets_the_newborn_map_cannot_hold_come_through_the_ring_and_the_count_stays
         assert!(open.contains(&local_port) && !closed.contains(&local_port));
     }
     let stats = &report.stats;
-    assert!(stats.kernel.short_lived >= 200, "the churn's: {stats:?}");
+    // Released in the map or through the ring, every one is counted.
+    assert!(stats.kernel.short_lived > 0, "the churn's: {stats:?}");
+    assert!(stats.table.released >= 215, "{stats:?}");
+    // How many found the map full depends on when reports read it: some, whatever the timing.
     assert!(
-        stats.kernel.newborn_full >= 32,
+        stats.kernel.newborn_full > 0,
         "40 past a map of 8: {stats:?}"
+    );
+    assert!(
+        stats.kernel.newborn_kept + stats.kernel.newborn_full >= 240,
+        "every birth kept or sent: {stats:?}"
     );
     assert!(stats.table.created >= 240, "{stats:?}");
     assert_eq!(stats.kernel.events_lost, 0);
