@@ -283,9 +283,18 @@ fn run(args: Args) -> Result<()> {
 /// socket counts: the report is over the sockets open at the end, whatever their age.
 pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
 
+/// How long a tracer runs before the churn starts: past sockleak's first report.
+const TRACER_SETTLE: Duration = Duration::from_secs(2);
+
 /// Runs the churn load beside a running tracer; returns (connections, seconds) and the CPU
-/// seconds the tracer used meanwhile (its start-up and final report are not churn costs).
+/// seconds the tracer used meanwhile (its start-up, its first report and its final report
+/// are not churn costs).
 pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64)> {
+    if tracer.is_some() {
+        // sockleak's first report, due 1.5 s after start, is an incident's; over the TIME_WAIT
+        // sockets earlier rounds left it took a large part of a 5-second round's tracer CPU.
+        std::thread::sleep(TRACER_SETTLE);
+    }
     let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
     let load = churn_load(args)?;
     let used = match (tracer, before) {

@@ -65,9 +65,9 @@ pub struct Config {
     /// most of a socket's cost, and a process opening thousands of sockets a second shows its
     /// code paths in a sample as well as in all of them (bcc's memleak samples the same way).
     pub stack_rate: u64,
-    /// Non-zero to keep newborn sockets in `NEWBORN` rather than the ring
-    /// ([`crate::NEWBORN_SOCKETS`]).
-    pub newborn: u64,
+    /// Slots of `NEWBORN` in use, a power of two (see [`crate::NEWBORN_SOCKETS`]); 0 sends
+    /// every socket through the ring.
+    pub newborn_slots: u64,
     /// Slots of the release log each CPU writes, a power of two (its share of
     /// [`crate::RELEASE_LOG_SLOTS`]); 0 keeps no log.
     pub release_log_per_cpu: u64,

@@ -5,11 +5,12 @@
 /// which absorbs a burst of connection churn between two userspace wake-ups.
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 
-/// Sockets whose creation or accept the kernel keeps in `NEWBORN` (by cookie) instead of the
-/// ring, until userspace reads them at a report or their release deletes them: most sockets of
-/// a busy service live less than a report interval, and those then cost no event, no wake-up
-/// and no userspace work. Preallocated (about 200 bytes each); a socket that finds it full is
-/// announced through the ring as before. The default of `--newborn-sockets`.
+/// Sockets whose creation or accept the kernel keeps in `NEWBORN` instead of the ring, until
+/// userspace reads them at a report or their release frees the slot: most sockets of a busy
+/// service live less than a report interval, and those then cost no event, no wake-up and no
+/// userspace work. An array of this many `SockEvent` slots (a power of two), each socket in the
+/// one its cookie names; a socket whose slot is taken is announced through the ring as before.
+/// The default of `--newborn-sockets`.
 pub const NEWBORN_SOCKETS: u32 = 16_384;
 
 /// Releases of TCP sockets userspace never saw (they left `NEWBORN` at their release), kept
@@ -66,7 +67,7 @@ pub enum Stat {
     JsStacksLost = 6,
     /// Sockets announced in `NEWBORN` rather than the ring.
     NewbornKept = 7,
-    /// Sockets announced through the ring because `NEWBORN` was full.
+    /// Sockets announced through the ring because their `NEWBORN` slot held another socket.
     NewbornFull = 8,
     /// Sockets created by `socket()`, and accepted ones, released while still in `NEWBORN`:
     /// userspace never saw them, and counts them from these.

@@ -10,7 +10,7 @@ use sockleak_common::{EventKind, Hook, STACK_PENDING, SockEvent, Stat};
 use crate::{
     fdwalk::socket_of_fd,
     filter::{admits_socket, admits_task},
-    maps::{NEWBORN, STACK_PENDING_TID, announce, config, config_field, count, send},
+    maps::{STACK_PENDING_TID, announce, config, config_field, count, newborn_slot, send},
     stacks::{capture_stacks, stack_allowed},
     task::current_task,
 };
@@ -90,8 +90,7 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
     match socket_of_fd(cfg, fd) {
         Ok(Some(found)) if admits_socket(found.family, 0) => {
             if stacks == StackChoice::Take
-                && cfg.newborn != 0
-                && let Some(created) = NEWBORN.get_ptr_mut(&found.cookie)
+                && let Some(created) = newborn_slot(found.cookie)
             {
                 // Its creation is still in the kernel's map: the stack goes with it.
                 // SAFETY: a map value, valid for the program's run.

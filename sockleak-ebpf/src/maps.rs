@@ -7,11 +7,13 @@
 //! up to its slots, and `V8_LAYOUTS` holds what userspace put there for the V8 processes it
 //! found (it removes the ones that exit).
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
 };
+use core::ptr::read_volatile;
+
 use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, NEWBORN_SOCKETS, NO_JS_STACK, NO_STACK, RELEASE_LOG_SLOTS, ReleasedSocket,
@@ -96,20 +98,29 @@ pub static JS_STACKS: HashMap<u32, JsStack, { JS_STACK_SLOTS as usize }> = HashM
 #[btf_map]
 pub static JS_SCRATCH: PerCpuArray<JsStack, 1> = PerCpuArray::new();
 
-/// The creation or accept event of each socket born since userspace last read this map, by
-/// cookie (see [`announce`]). Userspace takes the entries it reads; a release deletes its
-/// socket's entry, and then sends nothing.
+/// The creation or accept event of each socket born since userspace last read this map, in the
+/// slot its cookie names (`cookie & (slots - 1)`; see [`announce`]). A slot is free while its
+/// cookie is 0: userspace frees the ones it reads, a release the one of its socket (and then
+/// sends nothing). An array, not a hash map: a hash map's insert and delete (bucket lock,
+/// freelist) cost more than the ring event they replace, a slot is a load and a few stores.
+/// Userspace maps it into its memory and reads it in place.
 #[btf_map]
-pub static NEWBORN: HashMap<u64, SockEvent, { NEWBORN_SOCKETS as usize }> = HashMap::new();
+pub static NEWBORN: Array<SockEvent, { NEWBORN_SOCKETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Where [`announce`] builds an event: too large to build on the program's stack cheaply.
 #[btf_map]
 pub static NEWBORN_SCRATCH: PerCpuArray<SockEvent, 1> = PerCpuArray::new();
 
 /// TCP sockets released while still in `NEWBORN`, for the churn rows: each CPU writes its own
-/// `Config::release_log_per_cpu` slots in turn (next slot in `RELEASE_LOG_NEXT`).
+/// `Config::release_log_per_cpu` slots in turn (next slot in `RELEASE_LOG_NEXT`). Userspace
+/// reads it in place.
 #[btf_map]
-pub static RELEASE_LOG: Array<ReleasedSocket, { RELEASE_LOG_SLOTS as usize }> = Array::new();
+pub static RELEASE_LOG: Array<
+    ReleasedSocket,
+    { RELEASE_LOG_SLOTS as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 #[btf_map]
 pub static RELEASE_LOG_NEXT: PerCpuArray<u32, 1> = PerCpuArray::new();
@@ -148,7 +159,7 @@ static CONFIG: Config = Config {
     stack_rate: 0,
     socket_inode: 0,
     libuv_handles: 0,
-    newborn: 0,
+    newborn_slots: 0,
     release_log_per_cpu: 0,
 };
 
@@ -198,13 +209,15 @@ pub fn send(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
     count(Stat::EventsSent);
 }
 
-/// Announces a socket born in process context (its creation or accept): into `NEWBORN` under
-/// its cookie, where userspace reads it at its next report unless the socket is released
-/// first; through the ring when that map is off or full, or the cookie is unknown.
+/// Announces a socket born in process context (its creation or accept): into its `NEWBORN`
+/// slot, where userspace reads it at its next report unless the socket is released first;
+/// through the ring when that map is off, the slot holds another socket (counted as
+/// `NewbornFull`), or the cookie is unknown.
 #[inline(always)]
 pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
+    let slots = config_field(|c| &c.newborn_slots);
     let scratch = match NEWBORN_SCRATCH.get_ptr_mut(0) {
-        Some(scratch) if config_field(|c| &c.newborn) != 0 => scratch,
+        Some(scratch) if slots != 0 => scratch,
         _ => return send(kind, hook, fill),
     };
     // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
@@ -212,15 +225,17 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         prepare(scratch, kind, hook, fill);
         &*scratch
     };
-    if event.cookie != 0
-        && NEWBORN
-            .insert(&event.cookie, event, BPF_NOEXIST as u64)
-            .is_ok()
-    {
-        count(Stat::NewbornKept);
-        return;
-    }
     if event.cookie != 0 {
+        if let Some(slot) = NEWBORN.get_ptr_mut((event.cookie & (slots - 1)) as u32)
+            // SAFETY: a map value, valid for the program's run.
+            && unsafe { read_volatile(&raw const (*slot).cookie) } == 0
+        {
+            // SAFETY: as above; the slot is free, so no reader takes it until its cookie is
+            // written, last.
+            unsafe { publish(event, slot) };
+            count(Stat::NewbornKept);
+            return;
+        }
         count(Stat::NewbornFull);
     }
     match EVENTS.output(event, wakeup_flag()) {
@@ -229,21 +244,57 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
     }
 }
 
-/// Deletes the `NEWBORN` entry of a socket being released; true if it was there, and then
+/// Copies `event` into a free `NEWBORN` slot, its cookie last: userspace takes a slot only once
+/// its cookie is set (x86 makes stores visible in program order). Two CPUs may both find the
+/// same slot free only for two sockets whose cookies are equal modulo the slots, born at the
+/// same instant: one of them is then missing until a report's scan adopts it.
+///
+/// # Safety
+/// `slot` is a `NEWBORN` value.
+#[inline(always)]
+unsafe fn publish(event: &SockEvent, slot: *mut SockEvent) {
+    const COOKIE_WORD: usize = core::mem::offset_of!(SockEvent, cookie) / 8;
+    let from = core::ptr::from_ref(event).cast::<u64>();
+    let to = slot.cast::<u64>();
+    // SAFETY: both are `SockEvent`s, a whole number of words; volatile keeps the order.
+    unsafe {
+        for i in 0..size_of::<SockEvent>() / 8 {
+            if i != COOKIE_WORD {
+                to.add(i).write_volatile(from.add(i).read_volatile());
+            }
+        }
+        to.add(COOKIE_WORD).write_volatile(event.cookie);
+    }
+}
+
+/// The `NEWBORN` slot holding the socket `cookie`, if it is there.
+#[inline(always)]
+pub fn newborn_slot(cookie: u64) -> Option<*mut SockEvent> {
+    let slots = config_field(|c| &c.newborn_slots);
+    if slots == 0 || cookie == 0 {
+        return None;
+    }
+    let slot = NEWBORN.get_ptr_mut((cookie & (slots - 1)) as u32)?;
+    // SAFETY: a map value, valid for the program's run.
+    (unsafe { read_volatile(&raw const (*slot).cookie) } == cookie).then_some(slot)
+}
+
+/// Frees the `NEWBORN` slot of a socket being released; true if it was there, and then
 /// userspace never hears of the socket. A TCP socket's release is logged for the churn rows.
+/// Userspace may take the slot at the same instant (it claims slots atomically, this side
+/// cannot): it then holds a socket that is gone, which reconciliation drops.
 #[inline(always)]
 pub fn forget_newborn(cookie: u64, tcp: bool) -> bool {
-    if config_field(|c| &c.newborn) == 0 {
-        return false;
-    }
-    let Some(event) = NEWBORN.get_ptr(&cookie) else {
+    let Some(slot) = newborn_slot(cookie) else {
         return false;
     };
-    // SAFETY: a map value, valid for the program's run (a concurrent delete only recycles it).
-    let (kind, pid, comm) = unsafe { ((*event).kind, (*event).task.pid, (*event).task.comm) };
-    if NEWBORN.remove(&cookie).is_err() {
-        return false; // userspace read it meanwhile: it needs the release event
-    }
+    // SAFETY: a map value, valid for the program's run.
+    let (kind, pid, comm) = unsafe {
+        let born = (*slot).kind;
+        let task = (*slot).task;
+        (&raw mut (*slot).cookie).write_volatile(0);
+        (born, task.pid, task.comm)
+    };
     count(if kind == EventKind::Created as u32 {
         Stat::ShortLivedCreated
     } else {

@@ -165,8 +165,9 @@ pub struct TracerArgs {
     pub ring_buffer_bytes: u32,
     /// Sockets the kernel keeps between two reports instead of sending an event for each (a
     /// socket released before the next report then costs no event at all); past it, sockets
-    /// are announced through the ring buffer. 0 sends every socket through the ring.
-    #[arg(long, value_name = "N", default_value_t = sockleak_common::NEWBORN_SOCKETS, value_parser = clap::value_parser!(u32).range(..=1 << 24))]
+    /// are announced through the ring buffer. A power of two; 0 sends every socket through the
+    /// ring.
+    #[arg(long, value_name = "N", default_value_t = sockleak_common::NEWBORN_SOCKETS, value_parser = parse_newborn_sockets)]
     pub newborn_sockets: u32,
     /// Most sockets kept in the table; more are counted as dropped (bounds sockleak's memory).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_SOCKETS)]
@@ -337,6 +338,18 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
     if n < 4096 || !n.is_power_of_two() {
         return Err(format!(
             "ring buffer size {n} must be a power of two of at least 4096"
+        ));
+    }
+    Ok(n)
+}
+
+fn parse_newborn_sockets(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("invalid count '{text}'"))?;
+    if n != 0 && (!n.is_power_of_two() || n > 1 << 20) {
+        return Err(format!(
+            "newborn sockets {n} must be 0 or a power of two up to 1048576"
         ));
     }
     Ok(n)

@@ -1,8 +1,11 @@
 //! Reading what the kernel keeps between reports: the sockets born since the last one (`NEWBORN`,
 //! taken out as they are read) and the release log of those that died before anyone read them.
+//! Both maps are mapped into this process and read in place: no system call per socket.
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
+    ptr::NonNull,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result};
@@ -10,145 +13,127 @@ use aya::{
     Ebpf,
     maps::{Map, MapData},
 };
-use sockleak_common::{
-    EventKind, Hook, NEWBORN_SOCKETS, RELEASE_LOG_SLOTS, ReleasedSocket, SockEvent,
-};
-
-/// Entries moved per batch call: a bucket of the kernel's hash table must fit in one call (or
-/// the call fails with ENOSPC), and a few thousand keep the buffers small.
-const BATCH: u32 = 4096;
+use sockleak_common::{RELEASE_LOG_SLOTS, ReleasedSocket, SockEvent};
 
 pub struct Newborn {
-    newborn: MapData,
-    release_log: MapData,
+    /// `NEWBORN`: a slot is taken by swapping its cookie to 0.
+    slots: Mapped<SockEvent>,
+    release_log: Mapped<ReleasedSocket>,
 }
 
 impl Newborn {
-    pub fn take_from(ebpf: &mut Ebpf) -> Result<Self> {
-        let newborn = match ebpf.take_map("NEWBORN").context("NEWBORN map missing")? {
-            Map::HashMap(data) => data,
-            _ => anyhow::bail!("NEWBORN is not a hash map"),
+    /// `slots` is the size `NEWBORN` was loaded with.
+    pub fn take_from(ebpf: &mut Ebpf, slots: u32) -> Result<Self> {
+        let mut array = |name: &str| match ebpf.take_map(name) {
+            Some(Map::Array(data)) => Ok(data),
+            _ => Err(anyhow::anyhow!("{name} is missing or not an array")),
         };
-        let release_log = match ebpf
-            .take_map("RELEASE_LOG")
-            .context("RELEASE_LOG map missing")?
-        {
-            Map::Array(data) => data,
-            _ => anyhow::bail!("RELEASE_LOG is not an array"),
-        };
+        let (newborn, release_log) = (array("NEWBORN")?, array("RELEASE_LOG")?);
+        let context = "mapping the kernel's newborn sockets into memory (kernel 5.5+)";
         Ok(Self {
-            newborn,
-            release_log,
+            slots: Mapped::map(newborn, slots.max(1) as usize).context(context)?,
+            release_log: Mapped::map(release_log, RELEASE_LOG_SLOTS as usize).context(context)?,
         })
     }
 
     /// Takes every socket the kernel announced in `NEWBORN` since the last call: from now on
     /// their release goes through the ring. In no particular order.
-    pub fn take(&mut self) -> io::Result<Vec<SockEvent>> {
-        let mut events = Vec::new();
-        let mut keys = vec![0u64; BATCH as usize];
-        let mut values =
-            vec![SockEvent::new(EventKind::Created, Hook::CgroupSockCreate); BATCH as usize];
-        let mut position: Option<u64> = None;
-        loop {
-            let mut next = 0u64;
-            let (count, done) = batch(
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &self.newborn,
-                position.as_ref(),
-                &mut next,
-                &mut keys,
-                &mut values,
-            )?;
-            events.extend_from_slice(&values[..count]);
-            if done || events.len() > 2 * NEWBORN_SOCKETS as usize {
-                return Ok(events);
+    pub fn take(&mut self) -> Vec<SockEvent> {
+        let mut born = Vec::new();
+        for slot in 0..self.slots.len {
+            // SAFETY: `cookie` is the first field's offset of an 8-aligned `SockEvent`.
+            let cookie = unsafe {
+                self.slots
+                    .word(slot, std::mem::offset_of!(SockEvent, cookie))
+            };
+            let seen = cookie.load(Ordering::Acquire);
+            if seen == 0 {
+                continue;
             }
-            position = Some(next);
+            // Copied before it is claimed: once its cookie is 0, the kernel may write the next
+            // socket into it. A copy the kernel changed meanwhile fails the claim.
+            let event = self.slots.copy(slot);
+            if event.cookie == seen
+                && cookie
+                    .compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                born.push(event);
+            }
         }
+        born
     }
 
     /// The release log: TCP sockets released before any report read them, as (cookie, pid,
     /// comm), the newest `RELEASE_LOG_SLOTS` or so.
-    pub fn released(&self) -> io::Result<Vec<ReleasedSocket>> {
-        let mut released = Vec::with_capacity(RELEASE_LOG_SLOTS as usize);
-        let mut keys = vec![0u32; BATCH as usize];
-        let mut values = vec![ReleasedSocket::default(); BATCH as usize];
-        let mut position: Option<u32> = None;
-        loop {
-            let mut next = 0u32;
-            let (count, done) = batch(
-                BPF_MAP_LOOKUP_BATCH,
-                &self.release_log,
-                position.as_ref(),
-                &mut next,
-                &mut keys,
-                &mut values,
-            )?;
-            released.extend(values[..count].iter().filter(|r| r.cookie != 0));
-            if done {
-                return Ok(released);
-            }
-            position = Some(next);
+    pub fn released(&self) -> Vec<ReleasedSocket> {
+        (0..self.release_log.len)
+            .map(|slot| self.release_log.copy(slot))
+            .filter(|r| r.cookie != 0)
+            .collect()
+    }
+}
+
+/// A `BPF_F_MMAPABLE` array of `T`s mapped into this process.
+struct Mapped<T> {
+    base: NonNull<T>,
+    len: usize,
+    bytes: usize,
+    /// Keeps the map alive as long as the mapping.
+    _map: MapData,
+}
+
+impl<T: Copy> Mapped<T> {
+    fn map(map: MapData, len: usize) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (len * size_of::<T>()).div_ceil(page) * page;
+        // SAFETY: a shared mapping of the map's own memory, which the kernel sized for `len`
+        // values of `T` (the type the map was declared with; an array's values are 8-aligned
+        // and both types are whole numbers of words).
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
         }
+        Ok(Self {
+            base: NonNull::new(base.cast()).ok_or_else(io::Error::last_os_error)?,
+            len,
+            bytes,
+            _map: map,
+        })
+    }
+
+    /// The word at byte `offset` of value `slot`, which the kernel side writes with plain
+    /// stores and this side only through atomics.
+    ///
+    /// # Safety
+    /// `offset` is an 8-aligned offset within `T`.
+    unsafe fn word(&self, slot: usize, offset: usize) -> &AtomicU64 {
+        assert!(slot < self.len && offset + 8 <= size_of::<T>());
+        // SAFETY: in bounds and aligned (the caller's word).
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(slot).byte_add(offset).cast()) }
+    }
+
+    /// A copy of value `slot`, which may be torn if the kernel is writing it: callers check.
+    fn copy(&self, slot: usize) -> T {
+        assert!(slot < self.len);
+        // SAFETY: in bounds; both mapped types are plain integers, valid for any bit pattern.
+        unsafe { std::ptr::read_volatile(self.base.as_ptr().add(slot)) }
     }
 }
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
-
-/// `bpf_attr` for the batch commands (`union bpf_attr`'s `batch` member).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-/// One batch call: reads up to `keys.len()` entries after `position` (from the start when
-/// `None`) into `keys` and `values`, and where to go on in `next`. Returns how many it read, and
-/// whether the map is done. aya has no batch calls; without them a report would spend three
-/// system calls on each socket born since the last one.
-fn batch<K, V>(
-    cmd: libc::c_long,
-    map: &MapData,
-    position: Option<&K>,
-    next: &mut K,
-    keys: &mut [K],
-    values: &mut [V],
-) -> io::Result<(usize, bool)> {
-    debug_assert_eq!(keys.len(), values.len());
-    let mut attr = BatchAttr {
-        in_batch: position.map_or(0, |p| std::ptr::from_ref(p) as u64),
-        out_batch: std::ptr::from_mut(next) as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: the buffers hold `count` keys and values, of the types the map was declared with
-    // in sockleak-ebpf (so of the sizes the kernel copies), and `attr` outlives the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(&mut attr),
-            size_of::<BatchAttr>(),
-        )
-    };
-    let count = (attr.count as usize).min(keys.len());
-    if ret == 0 {
-        return Ok((count, false));
-    }
-    match io::Error::last_os_error() {
-        err if err.raw_os_error() == Some(libc::ENOENT) => Ok((count, true)),
-        err => Err(err),
+impl<T> Drop for Mapped<T> {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, used by nothing after this.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
     }
 }

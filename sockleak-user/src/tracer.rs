@@ -108,7 +108,7 @@ impl Tracer {
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-        let mut newborn = Newborn::take_from(&mut ebpf)?;
+        let mut newborn = Newborn::take_from(&mut ebpf, programs.newborn_sockets)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
         let js_stacks = ebpf
@@ -146,11 +146,8 @@ impl Tracer {
             &ProcFs,
         );
         // Sockets born since the programs attached: the dump saw some of them, and their
-        // creation events know better. Also the first batch read, which a kernel may refuse.
-        let born = newborn
-            .take()
-            .context("reading the kernel's map of newborn sockets (batch operations, 5.6+)")?;
-        adopt(&born, &mut table, &mut stacks);
+        // creation events know better.
+        adopt(&newborn.take(), &mut table, &mut stacks);
 
         let started = Started {
             hooks,
@@ -313,10 +310,7 @@ impl Tracer {
         // scans run, so a leak's first report names its code.
         take_newborn(newborn, table, stacks);
         let symbolized = stacks.flushed();
-        let released_unseen = newborn.released().unwrap_or_else(|err| {
-            log::warn!("reading the kernel's release log: {err}");
-            Vec::new()
-        });
+        let released_unseen = newborn.released();
         let mut diag_source = sock_diag
             .take()
             .context("sock_diag lost by an earlier report")?;
@@ -388,12 +382,7 @@ struct Look {
 /// Moves the sockets the kernel kept since the last call into the table. Before the ring is
 /// read: whatever the ring says about them came after.
 fn take_newborn(newborn: &mut Newborn, table: &mut SocketTable, stacks: &mut Stacks) {
-    match newborn.take() {
-        Ok(born) => adopt(&born, table, stacks),
-        // They stay in the kernel's map (or, once it is full, come through the ring), and the
-        // report's scans still find those held.
-        Err(err) => log::warn!("reading the kernel's map of newborn sockets: {err}"),
-    }
+    adopt(&newborn.take(), table, stacks);
 }
 
 fn adopt(born: &[SockEvent], table: &mut SocketTable, stacks: &mut Stacks) {

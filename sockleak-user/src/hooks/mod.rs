@@ -45,7 +45,8 @@ pub struct Attached {
 pub struct Options {
     /// Size of the kernel-to-sockleak event ring in bytes (a power of two).
     pub ring_buffer_bytes: u32,
-    /// Entries of the kernel's map of newborn sockets (0: every socket through the ring).
+    /// Slots of the kernel's map of newborn sockets, a power of two (0: every socket through
+    /// the ring).
     pub newborn_sockets: u32,
     /// Behave as on a kernel without BTF (classic tracepoints, no fd walk).
     pub without_btf: bool,
@@ -148,8 +149,9 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
 
     // Newborn sockets wait in the kernel's map only where their creation names their inode:
     // on the older layout the inode follows at the exit of `socket()`, through the ring.
-    config.newborn = u64::from(config.socket_inode != 0 && newborn_sockets > 0);
-    if config.newborn == 0 && newborn_sockets > 0 {
+    if config.socket_inode != 0 {
+        config.newborn_slots = u64::from(newborn_sockets);
+    } else if newborn_sockets > 0 {
         warnings.push(
             "every socket is announced through the event ring (no socket inode offset in BTF): \
              short-lived sockets cost more"
@@ -162,7 +164,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         .override_global("CONFIG", &config, true)
         .override_global("FILTER", filter, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
-        // A hash map cannot have no entries; with none asked for, it is never written.
+        // A map cannot have no entries; with none asked for, it is never written.
         .map_max_entries("NEWBORN", newborn_sockets.max(1))
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
@@ -275,7 +277,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         hooks,
         warnings,
         libuv,
-        newborn_in_kernel: config.newborn != 0,
+        newborn_in_kernel: config.newborn_slots != 0,
     })
 }
 
