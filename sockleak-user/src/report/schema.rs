@@ -240,7 +240,7 @@ pub struct KernelStats {
     #[serde(default)]
     pub js_stacks_lost: u64,
     /// Sockets the kernel kept in its map of newborn sockets rather than the ring, and those
-    /// that found it full (announced through the ring instead).
+    /// whose slot held another socket (announced through the ring instead).
     #[serde(default)]
     pub newborn_kept: u64,
     #[serde(default)]
