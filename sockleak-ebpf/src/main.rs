@@ -2,8 +2,8 @@
 //! only where it runs in process context, which task; userspace joins and judges.
 //!
 //! The programs, one file per hook family. Each fills a `SockEvent`: a socket's birth (creation
-//! or accept) goes into the `NEWBORN` map until userspace reads it or the socket's release
-//! deletes it (`maps::announce`), everything else into the ring (`maps::send`). No other
+//! or accept) goes into its slot of the `NEWBORN` array until userspace reads it or the socket's
+//! release frees it (`maps::announce`), everything else into the ring (`maps::send`). No other
 //! per-socket state (the stack budget is per process, the pending stack per CPU).
 //!
 //! | file           | program                  | attach point                        | context  | tells |

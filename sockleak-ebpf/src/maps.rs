@@ -1,7 +1,7 @@
 //! Every map is bounded. The only per-socket state in the kernel is `NEWBORN`: sockets born
-//! since userspace last read it, each deleted at its release or when userspace reads it, in a
-//! preallocated map of fixed size (the userspace table holds every socket after that). `STACKS` grows with distinct
-//! creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes and
+//! since userspace last read it, each slot freed at its socket's release or when userspace
+//! reads it, in an array of fixed size (the userspace table holds every socket after that).
+//! `STACKS` grows with distinct creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes and
 //! `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and threads, each up to its fixed number
 //! of entries, least recently used first out. `JS_STACKS` grows with distinct JavaScript stacks
 //! up to its slots, and `V8_LAYOUTS` holds what userspace put there for the V8 processes it

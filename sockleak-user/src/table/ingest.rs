@@ -1,4 +1,5 @@
-//! Events from the kernel side, applied to the table one at a time as the ring delivers them.
+//! Events from the kernel side, applied to the table one at a time as the ring delivers them,
+//! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
 use std::net::SocketAddr;
 
 use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpState};
