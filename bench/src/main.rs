@@ -93,6 +93,13 @@ struct ChurnResult {
     /// round's: all a tracer adds to a connection, including kernel work that BPF run-time
     /// statistics never show.
     added_us_per_connection: f64,
+    /// CPU of the churn's own process (its kernel work included: the programs run in it) and
+    /// of the tracer, per connection, one per round: fewer bystanders than the machine's.
+    processes_us_per_connection: Vec<f64>,
+    /// Median over rounds of `processes_us_per_connection` minus the untraced round's: what
+    /// the tracer adds to a connection in the two processes that pay for it (softirq work on
+    /// other CPUs and kernel threads left out).
+    added_processes_us_per_connection: f64,
 }
 
 #[derive(Serialize)]
@@ -181,8 +188,13 @@ fn run(args: Args) -> Result<()> {
             );
             let tracer = Tracer::start(*kind, &args.sockleak, &args.work, CHURN_ARGS)?;
             let machine_before = machine_busy_seconds()?;
+            let load_before = children_cpu_seconds();
             let (load, tracer_cpu) = churn_beside(tracer.as_ref(), &args)?;
             let machine = machine_busy_seconds()? - machine_before;
+            let load_cpu = children_cpu_seconds() - load_before;
+            churn[i]
+                .processes_us_per_connection
+                .push((load_cpu + tracer_cpu) * 1e6 / load.0.max(1) as f64);
             let rate = load.0 as f64 / load.1;
             churn[i].rounds.push(rate);
             churn[i]
@@ -200,6 +212,7 @@ fn run(args: Args) -> Result<()> {
     }
     let untraced = churn[0].rounds.clone();
     let untraced_us = churn[0].machine_us_per_connection.clone();
+    let untraced_processes_us = churn[0].processes_us_per_connection.clone();
     for (i, c) in churn.iter_mut().enumerate() {
         c.median = median(&c.rounds);
         c.vs_none_rounds = c.rounds.iter().zip(&untraced).map(|(r, n)| r / n).collect();
@@ -211,6 +224,13 @@ fn run(args: Args) -> Result<()> {
             .map(|(t, n)| t - n)
             .collect();
         c.added_us_per_connection = median(&added);
+        let added: Vec<f64> = c
+            .processes_us_per_connection
+            .iter()
+            .zip(&untraced_processes_us)
+            .map(|(t, n)| t - n)
+            .collect();
+        c.added_processes_us_per_connection = median(&added);
         c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
         c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
     }
@@ -302,6 +322,18 @@ pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64
         _ => 0.0,
     };
     Ok((load, used))
+}
+
+/// CPU seconds (user and system) of this process's children that ended and were waited for.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Busy CPU seconds of the whole machine so far: every CPU's time in user, nice, system, irq,
@@ -502,13 +534,21 @@ fn table(r: &Results, args: &Args) -> String {
         out,
         "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved;\n\
          medians; 'vs none' pairs each round with the untraced run of the same round; 'added CPU'\n\
-         is the whole machine's busy CPU (/proc/stat) per connection, minus the untraced round's",
+         is the whole machine's busy CPU (/proc/stat) per connection, minus the untraced round's;\n\
+         'added, load+tracer' the same for the CPU of the churn's process and the tracer's",
         args.seconds, args.rounds
     );
     let _ = writeln!(
         out,
-        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10} {:>12}",
-        "tracer", "conn/s", "vs none", "rounds", "tracer CPU", "start-up", "added CPU"
+        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10} {:>12} {:>20}",
+        "tracer",
+        "conn/s",
+        "vs none",
+        "rounds",
+        "tracer CPU",
+        "start-up",
+        "added CPU",
+        "added, load+tracer"
     );
     for c in &r.churn {
         let lowest = c
@@ -519,7 +559,7 @@ fn table(r: &Results, args: &Args) -> String {
         let highest = c.vs_none_rounds.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12}",
+            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12} {:>20}",
             c.tracer,
             c.median,
             c.vs_none * 100.0,
@@ -528,6 +568,7 @@ fn table(r: &Results, args: &Args) -> String {
                 .map_or("-".into(), |s| format!("{s:.2} s")),
             c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
             format!("{:.2} us", c.added_us_per_connection),
+            format!("{:.2} us", c.added_processes_us_per_connection),
         );
     }
     if !r.node_http.is_empty() {
