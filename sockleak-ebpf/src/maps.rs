@@ -41,6 +41,22 @@ pub struct StackWindow {
 pub static STACK_BUDGET: LruHashMap<u32, StackWindow, { STACK_BUDGET_PROCESSES as usize }> =
     LruHashMap::new();
 
+/// The process this CPU last refused a stack to, and until when its window runs: in a connection
+/// storm nearly every socket is refused, and this spares each the `STACK_BUDGET` lookup.
+pub struct Refused {
+    pub pid: u32,
+    pub _pad: u32,
+    pub until_ns: u64,
+}
+
+#[btf_map]
+pub static LAST_REFUSED: PerCpuArray<Refused, 1> = PerCpuArray::new();
+
+/// Non-zero once userspace attached the libuv uprobes to some binary: until then no thread can
+/// be opening a socket for a libuv handle, and `sock_create` skips looking.
+#[btf_map]
+pub static LIBUV_PROBED: Array<u32, 1> = Array::new();
+
 /// The thread whose `socket()` call `sock_create` chose for a stack on this CPU (0 for none):
 /// `sys_exit_socket` of that thread takes it. `sock_create` writes it for every socket, so
 /// nothing stale outlives the next one; a thread that migrated between the two (rare: the

@@ -11,7 +11,7 @@ use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
-    maps::{STACK_PENDING_TID, announce, config, forget_newborn, send},
+    maps::{LIBUV_PROBED, STACK_PENDING_TID, announce, config, forget_newborn, send},
     stacks::stack_allowed,
     task::current_task,
 };
@@ -35,7 +35,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             ev.task = task;
             sock.fill(ev);
             ev.skaddr = sk;
-            if cfg.libuv_handles != 0 {
+            if cfg.libuv_handles != 0 && LIBUV_PROBED.get(0).is_some_and(|&probed| probed != 0) {
                 let made = handle_stacks(task.pid, task.tid);
                 ev.handle_stack_id = made.native;
                 ev.js_stack_id = made.js;

@@ -11,7 +11,7 @@ use aya_ebpf::{
 };
 use sockleak_common::{Config, STACK_NOT_SAMPLED, SockEvent, Stat};
 
-use crate::maps::{STACK_BUDGET, STACKS, StackWindow, count};
+use crate::maps::{LAST_REFUSED, STACK_BUDGET, STACKS, StackWindow, count};
 
 const EEXIST: i32 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -36,6 +36,13 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
     if rate == 0 {
         return true;
     }
+    let refused = LAST_REFUSED.get_ptr_mut(0);
+    if let Some(refused) = refused {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        if unsafe { (*refused).pid == pid && now_ns < (*refused).until_ns } {
+            return false;
+        }
+    }
     match STACK_BUDGET.get_ptr_mut(&pid) {
         // SAFETY: this process's map value, valid for the program's run.
         Some(window) => unsafe {
@@ -45,7 +52,12 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
                 true
             } else {
                 (*window).taken += 1;
-                (*window).taken <= rate
+                let allowed = (*window).taken <= rate;
+                if !allowed && let Some(refused) = refused {
+                    (*refused).pid = pid;
+                    (*refused).until_ns = (*window).start_ns + NS_PER_SEC;
+                }
+                allowed
             }
         },
         None => {

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{UProbe, uprobe::UProbeScope},
 };
 use sockleak_common::{ANY_V8_PROCESS, V8Layout};
@@ -82,6 +82,9 @@ pub struct LibuvProbes {
     layouts: HashMap<FileId, LayoutOf>,
     /// The kernel's `V8_LAYOUTS`, and what it holds by pid.
     kernel_layouts: Option<BpfHashMap<MapData, u32, V8Layout>>,
+    /// The kernel's `LIBUV_PROBED`: set once some binary is probed, so that `sock_create`
+    /// looks for a handle's stack only from then on.
+    probed_flag: Option<Array<MapData, u32>>,
     registered: HashMap<u32, V8Layout>,
     /// The symbolizer's view of the same.
     pub processes: V8Processes,
@@ -100,9 +103,14 @@ impl LibuvProbes {
             .take_map("V8_LAYOUTS")
             .context("V8_LAYOUTS map missing")?
             .try_into()?;
+        let probed_flag = ebpf
+            .take_map("LIBUV_PROBED")
+            .context("LIBUV_PROBED map missing")?
+            .try_into()?;
         Ok(Self {
             loaded: true,
             kernel_layouts: Some(kernel_layouts),
+            probed_flag: Some(probed_flag),
             ..Self::default()
         })
     }
@@ -203,6 +211,11 @@ impl LibuvProbes {
             }
         }
         self.probed += 1;
+        if let Some(flag) = &mut self.probed_flag
+            && let Err(err) = flag.set(0, &1, 0)
+        {
+            log::warn!("telling the kernel side libuv is probed: {err}");
+        }
         log::info!("libuv uprobes on {path}");
         true
     }
