@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    Args, median,
+    Args, median, paired,
     peers::{Tracer, TracerKind},
     probe::free_port,
 };
@@ -83,12 +83,7 @@ pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
     let untraced = rows[0].rounds.clone();
     for row in &mut rows {
         row.median = median(&row.rounds);
-        row.vs_none_rounds = row
-            .rounds
-            .iter()
-            .zip(&untraced)
-            .map(|(r, n)| r / n)
-            .collect();
+        row.vs_none_rounds = paired(&row.rounds, &untraced, |r, n| r / n);
         row.vs_none = median(&row.vs_none_rounds);
     }
     Ok(rows)

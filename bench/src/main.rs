@@ -215,22 +215,18 @@ fn run(args: Args) -> Result<()> {
     let untraced_processes_us = churn[0].processes_us_per_connection.clone();
     for (i, c) in churn.iter_mut().enumerate() {
         c.median = median(&c.rounds);
-        c.vs_none_rounds = c.rounds.iter().zip(&untraced).map(|(r, n)| r / n).collect();
+        c.vs_none_rounds = paired(&c.rounds, &untraced, |r, n| r / n);
         c.vs_none = median(&c.vs_none_rounds);
-        let added: Vec<f64> = c
-            .machine_us_per_connection
-            .iter()
-            .zip(&untraced_us)
-            .map(|(t, n)| t - n)
-            .collect();
-        c.added_us_per_connection = median(&added);
-        let added: Vec<f64> = c
-            .processes_us_per_connection
-            .iter()
-            .zip(&untraced_processes_us)
-            .map(|(t, n)| t - n)
-            .collect();
-        c.added_processes_us_per_connection = median(&added);
+        c.added_us_per_connection = median(&paired(
+            &c.machine_us_per_connection,
+            &untraced_us,
+            |t, n| t - n,
+        ));
+        c.added_processes_us_per_connection = median(&paired(
+            &c.processes_us_per_connection,
+            &untraced_processes_us,
+            |t, n| t - n,
+        ));
         c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
         c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
     }
@@ -516,6 +512,23 @@ fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<
     }
 }
 
+/// Each round's value set against the untraced run of the same round: the machine drifts
+/// more between rounds than a tracer costs.
+pub(crate) fn paired(rounds: &[f64], untraced: &[f64], with: impl Fn(f64, f64) -> f64) -> Vec<f64> {
+    rounds
+        .iter()
+        .zip(untraced)
+        .map(|(&r, &n)| with(r, n))
+        .collect()
+}
+
+/// The range of per-round ratios, as "lowest-highest%".
+fn ratio_range(ratios: &[f64]) -> String {
+    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let highest = ratios.iter().copied().fold(0.0, f64::max);
+    format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0)
+}
+
 pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
@@ -551,19 +564,13 @@ fn table(r: &Results, args: &Args) -> String {
         "added, load+tracer"
     );
     for c in &r.churn {
-        let lowest = c
-            .vs_none_rounds
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
-        let highest = c.vs_none_rounds.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
             "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12} {:>20}",
             c.tracer,
             c.median,
             c.vs_none * 100.0,
-            format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0),
+            ratio_range(&c.vs_none_rounds),
             c.tracer_cpu_seconds
                 .map_or("-".into(), |s| format!("{s:.2} s")),
             c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
@@ -585,19 +592,13 @@ fn table(r: &Results, args: &Args) -> String {
             "tracer", "req/s", "vs none", "rounds"
         );
         for h in &r.node_http {
-            let lowest = h
-                .vs_none_rounds
-                .iter()
-                .copied()
-                .fold(f64::INFINITY, f64::min);
-            let highest = h.vs_none_rounds.iter().copied().fold(0.0, f64::max);
             let _ = writeln!(
                 out,
                 "{:<48} {:>10.0} {:>7.1}% {:>14}",
                 h.tracer,
                 h.median,
                 h.vs_none * 100.0,
-                format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0),
+                ratio_range(&h.vs_none_rounds),
             );
         }
     }

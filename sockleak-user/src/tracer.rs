@@ -147,7 +147,7 @@ impl Tracer {
         );
         // Sockets born since the programs attached: the dump saw some of them, and their
         // creation events know better.
-        adopt(&newborn.take(), &mut table, &mut stacks);
+        take_newborn(&mut newborn, &mut table, &mut stacks);
 
         let started = Started {
             hooks,
@@ -382,12 +382,9 @@ struct Look {
 /// Moves the sockets the kernel kept since the last call into the table. Before the ring is
 /// read: whatever the ring says about them came after.
 fn take_newborn(newborn: &mut Newborn, table: &mut SocketTable, stacks: &mut Stacks) {
-    adopt(&newborn.take(), table, stacks);
-}
-
-fn adopt(born: &[SockEvent], table: &mut SocketTable, stacks: &mut Stacks) {
-    table.adopt_newborn(born);
-    for ev in born {
+    let born = newborn.take();
+    table.adopt_newborn(&born);
+    for ev in &born {
         if let Some(key) = CreationStack::of(ev).key() {
             stacks.note(key);
         }
