@@ -66,23 +66,32 @@ impl NetlinkSocket {
 
     /// Every socket of `part`, one at a time to `each`.
     pub fn dump_all(&self, part: Part, each: &mut impl FnMut(DiagSocket)) -> Result<()> {
-        for family in Family::INET {
-            for &protocol in part.protocols() {
-                self.dump(family, protocol, part.states(), each)
-                    .map_err(|err| explain(err, family, protocol))?;
+        for &protocol in part.protocols() {
+            if protocol == Protocol::Tcp {
+                match self.dump(&wire::tcp_dump_request(part.states()), protocol, each) {
+                    Ok(()) => continue,
+                    // A kernel without the older request form: a request per family.
+                    Err(DumpError::Refused(libc::EOPNOTSUPP | libc::EINVAL)) => {}
+                    Err(err) => return Err(explain(err.into(), None, protocol)),
+                }
+            }
+            for family in Family::INET {
+                let request = wire::dump_request(family, protocol, part.states());
+                self.dump(&request, protocol, each)
+                    .map_err(|err| explain(err.into(), Some(family), protocol))?;
             }
         }
         Ok(())
     }
 
+    /// Sends `request` and hands each socket of the answer to `each`. The kernel refuses a
+    /// request before answering it, so a refusal means nothing was handed on.
     fn dump(
         &self,
-        family: Family,
+        request: &[u8],
         protocol: Protocol,
-        states: u32,
         each: &mut impl FnMut(DiagSocket),
-    ) -> Result<()> {
-        let request = wire::dump_request(family, protocol, states);
+    ) -> Result<(), DumpError> {
         // SAFETY: sending an initialized buffer of the given length.
         let sent = unsafe {
             libc::send(
@@ -93,7 +102,7 @@ impl NetlinkSocket {
             )
         };
         if sent < 0 {
-            return Err(io::Error::last_os_error().into());
+            return Err(DumpError::Io(io::Error::last_os_error()));
         }
         let mut buf = vec![0u8; 64 * 1024];
         let mut batch = Vec::new();
@@ -106,27 +115,53 @@ impl NetlinkSocket {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(err.into());
+                return Err(DumpError::Io(err));
             }
             let parsed = wire::parse_messages(&buf[..n as usize], protocol, &mut batch)?;
             batch.drain(..).for_each(&mut *each);
-            if parsed == Parsed::Done {
-                return Ok(());
+            match parsed {
+                Parsed::More => {}
+                Parsed::Done => return Ok(()),
+                Parsed::Refused(errno) => return Err(DumpError::Refused(errno)),
             }
+        }
+    }
+}
+
+enum DumpError {
+    /// The kernel answered the request with this errno.
+    Refused(i32),
+    Io(io::Error),
+    Malformed(anyhow::Error),
+}
+
+impl From<anyhow::Error> for DumpError {
+    fn from(err: anyhow::Error) -> Self {
+        Self::Malformed(err)
+    }
+}
+
+impl From<DumpError> for anyhow::Error {
+    fn from(err: DumpError) -> Self {
+        match err {
+            DumpError::Refused(errno) => io::Error::from_raw_os_error(errno).into(),
+            DumpError::Io(err) => err.into(),
+            DumpError::Malformed(err) => err,
         }
     }
 }
 
 /// ENOENT means the kernel has no handler for this protocol: where it cannot load the module
 /// on demand (no modprobe), the user has to, and the error says which.
-fn explain(err: anyhow::Error, family: Family, protocol: Protocol) -> anyhow::Error {
+fn explain(err: anyhow::Error, family: Option<Family>, protocol: Protocol) -> anyhow::Error {
     let (proto, module) = match protocol {
         Protocol::Tcp => ("TCP", "tcp_diag"),
         Protocol::Udp => ("UDP", "udp_diag"),
     };
     let ip = match family {
-        Family::Ipv6 => "IPv6",
-        _ => "IPv4",
+        Some(Family::Ipv6) => "IPv6",
+        Some(_) => "IPv4",
+        None => "IPv4 and IPv6",
     };
     match err
         .downcast_ref::<io::Error>()

@@ -1,14 +1,13 @@
 //! sock_diag's wire format: the dump request sockleak sends, and the messages it gets back
 //! parsed into [`DiagSocket`]s. No I/O here; `netlink` moves the bytes.
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
 use sockleak_common::{Family, Protocol, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// The request that predates SOCK_DIAG_BY_FAMILY: TCP only, and both families in one answer.
+const TCPDIAG_GETSOCK: u16 = 18;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
@@ -84,21 +83,38 @@ pub struct TcpInfo {
 /// A dump request for every socket of `family` and `protocol` in one of `states` (a bit mask
 /// of [`TcpState::bit`]s), with memory and `tcp_info` attached.
 pub fn dump_request(family: Family, protocol: Protocol, states: u32) -> Vec<u8> {
-    let mut req = Vec::with_capacity(NLMSG_HDRLEN + 56);
-    let len = (NLMSG_HDRLEN + 56) as u32;
-    req.extend_from_slice(&len.to_ne_bytes());
-    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    // struct inet_diag_req_v2: family, protocol, extensions, pad, states, inet_diag_sockid.
+    let mut body = vec![family.af() as u8, protocol.ip(), EXTENSIONS, 0];
+    body.extend_from_slice(&states.to_ne_bytes());
+    body.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
+    request(SOCK_DIAG_BY_FAMILY, &body)
+}
+
+/// A dump request for every TCP socket of both families in one of `states`, with memory and
+/// `tcp_info` attached: the older request form, which the kernel answers with one walk of its
+/// connection table where a request per family walks it once per family (every socket of the
+/// other family is looked at and skipped).
+pub fn tcp_dump_request(states: u32) -> Vec<u8> {
+    // struct inet_diag_req: family (0: any), src_len, dst_len, extensions, inet_diag_sockid,
+    // states, dbs.
+    let mut body = vec![0, 0, 0, EXTENSIONS];
+    body.extend_from_slice(&[0u8; 48]);
+    body.extend_from_slice(&states.to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    request(TCPDIAG_GETSOCK, &body)
+}
+
+/// Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
+const EXTENSIONS: u8 = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1));
+
+fn request(kind: u16, body: &[u8]) -> Vec<u8> {
+    let mut req = Vec::with_capacity(NLMSG_HDRLEN + body.len());
+    req.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+    req.extend_from_slice(&kind.to_ne_bytes());
     req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes()); // seq
     req.extend_from_slice(&0u32.to_ne_bytes()); // pid: the kernel
-    // struct inet_diag_req_v2
-    req.push(family.af() as u8);
-    req.push(protocol.ip());
-    // Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
-    req.push((1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1)));
-    req.push(0);
-    req.extend_from_slice(&states.to_ne_bytes());
-    req.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
+    req.extend_from_slice(body);
     req
 }
 
@@ -106,6 +122,8 @@ pub fn dump_request(family: Family, protocol: Protocol, states: u32) -> Vec<u8> 
 pub enum Parsed {
     More,
     Done,
+    /// The kernel refused the request with this errno (an error before any answer).
+    Refused(i32),
 }
 
 /// Parses one datagram of netlink messages from a sock_diag dump of `protocol` sockets.
@@ -132,11 +150,12 @@ pub fn parse_messages(
                     .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
                     .unwrap_or(0);
                 if errno != 0 {
-                    return Err(io::Error::from_raw_os_error(-errno).into());
+                    return Ok(Parsed::Refused(-errno));
                 }
                 return Ok(Parsed::Done);
             }
-            SOCK_DIAG_BY_FAMILY => {
+            // Answers carry the request's type.
+            SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(sock) = parse_inet_diag_msg(payload, protocol) {
                     out.push(sock);
                 }
@@ -342,7 +361,22 @@ mod tests {
     #[test]
     fn reports_netlink_errors() {
         let buf = message(NLMSG_ERROR, &(-libc::EPERM).to_ne_bytes());
-        assert!(parse_messages(&buf, Protocol::Tcp, &mut Vec::new()).is_err());
+        assert_eq!(
+            parse_messages(&buf, Protocol::Tcp, &mut Vec::new()).unwrap(),
+            Parsed::Refused(libc::EPERM)
+        );
+    }
+
+    /// The older TCP request is answered in messages of its own type.
+    #[test]
+    fn parses_answers_to_the_older_tcp_request() {
+        let mut p = vec![0u8; INET_DIAG_MSG_LEN];
+        p[0] = libc::AF_INET6 as u8;
+        p[1] = TcpState::ESTABLISHED.0;
+        let mut out = Vec::new();
+        parse_messages(&message(TCPDIAG_GETSOCK, &p), Protocol::Tcp, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].family, Family::Ipv6);
     }
 
     proptest::proptest! {
