@@ -4,7 +4,7 @@
 //! sockets no event announced). The `socket_fds` BPF iterator lists every process's socket fds
 //! in one read; without it (no BTF, a kernel before 5.8) the answer comes from a readlink per
 //! fd under /proc, several times slower over many sockets.
-use std::{fs::File, io::Read};
+use std::{collections::HashMap, fs::File, io::Read};
 
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, programs::Iter};
@@ -12,12 +12,15 @@ use sockleak_common::HeldSocket;
 
 use crate::{hooks::SOCKET_FDS, procfs};
 
-/// Socket inode -> the pids holding an fd to it. Sorted pairs rather than a map of vectors:
-/// one allocation for 100,000 sockets instead of one per socket, and lookups by binary search.
+/// Socket inode -> the pids holding an fd to it: every pid in one vector, grouped by inode,
+/// and where each inode's group is. One allocation for the pids of 100,000 sockets rather than
+/// one per socket; a hashed index rather than a binary search, because a report looks up every
+/// socket it knows, in no useful order, and the search's cache misses added up.
 #[derive(Debug, Default)]
 pub struct Holders {
-    inodes: Vec<u64>,
     pids: Vec<u32>,
+    /// Inode -> (start, length) in `pids`.
+    groups: HashMap<u64, (u32, u32), foldhash::fast::RandomState>,
 }
 
 impl Holders {
@@ -25,15 +28,21 @@ impl Holders {
     pub fn from_pairs(mut pairs: Vec<(u64, u32)>) -> Self {
         pairs.sort_unstable();
         pairs.dedup();
-        let (inodes, pids) = pairs.into_iter().unzip();
-        Self { inodes, pids }
+        let mut groups = HashMap::with_capacity_and_hasher(pairs.len(), Default::default());
+        let mut pids = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunk_by(|a, b| a.0 == b.0) {
+            groups.insert(chunk[0].0, (pids.len() as u32, chunk.len() as u32));
+            pids.extend(chunk.iter().map(|&(_, pid)| pid));
+        }
+        Self { pids, groups }
     }
 
     /// The pids holding `inode`, sorted; empty if nobody does.
     pub fn of(&self, inode: u64) -> &[u32] {
-        let start = self.inodes.partition_point(|&i| i < inode);
-        let len = self.inodes[start..].partition_point(|&i| i == inode);
-        &self.pids[start..start + len]
+        match self.groups.get(&inode) {
+            Some(&(start, len)) => &self.pids[start as usize..(start + len) as usize],
+            None => &[],
+        }
     }
 }
 

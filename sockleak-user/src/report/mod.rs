@@ -84,7 +84,7 @@ impl Reporter {
         // One path lookup per cgroup (or per process, for sockets that predate sockleak).
         cgroups.learn(table.sockets().map(|s| s.owner.cgroup_id));
         let mut placements: Vec<Placement> = Vec::new();
-        let mut placement_of: HashMap<(u64, u32), usize> = HashMap::new();
+        let mut placement_of: PerSocket<(u64, u32), usize> = PerSocket::default();
         let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
         let mut admitted: Vec<(std::cmp::Reverse<u64>, u64, usize, &Socket)> = Vec::new();
         for s in table.sockets() {
@@ -107,8 +107,8 @@ impl Reporter {
         let mut rows = Vec::with_capacity(admitted.len());
         let mut groups: Vec<Group> = Vec::new();
         let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
-        let mut group_of_origin: HashMap<GroupOrigin, usize> = HashMap::new();
-        let mut endpoints: Vec<HashMap<SocketAddr, usize>> = Vec::new();
+        let mut group_of_origin: PerSocket<GroupOrigin, usize> = PerSocket::default();
+        let mut endpoints: Vec<PerSocket<SocketAddr, usize>> = Vec::new();
         for (_, _, place, s) in admitted {
             let place = &placements[place];
             let origin = (
@@ -138,7 +138,7 @@ impl Reporter {
             let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
             add_to_group(&mut groups[group], &row, rows.len());
             if let Some(endpoint) = client_endpoint(s) {
-                endpoints.resize_with(groups.len(), HashMap::new);
+                endpoints.resize_with(groups.len(), PerSocket::default);
                 *endpoints[group].entry(endpoint).or_default() += 1;
             }
             rows.push(row);
@@ -189,6 +189,10 @@ impl Reporter {
 /// Sockets with the same process, name, origin (and listening port) and stack id always share
 /// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
 /// origin, not once per socket.
+/// Maps looked up once per socket: a fast hash, randomly seeded (names and addresses come from
+/// other users); SipHash was much of a report's time over many sockets.
+type PerSocket<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 type GroupOrigin = (u32, Arc<str>, Origin, Option<SocketAddr>, CreationStack);
 
 fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candidate<'a> {
@@ -257,7 +261,7 @@ fn client_endpoint(s: &Socket) -> Option<SocketAddr> {
 const ENDPOINTS_SHOWN: usize = 3;
 
 /// The most common endpoints (most connections first, then by address) and how many others.
-fn most_common(counts: HashMap<SocketAddr, usize>) -> (Vec<EndpointCount>, usize) {
+fn most_common(counts: PerSocket<SocketAddr, usize>) -> (Vec<EndpointCount>, usize) {
     let mut all: Vec<EndpointCount> = counts
         .into_iter()
         .map(|(endpoint, count)| EndpointCount { endpoint, count })
