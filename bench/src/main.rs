@@ -116,10 +116,14 @@ struct EventsResult {
 struct ScaleResult {
     sockets_open: usize,
     tracked: u64,
+    /// sockleak's own resident memory (mapped BPF maps left out: they are `kernel_map_bytes`).
     rss_idle_bytes: u64,
     rss_bytes: u64,
+    /// What the sockets added to the resident memory, per socket.
     bytes_per_socket: f64,
     kernel_map_bytes: u64,
+    /// All of the tracer's memory, resident and kernel maps, over the sockets open.
+    all_bytes_per_socket: f64,
     report_seconds: f64,
     /// TCP TIME_WAIT sockets on the machine while the reports ran.
     time_wait_sockets: Option<u64>,
@@ -483,6 +487,7 @@ fn scale_run(args: &Args, sockleak: &std::path::Path, sockets: usize) -> Result<
         rss_bytes: rss,
         bytes_per_socket: rss.saturating_sub(rss_idle) as f64 / sockets as f64,
         kernel_map_bytes: maps,
+        all_bytes_per_socket: (rss + maps) as f64 / sockets as f64,
         report_seconds,
         time_wait_sockets: time_wait,
         startup_ms,
@@ -622,28 +627,32 @@ fn table(r: &Results, args: &Args) -> String {
     }
     let _ = writeln!(
         out,
-        "\nscale: sockets held open by one process, sockleak tracing them"
+        "\nscale: sockets held open by one process, sockleak tracing them; RSS without the \
+         BPF maps it maps\n(they are the kernel maps); all/socket: RSS and kernel maps over the \
+         sockets open"
     );
     let _ = writeln!(
         out,
-        "{:>12} {:>10} {:>14} {:>14} {:>16} {:>14} {:>12}",
+        "{:>12} {:>10} {:>14} {:>14} {:>14} {:>14} {:>14} {:>12}",
         "sockets",
         "tracked",
         "sockleak RSS",
-        "per socket",
+        "added/socket",
         "kernel maps",
+        "all/socket",
         "report time",
         "TIME_WAIT"
     );
     for s in &r.scale {
         let _ = writeln!(
             out,
-            "{:>12} {:>10} {:>11.1} MiB {:>12.0} B {:>12.1} MiB {:>11.0} ms {:>12}",
+            "{:>12} {:>10} {:>10.1} MiB {:>12.0} B {:>10.1} MiB {:>12.0} B {:>11.0} ms {:>12}",
             s.sockets_open,
             s.tracked,
             s.rss_bytes as f64 / (1 << 20) as f64,
             s.bytes_per_socket,
             s.kernel_map_bytes as f64 / (1 << 20) as f64,
+            s.all_bytes_per_socket,
             s.report_seconds * 1000.0,
             s.time_wait_sockets.map_or("-".into(), |n| n.to_string()),
         );

@@ -20,17 +20,44 @@ pub fn metric(addr: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Resident memory of process `pid` that is its own: VmRSS less the pages of BPF maps it has
+/// mapped (the ring buffer, the newborn array, the release log). Those pages are the maps'
+/// kernel memory, counted by [`kernel_map_bytes`], and a ring buffer's data is mapped twice
+/// (so a record may wrap), so RSS alone counted them up to three times.
 pub fn resident_bytes(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")?;
-    Ok(kib * 1024)
+    Ok(own_resident_kib(&std::fs::read_to_string(format!("/proc/{pid}/smaps"))?)? * 1024)
 }
 
-/// Memory the kernel charges for `pid`'s BPF maps (`memlock` of each map fd's fdinfo).
+fn own_resident_kib(smaps: &str) -> Result<u64> {
+    let (mut all, mut maps) = (0, 0);
+    let mut in_bpf_map = false;
+    for line in smaps.lines() {
+        if let Some(kib) = line.strip_prefix("Rss:") {
+            let kib: u64 = kib
+                .trim()
+                .strip_suffix("kB")
+                .and_then(|v| v.trim().parse().ok())
+                .context("malformed Rss line in smaps")?;
+            all += kib;
+            if in_bpf_map {
+                maps += kib;
+            }
+        } else if is_mapping_header(line) {
+            in_bpf_map = line.ends_with("anon_inode:bpf-map");
+        }
+    }
+    Ok(all - maps)
+}
+
+/// "start-end perms offset dev inode [name]", as opposed to a "Field: value" line.
+fn is_mapping_header(line: &str) -> bool {
+    let hex = |h: &str| u64::from_str_radix(h, 16).is_ok();
+    line.split_whitespace()
+        .next()
+        .and_then(|range| range.split_once('-'))
+        .is_some_and(|(start, end)| hex(start) && hex(end))
+}
+
 /// CPU seconds (user + system, all threads) process `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -49,6 +76,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ticks as f64 / per_second)
 }
 
+/// Memory the kernel charges for `pid`'s BPF maps (`memlock` of each map fd's fdinfo).
 pub fn kernel_map_bytes(pid: u32) -> Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
@@ -109,4 +137,24 @@ pub fn machine() -> Value {
         "memory_gib": (memory_kib as f64 / (1 << 20) as f64 * 10.0).round() / 10.0,
         "kernel": kernel.trim(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_resident_memory_leaves_out_mapped_bpf_maps() {
+        let smaps = "\
+55d364ecc000-55d365800000 rw-p 00000000 00:00 0                          [heap]
+Size:               9424 kB
+Rss:                9384 kB
+7fbb0a7be000-7fbb0afbf000 r--s 00001000 00:0f 1051                       anon_inode:bpf-map
+Size:               8196 kB
+Rss:                8196 kB
+7fbb02263000-7fbb05584000 rw-p 00000000 00:00 0 
+Rss:               52352 kB
+";
+        assert_eq!(own_resident_kib(smaps).unwrap(), 9384 + 52352);
+    }
 }
