@@ -359,7 +359,7 @@ fn row(
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,
         origin: s.origin,
-        holders: s.holders.clone(),
+        holders: s.holders.to_vec(),
         flags: socket_flags(s, now_ns, thresholds),
         state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
         state_age_max_ms: s

@@ -50,7 +50,7 @@ impl SocketTable {
         released_unseen: &[ReleasedSocket],
     ) {
         self.churn.clear();
-        let names = &mut self.comm_names;
+        let names = self.owners.names();
         let unseen: Vec<(u64, u32, Arc<str>)> = released_unseen
             .iter()
             .map(|r| (r.cookie, r.pid, names.of(&r.comm)))

@@ -6,7 +6,7 @@ use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpS
 
 use super::{
     SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, Owner, Socket},
+    socket::{Evidence, HolderPids, Socket},
 };
 use crate::symbolize::CreationStack;
 
@@ -89,7 +89,7 @@ impl SocketTable {
             self.stats.ignored += 1;
             return;
         };
-        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
+        let owner = self.owners.of_task(&ev.task);
         if let Some(existing) = self.sockets.get_mut(&ev.cookie) {
             // Created between attaching and the pre-existing scan: the event knows better.
             existing.origin = Origin::Socket;
@@ -113,7 +113,7 @@ impl SocketTable {
             remote: None,
             rx_queue: 0,
             tx_queue: 0,
-            holders: Vec::new(),
+            holders: HolderPids::default(),
             stack: CreationStack::of(ev),
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
@@ -168,7 +168,7 @@ impl SocketTable {
         self.stats.accepted += 1;
         let state = unowned.map_or(TcpState::ESTABLISHED, |u| u.state);
         let addresses = unowned.and_then(|u| u.addresses);
-        let owner = Owner::from_task(&ev.task, &mut self.comm_names);
+        let owner = self.owners.of_task(&ev.task);
         self.insert(Socket {
             cookie,
             origin: Origin::Accept,
@@ -183,7 +183,7 @@ impl SocketTable {
             remote: addresses.map(|a| a.1),
             rx_queue: 0,
             tx_queue: 0,
-            holders: Vec::new(),
+            holders: HolderPids::default(),
             stack: CreationStack::of(ev),
             unheld_scans: 0,
             evidence: Evidence::new(ev.ts_ns, state, true),

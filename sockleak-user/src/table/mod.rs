@@ -26,7 +26,7 @@ pub use self::{
     churn::Churn,
     socket::{Evidence, Owner, Socket, kernel_clock_ns},
 };
-use self::{ingest::Unowned, socket::CommNames};
+use self::{ingest::Unowned, socket::Owners};
 
 /// Marks a table key made from a socket's address where no cookie was known; real cookies
 /// count up from 1 and never reach it.
@@ -93,7 +93,7 @@ pub struct SocketTable {
     newborn_in_kernel: bool,
     deferred: Vec<SockEvent>,
     capacity: usize,
-    comm_names: CommNames,
+    owners: Owners,
     pub stats: TableStats,
 }
 
@@ -110,7 +110,7 @@ impl SocketTable {
             newborn_in_kernel: false,
             deferred: Vec::new(),
             capacity,
-            comm_names: CommNames::default(),
+            owners: Owners::default(),
             stats: TableStats::default(),
         }
     }

@@ -75,8 +75,8 @@ impl SocketTable {
             };
             // Compared first: holders rarely change, and a fresh vector per socket and report
             // adds up over many sockets.
-            if s.holders != pids {
-                s.holders = pids.to_vec();
+            if *s.holders != *pids {
+                s.holders = pids.into();
             }
             let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
             let gone = match seen {
@@ -188,13 +188,13 @@ impl SocketTable {
             let mut socket = Socket {
                 cookie: d.cookie,
                 origin: origin(role),
-                owner: Owner {
+                owner: self.owners.share(Owner {
                     pid,
                     tid: pid,
                     uid: d.uid,
                     cgroup_id: 0,
                     comm,
-                },
+                }),
                 family: d.family,
                 protocol: d.protocol,
                 created_ns: now_ns.saturating_sub(open_at_least_ns(d)),
@@ -205,7 +205,7 @@ impl SocketTable {
                 remote: Some(d.remote),
                 rx_queue: d.rx_queue,
                 tx_queue: d.tx_queue,
-                holders: pids.to_vec(),
+                holders: pids.into(),
                 stack: CreationStack::Unknown,
                 unheld_scans: 0,
                 evidence: Evidence::new(now_ns, d.state, false),

@@ -192,7 +192,7 @@ fn a_held_socket_survives_reconciliation() {
             &nobody_holds(),
         );
     }
-    assert_eq!(t.get(9).unwrap().holders, vec![1, 2]);
+    assert_eq!(*t.get(9).unwrap().holders, [1, 2]);
 }
 
 #[test]
@@ -314,7 +314,7 @@ fn sockets_found_open_are_told_apart_and_accepted_ones_belong_to_the_listener() 
     t.seed_pre_existing(&scan, &holders, 1, &Filter::default(), &nobody_holds());
     let found = |cookie| {
         let s = t.get(cookie).unwrap();
-        (s.origin, s.owner.pid, s.holders.clone())
+        (s.origin, s.owner.pid, s.holders.to_vec())
     };
     assert_eq!(
         found(1),
