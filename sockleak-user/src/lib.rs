@@ -22,6 +22,7 @@ pub mod holders;
 pub mod hooks;
 pub mod metrics;
 pub mod newborn;
+mod prefetch;
 pub mod procfs;
 pub mod render;
 pub mod report;

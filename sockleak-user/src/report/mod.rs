@@ -22,6 +22,7 @@ use self::{growth::GrowthTracker, process::ProcessTracker};
 use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::{Candidate, Filter},
+    prefetch,
     symbolize::{CreationStack, StackKey, Stacks},
     table::{Socket, SocketTable},
     verdict::{Thresholds, socket_flags},
@@ -109,7 +110,11 @@ impl Reporter {
         let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
         let mut group_of_origin: PerSocket<GroupOrigin, usize> = PerSocket::default();
         let mut endpoints: Vec<PerSocket<SocketAddr, usize>> = Vec::new();
-        for (_, _, place, s) in admitted {
+        for (at, &(_, _, place, s)) in admitted.iter().enumerate() {
+            // Oldest first is a jump to a random place in the table for each socket.
+            if let Some(&(.., ahead)) = admitted.get(at + prefetch::AHEAD) {
+                prefetch::prefetch(ahead);
+            }
             let place = &placements[place];
             let origin = (
                 s.owner.pid,
