@@ -120,13 +120,14 @@ pub fn is_within(path: &str, filter: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
-/// Container and pod ids, as far as the path names them.
+/// Container and pod ids, as far as the path names them. Shared strings: every socket row of
+/// a container carries them.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Container {
     /// The 64-hex-digit id Docker, containerd, CRI-O and Podman give a container.
-    pub container_id: Option<String>,
+    pub container_id: Option<Arc<str>>,
     /// The Kubernetes pod UID (dashed form), from a `kubepods` path.
-    pub pod_uid: Option<String>,
+    pub pod_uid: Option<Arc<str>>,
 }
 
 /// Reads container and pod ids out of a cgroup path. Runtimes name a container's cgroup
@@ -143,12 +144,12 @@ pub fn container_of(path: &str) -> Container {
         // The id is the last dash-separated word: `docker-ID`, `cri-containerd-ID`, `ID`.
         let last = name.rsplit('-').next().unwrap_or(name);
         if last.len() == 64 && last.bytes().all(|b| b.is_ascii_hexdigit()) {
-            found.container_id = Some(last.to_ascii_lowercase());
+            found.container_id = Some(last.to_ascii_lowercase().into());
         }
         if let Some(pos) = name.rfind("pod") {
             let uid = name[pos + 3..].replace('_', "-");
             if is_uuid(&uid) {
-                found.pod_uid = Some(uid.to_ascii_lowercase());
+                found.pod_uid = Some(uid.to_ascii_lowercase().into());
             }
         }
     }
@@ -197,8 +198,8 @@ mod tests {
             assert_eq!(
                 container_of(&path),
                 Container {
-                    container_id: Some(ID.to_owned()),
-                    pod_uid: Some("1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d".to_owned()),
+                    container_id: Some(ID.into()),
+                    pod_uid: Some("1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d".into()),
                 },
                 "{path}"
             );
