@@ -1,7 +1,7 @@
 //! Where sockleak's cost goes under churn: each of its programs' kernel time, from the
 //! kernel's own BPF run-time statistics (switched on for this one run only: they cost two
 //! clock reads per program run), and its userspace CPU, all per connection.
-use std::collections::HashSet;
+use std::{collections::HashSet, path::Path};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -34,8 +34,8 @@ pub struct Attribution {
     pub userspace_us_per_connection: f64,
 }
 
-/// One churn run under sockleak with BPF run-time statistics on.
-pub fn measure(args: &Args) -> Result<Attribution> {
+/// One churn run under the `sockleak` binary with BPF run-time statistics on.
+pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
     let ids = || -> HashSet<u32> {
         loaded_programs()
             .filter_map(Result::ok)
@@ -44,7 +44,7 @@ pub fn measure(args: &Args) -> Result<Attribution> {
     };
     let before = ids();
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
-    let tracer = Tracer::start(TracerKind::Sockleak, &args.sockleak, &args.work, CHURN_ARGS)?
+    let tracer = Tracer::start(TracerKind::Sockleak, sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;
     let ((connections, seconds), userspace_seconds) = churn_beside(Some(&tracer), args)?;
     // Read while sockleak runs: its programs unload when it exits.

@@ -17,7 +17,10 @@
 //! 8. Node.js stacks: the kernel time of a creation stack taken where a node without perf-map
 //!    flags makes a connection's handle, with its JavaScript frames walked and without.
 //! 9. A Node.js HTTP service under `wrk`, a connection per request: its rate under each tracer.
+//!
+//! With `--baseline`, only a comparison of two sockleak builds runs (`compare`).
 mod attribution;
+mod compare;
 mod http;
 mod node;
 mod peers;
@@ -67,6 +70,10 @@ pub(crate) struct Args {
     /// Scratch directory for the tracers' output.
     #[arg(long)]
     pub work: PathBuf,
+    /// Another build of sockleak to compare `--sockleak` with, in alternating rounds (BPF
+    /// run-time statistics per connection, then `--scale`): only that comparison runs.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 #[derive(Serialize, Default)]
@@ -113,7 +120,7 @@ struct EventsResult {
 }
 
 #[derive(Serialize)]
-struct ScaleResult {
+pub(crate) struct ScaleResult {
     sockets_open: usize,
     tracked: u64,
     /// sockleak's own resident memory (mapped BPF maps left out: they are `kernel_map_bytes`).
@@ -123,8 +130,8 @@ struct ScaleResult {
     bytes_per_socket: f64,
     kernel_map_bytes: u64,
     /// All of the tracer's memory, resident and kernel maps, over the sockets open.
-    all_bytes_per_socket: f64,
-    report_seconds: f64,
+    pub(crate) all_bytes_per_socket: f64,
+    pub(crate) report_seconds: f64,
     /// TCP TIME_WAIT sockets on the machine while the reports ran.
     time_wait_sockets: Option<u64>,
     /// From spawn to the first line of output.
@@ -170,6 +177,13 @@ fn run(args: Args) -> Result<()> {
     std::fs::create_dir_all(&args.work)?;
     let machine = probe::machine();
     eprintln!("bench: {}", machine);
+    if let Some(baseline) = &args.baseline {
+        let comparison = compare::compare(&args, baseline)?;
+        std::fs::write(&args.json, serde_json::to_string_pretty(&comparison)?)?;
+        print!("{}", compare::table(&comparison));
+        println!("(written to {})", args.json.display());
+        return Ok(());
+    }
 
     let kinds = TracerKind::ALL;
     let mut churn: Vec<ChurnResult> = kinds
@@ -254,7 +268,7 @@ fn run(args: Args) -> Result<()> {
 
     eprintln!("bench: churn under sockleak with BPF run-time statistics");
     // Measured apart from the comparisons above: the statistics cost time themselves.
-    let attribution = attribution::measure(&args)
+    let attribution = attribution::measure(&args, &args.sockleak)
         .inspect_err(|err| eprintln!("bench: attribution: {err:#}"))
         .ok();
 

@@ -51,6 +51,11 @@ enum Cmd {
     /// and bpftrace (needs root; installs the peers with apt-get when missing). Prints a table
     /// and writes it as JSON to target/bench/results.json.
     Bench {
+        /// Instead of the full bench: build this git revision too and compare the two builds
+        /// in alternating rounds (per-connection cost from BPF run-time statistics, then report
+        /// time and memory at each `--scale`), so a change can be told from the machine's drift.
+        #[arg(long, value_name = "REV")]
+        compare: Option<String>,
         /// Extra arguments for sockleak-bench (`--seconds`, `--rounds`, `--scale`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -93,7 +98,7 @@ fn try_main() -> Result<()> {
             dist::dist(&root)?;
         }
         Cmd::Test { args } => test(&root, &args)?,
-        Cmd::Bench { args } => bench(&root, &args)?,
+        Cmd::Bench { compare, args } => bench(&root, compare.as_deref(), &args)?,
         Cmd::VmTest { kernel, args } => {
             if !is_root() {
                 bail!("vm-test needs root (apt-get, and the tests inside load eBPF programs)");
@@ -185,11 +190,30 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     run_tests_and_summarize(&mut cmd)
 }
 
-fn bench(root: &Path, extra: &[String]) -> Result<()> {
+fn bench(root: &Path, compare: Option<&str>, extra: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
             "the benchmarks load eBPF programs and need root: run `sudo -E env PATH=$PATH cargo xtask bench`"
         );
+    }
+    let out = root.join("target/bench");
+    if let Some(revision) = compare {
+        // Both built the same way (the dynamic release build): only the code differs.
+        let baseline = build_revision(root, revision)?;
+        build_release(root)?;
+        run(cargo(root).args(["build", "--release", "--package", "sockleak-bench"]))?;
+        return run(Command::new(root.join("target/release/sockleak-bench"))
+            .arg("--sockleak")
+            .arg(root.join("target/release/sockleak"))
+            .arg("--baseline")
+            .arg(&baseline)
+            .arg("--load")
+            .arg(root.join("target/release/sockleak-load"))
+            .arg("--json")
+            .arg(out.join("compare.json"))
+            .arg("--work")
+            .arg(&out)
+            .args(extra));
     }
     // The release's static binary is what users run and what is measured; the dynamic
     // build is measured beside it once, for what static linking costs.
@@ -205,7 +229,6 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         ("node", "nodejs"),
         ("wrk", "wrk"),
     ])?;
-    let out = root.join("target/bench");
     run(Command::new(root.join("target/release/sockleak-bench"))
         .arg("--sockleak")
         .arg(&release.binary)
@@ -218,6 +241,31 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         .arg("--work")
         .arg(&out)
         .args(extra))
+}
+
+/// Builds `revision` of this repository with its own `cargo xtask build`, in a worktree under
+/// target/compare; returns its sockleak binary.
+fn build_revision(root: &Path, revision: &str) -> Result<PathBuf> {
+    let commit = Command::new("git")
+        .current_dir(root)
+        .args(["rev-parse", "--verify", "--short"])
+        .arg(format!("{revision}^{{commit}}"))
+        .output()
+        .context("running git")?;
+    if !commit.status.success() {
+        bail!("`{revision}` is not a revision of this repository");
+    }
+    let commit = String::from_utf8_lossy(&commit.stdout).trim().to_owned();
+    let tree = root.join("target/compare").join(&commit);
+    if !tree.join("Cargo.toml").exists() {
+        run(Command::new("git")
+            .current_dir(root)
+            .args(["worktree", "add", "--force", "--detach"])
+            .arg(&tree)
+            .arg(&commit))?;
+    }
+    run(cargo(&tree).args(["xtask", "build"]))?;
+    Ok(tree.join("target/release/sockleak"))
 }
 
 /// Installs, from Debian, the package of each (program, package) whose program is not on

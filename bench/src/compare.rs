@@ -1,0 +1,226 @@
+//! `--baseline BINARY`: another build of sockleak (`cargo xtask bench --compare REV` builds one
+//! from a git revision) against the one under test, in rounds that alternate between them. On
+//! a shared machine the same program's time moves by half from one minute to the next, more
+//! than most changes are worth: only two runs side by side in the same minutes tell them apart.
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{Args, ScaleResult, attribution, attribution::Attribution, median, scale_run};
+
+#[derive(Serialize)]
+pub struct Comparison {
+    pub baseline: String,
+    pub candidate: String,
+    pub rounds: Vec<Round>,
+    /// Per size in `--scale`: one run of each per round.
+    pub scale: Vec<ScalePair>,
+}
+
+/// One churn under each, BPF run-time statistics on.
+#[derive(Serialize)]
+pub struct Round {
+    /// The order alternates, so neither always runs on the warmer machine.
+    pub baseline_first: bool,
+    pub baseline: Attribution,
+    pub candidate: Attribution,
+}
+
+#[derive(Serialize)]
+pub struct ScalePair {
+    pub sockets: usize,
+    pub baseline: Vec<ScaleResult>,
+    pub candidate: Vec<ScaleResult>,
+}
+
+pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
+    let candidate = args.sockleak.as_path();
+    let in_order = |round: usize| {
+        let baseline_first = round.is_multiple_of(2);
+        let both = if baseline_first {
+            [(true, baseline), (false, candidate)]
+        } else {
+            [(false, candidate), (true, baseline)]
+        };
+        (baseline_first, both)
+    };
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let (baseline_first, both) = in_order(round);
+        let (mut base, mut cand) = (None, None);
+        for (is_baseline, binary) in both {
+            eprintln!(
+                "bench: compare round {} of {}, {}",
+                round + 1,
+                args.rounds,
+                binary.display()
+            );
+            let measured = attribution::measure(args, binary)?;
+            *(if is_baseline { &mut base } else { &mut cand }) = Some(measured);
+        }
+        rounds.push(Round {
+            baseline_first,
+            baseline: base.expect("measured above"),
+            candidate: cand.expect("measured above"),
+        });
+    }
+    let mut scale = Vec::new();
+    for &sockets in &args.scale {
+        let mut pair = ScalePair {
+            sockets,
+            baseline: Vec::new(),
+            candidate: Vec::new(),
+        };
+        for round in 0..args.rounds {
+            for (is_baseline, binary) in in_order(round).1 {
+                eprintln!(
+                    "bench: compare, {sockets} sockets open, {}",
+                    binary.display()
+                );
+                let measured = scale_run(args, binary, sockets)?;
+                if is_baseline {
+                    pair.baseline.push(measured);
+                } else {
+                    pair.candidate.push(measured);
+                }
+            }
+        }
+        scale.push(pair);
+    }
+    Ok(Comparison {
+        baseline: baseline.display().to_string(),
+        candidate: candidate.display().to_string(),
+        rounds,
+        scale,
+    })
+}
+
+pub fn table(c: &Comparison) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "baseline:  {}\ncandidate: {}\n\npaired churn rounds, BPF run-time statistics on; us per \
+         connection (kernel is the programs' run time, user is sockleak's own CPU)",
+        c.baseline, c.candidate
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>10} {:>10} {:>10}   {:>10} {:>10} {:>10}   {:>16}",
+        "round",
+        "base kern",
+        "base user",
+        "base all",
+        "cand kern",
+        "cand user",
+        "cand all",
+        "candidate/base"
+    );
+    let all = |a: &Attribution| a.kernel_us_per_connection + a.userspace_us_per_connection;
+    let ratios: Vec<f64> = c
+        .rounds
+        .iter()
+        .map(|r| all(&r.candidate) / all(&r.baseline))
+        .collect();
+    for (i, (r, ratio)) in c.rounds.iter().zip(&ratios).enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>6} {:>10.2} {:>10.2} {:>10.2}   {:>10.2} {:>10.2} {:>10.2}   {:>15.0}%",
+            i + 1,
+            r.baseline.kernel_us_per_connection,
+            r.baseline.userspace_us_per_connection,
+            all(&r.baseline),
+            r.candidate.kernel_us_per_connection,
+            r.candidate.userspace_us_per_connection,
+            all(&r.candidate),
+            ratio * 100.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "median candidate/baseline: {:.0}%",
+        median(&ratios) * 100.0
+    );
+
+    let _ = writeln!(
+        out,
+        "\nper program, medians over rounds: ns per run (runs per connection)"
+    );
+    let mut names: Vec<&str> = c
+        .rounds
+        .iter()
+        .flat_map(|r| r.baseline.programs.iter().chain(&r.candidate.programs))
+        .map(|p| p.program.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let of = |side: fn(&Round) -> &Attribution, f: fn(&attribution::ProgramCost) -> f64| {
+            let values: Vec<f64> = c
+                .rounds
+                .iter()
+                .filter_map(|r| side(r).programs.iter().find(|p| p.program == name))
+                .map(f)
+                .collect();
+            (!values.is_empty()).then(|| median(&values))
+        };
+        let shown = |v: Option<f64>, runs: Option<f64>| match (v, runs) {
+            (Some(ns), Some(runs)) => format!("{ns:.0} ({runs:.2})"),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>18} {:>18}",
+            name,
+            shown(
+                of(|r| &r.baseline, |p| p.ns_per_run),
+                of(|r| &r.baseline, |p| p.runs_per_connection)
+            ),
+            shown(
+                of(|r| &r.candidate, |p| p.ns_per_run),
+                of(|r| &r.candidate, |p| p.runs_per_connection)
+            ),
+        );
+    }
+
+    if !c.scale.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nscale, medians: report time, and all memory (RSS without mapped BPF maps, and the \
+             kernel maps) per open socket"
+        );
+        let _ = writeln!(
+            out,
+            "{:>10} {:>14} {:>14} {:>14} {:>14}",
+            "sockets", "base report", "cand report", "base memory", "cand memory"
+        );
+        for p in &c.scale {
+            let report = |runs: &[ScaleResult]| {
+                median(
+                    &runs
+                        .iter()
+                        .map(|r| r.report_seconds * 1000.0)
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let memory = |runs: &[ScaleResult]| {
+                median(
+                    &runs
+                        .iter()
+                        .map(|r| r.all_bytes_per_socket)
+                        .collect::<Vec<_>>(),
+                )
+            };
+            let _ = writeln!(
+                out,
+                "{:>10} {:>11.0} ms {:>11.0} ms {:>12.0} B {:>12.0} B",
+                p.sockets,
+                report(&p.baseline),
+                report(&p.candidate),
+                memory(&p.baseline),
+                memory(&p.candidate),
+            );
+        }
+    }
+    out
+}
