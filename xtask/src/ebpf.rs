@@ -76,16 +76,19 @@ fn pinned_toolchain(toolchain_file: &Path) -> Result<String> {
         .with_context(|| format!("no channel in {}", toolchain_file.display()))
 }
 
-/// bpf-linker is bound to the exact libLLVM it was linked with, so it lives in a directory named
-/// after both pins and links against the pinned nightly's own `libLLVM.so`.
-fn ensure_bpf_linker(nightly: &str, stable: &str) -> Result<PathBuf> {
+/// Where builds keep what outlives a clean: `$XDG_CACHE_HOME/sockleak`.
+pub(crate) fn cache_dir() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .context("neither XDG_CACHE_HOME nor HOME is set")?;
-    let prefix = cache.join(format!(
-        "sockleak/bpf-linker-{BPF_LINKER_VERSION}-{nightly}"
-    ));
+    Ok(cache.join("sockleak"))
+}
+
+/// bpf-linker is bound to the exact libLLVM it was linked with, so it lives in a directory named
+/// after both pins and links against the pinned nightly's own `libLLVM.so`.
+fn ensure_bpf_linker(nightly: &str, stable: &str) -> Result<PathBuf> {
+    let prefix = cache_dir()?.join(format!("bpf-linker-{BPF_LINKER_VERSION}-{nightly}"));
     let bin_dir = prefix.join("bin");
     if bin_dir.join("bpf-linker").is_file() {
         return Ok(bin_dir);

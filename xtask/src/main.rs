@@ -243,8 +243,9 @@ fn bench(root: &Path, compare: Option<&str>, extra: &[String]) -> Result<()> {
         .args(extra))
 }
 
-/// Builds `revision` of this repository with its own `cargo xtask build`, in a worktree under
-/// target/compare; returns its sockleak binary.
+/// Builds `revision` of this repository with its own `cargo xtask build`, in a worktree in the
+/// build cache (outside this checkout: inside it, cargo would take the revision's eBPF crate
+/// for a stray member of this workspace); returns its sockleak binary.
 fn build_revision(root: &Path, revision: &str) -> Result<PathBuf> {
     let commit = Command::new("git")
         .current_dir(root)
@@ -256,7 +257,7 @@ fn build_revision(root: &Path, revision: &str) -> Result<PathBuf> {
         bail!("`{revision}` is not a revision of this repository");
     }
     let commit = String::from_utf8_lossy(&commit.stdout).trim().to_owned();
-    let tree = root.join("target/compare").join(&commit);
+    let tree = ebpf::cache_dir()?.join("compare").join(&commit);
     if !tree.join("Cargo.toml").exists() {
         run(Command::new("git")
             .current_dir(root)
