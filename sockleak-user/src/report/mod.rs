@@ -191,13 +191,13 @@ impl Reporter {
     }
 }
 
-/// Sockets with the same process, name, origin (and listening port) and stack id always share
-/// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
-/// origin, not once per socket.
 /// Maps looked up once per socket: a fast hash, randomly seeded (names and addresses come from
 /// other users); SipHash was much of a report's time over many sockets.
 type PerSocket<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
+/// Sockets with the same process, name, origin (and listening port) and stack id always share
+/// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
+/// origin, not once per socket.
 type GroupOrigin = (u32, Arc<str>, Origin, Option<SocketAddr>, CreationStack);
 
 fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candidate<'a> {

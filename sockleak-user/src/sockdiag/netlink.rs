@@ -84,8 +84,9 @@ impl NetlinkSocket {
         Ok(())
     }
 
-    /// Sends `request` and hands each socket of the answer to `each`. The kernel refuses a
-    /// request before answering it, so a refusal means nothing was handed on.
+    /// Sends `request` and hands each socket of the answer to `each`. `Refused` only when
+    /// nothing was handed on: an error after part of an answer is an I/O error, never a reason
+    /// to ask again in another form.
     fn dump(
         &self,
         request: &[u8],
@@ -106,6 +107,7 @@ impl NetlinkSocket {
         }
         let mut buf = vec![0u8; 64 * 1024];
         let mut batch = Vec::new();
+        let mut answered = false;
         loop {
             // SAFETY: receiving into a buffer we own, bounded by its length.
             let n =
@@ -118,11 +120,15 @@ impl NetlinkSocket {
                 return Err(DumpError::Io(err));
             }
             let parsed = wire::parse_messages(&buf[..n as usize], protocol, &mut batch)?;
+            answered |= !batch.is_empty();
             batch.drain(..).for_each(&mut *each);
             match parsed {
                 Parsed::More => {}
                 Parsed::Done => return Ok(()),
-                Parsed::Refused(errno) => return Err(DumpError::Refused(errno)),
+                Parsed::Refused(errno) if !answered => return Err(DumpError::Refused(errno)),
+                Parsed::Refused(errno) => {
+                    return Err(DumpError::Io(io::Error::from_raw_os_error(errno)));
+                }
             }
         }
     }

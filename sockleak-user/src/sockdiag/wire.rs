@@ -122,7 +122,7 @@ fn request(kind: u16, body: &[u8]) -> Vec<u8> {
 pub enum Parsed {
     More,
     Done,
-    /// The kernel refused the request with this errno (an error before any answer).
+    /// The kernel answered with this errno.
     Refused(i32),
 }
 
