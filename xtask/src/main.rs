@@ -197,23 +197,31 @@ fn bench(root: &Path, compare: Option<&str>, extra: &[String]) -> Result<()> {
         );
     }
     let out = root.join("target/bench");
+    // The bench binary, told where the load generator is and where to work; `extra` last.
+    let bench = |sockleak: &Path, json: &str, more: &[&std::ffi::OsStr]| {
+        run(Command::new(root.join("target/release/sockleak-bench"))
+            .arg("--sockleak")
+            .arg(sockleak)
+            .args(more)
+            .arg("--load")
+            .arg(root.join("target/release/sockleak-load"))
+            .arg("--json")
+            .arg(out.join(json))
+            .arg("--work")
+            .arg(&out)
+            .args(extra))
+    };
     if let Some(revision) = compare {
         // Both built the same way (the dynamic release build): only the code differs.
         let baseline = build_revision(root, revision)?;
         build_release(root)?;
         run(cargo(root).args(["build", "--release", "--package", "sockleak-bench"]))?;
-        return run(Command::new(root.join("target/release/sockleak-bench"))
-            .arg("--sockleak")
-            .arg(root.join("target/release/sockleak"))
-            .arg("--baseline")
-            .arg(&baseline)
-            .arg("--load")
-            .arg(root.join("target/release/sockleak-load"))
-            .arg("--json")
-            .arg(out.join("compare.json"))
-            .arg("--work")
-            .arg(&out)
-            .args(extra));
+        let current = root.join("target/release/sockleak");
+        return bench(
+            &current,
+            "compare.json",
+            &["--baseline".as_ref(), baseline.as_os_str()],
+        );
     }
     // The release's static binary is what users run and what is measured; the dynamic
     // build is measured beside it once, for what static linking costs.
@@ -229,18 +237,12 @@ fn bench(root: &Path, compare: Option<&str>, extra: &[String]) -> Result<()> {
         ("node", "nodejs"),
         ("wrk", "wrk"),
     ])?;
-    run(Command::new(root.join("target/release/sockleak-bench"))
-        .arg("--sockleak")
-        .arg(&release.binary)
-        .arg("--sockleak-dynamic")
-        .arg(root.join("target/release/sockleak"))
-        .arg("--load")
-        .arg(root.join("target/release/sockleak-load"))
-        .arg("--json")
-        .arg(out.join("results.json"))
-        .arg("--work")
-        .arg(&out)
-        .args(extra))
+    let dynamic = root.join("target/release/sockleak");
+    bench(
+        &release.binary,
+        "results.json",
+        &["--sockleak-dynamic".as_ref(), dynamic.as_os_str()],
+    )
 }
 
 /// Builds `revision` of this repository with its own `cargo xtask build`, in a worktree in the
