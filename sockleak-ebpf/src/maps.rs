@@ -1,9 +1,9 @@
 //! Every map is bounded. The only per-socket state in the kernel is `NEWBORN`: sockets born
 //! since userspace last read it, each slot freed at its socket's release or when userspace
 //! reads it, in an array of fixed size (the userspace table holds every socket after that).
-//! `STACKS` grows with distinct creation stacks only, up to its fixed number of slots; `STACK_BUDGET` with processes and
-//! `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and threads, each up to its fixed number
-//! of entries, least recently used first out. `JS_STACKS` grows with distinct JavaScript stacks
+//! `STACKS` grows with distinct creation stacks only, up to its fixed number of slots;
+//! `STACK_BUDGET` with processes and `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and
+//! threads, each up to its fixed number of entries, least recently used first out. `JS_STACKS` grows with distinct JavaScript stacks
 //! up to its slots, and `V8_LAYOUTS` holds what userspace put there for the V8 processes it
 //! found (it removes the ones that exit).
 use aya_ebpf::{
@@ -242,11 +242,8 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         &*scratch
     };
     if event.cookie != 0 {
-        if let Some(slot) = NEWBORN.get_ptr_mut((event.cookie & (slots - 1)) as u32)
-            // SAFETY: a map value, valid for the program's run.
-            && unsafe { read_volatile(&raw const (*slot).cookie) } == 0
-        {
-            // SAFETY: as above; the slot is free, so no reader takes it until its cookie is
+        if let Some((slot, 0)) = slot_for(event.cookie) {
+            // SAFETY: a map value; the slot is free, so no reader takes it until its cookie is
             // written, last.
             unsafe { publish(event, slot) };
             count(Stat::NewbornKept);
@@ -283,16 +280,23 @@ unsafe fn publish(event: &SockEvent, slot: *mut SockEvent) {
     }
 }
 
-/// The `NEWBORN` slot holding the socket `cookie`, if it is there.
+/// The `NEWBORN` slot the socket `cookie` belongs in, and the cookie it holds now (0: free);
+/// `None` while the array is off, or for a socket without a cookie.
 #[inline(always)]
-pub fn newborn_slot(cookie: u64) -> Option<*mut SockEvent> {
+fn slot_for(cookie: u64) -> Option<(*mut SockEvent, u64)> {
     let slots = config_field(|c| &c.newborn_slots);
     if slots == 0 || cookie == 0 {
         return None;
     }
     let slot = NEWBORN.get_ptr_mut((cookie & (slots - 1)) as u32)?;
     // SAFETY: a map value, valid for the program's run.
-    (unsafe { read_volatile(&raw const (*slot).cookie) } == cookie).then_some(slot)
+    Some((slot, unsafe { read_volatile(&raw const (*slot).cookie) }))
+}
+
+/// The `NEWBORN` slot holding the socket `cookie`, if it is there.
+#[inline(always)]
+pub fn newborn_slot(cookie: u64) -> Option<*mut SockEvent> {
+    slot_for(cookie).and_then(|(slot, holds)| (holds == cookie).then_some(slot))
 }
 
 /// Frees the `NEWBORN` slot of a socket being released; true if it was there, and then
