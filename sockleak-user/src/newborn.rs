@@ -22,7 +22,8 @@ pub struct Newborn {
 }
 
 impl Newborn {
-    /// `slots` is the size `NEWBORN` was loaded with.
+    /// `slots` is the size `NEWBORN` was loaded with (0 when it is not in use: it then has one
+    /// slot nobody writes).
     pub fn take_from(ebpf: &mut Ebpf, slots: u32) -> Result<Self> {
         let mut array = |name: &str| match ebpf.take_map(name) {
             Some(Map::Array(data)) => Ok(data),
@@ -41,7 +42,7 @@ impl Newborn {
     pub fn take(&mut self) -> Vec<SockEvent> {
         let mut born = Vec::new();
         for slot in 0..self.slots.len {
-            // SAFETY: `cookie` is the first field's offset of an 8-aligned `SockEvent`.
+            // SAFETY: `cookie` is a `u64` field of `SockEvent`: an 8-aligned offset within it.
             let cookie = unsafe {
                 self.slots
                     .word(slot, std::mem::offset_of!(SockEvent, cookie))

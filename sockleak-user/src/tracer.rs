@@ -101,14 +101,14 @@ impl Tracer {
             hooks,
             mut warnings,
             mut libuv,
-            newborn_in_kernel,
+            newborn_slots,
         } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
         // Before the first look at what is open: sockets opened from now on get their handle's
         // stack.
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
-        let mut newborn = Newborn::take_from(&mut ebpf, programs.newborn_sockets)?;
+        let mut newborn = Newborn::take_from(&mut ebpf, newborn_slots)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
         let js_stacks = ebpf
@@ -129,7 +129,7 @@ impl Tracer {
             .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
 
         let mut table = SocketTable::new(*max_sockets);
-        if newborn_in_kernel {
+        if newborn_slots != 0 {
             table.expect_newborn_in_kernel();
         }
         // The programs are attached: every socket born from now on arrives as an event, so one
@@ -384,11 +384,7 @@ struct Look {
 fn take_newborn(newborn: &mut Newborn, table: &mut SocketTable, stacks: &mut Stacks) {
     let born = newborn.take();
     table.adopt_newborn(&born);
-    for ev in &born {
-        if let Some(key) = CreationStack::of(ev).key() {
-            stacks.note(key);
-        }
-    }
+    born.iter().for_each(|ev| note_stack(stacks, ev));
 }
 
 fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {
@@ -396,12 +392,17 @@ fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stac
         match decode(&item) {
             Some(ev) => {
                 table.apply(&ev);
-                if let Some(key) = CreationStack::of(&ev).key() {
-                    stacks.note(key);
-                }
+                note_stack(stacks, &ev);
             }
             None => table.stats.malformed += 1,
         }
+    }
+}
+
+/// Queues the stack an event names (if any) for symbolizing, whichever way the event came.
+fn note_stack(stacks: &mut Stacks, ev: &SockEvent) {
+    if let Some(key) = CreationStack::of(ev).key() {
+        stacks.note(key);
     }
 }
 

@@ -36,8 +36,9 @@ pub struct Attached {
     pub warnings: Vec<String>,
     /// Loaded, attached to binaries as they are found.
     pub libuv: libuv::LibuvProbes,
-    /// Whether newborn sockets wait in the kernel's `NEWBORN` map for a report to read them.
-    pub newborn_in_kernel: bool,
+    /// Slots of the kernel's `NEWBORN` array, where newborn sockets wait for a report to read
+    /// them; 0 where every socket comes through the ring.
+    pub newborn_slots: u32,
 }
 
 /// How the programs are set up.
@@ -164,8 +165,8 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         .override_global("CONFIG", &config, true)
         .override_global("FILTER", filter, true)
         .map_max_entries("EVENTS", ring_buffer_bytes)
-        // A map cannot have no entries; with none asked for, it is never written.
-        .map_max_entries("NEWBORN", newborn_sockets.max(1))
+        // A map cannot have no entries; with none in use, it is never written.
+        .map_max_entries("NEWBORN", (config.newborn_slots as u32).max(1))
         .load(EBPF_OBJECT)
         .context("loading the eBPF programs")?;
 
@@ -277,7 +278,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         hooks,
         warnings,
         libuv,
-        newborn_in_kernel: config.newborn_slots != 0,
+        newborn_slots: config.newborn_slots as u32,
     })
 }
 

@@ -2,10 +2,11 @@
 //!
 //! Fed by kernel events (`ingest`: created, fd installed, state changed, released; births from
 //! the ring or, at each report, from the kernel's newborn array) and reconciled once per report
-//! against sock_diag and the holder scan (`reconcile`), which are the ground truth: a release the ring buffer lost cannot leave a ghost behind, because a
-//! socket that no process holds any more is dropped after two consecutive scans. Sockets a
-//! process closed that linger in the kernel are counted apart (`churn`). The table does no I/O
-//! of its own: what it needs to know about processes comes through [`Processes`].
+//! against sock_diag and the holder scan (`reconcile`), which are the ground truth: a release
+//! the ring buffer lost cannot leave a ghost behind, because a socket that no process holds any
+//! more is dropped after two consecutive scans. Sockets a process closed that linger in the
+//! kernel are counted apart (`churn`). The table does no I/O of its own: what it needs to know
+//! about processes comes through [`Processes`].
 mod churn;
 mod ingest;
 mod reconcile;
