@@ -57,6 +57,11 @@ const COLLECT_EVERY: Duration = Duration::from_millis(50);
 /// symbolized (at the same time as its scans, which often take as long).
 const REPORT_SYMBOLIZE_WAIT: Duration = Duration::from_millis(300);
 
+/// Sockets the dump hands over at a time, to be folded into the table while the rest come.
+/// A batch stays under the allocator's mmap threshold (`main::return_freed_memory`), so its
+/// memory is reused by the next one rather than mapped, faulted in and unmapped each time.
+const DUMP_BATCH: usize = 512;
+
 /// How long the final report waits for stacks still being symbolized.
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
 
@@ -276,8 +281,8 @@ impl Tracer {
         counts.accepted += short_lived.1;
         counts.released += short_lived.0 + short_lived.1;
         log::debug!(
-            "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel), \
-             reconcile {:?}, build {:?}",
+            "report over {} sockets: sock_diag {:?} and socket holders {:?} (in parallel, the \
+             dump folded in as it came), rest of the reconciliation {:?}, build {:?}",
             table.len(),
             look.dumped,
             look.scanned,
@@ -289,10 +294,11 @@ impl Tracer {
         Ok(report)
     }
 
-    /// One look at the kernel's view: a sock_diag dump and a holder scan, gathered on blocking
-    /// threads, both at once, while this task keeps applying events (over many sockets it
-    /// takes long enough for a busy ring buffer, left alone, to overflow); then the table is
-    /// reconciled with it.
+    /// One look at the kernel's view: a sock_diag dump and a holder scan on blocking threads,
+    /// both at once, while this task keeps applying events (over many sockets it takes long
+    /// enough for a busy ring buffer, left alone, to overflow) and, once the holders are in,
+    /// folds the dump into the table batch by batch as it comes; the rest of the
+    /// reconciliation waits for the dump's end.
     async fn look(&mut self, started: std::time::Instant) -> Result<Look> {
         let Self {
             ebpf,
@@ -317,8 +323,17 @@ impl Tracer {
         // TIME_WAIT sockets (often more than all the others) only matter for the churn rows,
         // which attribute the ones sockleak saw released.
         let time_wait = table.remembers_releases() || !released_unseen.is_empty();
+        let (batches_out, mut batches) = tokio::sync::mpsc::unbounded_channel();
         let dump = tokio::task::spawn_blocking(move || {
-            let dumped = diag_source.dump(time_wait);
+            let mut batch = Vec::with_capacity(DUMP_BATCH);
+            let dumped = diag_source.dump_each(time_wait, &mut |d| {
+                batch.push(d);
+                if batch.len() == DUMP_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(DUMP_BATCH));
+                    let _ = batches_out.send(full);
+                }
+            });
+            let _ = batches_out.send(batch);
             (diag_source, dumped, started.elapsed())
         });
         let holder_scan = HolderScan::start(ebpf);
@@ -329,18 +344,39 @@ impl Tracer {
         let symbolized = tokio::task::spawn_blocking(move || {
             let _ = symbolized.recv_timeout(REPORT_SYMBOLIZE_WAIT);
         });
-        let gathered = async { tokio::join!(dump, scan, symbolized) };
-        tokio::pin!(gathered);
-        let (dump, scan, _) = loop {
+        tokio::pin!(dump, scan, symbolized);
+        let mut listed = Vec::new();
+        let mut folded = 0;
+        let mut batches_open = true;
+        let mut dumped = None;
+        let mut scanned = None;
+        let mut symbolized_done = false;
+        table.begin_look();
+        while batches_open || dumped.is_none() || scanned.is_none() || !symbolized_done {
             tokio::select! {
-                gathered = &mut gathered => break gathered,
+                batch = batches.recv(), if batches_open => match batch {
+                    Some(batch) => listed.extend(batch),
+                    None => batches_open = false,
+                },
+                dump = &mut dump, if dumped.is_none() => dumped = Some(dump),
+                scan = &mut scan, if scanned.is_none() => scanned = Some(scan),
+                _ = &mut symbolized, if !symbolized_done => symbolized_done = true,
                 _ = collect.tick() => drain(ring, table, stacks),
             }
-        };
-        let (diag_source, diag, dumped) = dump.context("the sock_diag thread panicked")?;
+            if let Some(Ok((holders, _))) = &scanned
+                && folded < listed.len()
+            {
+                table.observe_listed(&listed, folded, holders, procfs::monotonic_ns());
+                folded = listed.len();
+            }
+        }
+        // The loop ends only once both are in.
+        let dump = dumped.context("the sock_diag thread did not answer")?;
+        let scan = scanned.context("the socket holder scan did not answer")?;
+        let (diag_source, time_wait, dumped) = dump.context("the sock_diag thread panicked")?;
         let unreachable_namespaces = diag_source.unreachable_namespaces;
         *sock_diag = Some(diag_source);
-        let diag = diag?;
+        let time_wait = time_wait?;
         let (holders, scanned) = scan.context("the socket holder scan thread panicked")?;
         let gathered_at = started.elapsed();
         // Sockets born before the scans ended, and events that raced with the scans, are applied
@@ -349,8 +385,8 @@ impl Tracer {
         take_newborn(newborn, table, stacks);
         drain(ring, table, stacks);
         let now = procfs::monotonic_ns();
-        table.reconcile(&diag.sockets, &holders, now, &reporter.filter, &ProcFs);
-        table.count_churn(&diag.sockets, &diag.time_wait, &released_unseen);
+        table.finish_look(&listed, &holders, now, &reporter.filter, &ProcFs);
+        table.count_churn(&listed, &time_wait, &released_unseen);
         Ok(Look {
             now,
             dumped,

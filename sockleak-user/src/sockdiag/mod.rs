@@ -57,8 +57,20 @@ impl SockDiag {
     /// Every TCP and UDP socket, in every network namespace a process is in; TIME_WAIT ones
     /// only if `time_wait`.
     pub fn dump(&mut self, time_wait: bool) -> Result<Snapshot> {
-        let mut all = Snapshot::default();
-        self.own.dump(time_wait, &mut all)?;
+        let mut sockets = Vec::new();
+        let time_wait = self.dump_each(time_wait, &mut |d| sockets.push(d))?;
+        Ok(Snapshot { sockets, time_wait })
+    }
+
+    /// As `dump`, each living socket to `listed` as the kernel answers (a report folds them
+    /// in while the rest come); returns the TIME_WAIT cookies.
+    pub fn dump_each(
+        &mut self,
+        time_wait: bool,
+        listed: &mut impl FnMut(DiagSocket),
+    ) -> Result<Vec<u64>> {
+        let mut time_wait_cookies = Vec::new();
+        self.own.dump(time_wait, listed, &mut time_wait_cookies)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
         self.unreachable_namespaces = 0;
@@ -78,12 +90,12 @@ impl SockDiag {
                 },
             };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Err(err) = socket.dump(time_wait, &mut all) {
+            if let Err(err) = socket.dump(time_wait, listed, &mut time_wait_cookies) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
         }
-        Ok(all)
+        Ok(time_wait_cookies)
     }
 }
 
@@ -97,9 +109,10 @@ mod tests {
 
     /// Every TCP and UDP socket of both families in sockleak's own network namespace.
     fn dump_all() -> Result<Snapshot> {
-        let mut all = Snapshot::default();
-        Namespace::open()?.dump(true, &mut all)?;
-        Ok(all)
+        let mut sockets = Vec::new();
+        let mut time_wait = Vec::new();
+        Namespace::open()?.dump(true, &mut |d| sockets.push(d), &mut time_wait)?;
+        Ok(Snapshot { sockets, time_wait })
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::{collections::HashMap, io, os::fd::AsRawFd};
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Snapshot,
     netlink::{NetlinkSocket, Part},
     wire::DiagSocket,
 };
@@ -53,14 +52,16 @@ impl Namespace {
         })
     }
 
-    /// Both parts at once (TIME_WAIT only if `time_wait`), appended to `out`.
-    pub fn dump(&self, time_wait: bool, out: &mut Snapshot) -> Result<()> {
-        let Snapshot {
-            sockets,
-            time_wait: cookies,
-        } = out;
+    /// Both parts at once: each living socket to `listed` as it comes, the cookies of the
+    /// TIME_WAIT ones (only if `time_wait`) appended to `time_wait_cookies`.
+    pub fn dump(
+        &self,
+        time_wait: bool,
+        listed: &mut impl FnMut(DiagSocket),
+        time_wait_cookies: &mut Vec<u64>,
+    ) -> Result<()> {
         let mut living = |d: DiagSocket| {
-            sockets.push(DiagSocket {
+            listed(DiagSocket {
                 netns: self.inode,
                 ..d
             })
@@ -71,7 +72,9 @@ impl Namespace {
         std::thread::scope(|scope| {
             let lingering = scope.spawn(|| {
                 self.time_wait
-                    .dump_all(Part::TimeWait, &mut |d: DiagSocket| cookies.push(d.cookie))
+                    .dump_all(Part::TimeWait, &mut |d: DiagSocket| {
+                        time_wait_cookies.push(d.cookie)
+                    })
             });
             let living = self.living.dump_all(Part::Living, &mut living);
             let lingering = lingering

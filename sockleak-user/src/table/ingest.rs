@@ -6,7 +6,7 @@ use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpS
 
 use super::{
     SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, HolderPids, Socket},
+    socket::{Evidence, HolderPids, Looked, Socket},
 };
 use crate::symbolize::CreationStack;
 
@@ -115,7 +115,7 @@ impl SocketTable {
             tx_queue: 0,
             holders: HolderPids::default(),
             stack: CreationStack::of(ev),
-            unheld_scans: 0,
+            looked: Looked::default(),
             evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
         });
     }
@@ -185,7 +185,7 @@ impl SocketTable {
             tx_queue: 0,
             holders: HolderPids::default(),
             stack: CreationStack::of(ev),
-            unheld_scans: 0,
+            looked: Looked::default(),
             evidence: Evidence::new(ev.ts_ns, state, true),
         });
     }

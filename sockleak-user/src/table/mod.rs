@@ -83,6 +83,7 @@ pub struct SocketTable {
     churn: HashMap<u32, Churn>,
     /// Held sockets unknown to the table at the last scan: recovered if still so at the next.
     unknown_held_last_scan: HashSet<u64>,
+    look: reconcile::Look,
     cookie_by_skaddr: KernelKeyed<u64, u64>,
     /// TCP sockets seen only through state changes, by `struct sock` address: accept children
     /// waiting for `accept()`.
@@ -105,6 +106,7 @@ impl SocketTable {
             released: VecDeque::new(),
             churn: HashMap::new(),
             unknown_held_last_scan: HashSet::new(),
+            look: reconcile::Look::default(),
             cookie_by_skaddr: KernelKeyed::default(),
             unowned: KernelKeyed::default(),
             unowned_order: VecDeque::new(),

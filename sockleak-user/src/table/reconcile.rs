@@ -1,6 +1,11 @@
 //! Bringing the table in line with the kernel's view (a sock_diag dump and who holds each
 //! socket) at every report: sockets nobody holds any more are dropped, held sockets no event
 //! announced are adopted, and sockets that were open before sockleak started are seeded.
+//!
+//! A look is folded in while the dump is still arriving (`observe_listed`, batch by batch, once
+//! the holder scan is in): over many sockets the dump takes longest, and the sockets it lists
+//! are most of the work. What needs the whole dump (sockets it did not list, adoption) waits
+//! for `finish_look`.
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
@@ -11,16 +16,28 @@ use sockleak_common::{Origin, Protocol, Role, TcpState};
 
 use super::{
     KernelKeyed, Processes, SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, Owner, Socket, open_at_least_ns},
+    socket::{Evidence, Looked, Owner, Socket, open_at_least_ns},
 };
-use crate::{
-    filter::Filter, holders::Holders, prefetch, sockdiag::DiagSocket, symbolize::CreationStack,
-};
+use crate::{filter::Filter, holders::Holders, sockdiag::DiagSocket, symbolize::CreationStack};
 
 /// A socket younger than this may not have its fd installed yet; it is never judged a ghost.
 pub(super) const GHOST_GRACE_NS: u64 = 1_000_000_000;
 /// Consecutive holder scans without a holder before a socket is declared released.
 pub(super) const GHOST_SCANS: u8 = 2;
+
+/// The look in progress, between `begin_look` and `finish_look`. Positions are indexes into
+/// the look's dump (`listed`), which only grows while the look lasts.
+#[derive(Debug, Default)]
+pub(super) struct Look {
+    /// Numbers looks, so a socket can say which one last listed it (0: none).
+    number: u32,
+    /// Listed sockets the table did not know when their batch came.
+    unmatched: Vec<u32>,
+    /// Listed TCP listeners, which accepted connections found open belong to.
+    listeners: Vec<u32>,
+    /// Sockets found unheld for the last time, and where the dump listed them.
+    ghosts: Vec<(u64, Option<u32>)>,
+}
 
 impl SocketTable {
     /// Adds the sockets that were open before sockleak started: every socket sock_diag lists
@@ -33,10 +50,11 @@ impl SocketTable {
         filter: &Filter,
         processes: &impl Processes,
     ) {
+        let listeners = Listeners::of(diag.iter());
         self.stats.pre_existing += self
             .adopt_held(
-                diag,
-                holders,
+                diag.iter(),
+                (holders, &listeners),
                 now_ns,
                 Origin::PreExisting,
                 (filter, processes),
@@ -47,7 +65,8 @@ impl SocketTable {
 
     /// Brings every socket up to date with the kernel's view and drops the ones no process
     /// holds any more (their release was missed). Sockets are adopted only if `filter` follows
-    /// their holder, as in `seed_pre_existing`.
+    /// their holder, as in `seed_pre_existing`. One look in one go: `begin_look`,
+    /// `observe_listed` and `finish_look`.
     pub fn reconcile(
         &mut self,
         diag: &[DiagSocket],
@@ -56,71 +75,127 @@ impl SocketTable {
         filter: &Filter,
         processes: &impl Processes,
     ) {
-        self.learn_cookies_by_inode(diag);
-        let by_cookie: KernelKeyed<u64, &DiagSocket> = diag.iter().map(|d| (d.cookie, d)).collect();
-        let unaccounted = self.unaccounted_unlisted(&by_cookie, diag, processes);
-        let mut ghosts = Vec::new();
-        // The same order as the walk below (the map is not changed in between): its sockets'
-        // samples are asked for a few sockets ahead.
-        let cookies: Vec<u64> = self.sockets.keys().copied().collect();
-        for (at, s) in self.sockets.values_mut().enumerate() {
-            if let Some(ahead) = cookies
-                .get(at + prefetch::AHEAD)
-                .and_then(|c| by_cookie.get(c))
-            {
-                prefetch::prefetch(*ahead);
+        self.begin_look();
+        self.observe_listed(diag, 0, holders, now_ns);
+        self.finish_look(diag, holders, now_ns, filter, processes);
+    }
+
+    /// Starts a look: the dump's sockets come next, in `observe_listed`.
+    pub fn begin_look(&mut self) {
+        let number = self.look.number.wrapping_add(1).max(1);
+        self.look = Look {
+            number,
+            ..Look::default()
+        };
+    }
+
+    /// Folds the dump's sockets from position `from` on into the sockets the table knows:
+    /// their sample, their holders, and whether they are still held. `listed` is the look's
+    /// dump so far; each call passes it grown by the sockets since the last.
+    pub fn observe_listed(
+        &mut self,
+        listed: &[DiagSocket],
+        from: usize,
+        holders: &Holders,
+        now_ns: u64,
+    ) {
+        let Self { sockets, look, .. } = self;
+        for (at, d) in listed.iter().enumerate().skip(from) {
+            let at = at as u32;
+            if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN {
+                look.listeners.push(at);
             }
-            let seen = by_cookie.get(&s.cookie);
-            if let Some(d) = seen {
-                s.observe(d, now_ns);
-            } else if s.protocol == Protocol::Tcp && s.state == TcpState::CLOSE {
+            match sockets.get_mut(&d.cookie) {
+                Some(s) => fold_listed(s, d, at, look, holders, now_ns),
+                None => look.unmatched.push(at),
+            }
+        }
+    }
+
+    /// Ends the look begun by `begin_look`, over its whole dump `listed`: the sockets the
+    /// table learned of since their batch came (born meanwhile), the ones the dump did not
+    /// list, the release of ghosts, and the adoption of held sockets no event announced.
+    /// Events that raced with the scans are applied before it: every listed socket is then
+    /// either known or a candidate for adoption.
+    pub fn finish_look(
+        &mut self,
+        listed: &[DiagSocket],
+        holders: &Holders,
+        now_ns: u64,
+        filter: &Filter,
+        processes: &impl Processes,
+    ) {
+        let number = self.look.number;
+        // The one walk over every socket: the rest of the look is about the few not listed
+        // (yet: sockets born since their batch came, and re-keyed ones, are matched below).
+        let unlisted: Vec<u64> = self
+            .sockets
+            .values()
+            .filter(|s| s.looked.listed_in != number)
+            .map(|s| s.cookie)
+            .collect();
+        self.learn_cookies_by_inode(listed, &unlisted);
+        let mut candidates = Vec::new();
+        for at in std::mem::take(&mut self.look.unmatched) {
+            let d = &listed[at as usize];
+            match self.sockets.get_mut(&d.cookie) {
+                Some(s) => fold_listed(s, d, at, &mut self.look, holders, now_ns),
+                None => candidates.push(at),
+            }
+        }
+        let unlisted: Vec<u64> = unlisted
+            .into_iter()
+            .filter(|c| {
+                self.sockets
+                    .get(c)
+                    .is_some_and(|s| s.looked.listed_in != number)
+            })
+            .collect();
+        let unaccounted = self.unaccounted_unlisted(&unlisted, listed, processes);
+        for cookie in unlisted {
+            let Some(s) = self.sockets.get_mut(&cookie) else {
+                continue;
+            };
+            if s.protocol == Protocol::Tcp && s.state == TcpState::CLOSE {
                 // Out of sock_diag's tables because it was closed or reset; the kernel purged
                 // its queues, so the last sample's sizes would be stale evidence.
                 s.rx_queue = 0;
                 s.tx_queue = 0;
             }
-            let pids = if s.inode == 0 {
-                &[][..]
+            update_holders(s, holders);
+            let gone = if s.inode != 0 {
+                s.holders.is_empty()
             } else {
-                holders.of(s.inode)
-            };
-            // Compared first: holders rarely change, and a fresh vector per socket and report
-            // adds up over many sockets.
-            if *s.holders != *pids {
-                s.holders = pids.into();
-            }
-            let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
-            let gone = match seen {
-                // Listed without an inode: the socket lost its file, i.e. it was released.
-                Some(d) if d.inode == 0 => true,
-                _ if s.inode != 0 => s.holders.is_empty(),
-                Some(_) => false,
                 // Never saw its fd and sock_diag does not list it: only an unconnected TCP
                 // socket or an unbound UDP one may be absent and still open, and only if its
                 // owner holds such a socket that nothing else accounts for.
-                None => !s.may_be_unlisted() || unaccounted.contains(&s.cookie),
+                !s.may_be_unlisted() || unaccounted.contains(&s.cookie)
             };
-            if gone && old_enough {
-                s.unheld_scans += 1;
-                if s.unheld_scans >= GHOST_SCANS {
-                    ghosts.push(s.cookie);
-                }
-            } else {
-                s.unheld_scans = 0;
+            if count_unheld(s, gone, now_ns) {
+                self.look.ghosts.push((s.cookie, None));
             }
         }
-        for cookie in ghosts {
+        for (cookie, at) in std::mem::take(&mut self.look.ghosts) {
             if self.remove(cookie) {
                 self.stats.reconciled += 1;
+                // Listed yet unheld: the next look may find a holder for it, as for any
+                // listed socket the table does not know.
+                candidates.extend(at);
             }
         }
         // The other half of healing: sockets a followed process holds that no event announced.
         // Like ghosts, only on two consecutive scans: a socket created and released while the
         // scans ran is still in this (stale) dump, but its release has already been applied.
         let seen_before = std::mem::take(&mut self.unknown_held_last_scan);
+        if candidates.is_empty() {
+            return;
+        }
+        // In the dump's order, as a look in one go adopts them.
+        candidates.sort_unstable();
+        let listeners = Listeners::of(self.look.listeners.iter().map(|&at| &listed[at as usize]));
         let (recovered, seen_now) = self.adopt_held(
-            diag,
-            holders,
+            candidates.iter().map(|&at| &listed[at as usize]),
+            (holders, &listeners),
             now_ns,
             Origin::Recovered,
             (filter, processes),
@@ -144,10 +219,10 @@ impl SocketTable {
     /// port was accepted from it and belongs, as a traced accept does, to the process holding
     /// the listener (a forking server's connections are then one group, the children that
     /// hold them its holders).
-    fn adopt_held(
+    fn adopt_held<'d>(
         &mut self,
-        diag: &[DiagSocket],
-        holders: &Holders,
+        diag: impl Iterator<Item = &'d DiagSocket>,
+        (holders, listeners): (&Holders, &Listeners),
         now_ns: u64,
         origin: fn(Role) -> Origin,
         (filter, processes): (&Filter, &impl Processes),
@@ -168,7 +243,6 @@ impl SocketTable {
                 comm.clone().map(|comm| (pid, comm))
             })
         };
-        let listeners = Listeners::of(diag);
         for d in diag {
             if d.inode == 0
                 || self.sockets.contains_key(&d.cookie)
@@ -218,7 +292,7 @@ impl SocketTable {
                 tx_queue: d.tx_queue,
                 holders: pids.into(),
                 stack: CreationStack::Unknown,
-                unheld_scans: 0,
+                looked: Looked::default(),
                 evidence: Evidence::new(now_ns, d.state, false),
             };
             // Its first look, as every later one: queues, and what the kernel's clocks say.
@@ -232,11 +306,12 @@ impl SocketTable {
     /// program there could make the kernel assign a cookie). sock_diag names their real cookie
     /// beside their inode: from then on they are keyed by it, so their release event (which
     /// carries the cookie) and the next dump find them.
-    fn learn_cookies_by_inode(&mut self, diag: &[DiagSocket]) {
-        let synthetic: Vec<(u64, u64)> = self
-            .sockets
-            .values()
-            .filter(|s| s.cookie & SYNTHETIC_KEY != 0 && s.inode != 0)
+    fn learn_cookies_by_inode(&mut self, diag: &[DiagSocket], unlisted: &[u64]) {
+        let synthetic: Vec<(u64, u64)> = unlisted
+            .iter()
+            .filter(|&&key| key & SYNTHETIC_KEY != 0)
+            .filter_map(|key| self.sockets.get(key))
+            .filter(|s| s.inode != 0)
             .map(|s| (s.inode, s.cookie))
             .collect();
         if synthetic.is_empty() {
@@ -272,13 +347,16 @@ impl SocketTable {
     /// events of the rest were both lost). The newest are the ones kept.
     fn unaccounted_unlisted(
         &self,
-        listed: &KernelKeyed<u64, &DiagSocket>,
+        unlisted: &[u64],
         diag: &[DiagSocket],
         processes: &impl Processes,
     ) -> HashSet<u64> {
         let mut candidates: HashMap<(u32, Protocol), Vec<(u64, u64)>> = HashMap::new();
-        for s in self.sockets.values() {
-            if s.inode == 0 && !listed.contains_key(&s.cookie) && s.may_be_unlisted() {
+        for s in unlisted
+            .iter()
+            .filter_map(|cookie| self.sockets.get(cookie))
+        {
+            if s.inode == 0 && s.may_be_unlisted() {
                 let by_owner = candidates.entry((s.owner.pid, s.protocol)).or_default();
                 by_owner.push((s.created_ns, s.cookie));
             }
@@ -312,7 +390,7 @@ impl SocketTable {
 struct Listeners(HashMap<(u64, u16), Vec<(IpAddr, u64)>>);
 
 impl Listeners {
-    fn of(diag: &[DiagSocket]) -> Self {
+    fn of<'d>(diag: impl Iterator<Item = &'d DiagSocket>) -> Self {
         let mut by_port: HashMap<(u64, u16), Vec<(IpAddr, u64)>> = HashMap::new();
         for d in diag {
             if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN && d.inode != 0 {
@@ -338,5 +416,55 @@ impl Listeners {
             .find(|(ip, _)| *ip == d.local.ip())
             .or_else(|| on_port.iter().find(|(ip, _)| ip.is_unspecified()))
             .map(|&(_, inode)| inode)
+    }
+}
+
+/// One listed socket the table knows, at position `at` of the look's dump: its sample, its
+/// holders, and whether it is still held. A socket listed twice (it moved within the kernel's
+/// tables while the dump ran) counts once.
+fn fold_listed(
+    s: &mut Socket,
+    d: &DiagSocket,
+    at: u32,
+    look: &mut Look,
+    holders: &Holders,
+    now_ns: u64,
+) {
+    if s.looked.listed_in == look.number {
+        return;
+    }
+    s.looked.listed_in = look.number;
+    s.observe(d, now_ns);
+    update_holders(s, holders);
+    // Listed without an inode: the socket lost its file, i.e. it was released.
+    let gone = d.inode == 0 || (s.inode != 0 && s.holders.is_empty());
+    if count_unheld(s, gone, now_ns) {
+        look.ghosts.push((s.cookie, Some(at)));
+    }
+}
+
+fn update_holders(s: &mut Socket, holders: &Holders) {
+    let pids = if s.inode == 0 {
+        &[][..]
+    } else {
+        holders.of(s.inode)
+    };
+    // Compared first: holders rarely change, and a fresh vector per socket and report adds up
+    // over many sockets.
+    if *s.holders != *pids {
+        s.holders = pids.into();
+    }
+}
+
+/// Counts one more look that found `s` unheld (`gone`), or starts over; whether it is now a
+/// ghost, to be dropped.
+fn count_unheld(s: &mut Socket, gone: bool, now_ns: u64) -> bool {
+    let old_enough = now_ns.saturating_sub(s.created_ns) > GHOST_GRACE_NS;
+    if gone && old_enough {
+        s.looked.unheld = s.looked.unheld.saturating_add(1);
+        s.looked.unheld >= GHOST_SCANS
+    } else {
+        s.looked.unheld = 0;
+        false
     }
 }

@@ -116,9 +116,17 @@ pub struct Socket {
     pub holders: HolderPids,
     /// The owner's stack at `socket()` or `accept()`.
     pub stack: CreationStack,
-    /// Consecutive scans that found nobody holding it.
-    pub(super) unheld_scans: u8,
+    pub(super) looked: Looked,
     pub evidence: Evidence,
+}
+
+/// What the table's looks at the kernel's view found of a socket.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Looked {
+    /// Consecutive looks that found nobody holding it.
+    pub(super) unheld: u8,
+    /// The last look whose dump listed it (0: none).
+    pub(super) listed_in: u32,
 }
 
 /// The pids holding a socket: nearly always one or two, so they live in the socket itself (as a

@@ -347,3 +347,60 @@ fn sockets_found_open_are_told_apart_and_accepted_ones_belong_to_the_listener() 
     assert_eq!(t.get(2).map(|s| s.owner.pid), Some(21));
     assert_eq!(t.len(), 2);
 }
+
+/// A report folds the dump in batch by batch while events still come: a socket born after its
+/// batch came is matched at the end, a socket the dump never listed is judged then, and held
+/// sockets no event announced are adopted as in a look taken in one go.
+#[test]
+fn a_look_folded_in_batches_ends_as_one_taken_in_one_go() {
+    let me = std::process::id();
+    let with_fd = |cookie: u64, inode: u64| {
+        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        (fd.cookie, fd.inode, fd.task) = (cookie, inode, task(me, "client"));
+        fd
+    };
+    let mut t = SocketTable::new(16);
+    t.apply(&created(1, me));
+    t.apply(&with_fd(1, 101));
+    t.apply(&created(2, me)); // its fd closed unseen: listed, nobody holds it
+    t.apply(&with_fd(2, 102));
+    let holders = Holders::from_pairs(vec![(101, me), (103, me), (104, me)]);
+    let listed = [
+        diag(1, TcpState::ESTABLISHED, 101),
+        diag(2, TcpState::ESTABLISHED, 102),
+        diag(3, TcpState::SYN_SENT, 103),
+        diag(4, TcpState::ESTABLISHED, 104), // held, never announced
+    ];
+    let later = 10 * GHOST_GRACE_NS;
+    for look in 0..GHOST_SCANS as u64 {
+        t.begin_look();
+        t.observe_listed(&listed[..2], 0, &holders, later + look);
+        if look == 0 {
+            // Born after its batch was folded in: applied before the look ends.
+            t.observe_listed(&listed[..3], 2, &holders, later + look);
+            t.apply(&created(3, me));
+            t.apply(&with_fd(3, 103));
+        }
+        t.observe_listed(
+            &listed,
+            if look == 0 { 3 } else { 2 },
+            &holders,
+            later + look,
+        );
+        t.finish_look(
+            &listed,
+            &holders,
+            later + look,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+        let s = t.get(3).expect("born during the look");
+        assert_eq!((s.state, &*s.holders), (TcpState::SYN_SENT, &[me][..]));
+        assert_eq!(t.get(1).map(|s| s.state), Some(TcpState::ESTABLISHED));
+    }
+    assert!(t.get(2).is_none(), "unheld on two looks");
+    assert_eq!(t.stats.reconciled, 1);
+    let found = t.get(4).expect("adopted on its second look");
+    assert_eq!(found.origin, Origin::Recovered(Role::Connected));
+    assert_eq!(t.stats.recovered, 1);
+}
