@@ -84,7 +84,7 @@ fn a_forking_servers_connections_are_one_group_and_its_clients_one_per_endpoint(
         .sockets_of(server.pid())
         .iter()
         .filter(|s| s.origin == Origin::PreExisting(Role::Accepted))
-        .flat_map(|s| s.holders.clone())
+        .flat_map(|s| s.holders.to_vec())
         .collect();
     holders.sort();
     let mut forked = children.clone();

@@ -470,7 +470,7 @@ mod tests {
             rx_queue: 0,
             tx_queue: 0,
             origin: Origin::Socket,
-            holders: vec![1],
+            holders: [1][..].into(),
             flags: Vec::new(),
             state_age_ms,
             state_age_max_ms,

@@ -364,7 +364,8 @@ fn row(
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,
         origin: s.origin,
-        holders: s.holders.to_vec(),
+        // Inline, as in the table: no heap block per row.
+        holders: s.holders.clone(),
         flags: socket_flags(s, now_ns, thresholds),
         state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
         state_age_max_ms: s

@@ -11,7 +11,7 @@ use crate::{
     cgroups::Container,
     sockdiag::{SkMem, TcpInfo},
     symbolize::{StackKey, StackStats},
-    table::TableStats,
+    table::{HolderPids, TableStats},
 };
 
 /// One line of `--format json` output.
@@ -80,7 +80,7 @@ pub struct SocketRow {
     /// `socket`, `accept`, `pre-existing`, `recovered`).
     #[serde(flatten)]
     pub origin: Origin,
-    pub holders: Vec<u32>,
+    pub holders: HolderPids,
     pub flags: Vec<Verdict>,
     /// How long the socket has been in its current state: at least `state_age_ms`, at most
     /// `state_age_max_ms`. Most transitions are learned from the samples taken every

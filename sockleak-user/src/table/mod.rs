@@ -25,7 +25,7 @@ use sockleak_common::{Protocol, SockEvent};
 
 pub use self::{
     churn::Churn,
-    socket::{Evidence, Owner, Socket, kernel_clock_ns},
+    socket::{Evidence, HolderPids, Owner, Socket, kernel_clock_ns},
 };
 use self::{ingest::Unowned, socket::Owners};
 

@@ -146,6 +146,25 @@ impl Default for HolderPids {
     }
 }
 
+impl<const N: usize> PartialEq<[u32; N]> for HolderPids {
+    fn eq(&self, pids: &[u32; N]) -> bool {
+        **self == pids[..]
+    }
+}
+
+/// As the list of pids it is: reports serialize it as one.
+impl serde::Serialize for HolderPids {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        <[u32]>::serialize(self, serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HolderPids {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<u32>::deserialize(deserializer).map(|pids| Self::from(&pids[..]))
+    }
+}
+
 impl From<&[u32]> for HolderPids {
     fn from(pids: &[u32]) -> Self {
         match pids.len() {
