@@ -28,6 +28,8 @@ pub struct ProgramCost {
 #[derive(Serialize)]
 pub struct Attribution {
     pub connections_per_second: f64,
+    /// What one system call of any process costs meanwhile (see [`syscall_ns`]).
+    pub syscall_ns: f64,
     pub programs: Vec<ProgramCost>,
     pub kernel_us_per_connection: f64,
     /// sockleak's own CPU during the churn, per connection.
@@ -47,6 +49,7 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
     let tracer = Tracer::start(TracerKind::Sockleak, sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;
     let ((connections, seconds), userspace_seconds) = churn_beside(Some(&tracer), args)?;
+    let syscall_ns = syscall_ns();
     // Read while sockleak runs: its programs unload when it exits.
     let per_connection = connections.max(1) as f64;
     let mut programs: Vec<ProgramCost> = loaded_programs()
@@ -67,8 +70,27 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
     programs.sort_by(|a, b| b.us_per_connection.total_cmp(&a.us_per_connection));
     Ok(Attribution {
         connections_per_second: connections as f64 / seconds,
+        syscall_ns,
         kernel_us_per_connection: programs.iter().map(|p| p.us_per_connection).sum(),
         userspace_us_per_connection: userspace_seconds * 1e6 / per_connection,
         programs,
     })
+}
+
+/// Nanoseconds per system call of this process (the fastest of five runs of `getppid`, which
+/// does next to nothing). A tracer that attaches to any `syscalls` tracepoint sends every
+/// system call of every process through the kernel's slower traced path, whatever its
+/// programs do: a cost no BPF statistic shows, paid by every service on the machine.
+pub fn syscall_ns() -> f64 {
+    const CALLS: u32 = 1_000_000;
+    (0..5)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            for _ in 0..CALLS {
+                // SAFETY: getppid takes no arguments and cannot fail.
+                unsafe { libc::syscall(libc::SYS_getppid) };
+            }
+            started.elapsed().as_nanos() as f64 / f64::from(CALLS)
+        })
+        .fold(f64::INFINITY, f64::min)
 }

@@ -7,7 +7,9 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{Args, ScaleResult, attribution, attribution::Attribution, median, scale_run};
+use crate::{
+    Args, ScaleResult, attribution, attribution::Attribution, churn_beside, median, scale_run,
+};
 
 #[derive(Serialize)]
 pub struct Comparison {
@@ -18,13 +20,16 @@ pub struct Comparison {
     pub scale: Vec<ScalePair>,
 }
 
-/// One churn under each, BPF run-time statistics on.
+/// One churn under each, BPF run-time statistics on, and one untraced in the same minutes:
+/// throughput and the cost of a system call, beside what the statistics see.
 #[derive(Serialize)]
 pub struct Round {
     /// The order alternates, so neither always runs on the warmer machine.
     pub baseline_first: bool,
     pub baseline: Attribution,
     pub candidate: Attribution,
+    pub untraced_connections_per_second: f64,
+    pub untraced_syscall_ns: f64,
 }
 
 #[derive(Serialize)]
@@ -48,6 +53,13 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         let (baseline_first, both) = in_order(round);
+        eprintln!(
+            "bench: compare round {} of {}, untraced",
+            round + 1,
+            args.rounds
+        );
+        let ((connections, seconds), _) = churn_beside(None, args)?;
+        let untraced_syscall_ns = attribution::syscall_ns();
         let (mut base, mut cand) = (None, None);
         for (is_baseline, binary) in both {
             eprintln!(
@@ -63,6 +75,8 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             baseline_first,
             baseline: base.expect("measured above"),
             candidate: cand.expect("measured above"),
+            untraced_connections_per_second: connections as f64 / seconds,
+            untraced_syscall_ns,
         });
     }
     let mut scale = Vec::new();
@@ -140,6 +154,44 @@ pub fn table(c: &Comparison) -> String {
         out,
         "median candidate/baseline: {:.0}%",
         median(&ratios) * 100.0
+    );
+
+    let _ = writeln!(
+        out,
+        "\nthe same rounds against an untraced churn in each: connections a second as a share of \
+         the untraced rate (BPF statistics on in the traced runs), and ns per system call of any \
+         process (getppid) while each ran"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>10} {:>10} {:>10}   {:>10} {:>10} {:>10}",
+        "round", "none", "base", "cand", "none ns", "base ns", "cand ns"
+    );
+    let vs_none =
+        |a: &Attribution, r: &Round| a.connections_per_second / r.untraced_connections_per_second;
+    for (i, r) in c.rounds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>6} {:>10.0} {:>9.1}% {:>9.1}%   {:>10.1} {:>10.1} {:>10.1}",
+            i + 1,
+            r.untraced_connections_per_second,
+            vs_none(&r.baseline, r) * 100.0,
+            vs_none(&r.candidate, r) * 100.0,
+            r.untraced_syscall_ns,
+            r.baseline.syscall_ns,
+            r.candidate.syscall_ns,
+        );
+    }
+    let of = |f: &dyn Fn(&Round) -> f64| median(&c.rounds.iter().map(f).collect::<Vec<_>>());
+    let _ = writeln!(
+        out,
+        "median {:>10.0} {:>9.1}% {:>9.1}%   {:>10.1} {:>10.1} {:>10.1}",
+        of(&|r| r.untraced_connections_per_second),
+        of(&|r| vs_none(&r.baseline, r)) * 100.0,
+        of(&|r| vs_none(&r.candidate, r)) * 100.0,
+        of(&|r| r.untraced_syscall_ns),
+        of(&|r| r.baseline.syscall_ns),
+        of(&|r| r.candidate.syscall_ns),
     );
 
     let _ = writeln!(

@@ -107,6 +107,10 @@ struct ChurnResult {
     /// the tracer adds to a connection in the two processes that pay for it (softirq work on
     /// other CPUs and kernel threads left out).
     added_processes_us_per_connection: f64,
+    /// Nanoseconds per system call of any process while the tracer runs, one per round
+    /// (`attribution::syscall_ns`), and their median.
+    syscall_ns_rounds: Vec<f64>,
+    syscall_ns: f64,
 }
 
 #[derive(Serialize)]
@@ -210,6 +214,7 @@ fn run(args: Args) -> Result<()> {
             let (load, tracer_cpu) = churn_beside(tracer.as_ref(), &args)?;
             let machine = machine_busy_seconds()? - machine_before;
             let load_cpu = children_cpu_seconds() - load_before;
+            churn[i].syscall_ns_rounds.push(attribution::syscall_ns());
             churn[i]
                 .processes_us_per_connection
                 .push((load_cpu + tracer_cpu) * 1e6 / load.0.max(1) as f64);
@@ -245,6 +250,7 @@ fn run(args: Args) -> Result<()> {
             &untraced_processes_us,
             |t, n| t - n,
         ));
+        c.syscall_ns = median(&c.syscall_ns_rounds);
         c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
         c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
     }
@@ -567,12 +573,13 @@ fn table(r: &Results, args: &Args) -> String {
         "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved;\n\
          medians; 'vs none' pairs each round with the untraced run of the same round; 'added CPU'\n\
          is the whole machine's busy CPU (/proc/stat) per connection, minus the untraced round's;\n\
-         'added, load+tracer' the same for the CPU of the churn's process and the tracer's",
+         'added, load+tracer' the same for the CPU of the churn's process and the tracer's;\n\
+         'syscall' what one system call of any process (getppid) costs while the tracer runs",
         args.seconds, args.rounds
     );
     let _ = writeln!(
         out,
-        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10} {:>12} {:>20}",
+        "{:<48} {:>10} {:>8} {:>14} {:>12} {:>10} {:>12} {:>20} {:>10}",
         "tracer",
         "conn/s",
         "vs none",
@@ -580,12 +587,13 @@ fn table(r: &Results, args: &Args) -> String {
         "tracer CPU",
         "start-up",
         "added CPU",
-        "added, load+tracer"
+        "added, load+tracer",
+        "syscall"
     );
     for c in &r.churn {
         let _ = writeln!(
             out,
-            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12} {:>20}",
+            "{:<48} {:>10.0} {:>7.1}% {:>14} {:>12} {:>10} {:>12} {:>20} {:>7.0} ns",
             c.tracer,
             c.median,
             c.vs_none * 100.0,
@@ -595,6 +603,7 @@ fn table(r: &Results, args: &Args) -> String {
             c.startup_ms.map_or("-".into(), |ms| format!("{ms:.0} ms")),
             format!("{:.2} us", c.added_us_per_connection),
             format!("{:.2} us", c.added_processes_us_per_connection),
+            c.syscall_ns,
         );
     }
     if !r.node_http.is_empty() {
