@@ -8,7 +8,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    Args, ScaleResult, attribution, attribution::Attribution, churn_beside, median, scale_run,
+    Args, ScaleResult, attribution, attribution::Attribution, churn_beside, median, median_by,
+    scale_run,
 };
 
 #[derive(Serialize)]
@@ -182,7 +183,7 @@ pub fn table(c: &Comparison) -> String {
             r.candidate.syscall_ns,
         );
     }
-    let of = |f: &dyn Fn(&Round) -> f64| median(&c.rounds.iter().map(f).collect::<Vec<_>>());
+    let of = |f: &dyn Fn(&Round) -> f64| median_by(&c.rounds, f);
     let _ = writeln!(
         out,
         "median {:>10.0} {:>9.1}% {:>9.1}%   {:>10.1} {:>10.1} {:>10.1}",
@@ -247,22 +248,8 @@ pub fn table(c: &Comparison) -> String {
             "sockets", "base report", "cand report", "base memory", "cand memory"
         );
         for p in &c.scale {
-            let report = |runs: &[ScaleResult]| {
-                median(
-                    &runs
-                        .iter()
-                        .map(|r| r.report_seconds * 1000.0)
-                        .collect::<Vec<_>>(),
-                )
-            };
-            let memory = |runs: &[ScaleResult]| {
-                median(
-                    &runs
-                        .iter()
-                        .map(|r| r.all_bytes_per_socket)
-                        .collect::<Vec<_>>(),
-                )
-            };
+            let report = |runs: &[ScaleResult]| median_by(runs, |r| r.report_seconds * 1000.0);
+            let memory = |runs: &[ScaleResult]| median_by(runs, |r| r.all_bytes_per_socket);
             let _ = writeln!(
                 out,
                 "{:>10} {:>11.0} ms {:>11.0} ms {:>12.0} B {:>12.0} B",

@@ -423,7 +423,7 @@ fn linking(args: &Args, dynamic: &std::path::Path) -> Result<Vec<LinkingResult>>
         .iter()
         .zip(&runs)
         .map(|((linking, binary), runs)| {
-            let of = |f: fn(&ScaleResult) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            let of = |f: fn(&ScaleResult) -> f64| median_by(runs, f);
             Ok(LinkingResult {
                 linking,
                 binary: binary.to_path_buf(),
@@ -552,6 +552,11 @@ fn ratio_range(ratios: &[f64]) -> String {
     let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
     let highest = ratios.iter().copied().fold(0.0, f64::max);
     format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0)
+}
+
+/// The median of `f` over `items`: one figure of each run or round.
+pub(crate) fn median_by<T>(items: &[T], f: impl Fn(&T) -> f64) -> f64 {
+    median(&items.iter().map(f).collect::<Vec<_>>())
 }
 
 pub(crate) fn median(values: &[f64]) -> f64 {
