@@ -3,9 +3,9 @@
 //! reads it, in an array of fixed size (the userspace table holds every socket after that).
 //! `STACKS` grows with distinct creation stacks only, up to its fixed number of slots;
 //! `STACK_BUDGET` with processes and `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and
-//! threads, each up to its fixed number of entries, least recently used first out. `JS_STACKS` grows with distinct JavaScript stacks
-//! up to its slots, and `V8_LAYOUTS` holds what userspace put there for the V8 processes it
-//! found (it removes the ones that exit).
+//! threads, each up to its fixed number of entries, least recently used first out.
+//! `JS_STACKS` grows with distinct JavaScript stacks up to its slots, and `V8_LAYOUTS` holds
+//! what userspace put there for the V8 processes it found (it removes the ones that exit).
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
