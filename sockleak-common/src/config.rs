@@ -71,6 +71,12 @@ pub struct Config {
     /// Slots of the release log each CPU writes, a power of two (its share of
     /// [`crate::RELEASE_LOG_SLOTS`]); 0 keeps no log.
     pub release_log_per_cpu: u64,
+    /// `sock.__sk_common.skc_net` (the socket's `struct net`) and `net.ns.inum`, the network
+    /// namespace's inode (what `/proc/PID/ns/net` names): listeners are keyed by it and their
+    /// port. `sock_net` is 0 when BTF does not say; accepted sockets are then announced at
+    /// `accept()` instead.
+    pub sock_net: u64,
+    pub net_ns_inum: u64,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an

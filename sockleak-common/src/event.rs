@@ -39,6 +39,12 @@ pub enum EventKind {
     RcvQueueFull = 5,
     /// The socket hit its memory limit (`sock_exceed_buf_limit`).
     ExceedBufLimit = 6,
+    /// A passive open's child became ESTABLISHED (tp_btf `inet_sock_set_state`, usually in a
+    /// softirq): a connection accepted, or waiting in its listener's queue to be. Its task is
+    /// the owner of the listener it came through (`LISTENERS`, written in process context at
+    /// `listen()`), all zero when that listener is unknown. No fd and no inode yet: they come
+    /// at `accept()`, and userspace learns them from the next sock_diag look.
+    Accepted = 7,
 }
 
 impl EventKind {
@@ -50,6 +56,7 @@ impl EventKind {
             4 => Self::Released,
             5 => Self::RcvQueueFull,
             6 => Self::ExceedBufLimit,
+            7 => Self::Accepted,
             _ => return None,
         })
     }

@@ -30,6 +30,31 @@ pub struct ReleasedSocket {
     pub comm: [u8; crate::COMM_LEN],
 }
 
+/// TCP listeners whose owner the kernel side knows (`LISTENERS`): each written at `listen()`
+/// in the listening process's context (or by userspace for listeners older than sockleak),
+/// removed when the listener closes. A hash map of this many entries: past it, connections
+/// through the listeners left out are announced without an owner, which userspace finds.
+pub const LISTENER_SLOTS: u32 = 4096;
+
+/// A listener's network namespace (the inode of its `/proc/PID/ns/net`) and local port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Who owns a listener: the task that called `listen()` on it, whose connections through it
+/// are attributed to; and the listener's cookie, so that closing one of several listeners on
+/// a port (`SO_REUSEPORT`) only removes its own entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ListenerOwner {
+    pub task: crate::Task,
+    pub cookie: u64,
+}
+
 /// Processes whose stack budget the kernel side tracks at once (an LRU map: a process that
 /// stopped creating sockets makes room for one that starts).
 pub const STACK_BUDGET_PROCESSES: u32 = 4096;
@@ -73,9 +98,14 @@ pub enum Stat {
     /// userspace never saw them, and counts them from these.
     ShortLivedCreated = 9,
     ShortLivedAccepted = 10,
+    /// Connections announced without an owner: their listener was not in `LISTENERS` (the map
+    /// was full, or the listener raced sockleak's start). Userspace resolves them.
+    AcceptedUnowned = 11,
+    /// Listeners left out of `LISTENERS` because it was full.
+    ListenersFull = 12,
 }
 
-pub const STAT_COUNT: u32 = 11;
+pub const STAT_COUNT: u32 = 13;
 
 /// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
 /// from these instead of a readlink per fd under /proc.

@@ -7,8 +7,8 @@ use serde::{
 };
 
 use crate::{
-    Config, Family, JsStack, KernelFilter, Origin, Protocol, ReleasedSocket, SockEvent,
-    SocketState, V8Layout, Verdict,
+    Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin, Protocol,
+    ReleasedSocket, SockEvent, SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
@@ -18,6 +18,8 @@ unsafe impl aya::Pod for SockEvent {}
 unsafe impl aya::Pod for V8Layout {}
 unsafe impl aya::Pod for JsStack {}
 unsafe impl aya::Pod for ReleasedSocket {}
+unsafe impl aya::Pod for ListenerKey {}
+unsafe impl aya::Pod for ListenerOwner {}
 
 /// Serialized as its `name()`, read back by `from_name()`.
 macro_rules! by_name {

@@ -57,6 +57,17 @@ pub fn admits_task(task: &Task) -> bool {
     true
 }
 
+/// Whether any owner filter (`--pid`, `--comm`, `--cgroup`) is set.
+#[inline(always)]
+pub fn filters_owners() -> bool {
+    // SAFETY: volatile reads of an immutable static (patched in .rodata before load).
+    unsafe {
+        read_volatile(&raw const FILTER.pid_count) != 0
+            || read_volatile(&raw const FILTER.comm_count) != 0
+            || read_volatile(&raw const FILTER.cgroup_count) != 0
+    }
+}
+
 /// Whether sockets of this family (and protocol, where known: 0 = not known here) are followed.
 #[inline(always)]
 pub fn admits_socket(family: u16, protocol: u16) -> bool {

@@ -10,9 +10,9 @@
 //! |----------------|--------------------------|-------------------------------------|----------|-------|
 //! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; picks `socket()` stacks |
 //! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone (nothing if still in `NEWBORN`) |
-//! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); gives accepted sockets their cookie |
+//! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); connections through a listener, as its owner's (`listeners.rs`) |
 //! | `state.rs`     | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state | any      | TCP state, no cookie (fallback) |
-//! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks |
+//! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks: only where the state program cannot announce them |
 //! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked |
 //! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
 //! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle, and its JavaScript frames (`v8.rs`) |
@@ -21,7 +21,8 @@
 //!
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`
 //! (the JavaScript frames of a Node.js stack), `fdwalk.rs` (fd to socket), `filter.rs` (the
-//! owner filters), `maps.rs` (maps, config, and `send`, the one way an event reaches the ring).
+//! owner filters), `listeners.rs` (listeners' owners, and the connections through them),
+//! `maps.rs` (maps, config, and `send`, the one way an event reaches the ring).
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
 //!
@@ -36,6 +37,7 @@ mod fd_install;
 mod fdwalk;
 mod filter;
 mod libuv;
+mod listeners;
 mod maps;
 mod pressure;
 mod sock;

@@ -3,7 +3,8 @@
 //! reads it, in an array of fixed size (the userspace table holds every socket after that).
 //! `STACKS` grows with distinct creation stacks only, up to its fixed number of slots;
 //! `STACK_BUDGET` with processes and `HANDLE_STACKS`/`OPENING_HANDLE` with libuv handles and
-//! threads, each up to its fixed number of entries, least recently used first out.
+//! threads, each up to its fixed number of entries, least recently used first out;
+//! `LISTENERS` with listening sockets, up to its entries, each removed when its listener closes.
 //! `JS_STACKS` grows with distinct JavaScript stacks up to its slots, and `V8_LAYOUTS` holds
 //! what userspace put there for the V8 processes it found (it removes the ones that exit).
 use aya_ebpf::{
@@ -16,9 +17,9 @@ use core::ptr::read_volatile;
 
 use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
-    LIBUV_THREADS, NEWBORN_SOCKETS, NO_JS_STACK, NO_STACK, RELEASE_LOG_SLOTS, ReleasedSocket,
-    STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, Stat, V8_PROCESSES,
-    V8Layout,
+    LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
+    NO_STACK, RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
+    STAT_COUNT, SockEvent, Stat, V8_PROCESSES, V8Layout,
 };
 
 #[btf_map]
@@ -101,6 +102,12 @@ pub static HANDLE_STACKS: LruHashMap<HandleKey, HandleStacks, { LIBUV_HANDLES as
 #[btf_map]
 pub static OPENING_HANDLE: LruHashMap<u32, u64, { LIBUV_THREADS as usize }> = LruHashMap::new();
 
+/// Who owns each TCP listener (see `listeners.rs`): a hash map, written at `listen()` and
+/// emptied as listeners close, bounded by [`LISTENER_SLOTS`] (a full map is counted).
+#[btf_map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerOwner, { LISTENER_SLOTS as usize }> =
+    HashMap::new();
+
 /// The V8 layout of each Node.js process userspace found (by pid), or of every process
 /// ([`sockleak_common::ANY_V8_PROCESS`]) while all share one.
 #[btf_map]
@@ -177,6 +184,8 @@ static CONFIG: Config = Config {
     libuv_handles: 0,
     newborn_slots: 0,
     release_log_per_cpu: 0,
+    sock_net: 0,
+    net_ns_inum: 0,
 };
 
 /// `CONFIG`, read in place. Its value is patched into .rodata at load time, so the compiler
@@ -242,7 +251,13 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         &*scratch
     };
     if event.cookie != 0 {
-        if let Some((slot, 0)) = slot_for(event.cookie) {
+        let slot = slot_for(event.cookie);
+        if slot.is_some_and(|(_, holds)| holds == event.cookie) {
+            // Announced already: a simultaneous open's socket, created by `socket()` and then
+            // connected through SYN_RECV as if accepted.
+            return;
+        }
+        if let Some((slot, 0)) = slot {
             // SAFETY: a map value; the slot is free, so no reader takes it until its cookie is
             // written, last.
             unsafe { publish(event, slot) };

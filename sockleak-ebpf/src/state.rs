@@ -1,15 +1,19 @@
 //! TCP state changes (`inet_sock_set_state`): typed as `tp_btf` where the kernel allows it,
 //! which gives the socket's cookie; the classic tracepoint otherwise, joined by the `struct
-//! sock` address. Any context (often a softirq): no task is read here.
+//! sock` address. Any context (often a softirq): no task is read here, except at LISTEN,
+//! which only `listen()` reaches (`listeners`).
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sockleak_common::{EventKind, Family, Hook, SockEvent, TcpState};
 
-use crate::maps::{config, send};
+use crate::{
+    listeners,
+    maps::{config, send},
+};
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
@@ -18,12 +22,22 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let new_state: i32 = ctx.arg(2);
     if new_state == TCP_SYN_RECV || old_state == TCP_SYN_RECV {
         // A passive open's child: cloned from its listener (-> SYN_RECV), then connected
-        // (SYN_RECV ->). The fd walk at accept() reads the cookie from the socket, and the
-        // kernel only assigns one when asked: this is where accepted sockets get theirs. Both
-        // transitions: up to 6.12 at least the clone copies its request's cookie over the one
-        // assigned at the first, and with TCP Fast Open a child can be accepted before the
-        // second. Not at each of a connection's ten transitions: the helper is not free.
-        unsafe { bpf_get_socket_cookie(sk) };
+        // (SYN_RECV ->). The kernel only assigns a cookie when asked: this is where accepted
+        // sockets get theirs. Both transitions: up to 6.12 at least the clone copies its
+        // request's cookie over the one assigned at the first, and with TCP Fast Open a child
+        // can be accepted before the second. Not at each of a connection's ten transitions:
+        // the helper is not free.
+        let cookie = unsafe { bpf_get_socket_cookie(sk) };
+        if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
+            listeners::connected(sk as u64, cookie, old_state, new_state);
+        }
+    }
+    if new_state == TCP_LISTEN {
+        listeners::listening(sk as u64, unsafe { bpf_get_socket_cookie(sk) });
+    } else if old_state == TCP_LISTEN && new_state == TCP_CLOSE {
+        // Only to CLOSE: a child is cloned from its listener, state, port, namespace and (up
+        // to 6.12 at least) cookie included, and leaves LISTEN for SYN_RECV.
+        listeners::stopped_listening(sk as u64);
     }
     if !state_worth_sending(sk as u64, new_state) {
         return 0;
@@ -40,6 +54,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 }
 
 const TCP_SYN_RECV: i32 = TcpState::SYN_RECV.0 as i32;
+const TCP_ESTABLISHED: i32 = TcpState::ESTABLISHED.0 as i32;
 const TCP_CLOSE: i32 = TcpState::CLOSE.0 as i32;
 const TCP_LISTEN: i32 = TcpState::LISTEN.0 as i32;
 const AF_INET6: u16 = Family::Ipv6.af();
@@ -70,7 +85,7 @@ fn state_worth_sending(sk: u64, new_state: i32) -> bool {
 
 /// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
 #[inline(always)]
-fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
+pub fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
     let cfg = config();
     if cfg.have_offsets == 0 {
         return Ok(());
@@ -86,17 +101,17 @@ fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
             let sport: u16 = bpf_probe_read_kernel((sk + cfg.inet_sport) as *const u16)?;
             ev.sport = u16::from_be(sport);
         }
-        if family == AF_INET6 {
-            ev.saddr = bpf_probe_read_kernel((sk + cfg.sock_v6_rcv_saddr) as *const [u8; 16])?;
-            ev.daddr = bpf_probe_read_kernel((sk + cfg.sock_v6_daddr) as *const [u8; 16])?;
+        // Straight into the event: a copy through the stack left a stack pointer as the
+        // last value of the closures this is inlined into, which the verifier refuses to see
+        // returned from a subprogram.
+        let (saddr, daddr, len) = if family == AF_INET6 {
+            (cfg.sock_v6_rcv_saddr, cfg.sock_v6_daddr, 16)
         } else {
-            let s: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_rcv_saddr) as *const [u8; 4])?;
-            let d: [u8; 4] = bpf_probe_read_kernel((sk + cfg.sock_daddr) as *const [u8; 4])?;
-            ev.saddr[..4].copy_from_slice(&s);
-            ev.daddr[..4].copy_from_slice(&d);
-        }
+            (cfg.sock_rcv_saddr, cfg.sock_daddr, 4)
+        };
+        bpf_probe_read_kernel_buf((sk + saddr) as *const u8, &mut ev.saddr[..len])?;
+        bpf_probe_read_kernel_buf((sk + daddr) as *const u8, &mut ev.daddr[..len])
     }
-    Ok(())
 }
 
 /// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).

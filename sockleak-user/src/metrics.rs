@@ -240,7 +240,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     }
 
     let st = &report.stats;
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "sockleak_events_sent_total",
             "Events the kernel side delivered to the ring buffer.",
@@ -300,6 +300,11 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             "sockleak_sockets_short_lived_total",
             "Sockets released before any report read them from the kernel's newborn map: counted, never tabled.",
             st.kernel.short_lived,
+        ),
+        (
+            "sockleak_listeners_full_total",
+            "Listeners the kernel's listener map had no room for: with owner filters, their connections are found by report scans only.",
+            st.kernel.listeners_full,
         ),
     ];
     for (name, help, value) in counters {

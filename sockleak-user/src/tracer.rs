@@ -1,6 +1,6 @@
 //! A running trace: the attached programs, the socket table they feed, and the reports built
 //! from it. `trace` prints the reports, `top` draws them, `metrics` serves them.
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -8,7 +8,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use aya_log::EbpfLogger;
-use sockleak_common::{Protocol, SockEvent, Stat};
+use sockleak_common::{
+    COMM_LEN, ListenerKey, ListenerOwner, Protocol, SockEvent, Stat, Task, TcpState,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -20,7 +22,7 @@ use crate::{
     newborn::Newborn,
     procfs,
     report::{KernelStats, Report, Reporter, Started},
-    sockdiag::SockDiag,
+    sockdiag::{DiagSocket, SockDiag},
     symbolize::{CreationStack, Stacks},
     table::{Processes, SocketTable},
     verdict::LOOK_AGAIN,
@@ -65,6 +67,51 @@ const DUMP_BATCH: usize = 512;
 /// How long the final report waits for stacks still being symbolized.
 const FINAL_SYMBOLIZE_WAIT: Duration = Duration::from_secs(2);
 
+/// The TCP listeners of `diag` the table follows (it holds only sockets the filters follow),
+/// keyed as the kernel's `LISTENERS` map keys them, with their owners.
+fn listeners_followed(
+    diag: &[DiagSocket],
+    table: &SocketTable,
+) -> Vec<(ListenerKey, ListenerOwner)> {
+    let keys: HashMap<u64, ListenerKey> = diag
+        .iter()
+        .filter(|d| d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN)
+        .map(|d| {
+            let key = ListenerKey {
+                netns: d.netns as u32,
+                port: d.local.port(),
+                _pad: 0,
+            };
+            (d.cookie, key)
+        })
+        .collect();
+    table
+        .sockets()
+        .filter_map(|s| {
+            let key = *keys.get(&s.cookie)?;
+            let mut comm = [0; COMM_LEN];
+            let name = s.owner.comm.as_bytes();
+            let n = name.len().min(COMM_LEN - 1);
+            comm[..n].copy_from_slice(&name[..n]);
+            let task = Task {
+                pid: s.owner.pid,
+                tid: s.owner.tid,
+                uid: s.owner.uid,
+                _pad: 0,
+                cgroup_id: s.owner.cgroup_id,
+                comm,
+            };
+            Some((
+                key,
+                ListenerOwner {
+                    task,
+                    cookie: s.cookie,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// When reports are due: the first soon after start, once a second look at every socket can
 /// tell a stopped reader from a slow one ([`LOOK_AGAIN`] after the look taken at start), then
 /// every `interval`. In an incident the first report is the one that matters.
@@ -107,6 +154,7 @@ impl Tracer {
             mut warnings,
             mut libuv,
             newborn_slots,
+            owners_of_listeners,
         } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
         // Before the first look at what is open: sockets opened from now on get their handle's
         // stack.
@@ -150,6 +198,18 @@ impl Tracer {
             &filter,
             &ProcFs,
         );
+        if owners_of_listeners {
+            // Connections through the listeners found open are announced as their owners'
+            // from now on.
+            let listeners = listeners_followed(&diag.sockets, &table);
+            match hooks::tell_listeners(&mut ebpf, listeners) {
+                Ok(written) => log::debug!("{written} listeners older than sockleak told"),
+                Err(err) => warnings.push(format!(
+                    "connections through listeners older than sockleak are attributed at \
+                     reports only: {err:#}"
+                )),
+            }
+        }
         // Sockets born since the programs attached: the dump saw some of them, and their
         // creation events know better.
         take_newborn(&mut newborn, &mut table, &mut stacks);
@@ -264,6 +324,8 @@ impl Tracer {
             newborn_kept: stat(Stat::NewbornKept),
             newborn_full: stat(Stat::NewbornFull),
             short_lived: short_lived.0 + short_lived.1,
+            accepted_unowned: stat(Stat::AcceptedUnowned),
+            listeners_full: stat(Stat::ListenersFull),
         };
         let Self {
             table,

@@ -327,7 +327,7 @@ fn a_missing_tracefs_is_mounted_by_sockleak() {
     assert!(
         hooks
             .iter()
-            .any(|h| h == "tracepoint/syscalls/sys_exit_accept4"),
+            .any(|h| h == "tracepoint/syscalls/sys_exit_socket"),
         "{hooks:?}"
     );
     child.kill().unwrap();

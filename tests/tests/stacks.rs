@@ -1,11 +1,12 @@
-//! Creation stacks: captured in the kernel at socket()/accept(), symbolized in userspace, and
-//! the key of a report's groups (root required; real programs, real sockets).
+//! Creation stacks: captured in the kernel at socket() (an accepted socket has its listener's),
+//! symbolized in userspace, and the key of a report's groups (root required; real programs,
+//! real sockets).
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use sockleak_tests::{Group, Reading, Scenario, Trace};
+use sockleak_tests::{Group, Reading, Scenario, SocketState, Trace};
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
@@ -243,7 +244,13 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
 #[test]
 fn node_connections_never_destroyed_show_their_javascript_frames() {
     let mut server = Scenario::spawn();
-    let port = server.run("listen 127.0.0.1:0")[0].clone();
+    // The server listens once sockleak runs, so the connections it accepts carry the stack
+    // that made their listener: the port is picked first for the client to know it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+        .to_string();
     let mut node = Scenario::spawn_program(
         Command::new("node")
             // Node drops a v8 log per isolate in its working directory with these flags.
@@ -253,6 +260,7 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
             .args([&port, "6"]),
     );
     let tracer = Trace::start(&[node.pid(), server.pid()]);
+    server.run(&format!("listen 127.0.0.1:{port}"));
     node.run("go");
     server.run("accept 6");
 
@@ -292,15 +300,18 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
             .any(|f| f.starts_with("JS:openAndForget ") && f.contains("leaky_client.js:")),
         "{client_frames:#?}"
     );
-    // The server's side: its accept() stack, and the listening port that ties the sockets to
-    // the server.
+    // The server's side: the listening port that ties the sockets to the server, and the
+    // stack that made their listener (an accept-time stack is the event loop's).
     let accepted = report.groups_at(server.pid(), &format!("accept() on :{port}"));
     assert_eq!(
         accepted.iter().map(|g| g.count).collect::<Vec<_>>(),
         [6],
         "{accepted:#?}"
     );
+    let listener = report.group_at(server.pid(), "socket()");
+    assert_eq!(listener.states[&SocketState::Listen], 1, "{listener:#?}");
     assert!(!frames(accepted[0]).is_empty());
+    assert_eq!(frames(accepted[0]), frames(listener));
     drop(tracer);
     let _ = std::fs::remove_file(format!("/tmp/perf-{}.map", node.pid()));
 }

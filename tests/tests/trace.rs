@@ -426,3 +426,27 @@ fn owner_filters_apply_in_the_kernel_so_other_processes_sockets_never_arrive() {
     assert_eq!(stats.table.recovered, 0, "{stats:?}");
     assert_eq!(stats.table.pre_existing, 0, "{stats:?}");
 }
+
+/// Connections are announced where the kernel completes their handshake, as the owner's of
+/// their listener: a listener of a process outside the filters is never written into the
+/// kernel's listener map (nor, when older than sockleak, by userspace), so its connections
+/// are dropped in the kernel like its other sockets.
+#[test]
+fn connections_through_another_processs_listener_never_arrive() {
+    let mut other = Scenario::spawn();
+    let old_port = other.run("listen 127.0.0.1:0")[0].clone();
+    let mut watched = Scenario::spawn();
+    let tracer = Trace::start(&[watched.pid()]);
+    let new_port = other.run("listen 127.0.0.1:0")[0].clone();
+    watched.run(&format!("connect 127.0.0.1:{old_port} 3"));
+    watched.run(&format!("connect 127.0.0.1:{new_port} 4"));
+    other.run("accept 3"); // the other four wait in their queue: announced all the same
+    let report = tracer.report_after(std::time::Duration::from_millis(700));
+
+    assert_eq!(report.sockets_of(watched.pid()).len(), 7);
+    assert!(report.sockets_of(other.pid()).is_empty());
+    let stats = &report.stats;
+    assert_eq!(stats.table.accepted, 0, "{stats:?}");
+    assert_eq!(stats.kernel.accepted_unowned, 0, "{stats:?}");
+    assert_eq!(stats.table.recovered, 0, "{stats:?}");
+}

@@ -2,9 +2,11 @@
 //!
 //! Required: cgroup/sock_create and cgroup/sock_release on the cgroup v2 root (socket birth and
 //! release). Preferred/fallback: tp_btf/inet_sock_set_state, else the classic tracepoint.
-//! Optional: the syscall-exit fd walk (needs BTF offsets), without which accepted sockets are
-//! attributed by the periodic /proc scan instead of at accept time; the `socket_fds`
-//! iterator (BTF, 5.8+), without which reports read socket holders from /proc.
+//! Optional: connections through a listener announced by the tp_btf state program at the end
+//! of their handshake, as the listener's owner's (needs BTF offsets), else by the fd walk at
+//! `accept()`'s exit, without either of which accepted sockets are attributed by the periodic
+//! /proc scan instead; the `socket()` exit, for creation stacks; the `socket_fds` iterator
+//! (BTF, 5.8+), without which reports read socket holders from /proc.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
 mod btf;
 pub mod libuv;
@@ -21,7 +23,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, Iter, TracePoint},
 };
-use sockleak_common::{Config, KernelFilter};
+use sockleak_common::{Config, KernelFilter, ListenerKey, ListenerOwner};
 
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
@@ -39,6 +41,10 @@ pub struct Attached {
     /// Slots of the kernel's `NEWBORN` array, where newborn sockets wait for a report to read
     /// them; 0 where every socket comes through the ring.
     pub newborn_slots: u32,
+    /// Whether connections through a listener are announced when their handshake completes,
+    /// as the owner's of their listener in the kernel's `LISTENERS` map (which userspace fills
+    /// for listeners older than sockleak); otherwise at `accept()`'s exit.
+    pub owners_of_listeners: bool,
 }
 
 /// How the programs are set up.
@@ -196,9 +202,14 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         Err("no BTF".to_owned())
     };
 
-    // TCP state changes: typed tp_btf (gives the cookie) or the classic tracepoint.
+    // TCP state changes: typed tp_btf (gives the cookie, and announces connections through a
+    // listener where it can read their namespace) or the classic tracepoint.
+    let mut owners_of_listeners = false;
     match attach_tp_btf(&mut ebpf, &kernel_btf, "inet_sock_set_state") {
-        Ok(()) => hooks.push("tp_btf/inet_sock_set_state".to_owned()),
+        Ok(()) => {
+            hooks.push("tp_btf/inet_sock_set_state".to_owned());
+            owners_of_listeners = config.sock_net != 0;
+        }
         Err(btf_err) => {
             let program: &mut TracePoint = program_mut(&mut ebpf, "inet_sock_set_state_tp")?;
             program.load()?;
@@ -208,6 +219,12 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
                     format!("attaching sock/inet_sock_set_state (tp_btf failed too: {btf_err:#})")
                 })?;
             hooks.push("tracepoint/sock/inet_sock_set_state".to_owned());
+            // The warning is one line; the verifier's whole log is for -vv.
+            log::debug!("tp_btf/inet_sock_set_state: {btf_err:#}");
+            warnings.push(one_line(&format!(
+                "tp_btf/inet_sock_set_state unavailable, state changes come without cookies: \
+                 {btf_err:#}"
+            )));
         }
     }
 
@@ -219,10 +236,15 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         }
     }
 
-    // fd installs: owners of accepted sockets; stacks of created ones (and their inodes where
-    // sock_create cannot name them).
+    // fd installs: stacks of created sockets (and their inodes where sock_create cannot name
+    // them); owners of accepted ones where the state program cannot announce them.
     if config.have_offsets != 0 {
-        for syscall in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
+        let accept_exits = if owners_of_listeners {
+            &[][..]
+        } else {
+            &["sys_exit_accept", "sys_exit_accept4"][..]
+        };
+        for &syscall in std::iter::once(&"sys_exit_socket").chain(accept_exits) {
             let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
             let attached = program
                 .load()
@@ -279,7 +301,29 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         warnings,
         libuv,
         newborn_slots: config.newborn_slots as u32,
+        owners_of_listeners,
     })
+}
+
+/// Writes the owners of listeners older than sockleak into the kernel's `LISTENERS` map (see
+/// [`Attached::owners_of_listeners`]): connections through them are then announced as theirs,
+/// and pass the owner filters in the kernel. An entry the kernel wrote meanwhile (the port
+/// listened on again) is newer and stays. Returns how many were written.
+pub fn tell_listeners(
+    ebpf: &mut Ebpf,
+    listeners: impl IntoIterator<Item = (ListenerKey, ListenerOwner)>,
+) -> Result<usize> {
+    const BPF_NOEXIST: u64 = 1;
+    let map = ebpf.map_mut("LISTENERS").context("LISTENERS map missing")?;
+    let mut map: aya::maps::HashMap<_, ListenerKey, ListenerOwner> =
+        aya::maps::HashMap::try_from(map)?;
+    let mut written = 0;
+    for (key, owner) in listeners {
+        if map.insert(&key, &owner, BPF_NOEXIST).is_ok() {
+            written += 1;
+        }
+    }
+    Ok(written)
 }
 
 /// Each CPU's share of the release log, a power of two (the programs index it with a mask).

@@ -38,6 +38,15 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.task_tgid = off("task_struct", "tgid")?;
     config.inode_mode = off("inode", "i_mode")?;
     config.have_offsets = 1;
+    // Optional: without them, accepted sockets are announced at `accept()`'s exit.
+    if let (Ok(net), Ok(ns), Ok(inum)) = (
+        off("sock_common", "skc_net"),
+        off("net", "ns"),
+        off("ns_common", "inum"),
+    ) {
+        config.sock_net = common + net;
+        config.net_ns_inum = ns + inum;
+    }
     // Optional: without it, the exit of every socket() names the inode with an fd walk.
     if let Ok(inode) = btf.member_offset("socket_alloc", "vfs_inode") {
         config.socket_inode = inode;
@@ -72,6 +81,7 @@ mod tests {
             c.task_files > 0 && c.file_private_data > 0 && c.sock_cookie > 0,
             "{c:?}"
         );
+        assert!(c.sock_net > 0 && c.net_ns_inum > 0, "{c:?}");
         // The inode follows the `struct socket` (128 bytes on this one).
         assert!(
             c.socket_inode >= 64 && c.socket_inode.is_multiple_of(8),

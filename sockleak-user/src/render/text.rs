@@ -91,6 +91,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             st.kernel.events_lost, st.table.dropped_table_full
         );
     }
+    if st.kernel.listeners_full > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} listeners did not fit the kernel's listener map: connections through \
+             them are attributed late, from sockleak's own view of their listener or its scans",
+            st.kernel.listeners_full
+        );
+    }
     if st.netns_unreachable > 0 {
         let _ = writeln!(
             out,

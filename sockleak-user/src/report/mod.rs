@@ -88,7 +88,7 @@ impl Reporter {
         let mut placement_of: PerSocket<(u64, u32), usize> = PerSocket::default();
         let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
         let mut admitted: Vec<(std::cmp::Reverse<u64>, u64, usize, &Socket)> = Vec::new();
-        for s in table.sockets() {
+        for s in table.sockets().filter(|s| !s.awaiting_accept()) {
             let id = s.owner.cgroup_id;
             let key = (id, if id == 0 { s.owner.pid } else { 0 });
             let place = *placement_of.entry(key).or_insert_with(|| {

@@ -249,6 +249,15 @@ pub struct KernelStats {
     /// `accepted` and `released`, never in the table.
     #[serde(default)]
     pub short_lived: u64,
+    /// Connections announced without an owner because the kernel did not know their listener
+    /// (it raced sockleak's start, or the listener map was full): owned by the listener the
+    /// table knows, else adopted by a report once held.
+    #[serde(default)]
+    pub accepted_unowned: u64,
+    /// Listeners the kernel's listener map had no room for. With owner filters, connections
+    /// through them are found by reports' scans only (`recovered`).
+    #[serde(default)]
+    pub listeners_full: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -1,12 +1,12 @@
 //! Events from the kernel side, applied to the table one at a time as the ring delivers them,
 //! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
-use std::net::SocketAddr;
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpState};
 
 use super::{
     SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, HolderPids, Looked, Socket},
+    socket::{Evidence, HolderPids, Looked, Owner, Socket},
 };
 use crate::symbolize::CreationStack;
 
@@ -54,6 +54,21 @@ impl SocketTable {
         for ev in std::mem::take(&mut self.deferred) {
             self.apply_now(&ev);
         }
+        // Births come in no particular order: a connection may have come before its listener.
+        for cookie in std::mem::take(&mut self.listener_stack_wanted) {
+            let Some((port, pid)) = self
+                .sockets
+                .get(&cookie)
+                .and_then(|s| Some((s.local?.port(), s.owner.pid)))
+            else {
+                continue;
+            };
+            if let Some((_, stack)) = self.listener_of(port, pid)
+                && let Some(s) = self.sockets.get_mut(&cookie)
+            {
+                s.stack = stack;
+            }
+        }
     }
 
     /// A state change or memory pressure on a socket the table does not know: with newborn
@@ -73,6 +88,7 @@ impl SocketTable {
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Created) => self.on_created(ev),
             Some(EventKind::FdInstalled) => self.on_fd_installed(ev),
+            Some(EventKind::Accepted) => self.on_accepted(ev),
             Some(EventKind::StateChanged) => self.on_state_changed(ev),
             Some(EventKind::Released) => self.on_released(ev),
             Some(kind @ (EventKind::RcvQueueFull | EventKind::ExceedBufLimit)) => {
@@ -190,8 +206,89 @@ impl SocketTable {
         });
     }
 
+    /// A connection through a listener, announced as its handshake completed: its owner is the
+    /// listener's (the kernel's, or found here when the kernel did not know the listener), and
+    /// so is its stack, which names the code that set up the server; its inode comes with the
+    /// next look, once it is accepted.
+    fn on_accepted(&mut self, ev: &SockEvent) {
+        if self.sockets.contains_key(&ev.cookie) {
+            // A simultaneous open's socket, announced at its creation.
+            return;
+        }
+        let Some(family) = Family::from_af(ev.family) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let state = TcpState(ev.new_state as u8);
+        let addresses = event_addresses(ev);
+        let listener = self.listener_of(ev.sport, ev.task.pid);
+        let (owner, stack) = match (ev.task.pid, listener) {
+            (0, None) => {
+                // Nobody known listens there: reports adopt it once a process holds it.
+                self.remember_unowned(ev.skaddr, ev.cookie, state, addresses);
+                return;
+            }
+            (0, Some((owner, stack))) => (owner, stack),
+            (_, Some((_, stack))) => (self.owners.of_task(&ev.task), stack),
+            (_, None) => {
+                if self.listener_stack_wanted.len() < DEFERRED_CAPACITY {
+                    self.listener_stack_wanted.push(ev.cookie);
+                }
+                (self.owners.of_task(&ev.task), CreationStack::Unknown)
+            }
+        };
+        self.stats.accepted += 1;
+        self.insert(Socket {
+            cookie: ev.cookie,
+            origin: Origin::Accept,
+            owner,
+            family,
+            protocol: Protocol::Tcp,
+            created_ns: ev.ts_ns,
+            state,
+            skaddr: ev.skaddr,
+            inode: 0,
+            local: addresses.map(|a| a.0),
+            remote: addresses.map(|a| a.1),
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: HolderPids::default(),
+            stack,
+            looked: Looked::default(),
+            evidence: Evidence::new(ev.ts_ns, state, true),
+        });
+    }
+
+    /// The owner and stack of the listener on local `port` the table knows, preferring one of
+    /// process `pid`'s. The index of listeners by port is built when first needed and dropped
+    /// whenever a socket starts or stops listening.
+    fn listener_of(&mut self, port: u16, pid: u32) -> Option<(Arc<Owner>, CreationStack)> {
+        let sockets = &self.sockets;
+        let by_port = self.listeners_by_port.get_or_insert_with(|| {
+            let mut by_port: HashMap<u16, Vec<u64>> = HashMap::new();
+            for s in sockets.values() {
+                if s.state == TcpState::LISTEN
+                    && let Some(local) = s.local
+                {
+                    by_port.entry(local.port()).or_default().push(s.cookie);
+                }
+            }
+            by_port
+        });
+        let on_port = by_port.get(&port)?;
+        let listener = on_port
+            .iter()
+            .filter_map(|cookie| sockets.get(cookie))
+            .find(|s| s.owner.pid == pid)
+            .or_else(|| on_port.iter().find_map(|cookie| sockets.get(cookie)))?;
+        Some((Arc::clone(&listener.owner), listener.stack))
+    }
+
     fn on_state_changed(&mut self, ev: &SockEvent) {
         let new_state = TcpState(ev.new_state as u8);
+        if new_state == TcpState::LISTEN || ev.old_state == u16::from(TcpState::LISTEN.0) {
+            self.listeners_by_port = None;
+        }
         if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
             if let Some(s) = self.sockets.get_mut(&cookie) {
                 s.state_changed(TcpState(ev.old_state as u8), new_state, ev.ts_ns);
@@ -210,8 +307,19 @@ impl SocketTable {
             self.unowned.remove(&ev.skaddr);
             return;
         }
-        let previous = self.unowned.get(&ev.skaddr).and_then(|u| u.addresses);
-        let addresses = match (previous, event_addresses(ev)) {
+        self.remember_unowned(ev.skaddr, ev.cookie, new_state, event_addresses(ev));
+    }
+
+    /// A TCP socket no process is known to own yet, at `struct sock` address `skaddr`.
+    fn remember_unowned(
+        &mut self,
+        skaddr: u64,
+        cookie: u64,
+        state: TcpState,
+        addresses: Option<(SocketAddr, SocketAddr)>,
+    ) {
+        let previous = self.unowned.get(&skaddr).and_then(|u| u.addresses);
+        let addresses = match (previous, addresses) {
             (Some(old), Some(new)) => {
                 let (l, r) = merge_addresses((Some(old.0), Some(old.1)), new);
                 l.zip(r)
@@ -219,12 +327,12 @@ impl SocketTable {
             (old, new) => new.or(old),
         };
         let entry = Unowned {
-            cookie: ev.cookie,
-            state: new_state,
+            cookie,
+            state,
             addresses,
         };
-        if self.unowned.insert(ev.skaddr, entry).is_none() {
-            self.unowned_order.push_back(ev.skaddr);
+        if self.unowned.insert(skaddr, entry).is_none() {
+            self.unowned_order.push_back(skaddr);
             while self.unowned.len() > UNOWNED_CAPACITY {
                 let Some(oldest) = self.unowned_order.pop_front() else {
                     break;

@@ -21,7 +21,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Protocol, SockEvent};
+use sockleak_common::{Protocol, SockEvent, TcpState};
 
 pub use self::{
     churn::Churn,
@@ -89,6 +89,12 @@ pub struct SocketTable {
     /// waiting for `accept()`.
     unowned: KernelKeyed<u64, Unowned>,
     unowned_order: VecDeque<u64>,
+    /// Listening sockets by local port, for connections announced through them: built when
+    /// first needed, dropped whenever a socket starts or stops listening.
+    listeners_by_port: Option<HashMap<u16, Vec<u64>>>,
+    /// Connections announced before the table knew their listener, whose stack it gives them
+    /// once the births and events of a report are in ([`SocketTable::adopt_newborn`]).
+    listener_stack_wanted: Vec<u64>,
     /// Whether the kernel keeps newborn sockets in its own map until a report reads them
     /// ([`SocketTable::adopt_newborn`]): an event about a socket the table does not know may
     /// then be about one of those, and waits in `deferred` for it.
@@ -110,6 +116,8 @@ impl SocketTable {
             cookie_by_skaddr: KernelKeyed::default(),
             unowned: KernelKeyed::default(),
             unowned_order: VecDeque::new(),
+            listeners_by_port: None,
+            listener_stack_wanted: Vec::new(),
             newborn_in_kernel: false,
             deferred: Vec::new(),
             capacity,
@@ -155,6 +163,9 @@ impl SocketTable {
         if socket.skaddr != 0 {
             self.cookie_by_skaddr.insert(socket.skaddr, socket.cookie);
         }
+        if socket.state == TcpState::LISTEN {
+            self.listeners_by_port = None;
+        }
         self.sockets.insert(socket.cookie, socket);
     }
 
@@ -163,6 +174,9 @@ impl SocketTable {
             Some(s) => {
                 if s.skaddr != 0 && self.cookie_by_skaddr.get(&s.skaddr) == Some(&cookie) {
                     self.cookie_by_skaddr.remove(&s.skaddr);
+                }
+                if s.state == TcpState::LISTEN {
+                    self.listeners_by_port = None;
                 }
                 true
             }

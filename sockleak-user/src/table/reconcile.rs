@@ -126,6 +126,8 @@ impl SocketTable {
         processes: &impl Processes,
     ) {
         let number = self.look.number;
+        // The look may have moved sockets into or out of LISTEN.
+        self.listeners_by_port = None;
         // The one walk over every socket: the rest of the look is about the few not listed
         // (yet: sockets born since their batch came, and re-keyed ones, are matched below).
         let unlisted: Vec<u64> = self
@@ -436,8 +438,9 @@ fn fold_listed(
     s.looked.listed_in = look.number;
     s.observe(d, now_ns);
     update_holders(s, holders);
-    // Listed without an inode: the socket lost its file, i.e. it was released.
-    let gone = d.inode == 0 || (s.inode != 0 && s.holders.is_empty());
+    // Listed without an inode: the socket lost its file, i.e. it was released (unless it never
+    // had one: a connection still waiting in its listener's queue).
+    let gone = (d.inode == 0 && !s.awaiting_accept()) || (s.inode != 0 && s.holders.is_empty());
     if count_unheld(s, gone, now_ns) {
         look.ghosts.push((s.cookie, Some(at)));
     }

@@ -87,6 +87,26 @@ pub(crate) fn accepted_without_cookie(skaddr: u64, inode: u64) -> SockEvent {
     e
 }
 
+/// A connection through the listener on local `port` completing its handshake, announced as
+/// the kernel's `LISTENERS` map names its owner (`pid` 0: the kernel did not know it).
+pub(crate) fn handshake(cookie: u64, pid: u32, port: u16) -> SockEvent {
+    let mut e = event(EventKind::Accepted, Hook::TpBtfInetSockSetState);
+    e.cookie = cookie;
+    e.skaddr = 0xffff_0000 + cookie;
+    e.task = if pid == 0 {
+        Task::default()
+    } else {
+        task(pid, "server")
+    };
+    e.old_state = state(TcpState::SYN_RECV);
+    e.new_state = state(TcpState::ESTABLISHED);
+    e.sport = port;
+    e.dport = 40_000;
+    e.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    e.daddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    e
+}
+
 pub(crate) fn released(cookie: u64) -> SockEvent {
     let mut e = event(EventKind::Released, Hook::CgroupSockRelease);
     e.cookie = cookie;

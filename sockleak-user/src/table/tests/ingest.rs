@@ -99,6 +99,87 @@ fn accepted_socket_is_owned_by_the_acceptor_not_the_softirq() {
 }
 
 #[test]
+fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accepted() {
+    let mut t = SocketTable::new(16);
+    let mut listener = created(1, 4242);
+    listener.user_stack_id = 7;
+    t.apply(&listener);
+    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    listen.cookie = 1;
+    listen.new_state = state(TcpState::LISTEN);
+    listen.sport = 8080;
+    listen.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+    t.apply(&listen);
+
+    // The kernel named the owner; the table adds the listener's stack.
+    t.apply(&handshake(2, 4242, 8080));
+    // The kernel did not know the listener: the table does.
+    t.apply(&handshake(3, 0, 8080));
+    // Nobody known listens on this port: left for reports to adopt once held.
+    t.apply(&handshake(4, 0, 9090));
+    assert!(t.get(4).is_none());
+    for cookie in [2, 3] {
+        let s = t.get(cookie).unwrap();
+        assert_eq!(
+            (s.owner.pid, s.origin, s.state),
+            (4242, Origin::Accept, TcpState::ESTABLISHED)
+        );
+        assert_eq!(s.stack.key().map(|k| k.user), Some(7));
+        assert!(s.awaiting_accept(), "no file before accept()");
+    }
+
+    // A look: 2 was accepted (it has an inode now, held by the server); 3 still waits in the
+    // queue, which is not a release however many looks find it so.
+    let mut accepted = diag(2, TcpState::ESTABLISHED, 222);
+    accepted.local = "127.0.0.1:8080".parse().unwrap();
+    let mut waiting = diag(3, TcpState::ESTABLISHED, 0);
+    waiting.local = accepted.local;
+    let holders = Holders::from_pairs(vec![(222, 4242)]);
+    for now in [2_000_000_000, 4_000_000_000, 6_000_000_000] {
+        t.reconcile(
+            &[accepted.clone(), waiting.clone()],
+            &holders,
+            now,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+    }
+    let s = t.get(2).unwrap();
+    assert_eq!((s.inode, &s.holders[..]), (222, &[4242][..]));
+    assert!(!s.awaiting_accept());
+    assert!(t.get(3).is_some_and(|s| s.awaiting_accept()));
+    // Gone from the dump: it died in the queue, and goes like any unheld socket.
+    for now in [8_000_000_000, 10_000_000_000] {
+        t.reconcile(
+            &[accepted.clone()],
+            &holders,
+            now,
+            &Filter::default(),
+            &nobody_holds(),
+        );
+    }
+    assert!(t.get(3).is_none());
+}
+
+#[test]
+fn a_connection_born_before_its_listener_in_the_same_report_still_gets_its_stack() {
+    let mut t = SocketTable::new(16);
+    t.expect_newborn_in_kernel();
+    // The listener's LISTEN comes through the ring while its birth waits in the kernel's map.
+    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    listen.cookie = 1;
+    listen.new_state = state(TcpState::LISTEN);
+    listen.sport = 8080;
+    t.apply(&listen);
+    let mut listener = created(1, 4242);
+    listener.user_stack_id = 7;
+    t.adopt_newborn(&[handshake(2, 4242, 8080), listener]);
+    let s = t.get(2).unwrap();
+    assert_eq!(s.owner.pid, 4242);
+    assert_eq!(s.stack.key().map(|k| k.user), Some(7));
+}
+
+#[test]
 fn an_accept_without_a_cookie_is_keyed_by_the_cookie_sock_diag_names_for_its_inode() {
     // The classic-tracepoint fallback (5.10): the accept's fd walk finds no cookie yet.
     let mut t = SocketTable::new(16);
