@@ -58,6 +58,13 @@ pub static LAST_REFUSED: PerCpuArray<Refused, 1> = PerCpuArray::new();
 #[btf_map]
 pub static LIBUV_PROBED: Array<u32, 1> = Array::new();
 
+/// Non-zero once userspace attached the state program where it takes the creation stacks of
+/// TCP sockets (at connect()'s SYN_SENT and listen()'s LISTEN, in process context) and no
+/// `socket()` exit is attached: `sock_create` then leaves those stacks pending for it, and
+/// takes no budget for sockets that will never have one (UDP).
+#[btf_map]
+pub static STACKS_AT_STATE: Array<u32, 1> = Array::new();
+
 /// The thread whose `socket()` call `sock_create` chose for a stack on this CPU (0 for none):
 /// `sys_exit_socket` of that thread takes it. `sock_create` writes it for every socket, so
 /// nothing stale outlives the next one; a thread that migrated between the two (rare: the

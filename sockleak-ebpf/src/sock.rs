@@ -11,7 +11,9 @@ use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
-    maps::{LIBUV_PROBED, STACK_PENDING_TID, announce, config, forget_newborn, send},
+    maps::{
+        LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, forget_newborn, send,
+    },
     stacks::stack_allowed,
     task::current_task,
 };
@@ -45,12 +47,17 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 // With the inode named here, the exit of `socket()` only matters for the
                 // stack: it is decided here, and that exit sends nothing otherwise. A socket
                 // opened for a libuv handle has the handle's stack, which says more.
-                if cfg.capture_stacks != 0
-                    && ev.handle_stack_id == NO_STACK
-                    && stack_allowed(ev, task.pid, cfg.stack_rate)
-                {
-                    ev.user_stack_id = STACK_PENDING;
-                    stack_pending = true;
+                if cfg.capture_stacks != 0 && ev.handle_stack_id == NO_STACK {
+                    if STACKS_AT_STATE.get(0).is_some_and(|&on| on != 0) {
+                        // No `socket()` exit: the state program takes a TCP socket's stack
+                        // at connect() or listen(), within the budget then.
+                        if sock.protocol == TCP {
+                            ev.user_stack_id = STACK_PENDING;
+                        }
+                    } else if stack_allowed(ev, task.pid, cfg.stack_rate) {
+                        ev.user_stack_id = STACK_PENDING;
+                        stack_pending = true;
+                    }
                 }
             }
         };

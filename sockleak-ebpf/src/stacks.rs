@@ -1,4 +1,5 @@
-//! Creation stacks: the owner's user stack where a socket is created or accepted, at most
+//! Creation stacks: the owner's user stack where a socket is created, connected or made to
+//! listen (or, on older kernels, accepted), at most
 //! `Config::stack_rate` per process and second (the walk is the largest part of what a
 //! socket costs in the kernel, and a sample shows a leaking code path as well as all of them).
 use aya_ebpf::{
@@ -7,11 +8,18 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
-    programs::{TracePointContext, tracing::StackIdContext},
+    programs::{BtfTracePointContext, tracing::StackIdContext},
 };
-use sockleak_common::{Config, STACK_NOT_SAMPLED, SockEvent, Stat};
+use sockleak_common::{Config, EventKind, Hook, STACK_NOT_SAMPLED, STACK_PENDING, SockEvent, Stat};
 
-use crate::maps::{LAST_REFUSED, STACK_BUDGET, STACKS, StackWindow, count};
+use crate::{
+    filter::admits_task,
+    maps::{
+        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, config, count,
+        newborn_slot, send,
+    },
+    task::current_task,
+};
 
 const EEXIST: i32 = 17;
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -71,10 +79,45 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
     }
 }
 
-/// The creating task's user stack, at the syscall that gave it the socket. Only
-/// here: this is process context, and `current` is the owner.
+/// The stack of TCP socket `cookie`, which the state program is connecting (SYN_SENT) or
+/// making listen (LISTEN) in the process that called connect() or listen(): the one place
+/// after `socket()` where a TCP socket's owner runs with it in hand and a tracing program
+/// runs anyway. Into its `NEWBORN` slot while it waits there with its stack pending;
+/// otherwise (userspace already read it, or it came through the ring) through the ring, for
+/// a socket of a process the filters follow.
 #[inline(always)]
-pub fn capture_stacks(ctx: &TracePointContext, cfg: &Config, ev: &mut SockEvent) {
+pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
+    let cfg = config();
+    if cfg.capture_stacks == 0 || !STACKS_AT_STATE.get(0).is_some_and(|&on| on != 0) {
+        return;
+    }
+    if let Some(slot) = newborn_slot(cookie) {
+        // SAFETY: a map value, valid for the program's run.
+        let created = unsafe { &mut *slot };
+        if created.user_stack_id == STACK_PENDING
+            && stack_allowed(created, created.task.pid, cfg.stack_rate)
+        {
+            capture_stacks(ctx, cfg, created);
+        }
+        return;
+    }
+    let task = current_task();
+    if !admits_task(&task) {
+        return;
+    }
+    send(EventKind::FdInstalled, Hook::TpBtfInetSockSetState, |ev| {
+        ev.task = task;
+        ev.cookie = cookie;
+        if stack_allowed(ev, task.pid, cfg.stack_rate) {
+            capture_stacks(ctx, cfg, ev);
+        }
+    });
+}
+
+/// The creating task's user stack, at the syscall that gave it the socket (or connected it,
+/// or made it listen). Only there: that is process context, and `current` is the owner.
+#[inline(always)]
+pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEvent) {
     ev.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
     if cfg.have_task_pt_regs != 0 {
         // SAFETY: helpers on the current task; a fault only makes the read fail.

@@ -1,7 +1,7 @@
 //! TCP state changes (`inet_sock_set_state`): typed as `tp_btf` where the kernel allows it,
 //! which gives the socket's cookie; the classic tracepoint otherwise, joined by the `struct
-//! sock` address. Any context (often a softirq): no task is read here, except at LISTEN,
-//! which only `listen()` reaches (`listeners`).
+//! sock` address. Any context (often a softirq): no task is read here, except at SYN_SENT and
+//! LISTEN, which only `connect()` and `listen()` reach (stacks, `listeners`).
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie},
@@ -13,6 +13,7 @@ use sockleak_common::{EventKind, Family, Hook, SockEvent, TcpState};
 use crate::{
     listeners,
     maps::{config, send},
+    stacks::take_pending_stack,
 };
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
@@ -32,8 +33,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
             listeners::connected(sk as u64, cookie, old_state, new_state);
         }
     }
-    if new_state == TCP_LISTEN {
-        listeners::listening(sk as u64, unsafe { bpf_get_socket_cookie(sk) });
+    if new_state == TCP_SYN_SENT {
+        take_pending_stack(&ctx, unsafe { bpf_get_socket_cookie(sk) });
+    } else if new_state == TCP_LISTEN {
+        let cookie = unsafe { bpf_get_socket_cookie(sk) };
+        take_pending_stack(&ctx, cookie);
+        listeners::listening(sk as u64, cookie);
     } else if old_state == TCP_LISTEN && new_state == TCP_CLOSE {
         // Only to CLOSE: a child is cloned from its listener, state, port, namespace and (up
         // to 6.12 at least) cookie included, and leaves LISTEN for SYN_RECV.
@@ -55,6 +60,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
 
 const TCP_SYN_RECV: i32 = TcpState::SYN_RECV.0 as i32;
 const TCP_ESTABLISHED: i32 = TcpState::ESTABLISHED.0 as i32;
+const TCP_SYN_SENT: i32 = TcpState::SYN_SENT.0 as i32;
 const TCP_CLOSE: i32 = TcpState::CLOSE.0 as i32;
 const TCP_LISTEN: i32 = TcpState::LISTEN.0 as i32;
 const AF_INET6: u16 = Family::Ipv6.af();

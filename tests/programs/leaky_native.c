@@ -28,8 +28,8 @@ static NOINLINE int start_server(struct sockaddr_in *addr) {
 
 static NOINLINE void open_and_forget_connections(const struct sockaddr_in *server, int n) {
     for (int i = 0; i < n; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0); /* LEAK SITE */
-        if (fd < 0 || connect(fd, (const struct sockaddr *)server, sizeof *server)) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (fd < 0 || connect(fd, (const struct sockaddr *)server, sizeof *server)) { /* LEAK SITE */
             perror("open_and_forget_connections");
             exit(1);
         }

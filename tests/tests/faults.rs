@@ -320,15 +320,15 @@ fn a_missing_tracefs_is_mounted_by_sockleak() {
     }
     let (mut child, mut out) = start_json_keep_started(&["--interval", "10s"]);
     assert_eq!(tracefs_mounts(), 1, "sockleak mounted tracefs");
+    // Where tp_btf serves, no hook attaches through tracefs (the classic tracepoints that
+    // would are the fallback, tested on 5.10): started, with nothing to warn about tracefs.
     let Line::Started(started) = serde_json::from_str(&std::mem::take(&mut out.1)).unwrap() else {
         panic!("no started line first");
     };
-    let hooks = &started.hooks;
     assert!(
-        hooks
-            .iter()
-            .any(|h| h == "tracepoint/syscalls/sys_exit_socket"),
-        "{hooks:?}"
+        started.warnings.iter().all(|w| !w.contains("tracefs")),
+        "{:?}",
+        started.warnings
     );
     child.kill().unwrap();
     child.wait().unwrap();

@@ -1,6 +1,6 @@
-//! Creation stacks: captured in the kernel at socket() (an accepted socket has its listener's),
-//! symbolized in userspace, and the key of a report's groups (root required; real programs,
-//! real sockets).
+//! Creation stacks: captured in the kernel where a TCP socket connects or listens (an accepted
+//! socket has its listener's), symbolized in userspace, and the key of a report's groups (root
+//! required; real programs, real sockets).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -74,8 +74,9 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
         .find(|g| g.count == 7)
         .unwrap_or_else(|| panic!("no group of the 7 leaked connections: {leak:#?}"));
     let leak_frames = frames(leak_group);
-    // The direct caller of socket(), which a frame-pointer walk alone would skip (glibc's
-    // wrapper keeps no frame), at the line of the call.
+    // The direct caller of connect(), where a TCP socket's stack is taken, which a
+    // frame-pointer walk alone would skip (glibc's wrapper keeps no frame), at the line of the
+    // call.
     let site = format!(
         "open_and_forget_connections (leaky_native.c:{})",
         line_of("leaky_native.c", "LEAK SITE")
@@ -91,8 +92,8 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
         "{leak_frames:#?}"
     );
     assert!(
-        leak_frames[0].contains("socket"),
-        "innermost is the C library's socket() wrapper (no kernel frames): {leak_frames:#?}"
+        leak_frames[0].contains("connect"),
+        "innermost is the C library's connect() wrapper (no kernel frames): {leak_frames:#?}"
     );
     let listener_group = leak.iter().find(|g| g.count == 1).unwrap();
     let listener_frames = frames(listener_group);
@@ -120,7 +121,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
             && leak_line.ends_with(" 7"),
         "{leak_line}"
     );
-    // Root first: main before the function it called, which is before socket() itself.
+    // Root first: main before the function it called, which is before connect() itself.
     let at = |name: &str| {
         leak_line
             .find(name)

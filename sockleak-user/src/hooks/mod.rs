@@ -236,15 +236,25 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         }
     }
 
+    // Where the state program announces connections and takes TCP sockets' stacks (at
+    // connect() and listen()), no syscall tracepoint is attached: attaching any sends every
+    // system call of every process through the kernel's traced path.
+    let syscall_exits: &[&str] = if owners_of_listeners && config.socket_inode != 0 {
+        let flag = ebpf
+            .map_mut("STACKS_AT_STATE")
+            .context("STACKS_AT_STATE map missing")?;
+        aya::maps::Array::<_, u32>::try_from(flag)?.set(0, &1, 0)?;
+        &[]
+    } else if owners_of_listeners {
+        // The older layout: the exit of `socket()` names a created socket's inode.
+        &["sys_exit_socket"]
+    } else {
+        &["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"]
+    };
     // fd installs: stacks of created sockets (and their inodes where sock_create cannot name
     // them); owners of accepted ones where the state program cannot announce them.
     if config.have_offsets != 0 {
-        let accept_exits = if owners_of_listeners {
-            &[][..]
-        } else {
-            &["sys_exit_accept", "sys_exit_accept4"][..]
-        };
-        for &syscall in std::iter::once(&"sys_exit_socket").chain(accept_exits) {
+        for &syscall in syscall_exits {
             let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
             let attached = program
                 .load()

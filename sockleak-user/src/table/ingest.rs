@@ -148,7 +148,10 @@ impl SocketTable {
         }
         if let Some(cookie) = known {
             if let Some(s) = self.sockets.get_mut(&cookie) {
-                s.inode = ev.inode;
+                if ev.inode != 0 {
+                    // (A stack taken at connect() or listen() comes without one.)
+                    s.inode = ev.inode;
+                }
                 if s.stack == CreationStack::Unknown {
                     s.stack = CreationStack::of(ev);
                 }
