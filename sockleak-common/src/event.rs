@@ -27,8 +27,10 @@ pub enum EventKind {
     /// with its owner, inode and `struct sock` address.
     Created = 1,
     /// `accept()` or `accept4()` returned a new fd for a socket (syscall exit, process
-    /// context): the only owner information an accepted socket has. From `socket()` only when
-    /// its creation event said [`STACK_PENDING`]: this event carries the stack.
+    /// context; where connections are not announced as [`EventKind::Accepted`]). Otherwise
+    /// the stack of a socket whose creation event said [`STACK_PENDING`] and that is no longer
+    /// in `NEWBORN`: from the exit of its `socket()` call, or from the state program where it
+    /// connects or listens.
     FdInstalled = 2,
     /// The TCP state changed (`inet_sock_set_state`, any context: no task).
     StateChanged = 3,
@@ -116,10 +118,10 @@ pub struct SockEvent {
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Id in the `STACKS` map of the creating task's user stack. Negative when there is none:
-    /// [`NO_STACK`] (this hook takes none), [`STACK_NOT_SAMPLED`], [`STACK_PENDING`] (a
-    /// `socket()` whose stack follows in an [`EventKind::FdInstalled`] event), or the errno of a
-    /// failed walk. No kernel stack: at syscall exit it is the same three entry frames for every
-    /// socket, and taking it would cost as much again as the user stack.
+    /// [`NO_STACK`] (this hook takes none), [`STACK_NOT_SAMPLED`], [`STACK_PENDING`] (taken
+    /// later, see there), or the errno of a failed walk. No kernel stack: in a system call it
+    /// is the same few entry frames for every socket, and taking it would cost as much again
+    /// as the user stack.
     pub user_stack_id: i32,
     /// Id in `STACKS` of the stack that made the libuv handle this socket was opened for
     /// ([`EventKind::Created`]): libuv opens a handle's socket a tick after the program's code
@@ -142,8 +144,10 @@ pub const NO_STACK: i32 = i32::MIN;
 /// used its [`crate::Config::stack_rate`] stacks of the current second.
 pub const STACK_NOT_SAMPLED: i32 = i32::MIN + 1;
 
-/// `user_stack_id` of a [`EventKind::Created`] event whose stack is taken at the exit of its
-/// `socket()` call and follows in an [`EventKind::FdInstalled`] event.
+/// `user_stack_id` of a [`EventKind::Created`] event whose stack is taken later: where the
+/// TCP socket connects or listens (the state program, in that process), or at the exit of its
+/// `socket()` call where that is attached. Written into the socket's `NEWBORN` slot while it
+/// is there, else in an [`EventKind::FdInstalled`] event.
 pub const STACK_PENDING: i32 = i32::MIN + 2;
 
 impl SockEvent {

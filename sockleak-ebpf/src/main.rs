@@ -4,16 +4,17 @@
 //! The programs, one file per hook family. Each fills a `SockEvent`: a socket's birth (creation
 //! or accept) goes into its slot of the `NEWBORN` array until userspace reads it or the socket's
 //! release frees it (`maps::announce`), everything else into the ring (`maps::send`). No other
-//! per-socket state (the stack budget is per process, the pending stack per CPU).
+//! per-socket state (the stack budget is per process, the pending stack per CPU, an owner per
+//! listening socket in `LISTENERS`, bounded).
 //!
 //! | file           | program                  | attach point                        | context  | tells |
 //! |----------------|--------------------------|-------------------------------------|----------|-------|
-//! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; picks `socket()` stacks |
+//! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; marks its stack pending |
 //! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone (nothing if still in `NEWBORN`) |
-//! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); connections through a listener, as its owner's (`listeners.rs`) |
+//! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); connections through a listener, as its owner's (`listeners.rs`); TCP stacks at SYN_SENT and LISTEN, which only connect() and listen() reach (`stacks.rs`) |
 //! | `state.rs`     | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state | any      | TCP state, no cookie (fallback) |
 //! | `fd_install.rs`| `sys_exit_accept`, `sys_exit_accept4` | syscalls tracepoints   | process  | fd, inode, owner of accepted sockets, their stacks: only where the state program cannot announce them |
-//! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked |
+//! | `fd_install.rs`| `sys_exit_socket`        | tracepoint syscalls/sys_exit_socket | process  | the stack `sock_create` picked: only where the state program cannot take it |
 //! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
 //! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle, and its JavaScript frames (`v8.rs`) |
 //! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |

@@ -104,7 +104,7 @@ pub struct TopArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Selection")]
 pub struct SelectArgs {
-    /// Only sockets created or accepted by this process (repeatable, at most 16).
+    /// Only sockets created by this process, or connections through its listeners (repeatable, at most 16).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// Only sockets of processes with this name (`comm`, repeatable, at most 8).

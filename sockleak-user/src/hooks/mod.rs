@@ -5,8 +5,9 @@
 //! Optional: connections through a listener announced by the tp_btf state program at the end
 //! of their handshake, as the listener's owner's (needs BTF offsets), else by the fd walk at
 //! `accept()`'s exit, without either of which accepted sockets are attributed by the periodic
-//! /proc scan instead; the `socket()` exit, for creation stacks; the `socket_fds` iterator
-//! (BTF, 5.8+), without which reports read socket holders from /proc.
+//! /proc scan instead; creation stacks, taken by the same state program at `connect()` and
+//! `listen()`, else at the `socket()` exit; the `socket_fds` iterator (BTF, 5.8+), without
+//! which reports read socket holders from /proc.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
 mod btf;
 pub mod libuv;

@@ -262,9 +262,10 @@ impl SocketTable {
         });
     }
 
-    /// The owner and stack of the listener on local `port` the table knows, preferring one of
-    /// process `pid`'s. The index of listeners by port is built when first needed and dropped
-    /// whenever a socket starts or stops listening.
+    /// The owner and stack of the listener on local `port` the table knows: process `pid`'s,
+    /// or, for 0 (an owner the kernel did not know), the only one on that port (ports are per
+    /// network namespace, which the table does not know). The index of listeners by port is
+    /// built when first needed and dropped whenever a socket starts or stops listening.
     fn listener_of(&mut self, port: u16, pid: u32) -> Option<(Arc<Owner>, CreationStack)> {
         let sockets = &self.sockets;
         let by_port = self.listeners_by_port.get_or_insert_with(|| {
@@ -278,12 +279,15 @@ impl SocketTable {
             }
             by_port
         });
-        let on_port = by_port.get(&port)?;
-        let listener = on_port
+        let mut listeners = by_port
+            .get(&port)?
             .iter()
             .filter_map(|cookie| sockets.get(cookie))
-            .find(|s| s.owner.pid == pid)
-            .or_else(|| on_port.iter().find_map(|cookie| sockets.get(cookie)))?;
+            .filter(|s| pid == 0 || s.owner.pid == pid);
+        let listener = listeners.next()?;
+        if pid == 0 && listeners.next().is_some() {
+            return None;
+        }
         Some((Arc::clone(&listener.owner), listener.stack))
     }
 

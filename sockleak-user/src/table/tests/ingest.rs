@@ -162,6 +162,31 @@ fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accept
 }
 
 #[test]
+fn a_listener_on_the_same_port_elsewhere_lends_neither_owner_nor_stack() {
+    // Two processes listen on port 8080, each in its own network namespace.
+    let mut t = SocketTable::new(16);
+    for (cookie, pid, stack) in [(1, 100, 7), (2, 200, 8)] {
+        let mut listener = created(cookie, pid);
+        listener.user_stack_id = stack;
+        t.apply(&listener);
+        let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+        listen.cookie = cookie;
+        listen.new_state = state(TcpState::LISTEN);
+        listen.sport = 8080;
+        t.apply(&listen);
+    }
+    // The kernel named process 300, whose listener the table does not know: no one's stack.
+    t.apply(&handshake(3, 300, 8080));
+    let s = t.get(3).unwrap();
+    assert_eq!((s.owner.pid, s.stack), (300, CreationStack::Unknown));
+    // The kernel named no one: which of the two is not the table's to guess.
+    t.apply(&handshake(4, 0, 8080));
+    assert!(t.get(4).is_none());
+    t.apply(&handshake(5, 200, 8080));
+    assert_eq!(t.get(5).unwrap().stack.key().map(|k| k.user), Some(8));
+}
+
+#[test]
 fn a_connection_born_before_its_listener_in_the_same_report_still_gets_its_stack() {
     let mut t = SocketTable::new(16);
     t.expect_newborn_in_kernel();
