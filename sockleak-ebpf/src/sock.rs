@@ -44,13 +44,14 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             }
             if cfg.socket_inode != 0 {
                 ev.inode = inode_of_sock(cfg, sk).unwrap_or(0);
-                // With the inode named here, the exit of `socket()` only matters for the
-                // stack: it is decided here, and that exit sends nothing otherwise. A socket
-                // opened for a libuv handle has the handle's stack, which says more.
+                // With the inode named here, only the stack is left to take: at the exit of
+                // `socket()`, chosen here within the budget (that exit sends nothing
+                // otherwise), or where the state program sees a TCP socket connect or listen.
+                // A socket opened for a libuv handle has the handle's stack, which says more.
                 if cfg.capture_stacks != 0 && ev.handle_stack_id == NO_STACK {
                     if STACKS_AT_STATE.get(0).is_some_and(|&on| on != 0) {
-                        // No `socket()` exit: the state program takes a TCP socket's stack
-                        // at connect() or listen(), within the budget then.
+                        // No `socket()` exit: the state program takes the stack, within the
+                        // budget then. A UDP socket has no such moment.
                         if sock.protocol == TCP {
                             ev.user_stack_id = STACK_PENDING;
                         }

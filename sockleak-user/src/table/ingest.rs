@@ -189,23 +189,9 @@ impl SocketTable {
         let addresses = unowned.and_then(|u| u.addresses);
         let owner = self.owners.of_task(&ev.task);
         self.insert(Socket {
-            cookie,
-            origin: Origin::Accept,
-            owner,
-            family,
-            protocol: Protocol::Tcp,
-            created_ns: ev.ts_ns,
-            state,
-            skaddr: ev.skaddr,
             inode: ev.inode,
-            local: addresses.map(|a| a.0),
-            remote: addresses.map(|a| a.1),
-            rx_queue: 0,
-            tx_queue: 0,
-            holders: HolderPids::default(),
             stack: CreationStack::of(ev),
-            looked: Looked::default(),
-            evidence: Evidence::new(ev.ts_ns, state, true),
+            ..accepted_socket(ev, cookie, owner, family, state, addresses)
         });
     }
 
@@ -242,23 +228,8 @@ impl SocketTable {
         };
         self.stats.accepted += 1;
         self.insert(Socket {
-            cookie: ev.cookie,
-            origin: Origin::Accept,
-            owner,
-            family,
-            protocol: Protocol::Tcp,
-            created_ns: ev.ts_ns,
-            state,
-            skaddr: ev.skaddr,
-            inode: 0,
-            local: addresses.map(|a| a.0),
-            remote: addresses.map(|a| a.1),
-            rx_queue: 0,
-            tx_queue: 0,
-            holders: HolderPids::default(),
             stack,
-            looked: Looked::default(),
-            evidence: Evidence::new(ev.ts_ns, state, true),
+            ..accepted_socket(ev, ev.cookie, owner, family, state, addresses)
         });
     }
 
@@ -400,6 +371,37 @@ fn merge_addresses(
         _ => Some(new),
     };
     (pick(known.0, new.0), pick(known.1, new.1))
+}
+
+/// A connection accepted through a listener, as the table first keeps it: no file (inode 0)
+/// and no stack yet, which its caller gives where it knows them.
+fn accepted_socket(
+    ev: &SockEvent,
+    cookie: u64,
+    owner: Arc<Owner>,
+    family: Family,
+    state: TcpState,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+) -> Socket {
+    Socket {
+        cookie,
+        origin: Origin::Accept,
+        owner,
+        family,
+        protocol: Protocol::Tcp,
+        created_ns: ev.ts_ns,
+        state,
+        skaddr: ev.skaddr,
+        inode: 0,
+        local: addresses.map(|a| a.0),
+        remote: addresses.map(|a| a.1),
+        rx_queue: 0,
+        tx_queue: 0,
+        holders: HolderPids::default(),
+        stack: CreationStack::Unknown,
+        looked: Looked::default(),
+        evidence: Evidence::new(ev.ts_ns, state, true),
+    }
 }
 
 /// Local and remote address carried by a state-change event, if the kernel side read them.
