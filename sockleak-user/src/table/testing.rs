@@ -87,6 +87,16 @@ pub(crate) fn accepted_without_cookie(skaddr: u64, inode: u64) -> SockEvent {
     e
 }
 
+/// A socket starting to listen on local `port` (0: the event read no address).
+pub(crate) fn listening(cookie: u64, port: u16) -> SockEvent {
+    let mut e = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
+    e.cookie = cookie;
+    e.old_state = state(TcpState::CLOSE);
+    e.new_state = state(TcpState::LISTEN);
+    e.sport = port;
+    e
+}
+
 /// A connection through the listener on local `port` completing its handshake, announced as
 /// the kernel's `LISTENERS` map names its owner (`pid` 0: the kernel did not know it).
 pub(crate) fn handshake(cookie: u64, pid: u32, port: u16) -> SockEvent {

@@ -104,10 +104,7 @@ fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accept
     let mut listener = created(1, 4242);
     listener.user_stack_id = 7;
     t.apply(&listener);
-    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
-    listen.cookie = 1;
-    listen.new_state = state(TcpState::LISTEN);
-    listen.sport = 8080;
+    let mut listen = listening(1, 8080);
     listen.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
     t.apply(&listen);
 
@@ -169,11 +166,7 @@ fn a_listener_on_the_same_port_elsewhere_lends_neither_owner_nor_stack() {
         let mut listener = created(cookie, pid);
         listener.user_stack_id = stack;
         t.apply(&listener);
-        let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
-        listen.cookie = cookie;
-        listen.new_state = state(TcpState::LISTEN);
-        listen.sport = 8080;
-        t.apply(&listen);
+        t.apply(&listening(cookie, 8080));
     }
     // The kernel named process 300, whose listener the table does not know: no one's stack.
     t.apply(&handshake(3, 300, 8080));
@@ -191,11 +184,7 @@ fn a_connection_born_before_its_listener_in_the_same_report_still_gets_its_stack
     let mut t = SocketTable::new(16);
     t.expect_newborn_in_kernel();
     // The listener's LISTEN comes through the ring while its birth waits in the kernel's map.
-    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
-    listen.cookie = 1;
-    listen.new_state = state(TcpState::LISTEN);
-    listen.sport = 8080;
-    t.apply(&listen);
+    t.apply(&listening(1, 8080));
     let mut listener = created(1, 4242);
     listener.user_stack_id = 7;
     t.adopt_newborn(&[handshake(2, 4242, 8080), listener]);
@@ -338,10 +327,7 @@ fn releases_the_kernel_logged_count_as_churn_of_their_creator() {
 fn an_event_about_a_socket_still_in_the_kernels_map_waits_for_it() {
     let mut t = SocketTable::new(8);
     t.expect_newborn_in_kernel();
-    let mut listen = event(EventKind::StateChanged, Hook::TpBtfInetSockSetState);
-    listen.cookie = 9;
-    listen.old_state = state(TcpState::CLOSE);
-    listen.new_state = state(TcpState::LISTEN);
+    let listen = listening(9, 0);
     t.apply(&listen);
     assert!(t.is_empty());
     // The report reads the kernel's map: the listener arrives, then what waited for it.
