@@ -18,7 +18,7 @@ use sockleak_common::Stat;
 use crate::{
     filter::admits_task,
     maps::{HANDLE_STACKS, HandleKey, HandleStacks, OPENING_HANDLE, config, count},
-    stacks::{stack_id, within_stack_budget},
+    stacks::{recently_refused, stack_id, within_stack_budget},
     task::current_task,
     v8::js_stack,
 };
@@ -34,13 +34,20 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     let Some(handle) = ctx.arg::<u64>(1) else {
         return 0;
     };
+    // Within the process's budget, as a socket's own stack would be. A server's every accepted
+    // connection makes a handle: once the budget is spent, the refusal is known from the pid
+    // alone, before the task's other details are read.
+    // SAFETY: the helper has no preconditions.
+    let now_ns = unsafe { bpf_ktime_get_ns() };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if cfg.stack_rate != 0 && recently_refused(pid, now_ns) {
+        count(Stat::StacksNotSampled);
+        return 0;
+    }
     let task = current_task();
     if !admits_task(&task) {
         return 0;
     }
-    // Within the process's budget, as a socket's own stack would be.
-    // SAFETY: the helper has no preconditions.
-    let now_ns = unsafe { bpf_ktime_get_ns() };
     if !within_stack_budget(task.pid, cfg.stack_rate, now_ns) {
         count(Stat::StacksNotSampled);
         return 0;

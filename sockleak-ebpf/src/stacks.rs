@@ -44,13 +44,10 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
     if rate == 0 {
         return true;
     }
-    let refused = LAST_REFUSED.get_ptr_mut(0);
-    if let Some(refused) = refused {
-        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
-        if unsafe { (*refused).pid == pid && now_ns < (*refused).until_ns } {
-            return false;
-        }
+    if recently_refused(pid, now_ns) {
+        return false;
     }
+    let refused = LAST_REFUSED.get_ptr_mut(0);
     match STACK_BUDGET.get_ptr_mut(&pid) {
         // SAFETY: this process's map value, valid for the program's run.
         Some(window) => unsafe {
@@ -77,6 +74,16 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
             true
         }
     }
+}
+
+/// Whether this CPU's last refusal was to process `pid`, in a window still running: no stack
+/// for it then, and nothing else need be read to know it.
+#[inline(always)]
+pub fn recently_refused(pid: u32, now_ns: u64) -> bool {
+    LAST_REFUSED.get_ptr_mut(0).is_some_and(|refused| {
+        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        unsafe { (*refused).pid == pid && now_ns < (*refused).until_ns }
+    })
 }
 
 /// The stack of TCP socket `cookie`, which the state program is connecting (SYN_SENT) or
