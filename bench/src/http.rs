@@ -1,6 +1,7 @@
 //! A Node.js HTTP service under `wrk`, one request per connection (`Connection: close`), the
 //! service started before the tracers as in production: requests per second untraced, under
-//! sockleak (its libuv uprobes on the service's node) and under tcplife, interleaved round by
+//! sockleak (its libuv uprobes on the service's node), under sockleak without creation stacks
+//! (what the stacks cost there: no uprobes, no walks) and under tcplife, interleaved round by
 //! round, each round's rate divided by the untraced rate of the same round.
 use std::{
     io::{BufRead, BufReader},
@@ -27,7 +28,12 @@ pub struct HttpRow {
 }
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs/http_server.js");
-const TRACERS: [TracerKind; 3] = [TracerKind::None, TracerKind::Sockleak, TracerKind::Tcplife];
+const TRACERS: [TracerKind; 4] = [
+    TracerKind::None,
+    TracerKind::Sockleak,
+    TracerKind::SockleakNoStacks,
+    TracerKind::Tcplife,
+];
 
 /// The service, killed however the measurement ends.
 struct Service(Child);
