@@ -65,6 +65,12 @@ pub static LIBUV_PROBED: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static STACKS_AT_STATE: Array<u32, 1> = Array::new();
 
+/// Whether userspace set a one-slot flag map (`LIBUV_PROBED`, `STACKS_AT_STATE`).
+#[inline(always)]
+pub fn flag_set(flag: &Array<u32, 1>) -> bool {
+    flag.get(0).is_some_and(|&set| set != 0)
+}
+
 /// The thread whose `socket()` call `sock_create` chose for a stack on this CPU (0 for none):
 /// `sys_exit_socket` of that thread takes it. `sock_create` writes it for every socket, so
 /// nothing stale outlives the next one; a thread that migrated between the two (rare: the

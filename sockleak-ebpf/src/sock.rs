@@ -12,7 +12,8 @@ use crate::{
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
     maps::{
-        LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, forget_newborn, send,
+        LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, flag_set,
+        forget_newborn, send,
     },
     stacks::stack_allowed,
     task::current_task,
@@ -37,7 +38,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             ev.task = task;
             sock.fill(ev);
             ev.skaddr = sk;
-            if cfg.libuv_handles != 0 && LIBUV_PROBED.get(0).is_some_and(|&probed| probed != 0) {
+            if cfg.libuv_handles != 0 && flag_set(&LIBUV_PROBED) {
                 let made = handle_stacks(task.pid, task.tid);
                 ev.handle_stack_id = made.native;
                 ev.js_stack_id = made.js;
@@ -49,7 +50,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 // otherwise), or where the state program sees a TCP socket connect or listen.
                 // A socket opened for a libuv handle has the handle's stack, which says more.
                 if cfg.capture_stacks != 0 && ev.handle_stack_id == NO_STACK {
-                    if STACKS_AT_STATE.get(0).is_some_and(|&on| on != 0) {
+                    if flag_set(&STACKS_AT_STATE) {
                         // No `socket()` exit: the state program takes the stack, within the
                         // budget then. A UDP socket has no such moment.
                         if sock.protocol == TCP {

@@ -15,7 +15,7 @@ use sockleak_common::{Config, EventKind, Hook, STACK_NOT_SAMPLED, STACK_PENDING,
 use crate::{
     filter::admits_task,
     maps::{
-        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, config, count,
+        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, config, count, flag_set,
         newborn_slot, send,
     },
     task::current_task,
@@ -95,7 +95,7 @@ pub fn recently_refused(pid: u32, now_ns: u64) -> bool {
 #[inline(always)]
 pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
     let cfg = config();
-    if cfg.capture_stacks == 0 || !STACKS_AT_STATE.get(0).is_some_and(|&on| on != 0) {
+    if cfg.capture_stacks == 0 || !flag_set(&STACKS_AT_STATE) {
         return;
     }
     if let Some(slot) = newborn_slot(cookie) {
