@@ -3,6 +3,14 @@
 /// Length of `task_struct.comm`, including the NUL.
 pub const COMM_LEN: usize = 16;
 
+/// `name` as the kernel keeps a task's: its first `COMM_LEN - 1` bytes, NUL-padded.
+pub fn comm_bytes(name: &str) -> [u8; COMM_LEN] {
+    let mut comm = [0; COMM_LEN];
+    let kept = &name.as_bytes()[..name.len().min(COMM_LEN - 1)];
+    comm[..kept.len()].copy_from_slice(kept);
+    comm
+}
+
 /// The task that created, accepted or released a socket. Only filled in process context: in a
 /// softirq, `current` is whoever happened to be running, not the owner.
 #[repr(C)]

@@ -11,8 +11,8 @@ use std::{os::unix::fs::MetadataExt, path::Path};
 
 use anyhow::{Context, Result, bail};
 use sockleak_common::{
-    COMM_LEN, FILTER_CGROUPS, FILTER_COMMS, FILTER_PIDS, Family, KernelFilter, Protocol,
-    SocketState,
+    FILTER_CGROUPS, FILTER_COMMS, FILTER_PIDS, Family, KernelFilter, Protocol, SocketState,
+    comm_bytes,
 };
 
 use crate::cgroups::is_within;
@@ -61,9 +61,8 @@ impl Filter {
         };
         kernel.pids[..self.pids.len()].copy_from_slice(&self.pids);
         for (slot, comm) in kernel.comms.iter_mut().zip(&self.comms) {
-            // NUL-padded like task->comm; the CLI refuses names the kernel would have cut.
-            let bytes = &comm.as_bytes()[..comm.len().min(COMM_LEN - 1)];
-            slot[..bytes.len()].copy_from_slice(bytes);
+            // The CLI refuses names the kernel would have cut.
+            *slot = comm_bytes(comm);
         }
         for (i, path) in self.cgroups.iter().enumerate() {
             let relative = path.trim_start_matches('/');

@@ -8,9 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use aya_log::EbpfLogger;
-use sockleak_common::{
-    COMM_LEN, ListenerKey, ListenerOwner, Protocol, SockEvent, Stat, Task, TcpState,
-};
+use sockleak_common::{ListenerKey, ListenerOwner, Protocol, SockEvent, Stat, TcpState};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -89,22 +87,10 @@ fn listeners_followed(
         .sockets()
         .filter_map(|s| {
             let key = *keys.get(&s.cookie)?;
-            let mut comm = [0; COMM_LEN];
-            let name = s.owner.comm.as_bytes();
-            let n = name.len().min(COMM_LEN - 1);
-            comm[..n].copy_from_slice(&name[..n]);
-            let task = Task {
-                pid: s.owner.pid,
-                tid: s.owner.tid,
-                uid: s.owner.uid,
-                _pad: 0,
-                cgroup_id: s.owner.cgroup_id,
-                comm,
-            };
             Some((
                 key,
                 ListenerOwner {
-                    task,
+                    task: s.owner.task(),
                     cookie: s.cookie,
                 },
             ))

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState};
+use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState, comm_bytes};
 
 use crate::{
     sockdiag::{DiagSocket, SkMem, TcpInfo},
@@ -21,6 +21,20 @@ pub struct Owner {
     pub cgroup_id: u64,
     /// Shared: thousands of sockets of one process carry the same name.
     pub comm: Arc<str>,
+}
+
+impl Owner {
+    /// The task this owner was made from ([`Owners::of_task`]), as the kernel side keeps one.
+    pub fn task(&self) -> Task {
+        Task {
+            pid: self.pid,
+            tid: self.tid,
+            uid: self.uid,
+            _pad: 0,
+            cgroup_id: self.cgroup_id,
+            comm: comm_bytes(&self.comm),
+        }
+    }
 }
 
 /// Owners shared between sockets: a socket factory's sockets all have the same one, and an

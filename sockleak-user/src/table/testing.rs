@@ -1,5 +1,5 @@
 //! Events, scans and processes made up by hand, for the table's tests and the verdicts'.
-use sockleak_common::{EventKind, Family, Hook, Protocol, SockEvent, Task, TcpState};
+use sockleak_common::{EventKind, Family, Hook, Protocol, SockEvent, Task, TcpState, comm_bytes};
 
 use super::Processes;
 use crate::sockdiag::DiagSocket;
@@ -33,13 +33,12 @@ pub(crate) fn nobody_holds() -> World<impl Fn(u32) -> Vec<(u64, Protocol)>> {
 }
 
 pub(crate) fn task(pid: u32, comm: &str) -> Task {
-    let mut t = Task {
+    Task {
         pid,
         tid: pid,
+        comm: comm_bytes(comm),
         ..Task::default()
-    };
-    t.comm[..comm.len()].copy_from_slice(comm.as_bytes());
-    t
+    }
 }
 
 pub(crate) fn event(kind: EventKind, hook: Hook) -> SockEvent {
