@@ -12,6 +12,12 @@
 pub const JS_FRAMES: usize = 16;
 pub const JS_WALK_DEPTH: u32 = 48;
 
+/// Frames above a probed libuv call within which the JavaScript that made the handle is
+/// looked for. Node's `net.connect()`, `http.get()` and the like have their first JavaScript
+/// frame 7 frames up (node 20: the handle wrap's constructors and V8's API-call builtins lie
+/// between); the event loop making a handle for an accepted connection has none at all.
+pub const JS_CALLER_DEPTH: u32 = 16;
+
 /// Distinct JavaScript stacks the kernel keeps (preallocated, about 800 KiB). Never deleted,
 /// like `STACKS`, so an id names the same frames for the whole trace; when full, new ones are
 /// counted as lost.

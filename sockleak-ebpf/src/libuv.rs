@@ -13,14 +13,14 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sockleak_common::Stat;
+use sockleak_common::{NO_JS_STACK, Stat};
 
 use crate::{
     filter::admits_task,
     maps::{HANDLE_STACKS, HandleKey, HandleStacks, OPENING_HANDLE, config, count},
     stacks::{recently_refused, stack_id, within_stack_budget},
     task::current_task,
-    v8::js_stack,
+    v8::{javascript_caller, js_stack, v8_layout},
 };
 
 /// `uv_tcp_init(loop, handle)`, `uv_tcp_init_ex`, `uv_udp_init`, `uv_udp_init_ex`,
@@ -44,6 +44,15 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
         count(Stat::StacksNotSampled);
         return 0;
     }
+    // A server's event loop makes a handle for each connection it accepts, with no
+    // JavaScript on the stack (node's `OnConnection`): its stack says no more than the
+    // listener the connection came through, and taking it would spend the budget that the
+    // handles the service's own code makes need. Known from the pid and a few frames, before
+    // the task is read.
+    let v8 = v8_layout(pid).map(|layout| (layout, javascript_caller(&ctx, &layout)));
+    if let Some((_, None)) = v8 {
+        return 0;
+    }
     let task = current_task();
     if !admits_task(&task) {
         return 0;
@@ -57,7 +66,10 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // Node's JavaScript frames, named by userspace where no perf map does.
-    let js = js_stack(&ctx, task.pid);
+    let js = match v8 {
+        Some((layout, Some(first))) => js_stack(first, task.pid, &layout),
+        _ => NO_JS_STACK,
+    };
     let key = HandleKey {
         pid: task.pid,
         _pad: 0,

@@ -6,8 +6,8 @@
 //! is userspace's.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
 use sockleak_common::{
-    ANY_V8_PROCESS, JS_WALK_DEPTH, JsFrame, NO_JS_STACK, Stat, V8_FP_BYTECODE_OFFSET,
-    V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
+    ANY_V8_PROCESS, JS_CALLER_DEPTH, JS_WALK_DEPTH, JsFrame, NO_JS_STACK, Stat,
+    V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
 };
 
 use crate::maps::{JS_SCRATCH, JS_STACKS, V8_LAYOUTS, count};
@@ -17,6 +17,12 @@ use crate::maps::{JS_SCRATCH, JS_STACKS, V8_LAYOUTS, count};
 const HEAP_OBJECT_TAG_MASK: u64 = 3;
 const HEAP_OBJECT_TAG: u64 = 1;
 const SMI_TAG_MASK: u64 = 1;
+/// Heap objects are 8-byte aligned (x86-64 node builds do not compress pointers).
+const OBJECT_ALIGNMENT_MASK: u64 = 7;
+/// No process maps its first 64 KiB (`vm.mmap_min_addr`'s default), and user addresses end
+/// at 2^47 (2^56 with five-level paging, which V8 does not use for its heap).
+const LOWEST_MAPPING: u64 = 0x1_0000;
+const USER_SPACE_END: u64 = 1 << 47;
 
 /// Each frame is read as one window of words: from `BELOW` bytes under the frame pointer
 /// (V8's frame slots) up to the saved frame pointer and the return address.
@@ -27,45 +33,86 @@ const RETURN_ADDRESS: usize = 7;
 
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
-/// The key in `JS_STACKS` of the JavaScript frames on the current thread's stack, or
-/// [`NO_JS_STACK`] when there are none, the process's V8 layout is unknown, or the stack
-/// could not be kept (counted).
+/// The V8 layout of process `pid`, if it runs a V8 build userspace understands.
 #[inline(always)]
-pub fn js_stack(ctx: &ProbeContext, pid: u32) -> u32 {
+pub fn v8_layout(pid: u32) -> Option<V8Layout> {
     // SAFETY: map values, valid for the program's run.
-    let layout = match unsafe { V8_LAYOUTS.get(&pid) } {
-        Some(layout) => *layout,
-        None => match unsafe { V8_LAYOUTS.get(&ANY_V8_PROCESS) } {
-            Some(layout) => *layout,
-            None => return NO_JS_STACK,
-        },
-    };
+    unsafe {
+        V8_LAYOUTS
+            .get(&pid)
+            .or_else(|| V8_LAYOUTS.get(&ANY_V8_PROCESS))
+    }
+    .copied()
+}
+
+/// A place on the frame-pointer chain: the frame pointer of the frame `depth` frames above the
+/// probed call, and the code address that frame is at (the return address the frame below it
+/// holds; 0 for the first, whose address the probe does not read).
+#[derive(Clone, Copy)]
+pub struct Frame {
+    fp: u64,
+    pc: u64,
+    depth: u32,
+}
+
+/// The first JavaScript frame among the [`JS_CALLER_DEPTH`] frames above the probed call: the
+/// JavaScript that made the handle, if not the event loop.
+#[inline(always)]
+pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Frame> {
+    // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
+    // is still its caller's.
+    let mut fp = unsafe { (*ctx.regs).rbp };
+    let mut pc = 0u64;
+    for depth in 0..JS_CALLER_DEPTH {
+        let window = read_window(fp)?;
+        if function_shared(
+            layout,
+            window[slot(V8_FP_CONTEXT)],
+            window[slot(V8_FP_FUNCTION)],
+        )
+        .is_some()
+        {
+            return Some(Frame { fp, pc, depth });
+        }
+        pc = window[RETURN_ADDRESS];
+        fp = window[SAVED_FP];
+    }
+    None
+}
+
+/// The words of the frame at `fp` the walk reads, if `fp` can be a frame pointer and they
+/// can be read.
+#[inline(always)]
+fn read_window(fp: u64) -> Option<[u64; WINDOW_WORDS]> {
+    if fp < BELOW || fp & 7 != 0 {
+        return None;
+    }
+    // SAFETY: reads the traced process's memory; a fault only makes the read fail.
+    unsafe { bpf_probe_read_user((fp - BELOW) as *const [u64; WINDOW_WORDS]) }.ok()
+}
+
+/// The key in `JS_STACKS` of the JavaScript frames from `first` up, or [`NO_JS_STACK`] when
+/// the stack could not be kept (counted).
+#[inline(always)]
+pub fn js_stack(first: Frame, pid: u32, layout: &V8Layout) -> u32 {
     let Some(stack) = JS_SCRATCH.get_ptr_mut(0) else {
         return NO_JS_STACK;
     };
     // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
     let stack = unsafe { &mut *stack };
-    // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
-    // is still its caller's.
-    let mut fp = unsafe { (*ctx.regs).rbp };
-    let mut pc = 0u64;
+    let Frame { mut fp, mut pc, .. } = first;
     // The count and hash live in the map value, not in registers: the verifier does not
     // follow a map value's contents, so walks that found different numbers of frames are one
     // state to it, not one per count (which made the program too complex to load).
     stack.count = 0;
     stack.hash = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(pid);
-    for depth in 0..JS_WALK_DEPTH {
-        if fp < BELOW || fp & 7 != 0 {
-            break;
-        }
-        // SAFETY: reads the traced process's memory; a fault only makes the read fail.
-        let Ok(window) =
-            (unsafe { bpf_probe_read_user((fp - BELOW) as *const [u64; WINDOW_WORDS]) })
-        else {
+    for step in 0..JS_WALK_DEPTH {
+        let depth = first.depth + step;
+        let Some(window) = read_window(fp) else {
             break;
         };
         if let Some(shared) = function_shared(
-            &layout,
+            layout,
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
         ) && let Some(frame) = stack.frames.get_mut(stack.count as usize)
@@ -121,14 +168,22 @@ const fn slot(offset: i16) -> usize {
 
 const _: () = assert!(slot(V8_FP_BYTECODE_OFFSET) < SAVED_FP && slot(V8_FP_CONTEXT) < SAVED_FP);
 
+/// Whether `word` can be a pointer to a V8 heap object: tagged as one, aligned as objects are,
+/// and in the process's part of the address space above the pages mapping never gives. A
+/// native frame's words that only look tagged (a small count, a code address) would have the
+/// reads that follow fault, and a fault is most of what a walk through native frames costs.
+#[inline(always)]
+fn heap_object(word: u64) -> bool {
+    word & OBJECT_ALIGNMENT_MASK == HEAP_OBJECT_TAG
+        && (LOWEST_MAPPING..USER_SPACE_END).contains(&word)
+}
+
 /// The tagged SharedFunctionInfo of the frame's function, if the frame is a JavaScript one:
 /// a heap object as its context (V8's own frames keep a small-integer type marker there) and
 /// a `JSFunction` as its function.
 #[inline(always)]
 fn function_shared(layout: &V8Layout, context: u64, function: u64) -> Option<u64> {
-    if context & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG
-        || function & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG
-    {
+    if !heap_object(context) || !heap_object(function) {
         return None;
     }
     let object = function - HEAP_OBJECT_TAG;

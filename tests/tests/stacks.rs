@@ -2,6 +2,7 @@
 //! socket has its listener's), symbolized in userspace, and the key of a report's groups (root
 //! required; real programs, real sockets).
 use std::{
+    net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -484,21 +485,33 @@ fn a_v8_layout_not_understood_names_nothing_and_says_why() {
 /// upstream_leak.js run without flags before sockleak, five upstreams opened: their one
 /// group and its frames.
 fn unflagged_upstream_leak(mode: &[&str], env: &[(&str, &str)]) -> (Group, Vec<String>) {
+    let (_upstream, mut service) = unflagged_service(mode);
+    let tracer = Trace::start_in_env(
+        &[service.pid()],
+        &["--interval", "300ms", "--min-age", "0s"],
+        env,
+    );
+    upstreams_opened(&tracer, &mut service)
+}
+
+/// An upstream that keeps what it accepts, and upstream_leak.js without flags to open five
+/// connections to it.
+fn unflagged_service(mode: &[&str]) -> (Scenario, Scenario) {
     let mut upstream = Scenario::spawn();
     let port = upstream.run("listen 127.0.0.1:0")[0].clone();
     upstream.run("serve-keep");
-    let mut service = Scenario::spawn_program(
+    let service = Scenario::spawn_program(
         Command::new("node")
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
             .args([port.as_str(), "5"])
             .args(mode),
     );
-    let tracer = Trace::start_in_env(
-        &[service.pid()],
-        &["--interval", "300ms", "--min-age", "0s"],
-        env,
-    );
+    (upstream, service)
+}
+
+/// Has the service open its five upstreams; their one group once its stack is read.
+fn upstreams_opened(tracer: &Trace, service: &mut Scenario) -> (Group, Vec<String>) {
     service.run("go");
     let report = tracer.report_when(|r| {
         r.groups_at(service.pid(), "socket()")
@@ -509,6 +522,39 @@ fn unflagged_upstream_leak(mode: &[&str], env: &[(&str, &str)]) -> (Group, Vec<S
     assert!(group.handle_stack, "{group:#?}");
     let frames = group.key.stack.frames().to_vec();
     (group, frames)
+}
+
+/// A server's event loop makes a libuv handle for every connection it accepts, with none of
+/// the service's JavaScript on the stack. Those handles spend none of the stack budget: after
+/// six times `--stack-rate` connections accepted, the upstreams the service's own code opens
+/// in the same second still have its functions named.
+#[test]
+fn accepted_connections_leave_the_stack_budget_to_the_services_own_code() {
+    let (_upstream, mut service) = unflagged_service(&[]);
+    let port: u16 = service.run("serve")[0].parse().unwrap();
+    let tracer = Trace::start_in_env(
+        &[service.pid()],
+        &[
+            "--stack-rate",
+            "5",
+            "--interval",
+            "300ms",
+            "--min-age",
+            "0s",
+        ],
+        &[],
+    );
+    let clients: Vec<TcpStream> = (0..30)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    service.run(&format!("accepted {}", clients.len()));
+    let (group, frames) = upstreams_opened(&tracer, &mut service);
+    assert!(group.stack_note.is_none(), "{group:#?}");
+    frame_at(
+        &frames,
+        "JS:openUpstreamForRequest (",
+        line_of("upstream_leak.js", "= net.connect("),
+    );
 }
 
 /// The index of the frame that starts with `prefix` and is at `upstream_leak.js:line`.
