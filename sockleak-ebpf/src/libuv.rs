@@ -67,7 +67,7 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     }
     // Node's JavaScript frames, named by userspace where no perf map does.
     let js = match v8 {
-        Some((layout, Some(first))) => js_stack(first, task.pid, &layout),
+        Some((layout, Some(caller))) => js_stack(&caller, task.pid, &layout),
         _ => NO_JS_STACK,
     };
     let key = HandleKey {

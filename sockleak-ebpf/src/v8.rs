@@ -6,7 +6,7 @@
 //! is userspace's.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
 use sockleak_common::{
-    ANY_V8_PROCESS, JS_CALLER_DEPTH, JS_WALK_DEPTH, JsFrame, NO_JS_STACK, Stat,
+    ANY_V8_PROCESS, JS_CALLER_DEPTH, JS_WALK_DEPTH, JsFrame, JsStack, NO_JS_STACK, Stat,
     V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
 };
 
@@ -45,34 +45,35 @@ pub fn v8_layout(pid: u32) -> Option<V8Layout> {
     .copied()
 }
 
-/// A place on the frame-pointer chain: the frame pointer of the frame `depth` frames above the
-/// probed call, and the code address that frame is at (the return address the frame below it
-/// holds; 0 for the first, whose address the probe does not read).
+/// The first JavaScript frame above the probed call, as the walk keeps it, and where the frame
+/// above it is: its frame pointer, and the code address it is at.
 #[derive(Clone, Copy)]
-pub struct Frame {
-    fp: u64,
-    pc: u64,
-    depth: u32,
+pub struct Caller {
+    frame: JsFrame,
+    next_fp: u64,
+    next_pc: u64,
 }
 
 /// The first JavaScript frame among the [`JS_CALLER_DEPTH`] frames above the probed call: the
 /// JavaScript that made the handle, if not the event loop.
 #[inline(always)]
-pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Frame> {
+pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller> {
     // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
     // is still its caller's.
     let mut fp = unsafe { (*ctx.regs).rbp };
     let mut pc = 0u64;
     for depth in 0..JS_CALLER_DEPTH {
         let window = read_window(fp)?;
-        if function_shared(
+        if let Some(shared) = function_shared(
             layout,
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
-        )
-        .is_some()
-        {
-            return Some(Frame { fp, pc, depth });
+        ) {
+            return Some(Caller {
+                frame: js_frame(&window, pc, shared, depth),
+                next_fp: window[SAVED_FP],
+                next_pc: window[RETURN_ADDRESS],
+            });
         }
         pc = window[RETURN_ADDRESS];
         fp = window[SAVED_FP];
@@ -91,23 +92,24 @@ fn read_window(fp: u64) -> Option<[u64; WINDOW_WORDS]> {
     unsafe { bpf_probe_read_user((fp - BELOW) as *const [u64; WINDOW_WORDS]) }.ok()
 }
 
-/// The key in `JS_STACKS` of the JavaScript frames from `first` up, or [`NO_JS_STACK`] when
+/// The key in `JS_STACKS` of the JavaScript frames from `caller` up, or [`NO_JS_STACK`] when
 /// the stack could not be kept (counted).
 #[inline(always)]
-pub fn js_stack(first: Frame, pid: u32, layout: &V8Layout) -> u32 {
+pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout) -> u32 {
     let Some(stack) = JS_SCRATCH.get_ptr_mut(0) else {
         return NO_JS_STACK;
     };
     // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
     let stack = unsafe { &mut *stack };
-    let Frame { mut fp, mut pc, .. } = first;
     // The count and hash live in the map value, not in registers: the verifier does not
     // follow a map value's contents, so walks that found different numbers of frames are one
     // state to it, not one per count (which made the program too complex to load).
     stack.count = 0;
     stack.hash = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(pid);
-    for step in 0..JS_WALK_DEPTH {
-        let depth = first.depth + step;
+    keep(stack, caller.frame);
+    let mut fp = caller.next_fp;
+    let mut pc = caller.next_pc;
+    for step in 1..JS_WALK_DEPTH {
         let Some(window) = read_window(fp) else {
             break;
         };
@@ -115,25 +117,11 @@ pub fn js_stack(first: Frame, pid: u32, layout: &V8Layout) -> u32 {
             layout,
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
-        ) && let Some(frame) = stack.frames.get_mut(stack.count as usize)
-        {
-            let offset = window[slot(V8_FP_BYTECODE_OFFSET)];
-            let bytecode_offset = if offset & SMI_TAG_MASK == 0 {
-                (offset >> 32) as i32
-            } else {
-                -1
-            };
-            *frame = JsFrame {
-                pc,
-                shared,
-                bytecode_offset,
-                depth: depth as u16,
-                _pad: 0,
-            };
-            for word in [pc, shared, bytecode_offset as u64, u64::from(depth)] {
-                stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
-            }
-            stack.count += 1;
+        ) {
+            keep(
+                stack,
+                js_frame(&window, pc, shared, u32::from(caller.frame.depth) + step),
+            );
         }
         pc = window[RETURN_ADDRESS];
         fp = window[SAVED_FP];
@@ -158,6 +146,40 @@ pub fn js_stack(first: Frame, pid: u32, layout: &V8Layout) -> u32 {
             count(Stat::JsStacksLost);
             NO_JS_STACK
         }
+    }
+}
+
+/// The JavaScript frame whose words are `window`, at code address `pc`, `depth` frames up.
+#[inline(always)]
+fn js_frame(window: &[u64; WINDOW_WORDS], pc: u64, shared: u64, depth: u32) -> JsFrame {
+    let offset = window[slot(V8_FP_BYTECODE_OFFSET)];
+    JsFrame {
+        pc,
+        shared,
+        bytecode_offset: if offset & SMI_TAG_MASK == 0 {
+            (offset >> 32) as i32
+        } else {
+            -1
+        },
+        depth: depth as u16,
+        _pad: 0,
+    }
+}
+
+/// Adds `frame` to the walk's frames and hash, while there is room.
+#[inline(always)]
+fn keep(stack: &mut JsStack, frame: JsFrame) {
+    if let Some(slot) = stack.frames.get_mut(stack.count as usize) {
+        *slot = frame;
+        for word in [
+            frame.pc,
+            frame.shared,
+            frame.bytecode_offset as u64,
+            u64::from(frame.depth),
+        ] {
+            stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
+        }
+        stack.count += 1;
     }
 }
 
