@@ -386,16 +386,9 @@ fn a_node_services_own_functions_name_the_http_agents_it_leaks() {
 }
 
 fn upstream_leak_is_named(mode: &[&str]) {
-    let mut upstream = Scenario::spawn();
-    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
-    upstream.run("serve-keep");
-    let mut service = Scenario::spawn_program(
-        Command::new("node")
-            .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .args(["--perf-basic-prof", "--interpreted-frames-native-stack"])
-            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
-            .args([port.as_str(), "5"])
-            .args(mode),
+    let (_upstream, mut service) = upstream_service(
+        &["--perf-basic-prof", "--interpreted-frames-native-stack"],
+        mode,
     );
     let tracer = Trace::start(&[service.pid()]);
     service.run("go");
@@ -485,7 +478,7 @@ fn a_v8_layout_not_understood_names_nothing_and_says_why() {
 /// upstream_leak.js run without flags before sockleak, five upstreams opened: their one
 /// group and its frames.
 fn unflagged_upstream_leak(mode: &[&str], env: &[(&str, &str)]) -> (Group, Vec<String>) {
-    let (_upstream, mut service) = unflagged_service(mode);
+    let (_upstream, mut service) = upstream_service(&[], mode);
     let tracer = Trace::start_in_env(
         &[service.pid()],
         &["--interval", "300ms", "--min-age", "0s"],
@@ -494,15 +487,16 @@ fn unflagged_upstream_leak(mode: &[&str], env: &[(&str, &str)]) -> (Group, Vec<S
     upstreams_opened(&tracer, &mut service)
 }
 
-/// An upstream that keeps what it accepts, and upstream_leak.js without flags to open five
-/// connections to it.
-fn unflagged_service(mode: &[&str]) -> (Scenario, Scenario) {
+/// An upstream that keeps what it accepts, and upstream_leak.js (run with `node_flags`) to
+/// open five connections to it.
+fn upstream_service(node_flags: &[&str], mode: &[&str]) -> (Scenario, Scenario) {
     let mut upstream = Scenario::spawn();
     let port = upstream.run("listen 127.0.0.1:0")[0].clone();
     upstream.run("serve-keep");
     let service = Scenario::spawn_program(
         Command::new("node")
             .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .args(node_flags)
             .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
             .args([port.as_str(), "5"])
             .args(mode),
@@ -530,7 +524,7 @@ fn upstreams_opened(tracer: &Trace, service: &mut Scenario) -> (Group, Vec<Strin
 /// in the same second still have its functions named.
 #[test]
 fn accepted_connections_leave_the_stack_budget_to_the_services_own_code() {
-    let (_upstream, mut service) = unflagged_service(&[]);
+    let (_upstream, mut service) = upstream_service(&[], &[]);
     let port: u16 = service.run("serve")[0].parse().unwrap();
     let tracer = Trace::start_in_env(
         &[service.pid()],
