@@ -8,7 +8,7 @@
 //! young objects that move at the next scavenge, their SharedFunctionInfo lives on. Userspace
 //! later reads the name, script and line from the process, checking every object's type.
 
-/// JavaScript frames kept per walk, and frames walked to find them.
+/// JavaScript frames kept per walk, and frames walked from the first of them.
 pub const JS_FRAMES: usize = 16;
 pub const JS_WALK_DEPTH: u32 = 48;
 
