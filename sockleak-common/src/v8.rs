@@ -55,6 +55,11 @@ pub struct V8Layout {
     pub first_function_type: u16,
     pub last_function_type: u16,
     pub _pad: [u16; 3],
+    /// Where the code of V8's `Builtins::InvokeApiFunction` lies in the process (start, end;
+    /// both 0 when not known): native code calling a native function through V8, as node's
+    /// event loop does to make the handle of a connection it accepted. A frame returning
+    /// into it ends the look for the JavaScript that made a handle: there is none.
+    pub native_api_call: [u64; 2],
 }
 
 /// One JavaScript frame the walk found.
@@ -87,7 +92,7 @@ pub struct JsStack {
     pub frames: [JsFrame; JS_FRAMES],
 }
 
-const _: () = assert!(core::mem::size_of::<V8Layout>() == 16);
+const _: () = assert!(core::mem::size_of::<V8Layout>() == 32);
 
 const _: () = assert!(core::mem::size_of::<JsFrame>() == 24);
 const _: () = assert!(core::mem::size_of::<JsStack>() == 16 + 24 * JS_FRAMES);

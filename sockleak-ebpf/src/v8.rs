@@ -55,9 +55,13 @@ pub struct Caller {
 }
 
 /// The first JavaScript frame among the [`JS_CALLER_DEPTH`] frames above the probed call: the
-/// JavaScript that made the handle, if not the event loop.
+/// JavaScript that made the handle, if not the event loop. The look ends early at a frame
+/// called from V8's `InvokeApiFunction`: native code made the handle through V8 (node's event
+/// loop accepting a connection: `OnConnection`, `TCPWrap::Instantiate`, V8's construction,
+/// `TCPWrap::New`), which JavaScript does not; the frames above it are the event loop's.
 #[inline(always)]
 pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller> {
+    let [native_call_start, native_call_end] = layout.native_api_call;
     // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
     // is still its caller's.
     let mut fp = unsafe { (*ctx.regs).rbp };
@@ -76,6 +80,9 @@ pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller
             });
         }
         pc = window[RETURN_ADDRESS];
+        if (native_call_start..native_call_end).contains(&pc) {
+            return None;
+        }
         fp = window[SAVED_FP];
     }
     None

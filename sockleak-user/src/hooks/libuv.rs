@@ -180,13 +180,11 @@ impl LibuvProbes {
         self.processes.retain(|pid| running.contains(&pid));
         // Only while every node binary seen has one layout, all understood: a process of
         // another would be walked with a layout not its own.
-        let mut kernels = self
+        let kernels = self
             .layouts
             .values()
             .map(|l| l.as_ref().as_ref().ok().map(|l| l.kernel));
-        let first = kernels.next().flatten();
-        let shared = first.filter(|&first| kernels.all(|k| k == Some(first)));
-        let _ = match shared {
+        let _ = match shared_layout(kernels) {
             Some(layout) => map.insert(&ANY_V8_PROCESS, &layout, 0),
             None => map.remove(&ANY_V8_PROCESS),
         };
@@ -219,6 +217,26 @@ impl LibuvProbes {
         log::info!("libuv uprobes on {path}");
         true
     }
+}
+
+/// The one layout of every binary, if they have one and each is understood. Where their code
+/// lies differs from binary to binary: the shared layout knows it only if that is the same too.
+fn shared_layout(mut layouts: impl Iterator<Item = Option<V8Layout>>) -> Option<V8Layout> {
+    let mut shared = layouts.next()??;
+    for layout in layouts {
+        let layout = layout?;
+        if layout.native_api_call != shared.native_api_call {
+            shared.native_api_call = [0; 2];
+        }
+        let elsewhere = V8Layout {
+            native_api_call: shared.native_api_call,
+            ..layout
+        };
+        if elsewhere != shared {
+            return None;
+        }
+    }
+    Some(shared)
 }
 
 fn file_id(path: &str) -> Option<FileId> {
@@ -265,5 +283,32 @@ pub fn candidates(pids: &[u32]) -> Vec<u32> {
         procfs::pids().collect()
     } else {
         pids.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(map: u16, code: u64) -> Option<V8Layout> {
+        Some(V8Layout {
+            object_map: map,
+            native_api_call: [code, code + 0x227],
+            ..V8Layout::default()
+        })
+    }
+
+    #[test]
+    fn binaries_share_a_layout_and_their_code_only_where_both_are_the_same() {
+        let same = [layout(0, 0x1000), layout(0, 0x1000)];
+        assert_eq!(shared_layout(same.into_iter()), layout(0, 0x1000));
+        let moved = shared_layout([layout(0, 0x1000), layout(0, 0x2000)].into_iter());
+        assert_eq!(moved.map(|l| l.native_api_call), Some([0, 0]));
+        assert_eq!(
+            shared_layout([layout(0, 0x1000), layout(8, 0x1000)].into_iter()),
+            None
+        );
+        assert_eq!(shared_layout([layout(0, 0x1000), None].into_iter()), None);
+        assert_eq!(shared_layout(std::iter::empty()), None);
     }
 }

@@ -6,7 +6,7 @@
 use std::{collections::HashMap, fs::File, path::Path};
 
 use anyhow::{Context, Result, bail};
-use object::{Object, ObjectSection, ObjectSymbol, ReadCache};
+use object::{Object, ObjectKind, ObjectSection, ObjectSymbol, ReadCache};
 use sockleak_common::{V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout};
 
 /// What userspace reads of a V8 heap, beside what the kernel walk reads.
@@ -76,7 +76,12 @@ impl Layout {
                 super::TEST_UNSUPPORTED
             );
         }
-        Self::from_symbols(&read_symbols(path)?)
+        let symbols = read_symbols(path)?;
+        let mut layout = Self::from_symbols(&symbols.values)?;
+        if let Some(code) = symbols.native_api_call {
+            layout.kernel.native_api_call = code;
+        }
+        Ok(layout)
     }
 
     /// Built from symbol values (`v8dbg_*` without the prefix, and the version's parts).
@@ -142,6 +147,7 @@ impl Layout {
             first_function_type,
             last_function_type,
             _pad: [0; 3],
+            native_api_call: [0; 2],
         };
         let strings = Strings {
             first_nonstring_type: ty("FirstNonstringType")?,
@@ -207,16 +213,33 @@ impl Layout {
     }
 }
 
-/// The `v8dbg_*` symbols of an ELF file (without the prefix) and V8's version (as
-/// `version_major` and `version_minor`), each an `int` in the file's data. Read in place: node
-/// is a hundred megabytes.
-fn read_symbols(path: &Path) -> Result<HashMap<String, i64>> {
+/// What a binary's symbols say of its V8.
+struct Symbols {
+    /// The `v8dbg_*` values (without the prefix) and V8's version (as `version_major` and
+    /// `version_minor`), each an `int` in the file's data.
+    values: HashMap<String, i64>,
+    /// Where `Builtins::InvokeApiFunction`'s code is, in a binary loaded where it was linked
+    /// (an executable, not a position-independent one: those move per process).
+    native_api_call: Option<[u64; 2]>,
+}
+
+/// `v8::internal::Builtins::InvokeApiFunction`, whatever its parameters.
+const INVOKE_API_FUNCTION: &str = "_ZN2v88internal8Builtins17InvokeApiFunction";
+
+/// The symbols of the ELF file at `path`. Read in place: node is a hundred megabytes.
+fn read_symbols(path: &Path) -> Result<Symbols> {
     let cache = ReadCache::new(File::open(path).context("opening it")?);
     let elf = object::File::parse(&cache).context("reading it as ELF")?;
+    let linked_in_place = elf.kind() == ObjectKind::Executable;
     let mut values = HashMap::new();
+    let mut native_api_call = None;
     for table in [elf.dynamic_symbols(), elf.symbols()] {
         for symbol in table {
             let Ok(name) = symbol.name() else { continue };
+            if name.starts_with(INVOKE_API_FUNCTION) && symbol.size() > 0 && linked_in_place {
+                native_api_call.get_or_insert([symbol.address(), symbol.address() + symbol.size()]);
+                continue;
+            }
             let key = match name {
                 "_ZN2v88internal7Version6major_E" => "version_major".to_owned(),
                 "_ZN2v88internal7Version6minor_E" => "version_minor".to_owned(),
@@ -248,7 +271,10 @@ fn read_symbols(path: &Path) -> Result<HashMap<String, i64>> {
     if values.is_empty() {
         bail!("no V8 postmortem symbols (v8dbg_*)");
     }
-    Ok(values)
+    Ok(Symbols {
+        values,
+        native_api_call,
+    })
 }
 
 #[cfg(test)]
@@ -321,6 +347,7 @@ pub(crate) mod tests {
                 first_function_type: 2066,
                 last_function_type: 2080,
                 _pad: [0; 3],
+                native_api_call: [0; 2],
             }
         );
         assert_eq!(layout.bytecode_array_source_positions, 32);
@@ -357,5 +384,19 @@ pub(crate) mod tests {
         let layout = Layout::from_symbols(&symbols).unwrap();
         assert_eq!(layout.shared_function_data, 8);
         assert_eq!(layout.script_source, 8);
+    }
+
+    /// The node the test suite installs (Debian's, an executable linked where it loads).
+    #[test]
+    fn an_installed_nodes_binary_says_where_v8_calls_native_functions_from_native_code() {
+        let node = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .map(|dir| dir.join("node"))
+            .find(|path| path.is_file())
+            .expect("node installed (setup.sh installs it)");
+        let layout = Layout::of_binary(&node).unwrap();
+        let [start, end] = layout.kernel.native_api_call;
+        assert!(start > 0 && end > start, "{:?}", layout.kernel);
     }
 }
