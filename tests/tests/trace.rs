@@ -64,6 +64,22 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
     assert_eq!(last.sockets_of(client.pid()).len(), 25);
 }
 
+/// The optional programs load on this kernel too: one the verifier refuses only makes a
+/// warning at start-up (sockleak runs on without it), which no scenario would notice. The
+/// libuv uprobes load with creation stacks on, whether or not a node runs.
+#[test]
+fn the_libuv_uprobes_pass_this_kernels_verifier() {
+    let tracer = Trace::start(&[std::process::id()]);
+    let started = &tracer.started;
+    assert!(
+        started.hooks.iter().any(|h| h == "uprobe/libuv"),
+        "{:?}\n{:?}",
+        started.hooks,
+        started.warnings
+    );
+    tracer.stop();
+}
+
 /// Sockets wait in the kernel's newborn map until a report reads them, and a socket released
 /// before that is only counted. A map too small for the burst sends the rest through the ring:
 /// the report is as exact either way.
