@@ -134,7 +134,8 @@ pub struct SockEvent {
     /// Id in `STACKS` of the stack that made the libuv handle this socket was opened for
     /// ([`EventKind::Created`]): libuv opens a handle's socket a tick after the program's code
     /// made the handle, so that stack is the one that names the program's code. [`NO_STACK`]
-    /// for sockets not opened by libuv for a handle whose making was seen.
+    /// for sockets not opened by libuv for a handle whose making was seen;
+    /// [`STACK_IN_JS_STACK`] when the frames are in the handle's JavaScript stack.
     pub handle_stack_id: i32,
     /// Key in `JS_STACKS` of the JavaScript frames found where the handle was made (with
     /// `handle_stack_id`), or [`crate::NO_JS_STACK`].
@@ -151,6 +152,10 @@ pub const NO_STACK: i32 = i32::MIN;
 /// `user_stack_id` of a socket whose stack was deliberately not taken: its process had already
 /// used its [`crate::Config::stack_rate`] stacks of the current second.
 pub const STACK_NOT_SAMPLED: i32 = i32::MIN + 1;
+
+/// `handle_stack_id` of a handle whose native frames are in its JavaScript stack (`JsStack`'s
+/// `native`, at `js_stack_id`), read by the same walk: not in `STACKS`.
+pub const STACK_IN_JS_STACK: i32 = i32::MAX;
 
 /// `user_stack_id` of a [`EventKind::Created`] event whose stack is taken later: where the
 /// TCP socket connects or listens (the state program, in that process), or at the exit of its

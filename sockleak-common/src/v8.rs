@@ -18,7 +18,13 @@ pub const JS_WALK_DEPTH: u32 = 48;
 /// between); the event loop making a handle for an accepted connection has none at all.
 pub const JS_CALLER_DEPTH: u32 = 16;
 
-/// Distinct JavaScript stacks the kernel keeps (preallocated, about 800 KiB). Never deleted,
+/// Code addresses a walk keeps: the probed function's, its return address, and one per frame
+/// the look and the walk read. They are the handle's native stack (cut there, where the
+/// kernel's own walk goes on to 127): the walk that finds the JavaScript frames reads every
+/// frame's return address anyway, and `bpf_get_stackid` would read them all again.
+pub const JS_NATIVE_FRAMES: usize = 2 + (JS_CALLER_DEPTH + JS_WALK_DEPTH) as usize;
+
+/// Distinct JavaScript stacks the kernel keeps (preallocated, about 1.9 MiB). Never deleted,
 /// like `STACKS`, so an id names the same frames for the whole trace; when full, new ones are
 /// counted as lost.
 pub const JS_STACK_SLOTS: u32 = 2048;
@@ -66,22 +72,21 @@ pub struct V8Layout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JsFrame {
-    /// The code address the frame is at: the return address the frame below it holds, the
-    /// same word the native stack has at index `depth` (0 for the walk's first frame).
+    /// The code address the frame is at: the return address the frame below it holds.
     pub pc: u64,
     /// Tagged pointer to the function's SharedFunctionInfo.
     pub shared: u64,
     /// The frame's bytecode offset (counted from the tagged BytecodeArray), or -1 when the
     /// frame is not interpreted.
     pub bytecode_offset: i32,
-    /// Frames from the walk's start: the native stack's index of this frame.
+    /// The frame's index in its stack's `native` addresses (where `pc` is).
     pub depth: u16,
     pub _pad: u16,
 }
 
-/// A walk's JavaScript frames, innermost first.
+/// A walk's JavaScript frames and the native stack they are in, innermost first.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JsStack {
     /// The whole stack's hash; the key is its low half, so a stored stack with another hash
     /// under the same key is a collision, never taken for this one.
@@ -90,9 +95,31 @@ pub struct JsStack {
     pub pid: u32,
     pub count: u32,
     pub frames: [JsFrame; JS_FRAMES],
+    /// How many of `native` the walk read.
+    pub native_count: u32,
+    pub _pad: u32,
+    /// The code addresses of the stack, as `bpf_get_stackid` would give them: the probed
+    /// function's entry, then return addresses, the first read at the stack pointer (at a
+    /// function's entry the frame pointer is still its caller's).
+    pub native: [u64; JS_NATIVE_FRAMES],
+}
+
+impl Default for JsStack {
+    fn default() -> Self {
+        Self {
+            hash: 0,
+            pid: 0,
+            count: 0,
+            frames: [JsFrame::default(); JS_FRAMES],
+            native_count: 0,
+            _pad: 0,
+            native: [0; JS_NATIVE_FRAMES],
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<V8Layout>() == 32);
 
 const _: () = assert!(core::mem::size_of::<JsFrame>() == 24);
-const _: () = assert!(core::mem::size_of::<JsStack>() == 16 + 24 * JS_FRAMES);
+const _: () =
+    assert!(core::mem::size_of::<JsStack>() == 16 + 24 * JS_FRAMES + 8 + 8 * JS_NATIVE_FRAMES);

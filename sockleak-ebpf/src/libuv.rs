@@ -13,11 +13,11 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sockleak_common::{NO_JS_STACK, Stat};
+use sockleak_common::{NO_JS_STACK, STACK_IN_JS_STACK, Stat};
 
 use crate::{
     filter::admits_task,
-    maps::{HANDLE_STACKS, HandleKey, HandleStacks, OPENING_HANDLE, config, count},
+    maps::{HANDLE_STACKS, HandleKey, HandleStacks, JS_SCRATCH, OPENING_HANDLE, config, count},
     stacks::{recently_refused, stack_id, within_stack_budget},
     task::current_task,
     v8::{javascript_caller, js_stack, v8_layout},
@@ -49,7 +49,12 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     // listener the connection came through, and taking it would spend the budget that the
     // handles the service's own code makes need. Known from the pid and a few frames, before
     // the task is read.
-    let v8 = v8_layout(pid).map(|layout| (layout, javascript_caller(&ctx, &layout)));
+    let Some(scratch) = JS_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
+    let scratch = unsafe { &mut *scratch };
+    let v8 = v8_layout(pid).map(|layout| (layout, javascript_caller(&ctx, &layout, scratch)));
     if let Some((_, None)) = v8 {
         return 0;
     }
@@ -61,15 +66,21 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
         count(Stat::StacksNotSampled);
         return 0;
     }
-    let native = stack_id(&ctx, BPF_F_USER_STACK as u64);
+    // Node's JavaScript frames, named by userspace where no perf map does, and the native
+    // frames around them, read by the same walk. Anything else, or a JavaScript stack that
+    // could not be kept, has the kernel's own walk.
+    let js = match v8 {
+        Some((layout, Some(caller))) => js_stack(&caller, task.pid, &layout, scratch),
+        _ => NO_JS_STACK,
+    };
+    let native = if js == NO_JS_STACK {
+        stack_id(&ctx, BPF_F_USER_STACK as u64)
+    } else {
+        STACK_IN_JS_STACK
+    };
     if native < 0 {
         return 0;
     }
-    // Node's JavaScript frames, named by userspace where no perf map does.
-    let js = match v8 {
-        Some((layout, Some(caller))) => js_stack(&caller, task.pid, &layout),
-        _ => NO_JS_STACK,
-    };
     let key = HandleKey {
         pid: task.pid,
         _pad: 0,

@@ -89,8 +89,8 @@ pub struct HandleKey {
     pub handle: u64,
 }
 
-/// Where a libuv handle was made: its native stack (id in `STACKS`) and its JavaScript frames
-/// (key in `JS_STACKS`).
+/// Where a libuv handle was made: its native stack (id in `STACKS`, or
+/// `STACK_IN_JS_STACK`) and its JavaScript frames (key in `JS_STACKS`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HandleStacks {

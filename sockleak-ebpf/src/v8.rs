@@ -1,16 +1,16 @@
 //! JavaScript frames where a libuv handle is made, for Node.js processes without perf maps
 //! (see `sockleak_common::JsStack`): a frame-pointer walk from the probed call. A frame whose
 //! context slot holds a heap object and whose function slot a `JSFunction` (by its map's
-//! instance type) is a JavaScript frame; its SharedFunctionInfo and bytecode offset are kept.
-//! Everything else (names, scripts, lines, and checking that what was read is what it seems)
-//! is userspace's.
+//! instance type) is a JavaScript frame; its SharedFunctionInfo and bytecode offset are kept,
+//! and every frame's code address, which makes the handle's native stack too. Everything else
+//! (names, scripts, lines, and checking that what was read is what it seems) is userspace's.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
 use sockleak_common::{
-    ANY_V8_PROCESS, JS_CALLER_DEPTH, JS_WALK_DEPTH, JsFrame, JsStack, NO_JS_STACK, Stat,
-    V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
+    ANY_V8_PROCESS, JS_CALLER_DEPTH, JS_NATIVE_FRAMES, JS_WALK_DEPTH, JsFrame, JsStack,
+    NO_JS_STACK, Stat, V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout,
 };
 
-use crate::maps::{JS_SCRATCH, JS_STACKS, V8_LAYOUTS, count};
+use crate::maps::{JS_STACKS, V8_LAYOUTS, count};
 
 /// V8's tagging of a word: a heap object pointer ends in 01, a small integer in 0 (and holds
 /// its value in the upper half on x86-64).
@@ -31,6 +31,7 @@ const WINDOW_WORDS: usize = 8;
 const SAVED_FP: usize = 6;
 const RETURN_ADDRESS: usize = 7;
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 /// The V8 layout of process `pid`, if it runs a V8 build userspace understands.
@@ -55,18 +56,28 @@ pub struct Caller {
 }
 
 /// The first JavaScript frame among the [`JS_CALLER_DEPTH`] frames above the probed call: the
-/// JavaScript that made the handle, if not the event loop. The look ends early at a frame
-/// called from V8's `InvokeApiFunction`: native code made the handle through V8 (node's event
-/// loop accepting a connection: `OnConnection`, `TCPWrap::Instantiate`, V8's construction,
-/// `TCPWrap::New`), which JavaScript does not; the frames above it are the event loop's.
+/// JavaScript that made the handle, if not the event loop. The code addresses of the frames
+/// read go into `stack`'s native frames. The look ends early at a frame called from V8's
+/// `InvokeApiFunction`: native code made the handle through V8 (node's event loop accepting a
+/// connection: `OnConnection`, `TCPWrap::Instantiate`, V8's construction, `TCPWrap::New`),
+/// which JavaScript does not; the frames above it are the event loop's.
 #[inline(always)]
-pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller> {
+pub fn javascript_caller(
+    ctx: &ProbeContext,
+    layout: &V8Layout,
+    stack: &mut JsStack,
+) -> Option<Caller> {
     let [native_call_start, native_call_end] = layout.native_api_call;
     // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
-    // is still its caller's.
-    let mut fp = unsafe { (*ctx.regs).rbp };
-    let mut pc = 0u64;
-    for depth in 0..JS_CALLER_DEPTH {
+    // is still its caller's, and the return address into that caller is at the stack pointer.
+    let (ip, sp, mut fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
+    // SAFETY: reads the traced process's memory; a fault only makes the read fail.
+    let mut pc: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
+    stack.hash = FNV_OFFSET;
+    record(stack, 0, ip);
+    record(stack, 1, pc);
+    // Frame `depth` (the one at `fp`) is at code address `pc`, the stack's address `depth + 1`.
+    for depth in 0..JS_CALLER_DEPTH as usize {
         let window = read_window(fp)?;
         if let Some(shared) = function_shared(
             layout,
@@ -74,7 +85,7 @@ pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller
             window[slot(V8_FP_FUNCTION)],
         ) {
             return Some(Caller {
-                frame: js_frame(&window, pc, shared, depth),
+                frame: js_frame(&window, pc, shared, depth + 1),
                 next_fp: window[SAVED_FP],
                 next_pc: window[RETURN_ADDRESS],
             });
@@ -83,6 +94,7 @@ pub fn javascript_caller(ctx: &ProbeContext, layout: &V8Layout) -> Option<Caller
         if (native_call_start..native_call_end).contains(&pc) {
             return None;
         }
+        record(stack, depth + 2, pc);
         fp = window[SAVED_FP];
     }
     None
@@ -99,24 +111,33 @@ fn read_window(fp: u64) -> Option<[u64; WINDOW_WORDS]> {
     unsafe { bpf_probe_read_user((fp - BELOW) as *const [u64; WINDOW_WORDS]) }.ok()
 }
 
-/// The key in `JS_STACKS` of the JavaScript frames from `caller` up, or [`NO_JS_STACK`] when
-/// the stack could not be kept (counted).
+/// Walks on from `caller` (found by [`javascript_caller`], which filled `stack`'s first native
+/// frames) to the end of the stack, keeping the JavaScript frames and every code address, and
+/// stores the whole: the key in `JS_STACKS`, or [`NO_JS_STACK`] when it could not be kept
+/// (counted).
 #[inline(always)]
-pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout) -> u32 {
-    let Some(stack) = JS_SCRATCH.get_ptr_mut(0) else {
-        return NO_JS_STACK;
-    };
-    // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
-    let stack = unsafe { &mut *stack };
-    // The count and hash live in the map value, not in registers: the verifier does not
+pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout, stack: &mut JsStack) -> u32 {
+    // The counts and hash live in the map value, not in registers: the verifier does not
     // follow a map value's contents, so walks that found different numbers of frames are one
-    // state to it, not one per count (which made the program too complex to load).
+    // state to it, not one per count (which made the program too complex to load). The look
+    // found its frame at one of a few known depths, each a state of its own to the
+    // verifier wherever the depth bounds an index: so the index too is read back from there.
     stack.count = 0;
-    stack.hash = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(pid);
     keep(stack, caller.frame);
+    stack.native_count = u32::from(caller.frame.depth) + 1;
     let mut fp = caller.next_fp;
     let mut pc = caller.next_pc;
-    for step in 1..JS_WALK_DEPTH {
+    for _ in 1..JS_WALK_DEPTH {
+        if pc == 0 {
+            break;
+        }
+        // SAFETY: a field of this CPU's scratch value.
+        let index = unsafe { core::ptr::read_volatile(&stack.native_count) } as usize;
+        if index >= JS_NATIVE_FRAMES {
+            break;
+        }
+        record(stack, index, pc);
+        stack.native_count = index as u32 + 1;
         let Some(window) = read_window(fp) else {
             break;
         };
@@ -125,20 +146,15 @@ pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout) -> u32 {
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
         ) {
-            keep(
-                stack,
-                js_frame(&window, pc, shared, u32::from(caller.frame.depth) + step),
-            );
+            keep(stack, js_frame(&window, pc, shared, index));
         }
         pc = window[RETURN_ADDRESS];
         fp = window[SAVED_FP];
     }
-    if stack.count == 0 {
-        return NO_JS_STACK;
-    }
+    mix(stack, u64::from(pid));
     let hash = stack.hash;
     stack.pid = pid;
-    // Frames past `count` are a former walk's; userspace reads `count` of them.
+    // Frames past the counts are a former walk's; userspace reads the counts' worth.
     let key = (hash as u32).max(1);
     if JS_STACKS
         .insert(&key, stack, u64::from(BPF_NOEXIST))
@@ -156,9 +172,26 @@ pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout) -> u32 {
     }
 }
 
-/// The JavaScript frame whose words are `window`, at code address `pc`, `depth` frames up.
+/// Keeps `pc` as the stack's code address `index`, in the stack's hash too.
 #[inline(always)]
-fn js_frame(window: &[u64; WINDOW_WORDS], pc: u64, shared: u64, depth: u32) -> JsFrame {
+fn record(stack: &mut JsStack, index: usize, pc: u64) {
+    if let Some(address) = stack.native.get_mut(index) {
+        *address = pc;
+        mix(stack, pc);
+    }
+}
+
+/// Adds `word` to the stack's hash (FNV-1a over words). Kept in the map value, like the
+/// counts: the verifier does not follow it there.
+#[inline(always)]
+fn mix(stack: &mut JsStack, word: u64) {
+    stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
+}
+
+/// The JavaScript frame whose words are `window`, at code address `pc`, the stack's address
+/// `depth`.
+#[inline(always)]
+fn js_frame(window: &[u64; WINDOW_WORDS], pc: u64, shared: u64, depth: usize) -> JsFrame {
     let offset = window[slot(V8_FP_BYTECODE_OFFSET)];
     JsFrame {
         pc,
@@ -173,20 +206,22 @@ fn js_frame(window: &[u64; WINDOW_WORDS], pc: u64, shared: u64, depth: u32) -> J
     }
 }
 
-/// Adds `frame` to the walk's frames and hash, while there is room.
+/// Adds `frame` to the walk's JavaScript frames and hash, while there is room. Its code
+/// address is in the hash already.
 #[inline(always)]
 fn keep(stack: &mut JsStack, frame: JsFrame) {
-    if let Some(slot) = stack.frames.get_mut(stack.count as usize) {
+    // SAFETY: a field of this CPU's scratch value, read from there (see `js_stack`).
+    let count = unsafe { core::ptr::read_volatile(&stack.count) };
+    if let Some(slot) = stack.frames.get_mut(count as usize) {
         *slot = frame;
         for word in [
-            frame.pc,
             frame.shared,
             frame.bytecode_offset as u64,
             u64::from(frame.depth),
         ] {
-            stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
+            mix(stack, word);
         }
-        stack.count += 1;
+        stack.count = count + 1;
     }
 }
 

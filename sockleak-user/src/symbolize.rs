@@ -25,7 +25,7 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
     source::{Process, Source},
 };
-use sockleak_common::{JsStack, NO_JS_STACK, STACK_NOT_SAMPLED, SockEvent};
+use sockleak_common::{JsStack, NO_JS_STACK, STACK_IN_JS_STACK, STACK_NOT_SAMPLED, SockEvent};
 
 use crate::v8::{self, V8Processes, heap::LineEnds};
 
@@ -251,7 +251,13 @@ impl Worker {
         if previous.as_ref().is_some_and(|s| !s.worth_retrying()) {
             return; // a retry request raced with a successful attempt
         }
-        let mut user = self.addresses_of(key.user);
+        let mut user = if key.user == STACK_IN_JS_STACK {
+            self.js_stack(key.js)
+                .map(|stack| native_frames(&stack).to_vec())
+                .unwrap_or_default()
+        } else {
+            self.addresses_of(key.user)
+        };
         if let Some(word) = leaf_caller(&user, key.sp_word, || executable_ranges(key.pid)) {
             user.insert(1, word);
         }
@@ -412,6 +418,13 @@ impl Worker {
             })
             .collect()
     }
+}
+
+/// The code addresses the kernel walk read with a JavaScript stack: the native stack of the
+/// handle it was taken for.
+fn native_frames(stack: &JsStack) -> &[u64] {
+    let count = (stack.native_count as usize).min(stack.native.len());
+    &stack.native[..count]
 }
 
 /// `function (file:line)` when debug info says where, else `function`.
