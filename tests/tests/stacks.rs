@@ -440,6 +440,14 @@ fn a_node_service_without_flags_has_its_functions_named_from_v8s_heap() {
     let open = frame_at(&frames, "JS:openUpstreamForRequest (", connect);
     let handle = frame_at(&frames, "JS:handleRequest (", call);
     assert!(net < open && open < handle, "{frames:#?}");
+    // Every interpreted frame is at an address in V8's interpreter: each must carry its
+    // function's name, none the interpreter's (a frame named one slot off leaves one).
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.starts_with("Builtins_InterpreterEntryTrampoline")),
+        "{frames:#?}"
+    );
 }
 
 /// An `http.get` per request through a new `http.Agent`, without flags: the user's function
