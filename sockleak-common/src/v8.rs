@@ -98,9 +98,9 @@ pub struct JsStack {
     /// How many of `native` the walk read.
     pub native_count: u32,
     pub _pad: u32,
-    /// The code addresses of the stack, as `bpf_get_stackid` would give them: the probed
-    /// function's entry, then return addresses, the first read at the stack pointer (at a
-    /// function's entry the frame pointer is still its caller's).
+    /// The code addresses of the stack: the probed function's entry, the return address at
+    /// the stack pointer (at a function's entry the frame pointer is still its caller's), then
+    /// each frame's return address.
     pub native: [u64; JS_NATIVE_FRAMES],
 }
 
