@@ -71,11 +71,11 @@ pub fn javascript_caller(
     // SAFETY: the probe's saved registers. At the probed function's entry the frame pointer
     // is still its caller's, and the return address into that caller is at the stack pointer.
     let (ip, sp, mut fp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
-    // SAFETY: reads the traced process's memory; a fault only makes the read fail.
-    let mut pc: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
+    // The caller's code address (at the stack pointer) is read only once the look has found
+    // JavaScript: most handles a server makes have none. The hash takes it, and the probed
+    // function's address, after the frames the look read.
     stack.hash = FNV_OFFSET;
-    record(stack, 0, ip);
-    record(stack, 1, pc);
+    let mut pc = 0;
     // Frame `depth` (the one at `fp`) is at code address `pc`, the stack's address `depth + 1`.
     for depth in 0..JS_CALLER_DEPTH as usize {
         let window = read_window(fp)?;
@@ -84,6 +84,13 @@ pub fn javascript_caller(
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
         ) {
+            // SAFETY: reads the traced process's memory; a fault only makes the read fail.
+            let caller_pc: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
+            record(stack, 0, ip);
+            record(stack, 1, caller_pc);
+            if depth == 0 {
+                pc = caller_pc;
+            }
             return Some(Caller {
                 frame: js_frame(&window, pc, shared, depth + 1),
                 next_fp: window[SAVED_FP],
