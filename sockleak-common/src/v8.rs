@@ -24,7 +24,7 @@ pub const JS_CALLER_DEPTH: u32 = 16;
 /// frame's return address anyway, and `bpf_get_stackid` would read them all again.
 pub const JS_NATIVE_FRAMES: usize = 2 + (JS_CALLER_DEPTH + JS_WALK_DEPTH) as usize;
 
-/// Distinct JavaScript stacks the kernel keeps (preallocated, about 1.9 MiB). Never deleted,
+/// Distinct JavaScript stacks the kernel keeps (preallocated, about 1.6 MiB). Never deleted,
 /// like `STACKS`, so an id names the same frames for the whole trace; when full, new ones are
 /// counted as lost.
 pub const JS_STACK_SLOTS: u32 = 2048;
@@ -72,14 +72,12 @@ pub struct V8Layout {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JsFrame {
-    /// The code address the frame is at: the return address the frame below it holds.
-    pub pc: u64,
     /// Tagged pointer to the function's SharedFunctionInfo.
     pub shared: u64,
     /// The frame's bytecode offset (counted from the tagged BytecodeArray), or -1 when the
     /// frame is not interpreted.
     pub bytecode_offset: i32,
-    /// The frame's index in its stack's `native` addresses (where `pc` is).
+    /// The frame's index in its stack's `native` addresses: where its code address is.
     pub depth: u16,
     pub _pad: u16,
 }
@@ -120,6 +118,6 @@ impl Default for JsStack {
 
 const _: () = assert!(core::mem::size_of::<V8Layout>() == 32);
 
-const _: () = assert!(core::mem::size_of::<JsFrame>() == 24);
+const _: () = assert!(core::mem::size_of::<JsFrame>() == 16);
 const _: () =
-    assert!(core::mem::size_of::<JsStack>() == 16 + 24 * JS_FRAMES + 8 + 8 * JS_NATIVE_FRAMES);
+    assert!(core::mem::size_of::<JsStack>() == 16 + 16 * JS_FRAMES + 8 + 8 * JS_NATIVE_FRAMES);

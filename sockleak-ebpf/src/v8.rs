@@ -75,8 +75,7 @@ pub fn javascript_caller(
     // JavaScript: most handles a server makes have none. The hash takes it, and the probed
     // function's address, after the frames the look read.
     stack.hash = FNV_OFFSET;
-    let mut pc = 0;
-    // Frame `depth` (the one at `fp`) is at code address `pc`, the stack's address `depth + 1`.
+    // Frame `depth` (the one at `fp`) is at the stack's address `depth + 1`.
     for depth in 0..JS_CALLER_DEPTH as usize {
         let window = read_window(fp)?;
         if let Some(shared) = function_shared(
@@ -88,16 +87,13 @@ pub fn javascript_caller(
             let caller_pc: u64 = unsafe { bpf_probe_read_user(sp as *const u64) }.ok()?;
             record(stack, 0, ip);
             record(stack, 1, caller_pc);
-            if depth == 0 {
-                pc = caller_pc;
-            }
             return Some(Caller {
-                frame: js_frame(&window, pc, shared, depth + 1),
+                frame: js_frame(&window, shared, depth + 1),
                 next_fp: window[SAVED_FP],
                 next_pc: window[RETURN_ADDRESS],
             });
         }
-        pc = window[RETURN_ADDRESS];
+        let pc = window[RETURN_ADDRESS];
         if (native_call_start..native_call_end).contains(&pc) {
             return None;
         }
@@ -153,7 +149,7 @@ pub fn js_stack(caller: &Caller, pid: u32, layout: &V8Layout, stack: &mut JsStac
             window[slot(V8_FP_CONTEXT)],
             window[slot(V8_FP_FUNCTION)],
         ) {
-            keep(stack, js_frame(&window, pc, shared, index));
+            keep(stack, js_frame(&window, shared, index));
         }
         pc = window[RETURN_ADDRESS];
         fp = window[SAVED_FP];
@@ -195,13 +191,11 @@ fn mix(stack: &mut JsStack, word: u64) {
     stack.hash = (stack.hash ^ word).wrapping_mul(FNV_PRIME);
 }
 
-/// The JavaScript frame whose words are `window`, at code address `pc`, the stack's address
-/// `depth`.
+/// The JavaScript frame whose words are `window`, at the stack's address `depth`.
 #[inline(always)]
-fn js_frame(window: &[u64; WINDOW_WORDS], pc: u64, shared: u64, depth: usize) -> JsFrame {
+fn js_frame(window: &[u64; WINDOW_WORDS], shared: u64, depth: usize) -> JsFrame {
     let offset = window[slot(V8_FP_BYTECODE_OFFSET)];
     JsFrame {
-        pc,
         shared,
         bytecode_offset: if offset & SMI_TAG_MASK == 0 {
             (offset >> 32) as i32

@@ -269,7 +269,7 @@ impl Worker {
         let process = Source::Process(Process::new(key.pid.into()));
         let mut user_frames = self.names(&process, &user);
         if key.js != NO_JS_STACK || key.handle {
-            stack.note = self.name_js_frames(&key, &user, &mut user_frames);
+            stack.note = self.name_js_frames(&key, &mut user_frames);
         }
         // Past code built without frame pointers the walk reads whatever is on the stack: a
         // tail of unknown addresses that differs from call to call, or ends early. It is cut,
@@ -301,7 +301,6 @@ impl Worker {
     fn name_js_frames(
         &mut self,
         key: &StackKey,
-        native: &[u64],
         frames: &mut [Option<Vec<String>>],
     ) -> Option<Arc<str>> {
         let layout = self.v8.get(key.pid)?;
@@ -319,8 +318,8 @@ impl Worker {
         }
         let (named, failed) = v8::name_frames(&stack, layout, lines);
         for frame in named {
-            match (native.get(frame.depth), frames.get_mut(frame.depth)) {
-                (Some(&pc), Some(slot)) if pc == frame.pc => {
+            match frames.get_mut(frame.depth) {
+                Some(slot) => {
                     let from_perf_map = slot
                         .as_ref()
                         .is_some_and(|names| names.iter().any(|n| n.starts_with("JS:")));
@@ -328,7 +327,7 @@ impl Worker {
                         *slot = Some(vec![frame.name]);
                     }
                 }
-                _ => log::debug!(
+                None => log::debug!(
                     "JavaScript frame {} at depth {} is not in the native stack",
                     frame.name,
                     frame.depth

@@ -56,9 +56,8 @@ impl V8Processes {
 /// One JavaScript frame, named: where it sits in the native stack, and its name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedFrame {
-    /// The native stack's index of the frame, and the code address it has there.
+    /// The native stack's index of the frame.
     pub depth: usize,
-    pub pc: u64,
     /// `JS:function (script:line)`.
     pub name: String,
 }
@@ -80,7 +79,6 @@ pub fn name_frames(
         match heap.function(frame.shared, frame.bytecode_offset, lines) {
             Ok(function) => named.push(NamedFrame {
                 depth: usize::from(frame.depth),
-                pc: frame.pc,
                 name: frame_name(&function),
             }),
             Err(err) => match &mut failed {
