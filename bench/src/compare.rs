@@ -2,14 +2,22 @@
 //! from a git revision) against the one under test, in rounds that alternate between them. On
 //! a shared machine the same program's time moves by half from one minute to the next, more
 //! than most changes are worth: only two runs side by side in the same minutes tell them apart.
+//! Each round runs both with BPF run-time statistics (what each program costs), then both
+//! without, each between two untraced runs (all the CPU each adds, the statistics' blind spots
+//! included).
 use std::{fmt::Write as _, path::Path};
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    Args, ScaleResult, attribution, attribution::Attribution, churn_beside, median, median_by,
+    Args, ChurnRun, ScaleResult, attribution,
+    attribution::Attribution,
+    churn_beside, churn_run,
+    peers::TracerKind,
+    rounds::{Flanked, median, median_by},
     scale_run,
+    time_wait::NoTimeWait,
 };
 
 #[derive(Serialize)]
@@ -31,6 +39,29 @@ pub struct Round {
     pub candidate: Attribution,
     pub untraced_connections_per_second: f64,
     pub untraced_syscall_ns: f64,
+    /// The same two builds with the statistics off, each churn between two untraced ones.
+    pub baseline_whole: Whole,
+    pub candidate_whole: Whole,
+}
+
+/// All a build adds to a connection, the kernel work no BPF statistic shows included
+/// (the hooks' dispatch, what is freed after a grace period), from a churn without
+/// statistics set against the untraced churns just before and after it.
+#[derive(Serialize)]
+pub struct Whole {
+    /// Connections a second over the untraced neighbours' mean.
+    pub vs_untraced: f64,
+    /// The whole machine's busy CPU per connection (/proc/stat) minus the neighbours' mean.
+    pub added_us_per_connection: f64,
+}
+
+impl Whole {
+    fn of(runs: &Flanked<ChurnRun>) -> Self {
+        Self {
+            vs_untraced: runs.against_untraced(|r| r.connections_per_second, |t, n| t / n),
+            added_us_per_connection: runs.against_untraced(|r| r.machine_us, |t, n| t - n),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -51,6 +82,7 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
         };
         (baseline_first, both)
     };
+    let no_time_wait = NoTimeWait::new()?;
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         let (baseline_first, both) = in_order(round);
@@ -72,14 +104,39 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             let measured = attribution::measure(args, binary)?;
             *(if is_baseline { &mut base } else { &mut cand }) = Some(measured);
         }
+        let (mut base_whole, mut cand_whole) = (None, None);
+        let mut before = churn_run(TracerKind::None, candidate, args)?;
+        for (is_baseline, binary) in both {
+            eprintln!(
+                "bench: compare round {} of {}, {} without statistics",
+                round + 1,
+                args.rounds,
+                binary.display()
+            );
+            let run = churn_run(TracerKind::Sockleak, binary, args)?;
+            let after = churn_run(TracerKind::None, candidate, args)?;
+            let flanked = Flanked {
+                run,
+                before: std::mem::replace(&mut before, after.clone()),
+                after,
+            };
+            *(if is_baseline {
+                &mut base_whole
+            } else {
+                &mut cand_whole
+            }) = Some(Whole::of(&flanked));
+        }
         rounds.push(Round {
             baseline_first,
             baseline: base.expect("measured above"),
             candidate: cand.expect("measured above"),
             untraced_connections_per_second: connections as f64 / seconds,
             untraced_syscall_ns,
+            baseline_whole: base_whole.expect("measured above"),
+            candidate_whole: cand_whole.expect("measured above"),
         });
     }
+    drop(no_time_wait);
     let mut scale = Vec::new();
     for &sockets in &args.scale {
         let mut pair = ScalePair {
@@ -193,6 +250,38 @@ pub fn table(c: &Comparison) -> String {
         of(&|r| r.untraced_syscall_ns),
         of(&|r| r.baseline.syscall_ns),
         of(&|r| r.candidate.syscall_ns),
+    );
+
+    let _ = writeln!(
+        out,
+        "\nthe same rounds, BPF statistics off, each traced churn between two untraced ones: \
+         connections a second as a share of the neighbours' mean, and the whole machine's busy \
+         CPU per connection (/proc/stat) above theirs: all a build adds, the kernel's work no \
+         statistic shows included"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>10} {:>10}   {:>12} {:>12}",
+        "round", "base", "cand", "base added", "cand added"
+    );
+    for (i, r) in c.rounds.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:>6} {:>9.1}% {:>9.1}%   {:>9.2} us {:>9.2} us",
+            i + 1,
+            r.baseline_whole.vs_untraced * 100.0,
+            r.candidate_whole.vs_untraced * 100.0,
+            r.baseline_whole.added_us_per_connection,
+            r.candidate_whole.added_us_per_connection,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "median {:>9.1}% {:>9.1}%   {:>9.2} us {:>9.2} us",
+        of(&|r| r.baseline_whole.vs_untraced) * 100.0,
+        of(&|r| r.candidate_whole.vs_untraced) * 100.0,
+        of(&|r| r.baseline_whole.added_us_per_connection),
+        of(&|r| r.candidate_whole.added_us_per_connection),
     );
 
     let _ = writeln!(

@@ -2,7 +2,7 @@
 //! service started before the tracers as in production: requests per second untraced, under
 //! sockleak (its libuv uprobes on the service's node), under sockleak without creation stacks
 //! (what the stacks cost there: no uprobes, no walks) and under tcplife, interleaved round by
-//! round, each round's rate divided by the untraced rate of the same round.
+//! round, each traced run between two untraced ones and its rate divided by their mean.
 use std::{
     io::{BufRead, BufReader},
     path::Path,
@@ -13,9 +13,11 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    Args, median, paired,
+    Args,
     peers::{Tracer, TracerKind},
     probe::free_port,
+    rounds::{self, median},
+    time_wait::NoTimeWait,
 };
 
 #[derive(Serialize)]
@@ -28,8 +30,7 @@ pub struct HttpRow {
 }
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs/http_server.js");
-const TRACERS: [TracerKind; 4] = [
-    TracerKind::None,
+const TRACERS: [TracerKind; 3] = [
     TracerKind::Sockleak,
     TracerKind::SockleakNoStacks,
     TracerKind::Tcplife,
@@ -61,38 +62,43 @@ pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
         bail!("the node service said {line:?}");
     }
     let url = format!("http://127.0.0.1:{port}/");
-    let mut rows: Vec<HttpRow> = TRACERS
-        .iter()
-        .map(|k| HttpRow {
-            tracer: k.name(),
-            rounds: Vec::new(),
-            median: 0.0,
-            vs_none_rounds: Vec::new(),
-            vs_none: 0.0,
-        })
-        .collect();
-    for round in 0..args.rounds {
-        for (i, kind) in TRACERS.iter().enumerate() {
-            eprintln!(
-                "bench: node http round {} of {}, {}",
-                round + 1,
-                args.rounds,
-                kind.name()
-            );
-            let tracer = Tracer::start(*kind, &args.sockleak, &args.work, crate::CHURN_ARGS)?;
-            rows[i].rounds.push(wrk(&url, args.seconds)?);
-            if let Some(tracer) = tracer {
-                tracer.stop()?;
-            }
+    let _no_time_wait = NoTimeWait::new()?;
+    let measured = rounds::flanked(args.rounds, &TRACERS, |round, kind| {
+        eprintln!(
+            "bench: node http round {} of {}, {}",
+            round + 1,
+            args.rounds,
+            kind.name()
+        );
+        let tracer = Tracer::start(kind, &args.sockleak, &args.work, crate::CHURN_ARGS)?;
+        let rate = wrk(&url, args.seconds)?;
+        if let Some(tracer) = tracer {
+            tracer.stop()?;
         }
-    }
-    let untraced = rows[0].rounds.clone();
-    for row in &mut rows {
-        row.median = median(&row.rounds);
-        row.vs_none_rounds = paired(&row.rounds, &untraced, |r, n| r / n);
-        row.vs_none = median(&row.vs_none_rounds);
-    }
-    Ok(rows)
+        Ok(rate)
+    })?;
+    let none = HttpRow {
+        tracer: TracerKind::None.name(),
+        median: median(&measured.untraced),
+        vs_none_rounds: vec![1.0; measured.untraced.len()],
+        rounds: measured.untraced,
+        vs_none: 1.0,
+    };
+    let traced = TRACERS.iter().zip(&measured.traced).map(|(kind, runs)| {
+        let vs_none_rounds: Vec<f64> = runs
+            .iter()
+            .map(|r| r.against_untraced(|rate| *rate, |t, n| t / n))
+            .collect();
+        let rates: Vec<f64> = runs.iter().map(|r| r.run).collect();
+        HttpRow {
+            tracer: kind.name(),
+            median: median(&rates),
+            rounds: rates,
+            vs_none: median(&vs_none_rounds),
+            vs_none_rounds,
+        }
+    });
+    Ok(std::iter::once(none).chain(traced).collect())
 }
 
 /// Requests per second `wrk` reaches against `url`, each request on a new connection.

@@ -3,7 +3,8 @@
 //!
 //! 1. Socket churn: `sockleak-load churn` without a tracer, under `sockleak trace`, libbpf-tools'
 //!    `tcplife` and `tcpstates`, and a bpftrace equivalent of tcplife on
-//!    `sock:inet_sock_set_state`; configurations interleaved round by round, medians reported.
+//!    `sock:inet_sock_set_state`; every traced run between two untraced ones, medians reported;
+//!    no TIME_WAIT sockets kept meanwhile (`time_wait`).
 //! 2. Events: what sockleak delivered per second with how many lost, at the load's maximum and
 //!    with a deliberately tiny ring buffer (loss must be counted, not hidden).
 //! 3. Start-up: spawn to the first line of output (sockleak's `started`, the peers' headers).
@@ -25,9 +26,11 @@ mod http;
 mod node;
 mod peers;
 mod probe;
+mod rounds;
+mod time_wait;
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -41,6 +44,8 @@ use crate::{
     attribution::Attribution,
     peers::{Tracer, TracerKind},
     probe::{cpu_seconds, free_port, kernel_map_bytes, metric, resident_bytes, time_wait_sockets},
+    rounds::{median, median_by, ratio_range},
+    time_wait::NoTimeWait,
 };
 
 #[derive(Parser)]
@@ -56,10 +61,10 @@ pub(crate) struct Args {
     #[arg(long)]
     load: PathBuf,
     /// Seconds of churn per configuration and round.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
     /// Rounds of every churn configuration (medians are reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Open-socket counts for the scale measurements.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
@@ -79,12 +84,12 @@ pub(crate) struct Args {
 #[derive(Serialize, Default)]
 struct ChurnResult {
     tracer: &'static str,
-    /// Connections per second, one per round.
+    /// Connections per second, one per run (the untraced row has every untraced run).
     rounds: Vec<f64>,
     median: f64,
-    /// Each round's rate over the untraced rate of the same round. A shared machine drifts
-    /// within one run, and neighbouring runs drift together, so a ratio within a round is
-    /// steadier than a ratio of two medians.
+    /// Each run's rate over the mean rate of the untraced runs just before and after it
+    /// (`rounds::flanked`): a shared machine drifts within one bench, and runs side by side
+    /// drift together, so such a ratio is steadier than a ratio of two medians.
     vs_none_rounds: Vec<f64>,
     /// Median of `vs_none_rounds`.
     vs_none: f64,
@@ -94,20 +99,20 @@ struct ChurnResult {
     /// Milliseconds from spawn to the tracer's first line of output, median.
     startup_ms: Option<f64>,
     /// The whole machine's busy CPU time (every process, the kernel, interrupts: /proc/stat)
-    /// per connection, one per round.
+    /// per connection, one per run.
     machine_us_per_connection: Vec<f64>,
-    /// Median over rounds of this round's machine CPU per connection minus the untraced
-    /// round's: all a tracer adds to a connection, including kernel work that BPF run-time
-    /// statistics never show.
+    /// Median over runs of this run's machine CPU per connection minus its untraced
+    /// neighbours' mean: all a tracer adds to a connection, including kernel work that BPF
+    /// run-time statistics never show.
     added_us_per_connection: f64,
     /// CPU of the churn's own process (its kernel work included: the programs run in it) and
-    /// of the tracer, per connection, one per round: fewer bystanders than the machine's.
+    /// of the tracer, per connection, one per run: fewer bystanders than the machine's.
     processes_us_per_connection: Vec<f64>,
-    /// Median over rounds of `processes_us_per_connection` minus the untraced round's: what
+    /// Median over runs of `processes_us_per_connection` minus the untraced neighbours': what
     /// the tracer adds to a connection in the two processes that pay for it (softirq work on
     /// other CPUs and kernel threads left out).
     added_processes_us_per_connection: f64,
-    /// Nanoseconds per system call of any process while the tracer runs, one per round
+    /// Nanoseconds per system call of any process while the tracer runs, one per run
     /// (`attribution::syscall_ns`), and their median.
     syscall_ns_rounds: Vec<f64>,
     syscall_ns: f64,
@@ -189,72 +194,27 @@ fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let kinds = TracerKind::ALL;
-    let mut churn: Vec<ChurnResult> = kinds
-        .iter()
-        .map(|k| ChurnResult {
-            tracer: k.name(),
-            ..ChurnResult::default()
-        })
-        .collect();
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
-    let mut startup: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    let no_time_wait = NoTimeWait::new()?;
     let mut events = Vec::new();
-    for round in 0..args.rounds {
-        for (i, kind) in kinds.iter().enumerate() {
-            eprintln!(
-                "bench: churn round {} of {}, {}",
-                round + 1,
-                args.rounds,
-                kind.name()
-            );
-            let tracer = Tracer::start(*kind, &args.sockleak, &args.work, CHURN_ARGS)?;
-            let machine_before = machine_busy_seconds()?;
-            let load_before = children_cpu_seconds();
-            let (load, tracer_cpu) = churn_beside(tracer.as_ref(), &args)?;
-            let machine = machine_busy_seconds()? - machine_before;
-            let load_cpu = children_cpu_seconds() - load_before;
-            churn[i].syscall_ns_rounds.push(attribution::syscall_ns());
-            churn[i]
-                .processes_us_per_connection
-                .push((load_cpu + tracer_cpu) * 1e6 / load.0.max(1) as f64);
-            let rate = load.0 as f64 / load.1;
-            churn[i].rounds.push(rate);
-            churn[i]
-                .machine_us_per_connection
-                .push(machine * 1e6 / load.0.max(1) as f64);
-            if let Some(tracer) = tracer {
-                startup[i].push(tracer.startup.as_secs_f64() * 1000.0);
-                cpu[i].push(tracer_cpu);
-                let stats = tracer.stop()?.sockleak_stats;
-                if let Some(stats) = stats.filter(|_| *kind == TracerKind::Sockleak) {
-                    events.push(events_result(&stats, None, load.1, tracer_cpu));
-                }
-            }
+    let measured = rounds::flanked(args.rounds, &TracerKind::TRACERS, |round, kind| {
+        eprintln!(
+            "bench: churn round {} of {}, {}",
+            round + 1,
+            args.rounds,
+            kind.name()
+        );
+        let run = churn_run(kind, &args.sockleak, &args)?;
+        if let Some(stats) = &run.sockleak_stats {
+            events.push(events_result(
+                stats,
+                None,
+                run.seconds,
+                run.tracer_cpu_seconds.unwrap_or(0.0),
+            ));
         }
-    }
-    let untraced = churn[0].rounds.clone();
-    let untraced_us = churn[0].machine_us_per_connection.clone();
-    let untraced_processes_us = churn[0].processes_us_per_connection.clone();
-    for (i, c) in churn.iter_mut().enumerate() {
-        c.median = median(&c.rounds);
-        c.vs_none_rounds = paired(&c.rounds, &untraced, |r, n| r / n);
-        c.vs_none = median(&c.vs_none_rounds);
-        c.added_us_per_connection = median(&paired(
-            &c.machine_us_per_connection,
-            &untraced_us,
-            |t, n| t - n,
-        ));
-        c.added_processes_us_per_connection = median(&paired(
-            &c.processes_us_per_connection,
-            &untraced_processes_us,
-            |t, n| t - n,
-        ));
-        c.syscall_ns = median(&c.syscall_ns_rounds);
-        c.tracer_cpu_seconds = (!cpu[i].is_empty()).then(|| median(&cpu[i]));
-        c.startup_ms = (!startup[i].is_empty()).then(|| median(&startup[i]));
-    }
-
+        Ok(run)
+    })?;
+    let churn = churn_results(&measured);
     // Above capacity: a ring buffer far too small for the churn must lose events and say so.
     eprintln!("bench: churn with a 16 KiB ring buffer");
     let small_ring = [CHURN_ARGS, &["--ring-buffer-bytes", "16384"]].concat();
@@ -277,6 +237,7 @@ fn run(args: Args) -> Result<()> {
     let attribution = attribution::measure(&args, &args.sockleak)
         .inspect_err(|err| eprintln!("bench: attribution: {err:#}"))
         .ok();
+    drop(no_time_wait);
 
     let mut scale = Vec::new();
     for &sockets in &args.scale {
@@ -325,6 +286,99 @@ pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
 
 /// How long a tracer runs before the churn starts: past sockleak's first report.
 const TRACER_SETTLE: Duration = Duration::from_secs(2);
+
+/// One churn under one tracer (or none).
+#[derive(Clone)]
+pub(crate) struct ChurnRun {
+    pub(crate) connections_per_second: f64,
+    seconds: f64,
+    /// The whole machine's busy CPU per connection.
+    pub(crate) machine_us: f64,
+    /// The churn's process's and the tracer's CPU per connection.
+    processes_us: f64,
+    syscall_ns: f64,
+    tracer_cpu_seconds: Option<f64>,
+    startup_ms: Option<f64>,
+    /// sockleak's final report (the default configuration only: the events table's row).
+    sockleak_stats: Option<Stats>,
+}
+
+pub(crate) fn churn_run(kind: TracerKind, sockleak: &Path, args: &Args) -> Result<ChurnRun> {
+    let tracer = Tracer::start(kind, sockleak, &args.work, CHURN_ARGS)?;
+    let machine_before = machine_busy_seconds()?;
+    let load_before = children_cpu_seconds();
+    let ((connections, seconds), tracer_cpu) = churn_beside(tracer.as_ref(), args)?;
+    let machine = machine_busy_seconds()? - machine_before;
+    let load_cpu = children_cpu_seconds() - load_before;
+    let per_connection = |cpu: f64| cpu * 1e6 / connections.max(1) as f64;
+    let mut run = ChurnRun {
+        connections_per_second: connections as f64 / seconds,
+        seconds,
+        machine_us: per_connection(machine),
+        processes_us: per_connection(load_cpu + tracer_cpu),
+        syscall_ns: attribution::syscall_ns(),
+        tracer_cpu_seconds: None,
+        startup_ms: None,
+        sockleak_stats: None,
+    };
+    if let Some(tracer) = tracer {
+        run.startup_ms = Some(tracer.startup.as_secs_f64() * 1000.0);
+        run.tracer_cpu_seconds = Some(tracer_cpu);
+        let stats = tracer.stop()?.sockleak_stats;
+        run.sockleak_stats = stats.filter(|_| kind == TracerKind::Sockleak);
+    }
+    Ok(run)
+}
+
+/// One row per configuration: the untraced runs' own, then each tracer's against the untraced
+/// runs beside it.
+fn churn_results(measured: &rounds::Measured<ChurnRun>) -> Vec<ChurnResult> {
+    let untraced = &measured.untraced;
+    let none = ChurnResult {
+        tracer: TracerKind::None.name(),
+        rounds: untraced.iter().map(|r| r.connections_per_second).collect(),
+        median: median_by(untraced, |r| r.connections_per_second),
+        vs_none_rounds: vec![1.0; untraced.len()],
+        vs_none: 1.0,
+        machine_us_per_connection: untraced.iter().map(|r| r.machine_us).collect(),
+        processes_us_per_connection: untraced.iter().map(|r| r.processes_us).collect(),
+        syscall_ns_rounds: untraced.iter().map(|r| r.syscall_ns).collect(),
+        syscall_ns: median_by(untraced, |r| r.syscall_ns),
+        ..ChurnResult::default()
+    };
+    let traced = TracerKind::TRACERS
+        .iter()
+        .zip(&measured.traced)
+        .map(|(kind, runs)| {
+            let of = |f: fn(&ChurnRun) -> f64| runs.iter().map(|r| f(&r.run)).collect::<Vec<_>>();
+            let added =
+                |f: fn(&ChurnRun) -> f64| median_by(runs, |r| r.against_untraced(f, |t, n| t - n));
+            let vs_none_rounds: Vec<f64> = runs
+                .iter()
+                .map(|r| r.against_untraced(|c| c.connections_per_second, |t, n| t / n))
+                .collect();
+            let traced_only = |f: fn(&ChurnRun) -> Option<f64>| {
+                let values: Vec<f64> = runs.iter().filter_map(|r| f(&r.run)).collect();
+                (!values.is_empty()).then(|| median(&values))
+            };
+            ChurnResult {
+                tracer: kind.name(),
+                median: median(&of(|r| r.connections_per_second)),
+                rounds: of(|r| r.connections_per_second),
+                vs_none: median(&vs_none_rounds),
+                vs_none_rounds,
+                tracer_cpu_seconds: traced_only(|r| r.tracer_cpu_seconds),
+                startup_ms: traced_only(|r| r.startup_ms),
+                machine_us_per_connection: of(|r| r.machine_us),
+                added_us_per_connection: added(|r| r.machine_us),
+                processes_us_per_connection: of(|r| r.processes_us),
+                added_processes_us_per_connection: added(|r| r.processes_us),
+                syscall_ns: median(&of(|r| r.syscall_ns)),
+                syscall_ns_rounds: of(|r| r.syscall_ns),
+            }
+        });
+    std::iter::once(none).chain(traced).collect()
+}
 
 /// Runs the churn load beside a running tracer; returns (connections, seconds) and the CPU
 /// seconds the tracer used meanwhile (its start-up, its first report and its final report
@@ -537,47 +591,16 @@ fn wait_for<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<
     }
 }
 
-/// Each round's value set against the untraced run of the same round: the machine drifts
-/// more between rounds than a tracer costs.
-pub(crate) fn paired(rounds: &[f64], untraced: &[f64], with: impl Fn(f64, f64) -> f64) -> Vec<f64> {
-    rounds
-        .iter()
-        .zip(untraced)
-        .map(|(&r, &n)| with(r, n))
-        .collect()
-}
-
-/// The range of per-round ratios, as "lowest-highest%".
-fn ratio_range(ratios: &[f64]) -> String {
-    let lowest = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let highest = ratios.iter().copied().fold(0.0, f64::max);
-    format!("{:.0}-{:.0}%", lowest * 100.0, highest * 100.0)
-}
-
-/// The median of `f` over `items`: one figure of each run or round.
-pub(crate) fn median_by<T>(items: &[T], f: impl Fn(&T) -> f64) -> f64 {
-    median(&items.iter().map(f).collect::<Vec<_>>())
-}
-
-pub(crate) fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn table(r: &Results, args: &Args) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "\nmachine: {}", r.machine);
     let _ = writeln!(
         out,
-        "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, interleaved;\n\
-         medians; 'vs none' pairs each round with the untraced run of the same round; 'added CPU'\n\
-         is the whole machine's busy CPU (/proc/stat) per connection, minus the untraced round's;\n\
+        "\nsocket churn: loopback connect/accept/close, {}s x {} rounds per tracer, each run between\n\
+         two untraced ones, no TIME_WAIT sockets kept; medians; 'vs none' sets each run against the\n\
+         mean of its untraced neighbours; 'added CPU' is the whole machine's busy CPU (/proc/stat)\n\
+         per connection, minus the neighbours';\n\
          'added, load+tracer' the same for the CPU of the churn's process and the tracer's;\n\
          'syscall' what one system call of any process (getppid) costs while the tracer runs",
         args.seconds, args.rounds
@@ -615,7 +638,7 @@ fn table(r: &Results, args: &Args) -> String {
         let _ = writeln!(
             out,
             "\nNode.js HTTP service (started before the tracers, no flags) under wrk, a connection \
-             per request;\n{}s x {} rounds per tracer, interleaved, medians",
+             per request;\n{}s x {} rounds per tracer, each run between two untraced ones, medians",
             args.seconds.ceil(),
             args.rounds
         );
