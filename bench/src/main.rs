@@ -18,6 +18,8 @@
 //! 8. Node.js stacks: the kernel time of a creation stack taken where a node without perf-map
 //!    flags makes a connection's handle, with its JavaScript frames walked and without.
 //! 9. A Node.js HTTP service under `wrk`, a connection per request: its rate under each tracer.
+//! 10. Profile: the share of the machine's CPU samples a tracer's kernel work and process take
+//!     under churn (`perf`), which the machine's drifting speed does not move.
 //!
 //! With `--baseline`, only a comparison of two sockleak builds runs (`compare`).
 mod attribution;
@@ -26,6 +28,7 @@ mod http;
 mod node;
 mod peers;
 mod probe;
+mod profile;
 mod rounds;
 mod time_wait;
 
@@ -170,6 +173,7 @@ struct Results {
     events: Vec<EventsResult>,
     scale: Vec<ScaleResult>,
     attribution: Option<Attribution>,
+    profile: Vec<profile::ProfileRow>,
     linking: Vec<LinkingResult>,
     node_stacks: Option<node::NodeStacks>,
     node_http: Vec<http::HttpRow>,
@@ -238,6 +242,9 @@ fn run(args: Args) -> Result<()> {
         .inspect_err(|err| eprintln!("bench: attribution: {err:#}"))
         .ok();
     drop(no_time_wait);
+    let profile = profile::measure(&args)
+        .inspect_err(|err| eprintln!("bench: profile: {err:#}"))
+        .unwrap_or_default();
 
     let mut scale = Vec::new();
     for &sockets in &args.scale {
@@ -270,6 +277,7 @@ fn run(args: Args) -> Result<()> {
         events,
         scale,
         attribution,
+        profile,
         linking,
         node_stacks,
         node_http,
@@ -285,7 +293,7 @@ fn run(args: Args) -> Result<()> {
 pub(crate) const CHURN_ARGS: &[&str] = &["--interval", "1h", "--min-age", "0s"];
 
 /// How long a tracer runs before the churn starts: past sockleak's first report.
-const TRACER_SETTLE: Duration = Duration::from_secs(2);
+pub(crate) const TRACER_SETTLE: Duration = Duration::from_secs(2);
 
 /// One churn under one tracer (or none).
 #[derive(Clone)]
@@ -412,7 +420,7 @@ fn children_cpu_seconds() -> f64 {
 
 /// Busy CPU seconds of the whole machine so far: every CPU's time in user, nice, system, irq,
 /// softirq and steal (/proc/stat), so that kernel work no BPF statistic sees is counted.
-fn machine_busy_seconds() -> Result<f64> {
+pub(crate) fn machine_busy_seconds() -> Result<f64> {
     let stat = std::fs::read_to_string("/proc/stat")?;
     let cpu = stat
         .lines()
@@ -800,6 +808,40 @@ fn table(r: &Results, args: &Args) -> String {
             format!("one untraced connection ({cpus:.0} CPUs / rate)"),
             untraced
         );
+    }
+    if !r.profile.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nwhere the machine's CPU goes under churn: a whole-machine perf profile (cpu-clock) of each\n\
+             run; a tracer's share of all samples in its BPF programs, their helpers, the hooks'\n\
+             dispatch and its own process, less the untraced run's share of the same symbols;\n\
+             what a tracer causes elsewhere (its process woken for each event, the scheduling\n\
+             that follows) is not in it; medians"
+        );
+        let _ = writeln!(
+            out,
+            "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+            "tracer", "programs", "helpers", "dispatch", "process", "all", "us/conn"
+        );
+        for p in &r.profile {
+            let m = &p.median;
+            let _ = writeln!(
+                out,
+                "{:<48} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>12.2}",
+                p.tracer,
+                m.programs,
+                m.helpers,
+                m.dispatch,
+                m.process,
+                crate::rounds::median(
+                    &p.rounds
+                        .iter()
+                        .map(profile::Shares::all)
+                        .collect::<Vec<_>>()
+                ),
+                p.us_per_connection,
+            );
+        }
     }
     out
 }

@@ -236,6 +236,7 @@ fn bench(root: &Path, compare: Option<&str>, extra: &[String]) -> Result<()> {
         ("stdbuf", "coreutils"),
         ("node", "nodejs"),
         ("wrk", "wrk"),
+        ("perf", "linux-perf"),
     ])?;
     let dynamic = root.join("target/release/sockleak");
     bench(
