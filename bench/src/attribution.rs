@@ -48,7 +48,8 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let tracer = Tracer::start(TracerKind::Sockleak, sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;
-    let ((connections, seconds), userspace_seconds) = churn_beside(Some(&tracer), args)?;
+    let churned = churn_beside(Some(&tracer), args)?;
+    let (connections, seconds) = (churned.connections, churned.seconds);
     let syscall_ns = syscall_ns();
     // Read while sockleak runs: its programs unload when it exits.
     let per_connection = connections.max(1) as f64;
@@ -72,7 +73,7 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
         connections_per_second: connections as f64 / seconds,
         syscall_ns,
         kernel_us_per_connection: programs.iter().map(|p| p.us_per_connection).sum(),
-        userspace_us_per_connection: userspace_seconds * 1e6 / per_connection,
+        userspace_us_per_connection: churned.tracer_cpu_seconds * 1e6 / per_connection,
         programs,
     })
 }

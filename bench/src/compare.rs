@@ -91,7 +91,7 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             round + 1,
             args.rounds
         );
-        let ((connections, seconds), _) = churn_beside(None, args)?;
+        let untraced = churn_beside(None, args)?;
         let untraced_syscall_ns = attribution::syscall_ns();
         let (mut base, mut cand) = (None, None);
         for (is_baseline, binary) in both {
@@ -130,7 +130,7 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             baseline_first,
             baseline: base.expect("measured above"),
             candidate: cand.expect("measured above"),
-            untraced_connections_per_second: connections as f64 / seconds,
+            untraced_connections_per_second: untraced.connections as f64 / untraced.seconds,
             untraced_syscall_ns,
             baseline_whole: base_whole.expect("measured above"),
             candidate_whole: cand_whole.expect("measured above"),

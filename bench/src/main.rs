@@ -229,12 +229,17 @@ fn run(args: Args) -> Result<()> {
         &small_ring,
     )?
     .context("sockleak tracer")?;
-    let (load, tracer_cpu) = churn_beside(Some(&tracer), &args)?;
+    let churned = churn_beside(Some(&tracer), &args)?;
     let stats = tracer
         .stop()?
         .sockleak_stats
         .context("no final report from sockleak")?;
-    events.push(events_result(&stats, Some(16384), load.1, tracer_cpu));
+    events.push(events_result(
+        &stats,
+        Some(16384),
+        churned.seconds,
+        churned.tracer_cpu_seconds,
+    ));
 
     eprintln!("bench: churn under sockleak with BPF run-time statistics");
     // Measured apart from the comparisons above: the statistics cost time themselves.
@@ -313,16 +318,15 @@ pub(crate) struct ChurnRun {
 
 pub(crate) fn churn_run(kind: TracerKind, sockleak: &Path, args: &Args) -> Result<ChurnRun> {
     let tracer = Tracer::start(kind, sockleak, &args.work, CHURN_ARGS)?;
-    let machine_before = machine_busy_seconds()?;
     let load_before = children_cpu_seconds();
-    let ((connections, seconds), tracer_cpu) = churn_beside(tracer.as_ref(), args)?;
-    let machine = machine_busy_seconds()? - machine_before;
+    let churned = churn_beside(tracer.as_ref(), args)?;
     let load_cpu = children_cpu_seconds() - load_before;
-    let per_connection = |cpu: f64| cpu * 1e6 / connections.max(1) as f64;
+    let tracer_cpu = churned.tracer_cpu_seconds;
+    let per_connection = |cpu: f64| cpu * 1e6 / churned.connections.max(1) as f64;
     let mut run = ChurnRun {
-        connections_per_second: connections as f64 / seconds,
-        seconds,
-        machine_us: per_connection(machine),
+        connections_per_second: churned.connections as f64 / churned.seconds,
+        seconds: churned.seconds,
+        machine_us: per_connection(churned.machine_busy_seconds),
         processes_us: per_connection(load_cpu + tracer_cpu),
         syscall_ns: attribution::syscall_ns(),
         tracer_cpu_seconds: None,
@@ -388,22 +392,38 @@ fn churn_results(measured: &rounds::Measured<ChurnRun>) -> Vec<ChurnResult> {
     std::iter::once(none).chain(traced).collect()
 }
 
-/// Runs the churn load beside a running tracer; returns (connections, seconds) and the CPU
-/// seconds the tracer used meanwhile (its start-up, its first report and its final report
-/// are not churn costs).
-pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<((u64, f64), f64)> {
+/// One churn beside a running tracer (or none), measured over the churn alone: the tracer's
+/// start-up, first report and final report are not churn costs.
+pub(crate) struct Churned {
+    pub(crate) connections: u64,
+    pub(crate) seconds: f64,
+    /// CPU seconds the tracer process used.
+    pub(crate) tracer_cpu_seconds: f64,
+    /// The whole machine's busy CPU seconds.
+    pub(crate) machine_busy_seconds: f64,
+}
+
+/// Runs the churn load beside a running tracer, once it has settled.
+pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<Churned> {
     if tracer.is_some() {
         // sockleak's first report, due 1.5 s after start, is an incident's; over the TIME_WAIT
         // sockets earlier rounds left it took a large part of a 5-second round's tracer CPU.
         std::thread::sleep(TRACER_SETTLE);
     }
     let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
-    let load = churn_load(args)?;
-    let used = match (tracer, before) {
+    let machine_before = machine_busy_seconds()?;
+    let (connections, seconds) = churn_load(args)?;
+    let machine_busy_seconds = machine_busy_seconds()? - machine_before;
+    let tracer_cpu_seconds = match (tracer, before) {
         (Some(t), Some(before)) => cpu_seconds(t.pid())? - before,
         _ => 0.0,
     };
-    Ok((load, used))
+    Ok(Churned {
+        connections,
+        seconds,
+        tracer_cpu_seconds,
+        machine_busy_seconds,
+    })
 }
 
 /// CPU seconds (user and system) of this process's children that ended and were waited for.
