@@ -413,7 +413,7 @@ pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<Churn
     let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
     let machine_before = machine_busy_seconds()?;
     let (connections, seconds) = churn_load(args)?;
-    let machine_busy_seconds = machine_busy_seconds()? - machine_before;
+    let machine_busy = machine_busy_seconds()? - machine_before;
     let tracer_cpu_seconds = match (tracer, before) {
         (Some(t), Some(before)) => cpu_seconds(t.pid())? - before,
         _ => 0.0,
@@ -422,7 +422,7 @@ pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<Churn
         connections,
         seconds,
         tracer_cpu_seconds,
-        machine_busy_seconds,
+        machine_busy_seconds: machine_busy,
     })
 }
 
