@@ -1,10 +1,18 @@
 //! No TIME_WAIT sockets while rates are measured: they pile up from run to run and slow the
 //! runs after them.
-use std::process::{Command, Stdio};
+use std::{
+    os::fd::{IntoRawFd, RawFd},
+    process::{Command, Stdio},
+    sync::OnceLock,
+};
 
 use anyhow::{Context, Result};
 
 const LIMIT: &str = "/proc/sys/net/ipv4/tcp_max_tw_buckets";
+
+/// The limit's file, kept open, and the value found there first: what an interrupted bench
+/// writes back before it exits (a signal handler may not open files or allocate).
+static RESTORE: OnceLock<(RawFd, Vec<u8>)> = OnceLock::new();
 
 /// Sets the kernel's TIME_WAIT limit to 0 until dropped, then puts the old one back.
 ///
@@ -22,6 +30,21 @@ impl NoTimeWait {
     pub fn new() -> Result<Self> {
         let previous =
             std::fs::read_to_string(LIMIT).with_context(|| format!("reading {LIMIT}"))?;
+        if RESTORE.get().is_none() {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(LIMIT)
+                .with_context(|| format!("opening {LIMIT}"))?;
+            // Open for the bench's lifetime: the handler writes through it.
+            let fd = file.into_raw_fd();
+            let _ = RESTORE.set((fd, previous.trim().as_bytes().to_vec()));
+            let handler = restore_and_exit as *const () as libc::sighandler_t;
+            // SAFETY: the handler only calls async-signal-safe functions.
+            unsafe {
+                libc::signal(libc::SIGINT, handler);
+                libc::signal(libc::SIGTERM, handler);
+            }
+        }
         std::fs::write(LIMIT, "0").with_context(|| format!("writing {LIMIT}"))?;
         eprintln!(
             "bench: no TIME_WAIT sockets while rates are measured ({LIMIT}: {} -> 0)",
@@ -47,4 +70,15 @@ impl Drop for NoTimeWait {
             );
         }
     }
+}
+
+/// Ctrl-C or a kill in the middle of a measurement: the kernel gets its TIME_WAIT limit back
+/// before the bench exits.
+extern "C" fn restore_and_exit(signal: libc::c_int) {
+    if let Some((fd, value)) = RESTORE.get() {
+        // SAFETY: pwrite and _exit are async-signal-safe; the buffer is never freed.
+        unsafe { libc::pwrite(*fd, value.as_ptr().cast(), value.len(), 0) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::_exit(128 + signal) };
 }
