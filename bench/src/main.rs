@@ -34,6 +34,7 @@ mod time_wait;
 
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -412,7 +413,7 @@ pub(crate) fn churn_beside(tracer: Option<&Tracer>, args: &Args) -> Result<Churn
     }
     let before = tracer.map(|t| cpu_seconds(t.pid())).transpose()?;
     let machine_before = machine_busy_seconds()?;
-    let (connections, seconds) = churn_load(args)?;
+    let (connections, seconds) = churn_load(args, None)?;
     let machine_busy = machine_busy_seconds()? - machine_before;
     let tracer_cpu_seconds = match (tracer, before) {
         (Some(t), Some(before)) => cpu_seconds(t.pid())? - before,
@@ -460,15 +461,24 @@ pub(crate) fn machine_busy_seconds() -> Result<f64> {
     Ok(busy as f64 / per_second)
 }
 
-/// Runs the churn load; returns (connections, seconds).
-fn churn_load(args: &Args) -> Result<(u64, f64)> {
-    let out = std::process::Command::new(&args.load)
+/// Runs the churn load, as the last arguments of `wrapper` if there is one (a profiler that
+/// runs the rest of its command line); returns (connections, seconds).
+pub(crate) fn churn_load(args: &Args, wrapper: Option<Command>) -> Result<(u64, f64)> {
+    let mut cmd = match wrapper {
+        Some(mut wrapper) => {
+            wrapper.arg(&args.load);
+            wrapper
+        }
+        None => Command::new(&args.load),
+    };
+    let out = cmd
         .args(["churn", "--seconds", &args.seconds.to_string()])
         .output()
-        .context("running sockleak-load")?;
+        .with_context(|| format!("running {}", cmd.get_program().to_string_lossy()))?;
     if !out.status.success() {
         bail!(
-            "sockleak-load churn: {}",
+            "{} (sockleak-load churn): {}",
+            cmd.get_program().to_string_lossy(),
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -8,10 +8,9 @@ use std::{collections::HashSet, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::{
-    Args, CHURN_ARGS, TRACER_SETTLE, machine_busy_seconds,
+    Args, CHURN_ARGS, TRACER_SETTLE, churn_load, machine_busy_seconds,
     peers::{Tracer, TracerKind},
     rounds::median,
     time_wait::NoTimeWait,
@@ -107,32 +106,25 @@ fn profiled(kind: TracerKind, args: &Args) -> Result<(Shares, f64)> {
         .map(|t| thread_names(t.pid()))
         .unwrap_or_default();
     let data = args.work.join("profile.data");
+    let mut perf = Command::new("perf");
+    perf.args([
+        "record",
+        "--all-cpus",
+        "--event",
+        "cpu-clock",
+        "--freq",
+        "2000",
+    ])
+    .arg("--output")
+    .arg(&data)
+    .arg("--");
     let busy_before = machine_busy_seconds()?;
-    let out = Command::new("perf")
-        .args([
-            "record",
-            "--all-cpus",
-            "--event",
-            "cpu-clock",
-            "--freq",
-            "2000",
-        ])
-        .arg("--output")
-        .arg(&data)
-        .arg("--")
-        .arg(&args.load)
-        .args(["churn", "--seconds", &args.seconds.to_string()])
-        .output()
-        .context("running perf record")?;
+    let load = churn_load(args, Some(perf));
     let busy = machine_busy_seconds()? - busy_before;
     if let Some(tracer) = tracer {
         tracer.stop()?;
     }
-    if !out.status.success() {
-        bail!("perf record: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let churn: Value = serde_json::from_slice(&out.stdout).context("the churn's output")?;
-    let connections = churn["connections"].as_u64().context("connections")?;
+    let (connections, _) = load?;
     Ok((
         shares(&report(&data)?, &comms),
         busy * 1e6 / connections.max(1) as f64,

@@ -28,8 +28,10 @@ pub struct NoTimeWait {
 
 impl NoTimeWait {
     pub fn new() -> Result<Self> {
-        let previous =
-            std::fs::read_to_string(LIMIT).with_context(|| format!("reading {LIMIT}"))?;
+        let previous = std::fs::read_to_string(LIMIT)
+            .with_context(|| format!("reading {LIMIT}"))?
+            .trim()
+            .to_owned();
         if RESTORE.get().is_none() {
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -37,7 +39,7 @@ impl NoTimeWait {
                 .with_context(|| format!("opening {LIMIT}"))?;
             // Open for the bench's lifetime: the handler writes through it.
             let fd = file.into_raw_fd();
-            let _ = RESTORE.set((fd, previous.trim().as_bytes().to_vec()));
+            let _ = RESTORE.set((fd, previous.as_bytes().to_vec()));
             let handler = restore_and_exit as *const () as libc::sighandler_t;
             // SAFETY: the handler only calls async-signal-safe functions.
             unsafe {
@@ -47,8 +49,7 @@ impl NoTimeWait {
         }
         std::fs::write(LIMIT, "0").with_context(|| format!("writing {LIMIT}"))?;
         eprintln!(
-            "bench: no TIME_WAIT sockets while rates are measured ({LIMIT}: {} -> 0)",
-            previous.trim()
+            "bench: no TIME_WAIT sockets while rates are measured ({LIMIT}: {previous} -> 0)"
         );
         // Those that earlier runs left go too where the kernel can destroy them (SOCK_DESTROY);
         // elsewhere they expire within a minute.
@@ -63,10 +64,10 @@ impl NoTimeWait {
 
 impl Drop for NoTimeWait {
     fn drop(&mut self) {
-        if let Err(err) = std::fs::write(LIMIT, self.previous.trim()) {
+        if let Err(err) = std::fs::write(LIMIT, &self.previous) {
             eprintln!(
                 "bench: could not put {LIMIT} back to {}: {err}",
-                self.previous.trim()
+                self.previous
             );
         }
     }
