@@ -490,7 +490,7 @@ pub(crate) fn churn_load(args: &Args, wrapper: Option<Command>) -> Result<(u64, 
 }
 
 fn events_result(stats: &Stats, ring: Option<u64>, seconds: f64, cpu_seconds: f64) -> EventsResult {
-    let seen = stats.table.events.max(1);
+    let seen = stats.table.events_seen.max(1);
     EventsResult {
         ring_buffer_bytes: ring,
         events_sent: stats.kernel.events_sent,

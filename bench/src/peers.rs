@@ -193,14 +193,7 @@ impl Tracer {
             .wait()
             .with_context(|| format!("waiting for {}", self.kind.name()))?;
         let sockleak_stats = if self.kind.sockleak_options().is_some() {
-            let text = std::fs::read_to_string(&self.output)?;
-            text.lines()
-                .rev()
-                .filter_map(|l| serde_json::from_str::<Line>(l).ok())
-                .find_map(|line| match line {
-                    Line::Report(report) if report.is_final => Some(report.report.stats),
-                    _ => None,
-                })
+            final_stats(&self.output)?
         } else {
             None
         };
@@ -215,6 +208,30 @@ impl Drop for Tracer {
             let _ = child.wait();
         }
     }
+}
+
+/// The stats of the final report in sockleak's JSON output. Every line must read: a line
+/// skipped here would silently empty a comparison (an older build's output that the schema
+/// no longer reads, say).
+fn final_stats(output: &Path) -> Result<Option<Stats>> {
+    let text =
+        std::fs::read_to_string(output).with_context(|| format!("reading {}", output.display()))?;
+    let mut last = None;
+    for (at, text) in text.lines().enumerate().filter(|(_, l)| !l.is_empty()) {
+        let line: Line = serde_json::from_str(text).with_context(|| {
+            format!(
+                "{} line {}: not a sockleak JSON line",
+                output.display(),
+                at + 1
+            )
+        })?;
+        if let Line::Report(report) = line
+            && report.is_final
+        {
+            last = Some(report.report.stats);
+        }
+    }
+    Ok(last)
 }
 
 fn line_buffered(tool: &str) -> Command {

@@ -29,12 +29,20 @@ mod verdict;
 #[cfg(feature = "user")]
 extern crate std;
 #[cfg(feature = "user")]
+mod endpoint;
+#[cfg(feature = "user")]
+mod site;
+#[cfg(feature = "user")]
 mod user;
 
 pub use config::*;
+#[cfg(feature = "user")]
+pub use endpoint::{Endpoint, UnixName};
 pub use event::*;
 pub use maps::*;
 pub use origin::{Origin, Role};
+#[cfg(feature = "user")]
+pub use site::{Site, SiteKind, UnknownSite};
 pub use socket::{Family, Protocol, SockType, SocketState, TcpState};
 pub use v8::*;
 pub use verdict::Verdict;

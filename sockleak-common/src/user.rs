@@ -8,7 +8,7 @@ use serde::{
 
 use crate::{
     Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin, Protocol,
-    ReleasedSocket, SockEvent, SocketState, V8Layout, Verdict,
+    ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
@@ -78,5 +78,19 @@ impl<'de> Deserialize<'de> for Origin {
         Origin::from_names(&origin, &site).ok_or_else(|| {
             D::Error::custom(format_args!("unknown origin {origin:?} at site {site:?}"))
         })
+    }
+}
+
+/// As the one string reports have always carried (`accept() on :8080`).
+impl Serialize for Site {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Site {
+    fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        let text = std::string::String::deserialize(input)?;
+        text.parse().map_err(D::Error::custom)
     }
 }

@@ -254,7 +254,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
         (
             "sockleak_events_seen_total",
             "Events sockleak read from the ring buffer.",
-            st.table.events,
+            st.table.events_seen,
         ),
         (
             "sockleak_sockets_reconciled_total",

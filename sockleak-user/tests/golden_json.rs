@@ -3,17 +3,15 @@
 //! types may change but its bytes may not.
 use std::{collections::BTreeMap, sync::Arc};
 
-use sockleak_common::{Family, Origin, Protocol, Role, SocketState, Verdict};
+use sockleak_common::{Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict};
 use sockleak_user::{
     cgroups::Container,
+    holders::HolderPids,
     render::json,
     report::{
-        ChurnRow, EndpointCount, Group, GroupKey, GroupStack, KernelStats, Line, Report,
-        SocketRow, Started, Stats, growth::Growth, process::Process,
+        ChurnRow, EndpointCount, Group, GroupKey, GroupStack, Growth, KernelStats, Line, Process,
+        Report, SocketMemory, SocketRow, StackCounts, Started, Stats, TableCounts, TcpEvidence,
     },
-    sockdiag::{SkMem, TcpInfo},
-    symbolize::StackStats,
-    table::{HolderPids, TableStats},
 };
 
 const GOLDEN: &str = include_str!("golden/report.jsonl");
@@ -66,7 +64,7 @@ fn rows() -> Vec<SocketRow> {
             flags: vec![Verdict::CloseWait, Verdict::Unread],
             state_age_ms: 62_000,
             state_age_max_ms: Some(63_000),
-            memory: Some(SkMem {
+            memory: Some(SocketMemory {
                 rmem_alloc: 1,
                 rcvbuf: 2,
                 wmem_alloc: 3,
@@ -75,7 +73,7 @@ fn rows() -> Vec<SocketRow> {
                 wmem_queued: 6,
                 drops: 7,
             }),
-            tcp: Some(TcpInfo {
+            tcp: Some(TcpEvidence {
                 last_data_sent_ms: 10,
                 last_data_recv_ms: 11,
                 last_ack_recv_ms: 12,
@@ -125,7 +123,7 @@ fn groups() -> Vec<Group> {
         key: GroupKey {
             pid: 7,
             comm: "node".into(),
-            site: "accept() on :39429".into(),
+            site: Site::accept_on(39429),
             stack: GroupStack::Frames(Arc::from(vec![
                 "JS:openUpstreamForRequest (/srv/app.js:25)".to_owned(),
                 "0x7f00 [unknown]".to_owned(),
@@ -158,14 +156,16 @@ fn groups() -> Vec<Group> {
         more_endpoints: 2,
         stack_not_sampled: false,
         handle_stack: true,
-        stack_note: Some(Arc::from("2 JavaScript frames unnamed: the heap did not check out")),
+        stack_note: Some(Arc::from(
+            "2 JavaScript frames unnamed: the heap did not check out",
+        )),
         members: vec![0],
     };
     let unsampled = Group {
         key: GroupKey {
             pid: 8,
             comm: "a\u{1b}]0;evil\u{7}".into(),
-            site: "pre-existing".into(),
+            site: Site::new(SiteKind::FoundOpen, None),
             stack: GroupStack::NotSampled,
         },
         cgroup: None,
@@ -215,8 +215,8 @@ fn report() -> Report {
                 listeners_full: 12,
             },
             open_sockets: 2,
-            table: TableStats {
-                events: 13,
+            table: TableCounts {
+                events_seen: 13,
                 created: 14,
                 accepted: 15,
                 released: 16,
@@ -226,9 +226,8 @@ fn report() -> Report {
                 dropped_table_full: 20,
                 dropped_unowned: 21,
                 ignored: 22,
-                malformed: 0,
             },
-            stacks: StackStats {
+            stacks: StackCounts {
                 stacks: 23,
                 stacks_incomplete: 24,
             },
@@ -269,6 +268,7 @@ fn the_written_lines_read_back_and_write_the_same_bytes() {
         match serde_json::from_str::<Line>(line).unwrap() {
             Line::Started(started) => rewritten += &json::started(&started),
             Line::Report(report) => rewritten += &json::report(&report.report, report.is_final),
+            Line::Other(other) => panic!("a line of type {}", other.kind),
         }
     }
     assert_eq!(rewritten, GOLDEN);

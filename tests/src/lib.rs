@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use sockleak_common::{Family, Origin, Protocol, Role, SocketState, Verdict};
+pub use sockleak_common::{Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict};
 pub use sockleak_user::report::{EndpointCount, Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};
 
@@ -306,11 +306,11 @@ pub trait Reading {
     fn sockets_of(&self, pid: u32) -> Vec<&SocketRow>;
 
     /// The groups of `pid` created at `site` (`socket()`, `accept() on :PORT`, ...).
-    fn groups_at(&self, pid: u32, site: &str) -> Vec<&Group>;
+    fn groups_at(&self, pid: u32, site: &Site) -> Vec<&Group>;
 
     /// The one group of `pid` whose site is `site`; on any other count, fails with every
     /// group in the report.
-    fn group_at(&self, pid: u32, site: &str) -> &Group;
+    fn group_at(&self, pid: u32, site: &Site) -> &Group;
 
     /// The one socket of `pid` whose `end` has port `port`.
     fn socket_at(&self, pid: u32, end: End, port: &str) -> &SocketRow;
@@ -324,14 +324,14 @@ impl Reading for Report {
         self.sockets.iter().filter(|s| s.pid == pid).collect()
     }
 
-    fn groups_at(&self, pid: u32, site: &str) -> Vec<&Group> {
+    fn groups_at(&self, pid: u32, site: &Site) -> Vec<&Group> {
         self.groups
             .iter()
-            .filter(|g| g.key.pid == pid && g.key.site == site)
+            .filter(|g| g.key.pid == pid && g.key.site == *site)
             .collect()
     }
 
-    fn group_at(&self, pid: u32, site: &str) -> &Group {
+    fn group_at(&self, pid: u32, site: &Site) -> &Group {
         let found = self.groups_at(pid, site);
         assert_eq!(
             found.len(),

@@ -1,9 +1,9 @@
 //! In an incident sockleak starts after the leak formed: its first report, within about 2 s,
 //! must already judge, group and explain the sockets that were there before it.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use sockleak_tests::{
-    End::*, NO_VERDICT, Origin, Reading, Role, Scenario, SocketState, Trace, Verdict,
+    End::*, NO_VERDICT, Origin, Reading, Role, Scenario, Site, SocketState, Trace, Verdict,
 };
 
 /// How long the leak has been there when sockleak starts: longer than the default
@@ -57,10 +57,10 @@ fn a_leak_older_than_sockleak_is_judged_in_its_first_report_with_default_thresho
     let slow = r.socket_at(s, Remote, &ports[5]);
     assert!(slow.rx_queue > 0, "the slow reader is behind: {slow:?}");
     // One group of the server's accepted connections, the listener apart.
-    let accepted = r.group_at(s, &format!("accept() on :{port}"));
+    let accepted = r.group_at(s, &Site::accept_on(port.parse().unwrap()));
     assert_eq!(accepted.count, 6, "{accepted:?}");
     assert_eq!(accepted.flags, [Verdict::CloseWait, Verdict::Unread]);
-    let listener = r.group_at(s, &format!("listen() on :{port}"));
+    let listener = r.group_at(s, &Site::listen_on(port.parse().unwrap()));
     assert_eq!(listener.states[&SocketState::Listen], 1);
 }
 
@@ -78,7 +78,7 @@ fn a_forking_servers_connections_are_one_group_and_its_clients_one_per_endpoint(
 
     let tracer = Trace::start(&[server.pid(), client.pid()]);
     let (r, _) = tracer.first_report();
-    let accepted = r.group_at(server.pid(), &format!("accept() on :{port}"));
+    let accepted = r.group_at(server.pid(), &Site::accept_on(port.parse().unwrap()));
     assert_eq!(accepted.count, 4, "{:#?}", r.groups);
     let mut holders: Vec<u32> = r
         .sockets_of(server.pid())
@@ -95,7 +95,10 @@ fn a_forking_servers_connections_are_one_group_and_its_clients_one_per_endpoint(
         "no group per child: {:#?}",
         r.groups
     );
-    let clients = r.group_at(client.pid(), &format!("connect() to 127.0.0.1:{port}"));
+    let clients = r.group_at(
+        client.pid(),
+        &Site::connect_to(SocketAddr::from(([127, 0, 0, 1], port.parse().unwrap()))),
+    );
     assert_eq!(clients.count, 4);
     assert!(
         r.sockets_of(client.pid())

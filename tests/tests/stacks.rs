@@ -7,7 +7,7 @@ use std::{
     process::Command,
 };
 
-use sockleak_tests::{Group, Reading, Scenario, SocketState, Trace};
+use sockleak_tests::{Group, Reading, Scenario, Site, SocketState, Trace};
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
@@ -64,7 +64,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     leaker.run("go");
 
     let report = tracer.fresh_report();
-    let leak = report.groups_at(leaker.pid(), "socket()");
+    let leak = report.groups_at(leaker.pid(), &Site::socket());
     assert_eq!(
         leak.len(),
         2,
@@ -111,7 +111,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
 
     // The files are rewritten at every report; the final one is complete.
     let last = tracer.stop();
-    assert_eq!(last.groups_at(leaker.pid(), "socket()").len(), 2);
+    assert_eq!(last.groups_at(leaker.pid(), &Site::socket()).len(), 2);
     let folded = std::fs::read_to_string(&folded).unwrap();
     let leak_line = folded
         .lines()
@@ -166,11 +166,11 @@ fn without_stacks_sockets_group_by_process_and_site() {
     );
     leaker.run("go");
     let report = tracer.report_when(|r| {
-        r.groups_at(leaker.pid(), "socket()")
+        r.groups_at(leaker.pid(), &Site::socket())
             .iter()
             .any(|g| g.count == 8)
     });
-    let groups = report.groups_at(leaker.pid(), "socket()");
+    let groups = report.groups_at(leaker.pid(), &Site::socket());
     assert_eq!(
         groups.len(),
         1,
@@ -197,13 +197,13 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
     // first two connections get stacks, the other five do not.
     leaker.run("go");
     let report = tracer.report_when(|r| {
-        r.groups_at(leaker.pid(), "socket()")
+        r.groups_at(leaker.pid(), &Site::socket())
             .iter()
             .map(|g| g.count)
             .sum::<usize>()
             == 8
     });
-    let groups = report.groups_at(leaker.pid(), "socket()");
+    let groups = report.groups_at(leaker.pid(), &Site::socket());
     let counts = |not_sampled: bool| -> Vec<usize> {
         let mut counts: Vec<usize> = groups
             .iter()
@@ -269,14 +269,14 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     // Node writes its perf map lazily: a JIT frame unknown at the first symbolization makes a
     // group of its own until a later report's retry names it; and symbolizing node's first
     // stacks (a large binary with DWARF) takes a while. A few reports settle both.
-    let accept_site = format!("accept() on :{port}");
+    let accept_site = Site::accept_on(port.parse().unwrap());
     let report = tracer.report_when(|r| {
-        r.groups_at(node.pid(), "socket()").len() == 1
+        r.groups_at(node.pid(), &Site::socket()).len() == 1
             && r.groups_at(server.pid(), &accept_site)
                 .iter()
                 .all(|g| !frames(g).is_empty())
     });
-    let clients = report.groups_at(node.pid(), "socket()");
+    let clients = report.groups_at(node.pid(), &Site::socket());
     assert_eq!(clients.len(), 1, "{clients:#?}");
     assert_eq!(clients[0].count, 6);
     let client_frames = frames(clients[0]);
@@ -304,13 +304,13 @@ fn node_connections_never_destroyed_show_their_javascript_frames() {
     );
     // The server's side: the listening port that ties the sockets to the server, and the
     // stack that made their listener (an accept-time stack is the event loop's).
-    let accepted = report.groups_at(server.pid(), &format!("accept() on :{port}"));
+    let accepted = report.groups_at(server.pid(), &Site::accept_on(port.parse().unwrap()));
     assert_eq!(
         accepted.iter().map(|g| g.count).collect::<Vec<_>>(),
         [6],
         "{accepted:#?}"
     );
-    let listener = report.group_at(server.pid(), "socket()");
+    let listener = report.group_at(server.pid(), &Site::socket());
     assert_eq!(listener.states[&SocketState::Listen], 1, "{listener:#?}");
     assert!(!frames(accepted[0]).is_empty());
     assert_eq!(frames(accepted[0]), frames(listener));
@@ -393,8 +393,8 @@ fn upstream_leak_is_named(mode: &[&str]) {
     let tracer = Trace::start(&[service.pid()]);
     service.run("go");
 
-    let report = tracer.report_when(|r| r.groups_at(service.pid(), "socket()").len() == 1);
-    let groups = report.groups_at(service.pid(), "socket()");
+    let report = tracer.report_when(|r| r.groups_at(service.pid(), &Site::socket()).len() == 1);
+    let groups = report.groups_at(service.pid(), &Site::socket());
     assert_eq!(groups.len(), 1, "{groups:#?}");
     let group = groups[0];
     assert_eq!(group.count, 5);
@@ -516,11 +516,11 @@ fn upstream_service(node_flags: &[&str], mode: &[&str]) -> (Scenario, Scenario) 
 fn upstreams_opened(tracer: &Trace, service: &mut Scenario) -> (Group, Vec<String>) {
     service.run("go");
     let report = tracer.report_when(|r| {
-        r.groups_at(service.pid(), "socket()")
+        r.groups_at(service.pid(), &Site::socket())
             .first()
             .is_some_and(|g| g.count == 5 && !g.key.stack.frames().is_empty())
     });
-    let group = report.group_at(service.pid(), "socket()").clone();
+    let group = report.group_at(service.pid(), &Site::socket()).clone();
     assert!(group.handle_stack, "{group:#?}");
     let frames = group.key.stack.frames().to_vec();
     (group, frames)

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use sockleak_tests::{
-    EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, SocketRow, SocketState,
+    EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, Site, SocketRow, SocketState,
     Trace, count_by, states,
 };
 
@@ -161,7 +161,7 @@ fn close_wait_sockets_belong_to_the_server_that_accepted_them() {
         .find(|g| g.states.get(&SocketState::CloseWait) == Some(&20))
         .expect("one group holds the 20 CLOSE_WAIT sockets");
     assert_eq!(group.key.pid, server.pid());
-    assert_eq!(group.key.site, format!("accept() on :{port}"));
+    assert_eq!(group.key.site, Site::accept_on(port.parse().unwrap()));
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! that looks most like it. Thresholds are shortened to 1s so the tests take seconds.
 use std::time::Duration;
 
-use sockleak_tests::{End::*, NO_VERDICT, Reading, Scenario, SocketState, Trace, Verdict};
+use sockleak_tests::{End::*, NO_VERDICT, Reading, Scenario, Site, SocketState, Trace, Verdict};
 
 const SETTLE: Duration = Duration::from_millis(2500);
 
@@ -49,7 +49,7 @@ fn close_wait_and_reset_held_but_not_open_or_unconnected_or_listening() {
             "never connected is not reset"
         );
     }
-    let group = r.group_at(s, &format!("accept() on :{port}"));
+    let group = r.group_at(s, &Site::accept_on(port.parse().unwrap()));
     assert_eq!(group.flags, [Verdict::CloseWait]);
 }
 
@@ -88,7 +88,7 @@ fn unread_but_not_a_slow_reader_that_makes_progress() {
         r.socket_at(client.pid(), Local, &ports[1]).flags,
         NO_VERDICT
     );
-    let group = r.group_at(server.pid(), &format!("accept() on :{port}"));
+    let group = r.group_at(server.pid(), &Site::accept_on(port.parse().unwrap()));
     assert!(group.memory_bytes >= 65536, "{group:?}");
 }
 

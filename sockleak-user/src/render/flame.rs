@@ -20,7 +20,7 @@ pub fn folded(report: &Report) -> Vec<String> {
         .map(|g| {
             let key = &g.key;
             let stack = key.stack.frames();
-            let mut frames = vec![format!("{} ({})", key.comm, key.pid), key.site.clone()];
+            let mut frames = vec![format!("{} ({})", key.comm, key.pid), key.site.to_string()];
             if stack.is_empty() {
                 frames.push(if g.stack_not_sampled {
                     "[stack not sampled]".to_owned()

@@ -1,34 +1,26 @@
-//! Newline-delimited JSON: one object per line, `type` first.
-use serde_json::{Value, json};
+//! Newline-delimited JSON: one object per line, `type` first, in the one encoding the
+//! report's schema defines (and reads back as `report::Line`).
+use serde::Serialize;
 
-use crate::report::{Report, Started};
+use crate::report::{
+    Report, Started,
+    schema::{ReportLineRef, Tagged},
+};
 
 pub fn started(s: &Started) -> String {
-    let mut v = serde_json::to_value(s).expect("serializable");
-    tag(&mut v, "started");
-    line(&v)
+    line(&Tagged::new("started", s))
 }
 
 pub fn report(r: &Report, final_report: bool) -> String {
-    let mut v = serde_json::to_value(r).expect("serializable");
-    tag(&mut v, "report");
-    v["final"] = json!(final_report);
-    line(&v)
-}
-
-fn tag(v: &mut Value, kind: &str) {
-    // Rebuild so `type` comes first in the line: easier on humans grepping the stream.
-    let Value::Object(fields) = std::mem::take(v) else {
-        unreachable!()
+    let body = ReportLineRef {
+        report: r,
+        is_final: final_report,
     };
-    let mut tagged = serde_json::Map::new();
-    tagged.insert("type".into(), json!(kind));
-    tagged.extend(fields);
-    *v = Value::Object(tagged);
+    line(&Tagged::new("report", &body))
 }
 
-fn line(v: &Value) -> String {
-    let mut s = serde_json::to_string(v).expect("serializable");
+fn line(tagged: &impl Serialize) -> String {
+    let mut s = serde_json::to_string(tagged).expect("reports serialize");
     s.push('\n');
     s
 }
@@ -110,5 +102,24 @@ mod tests {
         assert!(back.is_final);
         assert_eq!(back.report.sockets[0].cookie, 9);
         assert_eq!(back.report.stats.open_sockets, 1);
+    }
+
+    /// A newer sockleak's line types reach an older reader as they came, not as an error; a
+    /// known type that does not read is one.
+    #[test]
+    fn a_line_of_an_unknown_type_is_kept_as_it_came() {
+        let text = r#"{"type":"evidence","pid":7,"files":["a","b"]}"#;
+        let line: Line = serde_json::from_str(text).unwrap();
+        let Line::Other(other) = &line else {
+            panic!("{line:?}");
+        };
+        assert_eq!(other.kind, "evidence");
+        assert_eq!(other.fields["pid"], 7);
+        assert_eq!(serde_json::to_string(&line).unwrap(), text);
+
+        let broken = r#"{"type":"report","sockets":"none"}"#;
+        let err = serde_json::from_str::<Line>(broken).unwrap_err();
+        assert!(err.to_string().starts_with("a report line: "), "{err}");
+        assert!(serde_json::from_str::<Line>(r#"{"pid":7}"#).is_err());
     }
 }

@@ -2,7 +2,7 @@
 //! sockets of each group as evidence.
 use std::fmt::Write;
 
-use sockleak_common::Verdict;
+use sockleak_common::{SiteKind, Verdict};
 
 use super::{escape::for_terminal, frames::plumbing_inside};
 use crate::report::{Group, Report, SocketRow, Started};
@@ -65,7 +65,7 @@ pub fn report(r: &Report, final_report: bool) -> String {
         r.sockets.len(),
         r.groups.len(),
         st.open_sockets,
-        st.table.events,
+        st.table.events_seen,
         st.kernel.events_lost,
     );
     if st.kernel.stack_collisions > 0 {
@@ -117,7 +117,7 @@ pub fn report(r: &Report, final_report: bool) -> String {
     let site = r
         .groups
         .iter()
-        .map(|g| g.key.site.chars().count())
+        .map(|g| g.key.site.text().chars().count())
         .max()
         .unwrap_or(0)
         .clamp(20, 56);
@@ -259,9 +259,7 @@ pub fn process_line(g: &Group, found_open: bool) -> Option<String> {
 /// Where the group's client connections go, unless its site already names the one place.
 pub fn endpoints_line(g: &Group) -> Option<String> {
     if g.endpoints.is_empty()
-        || (g.endpoints.len() == 1
-            && g.more_endpoints == 0
-            && g.key.site.starts_with("connect() to "))
+        || (g.endpoints.len() == 1 && g.more_endpoints == 0 && g.key.site.kind == SiteKind::Connect)
     {
         return None;
     }

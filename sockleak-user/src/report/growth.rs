@@ -2,20 +2,7 @@
 //! its owner runs out of file descriptors at that rate.
 use std::collections::{HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-
-use super::schema::GroupKey;
-
-/// How fast a group's socket count rises, and when the owner runs out of file descriptors.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Growth {
-    pub per_minute: f64,
-    /// The owner's RLIMIT_NOFILE soft limit and its open fds, when /proc tells.
-    pub fd_limit: Option<u64>,
-    pub open_fds: Option<u64>,
-    /// At the current rate; absent when the limit is unknown.
-    pub seconds_to_fd_limit: Option<u64>,
-}
+use super::schema::{GroupKey, Growth};
 
 /// Remembers each group's count over the last reports.
 #[derive(Default)]
@@ -82,8 +69,9 @@ mod tests {
         let mut g = GrowthTracker::default();
         let key = GroupKey {
             pid: 1,
-            site: "socket()".to_owned(),
-            ..GroupKey::default()
+            comm: String::new(),
+            site: sockleak_common::Site::socket(),
+            stack: Default::default(),
         };
         let mut result = HashMap::new();
         for (i, count) in [5usize, 6, 7, 8].into_iter().enumerate() {

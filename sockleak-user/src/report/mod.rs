@@ -12,19 +12,21 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Family, Origin, Role, SocketState, TcpState, Verdict};
+use sockleak_common::{Family, Origin, Role, Site, SiteKind, SocketState, TcpState, Verdict};
 
 pub use self::schema::{
-    ChurnRow, EndpointCount, Group, GroupKey, GroupStack, KernelStats, Line, Report, ReportLine,
-    SocketRow, Started, Stats,
+    ChurnRow, EndpointCount, Group, GroupKey, GroupStack, Growth, KernelStats, Line, OtherLine,
+    Process, Report, ReportLine, SocketMemory, SocketRow, StackCounts, Started, Stats, TableCounts,
+    TcpEvidence,
 };
 use self::{growth::GrowthTracker, process::ProcessTracker};
 use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::{Candidate, Filter},
     prefetch,
-    symbolize::{CreationStack, StackKey, Stacks},
-    table::{Socket, SocketTable},
+    sockdiag::{SkMem, TcpInfo},
+    symbolize::{CreationStack, StackKey, StackStats, Stacks},
+    table::{Socket, SocketTable, TableStats},
     verdict::{Thresholds, socket_flags},
 };
 
@@ -127,7 +129,7 @@ impl Reporter {
                 let key = GroupKey {
                     pid: s.owner.pid,
                     comm: s.owner.comm.to_string(),
-                    site: site_label(s),
+                    site: site_of(s),
                     stack: group_stack(s.stack),
                 };
                 *group_of_key.entry(key.clone()).or_insert_with(|| {
@@ -177,8 +179,8 @@ impl Reporter {
         let stats = Stats {
             kernel,
             open_sockets: table.len(),
-            table: table.stats.clone(),
-            stacks: stacks.stats(),
+            table: table_counts(&table.stats),
+            stacks: stack_counts(stacks.stats()),
             report_ms: 0.0,
             netns_unreachable: 0,
         };
@@ -310,33 +312,29 @@ fn site_place(s: &Socket) -> Option<SocketAddr> {
     }
 }
 
-fn site_label(s: &Socket) -> String {
+fn site_of(s: &Socket) -> Site {
     match s.origin {
-        Origin::Socket => "socket()".to_owned(),
+        Origin::Socket => Site::socket(),
         // The listening port ties accepted sockets to the server that accepts them.
         Origin::Accept => match s.local {
-            Some(local) => format!("accept() on :{}", local.port()),
-            None => "accept()".to_owned(),
+            Some(local) => Site::accept_on(local.port()),
+            None => Site::new(SiteKind::Accept, None),
         },
-        Origin::PreExisting(role) => {
-            found_open_label(role, s).unwrap_or_else(|| "pre-existing".to_owned())
-        }
-        Origin::Recovered(role) => match found_open_label(role, s) {
-            Some(label) => format!("{label} (creation event lost)"),
-            None => "recovered (creation event lost)".to_owned(),
-        },
+        Origin::PreExisting(role) => found_open_site(role, s),
+        Origin::Recovered(role) => found_open_site(role, s).lost(),
     }
 }
 
 /// What a socket found open is, as a site: as a traced accept's for accepted connections,
 /// the listening port for listeners, the endpoint for client connections.
-fn found_open_label(role: Role, s: &Socket) -> Option<String> {
-    match role {
-        Role::Accepted => Some(format!("accept() on :{}", s.local?.port())),
-        Role::Listening => Some(format!("listen() on :{}", s.local?.port())),
-        Role::Connected => Some(format!("connect() to {}", s.remote?)),
+fn found_open_site(role: Role, s: &Socket) -> Site {
+    let known = match role {
+        Role::Accepted => s.local.map(|local| Site::accept_on(local.port())),
+        Role::Listening => s.local.map(|local| Site::listen_on(local.port())),
+        Role::Connected => s.remote.map(Site::connect_to),
         Role::Unknown => None,
-    }
+    };
+    known.unwrap_or(Site::new(SiteKind::FoundOpen, None))
 }
 
 fn row(
@@ -372,13 +370,103 @@ fn row(
             .evidence
             .state_entered_after_ns
             .map(|after| now_ns.saturating_sub(after) / 1_000_000),
-        memory: s.evidence.mem,
+        memory: s.evidence.mem.map(socket_memory),
         tcp: s
             .evidence
             .tcp
-            .filter(|_| s.protocol == sockleak_common::Protocol::Tcp),
+            .filter(|_| s.protocol == sockleak_common::Protocol::Tcp)
+            .map(tcp_evidence),
         rcvqueue_full: s.evidence.rcvqueue_full,
         exceed_buf_limit: s.evidence.exceed_buf_limit,
+    }
+}
+
+fn socket_memory(m: SkMem) -> SocketMemory {
+    let SkMem {
+        rmem_alloc,
+        rcvbuf,
+        wmem_alloc,
+        sndbuf,
+        fwd_alloc,
+        wmem_queued,
+        drops,
+    } = m;
+    SocketMemory {
+        rmem_alloc,
+        rcvbuf,
+        wmem_alloc,
+        sndbuf,
+        fwd_alloc,
+        wmem_queued,
+        drops,
+    }
+}
+
+fn tcp_evidence(t: TcpInfo) -> TcpEvidence {
+    let TcpInfo {
+        last_data_sent_ms,
+        last_data_recv_ms,
+        last_ack_recv_ms,
+        retransmits,
+        total_retrans,
+        probes,
+        bytes_acked,
+        bytes_received,
+        notsent_bytes,
+        snd_wnd,
+    } = t;
+    TcpEvidence {
+        last_data_sent_ms,
+        last_data_recv_ms,
+        last_ack_recv_ms,
+        retransmits,
+        total_retrans,
+        probes,
+        bytes_acked,
+        bytes_received,
+        notsent_bytes,
+        snd_wnd,
+    }
+}
+
+/// The table's counters as a report publishes them (`malformed` events are the table's own
+/// concern: a newer kernel side's kinds, never published).
+fn table_counts(t: &TableStats) -> TableCounts {
+    let TableStats {
+        events,
+        created,
+        accepted,
+        released,
+        reconciled,
+        pre_existing,
+        recovered,
+        dropped_table_full,
+        dropped_unowned,
+        ignored,
+        malformed: _,
+    } = *t;
+    TableCounts {
+        events_seen: events,
+        created,
+        accepted,
+        released,
+        reconciled,
+        pre_existing,
+        recovered,
+        dropped_table_full,
+        dropped_unowned,
+        ignored,
+    }
+}
+
+fn stack_counts(s: StackStats) -> StackCounts {
+    let StackStats {
+        stacks,
+        stacks_incomplete,
+    } = s;
+    StackCounts {
+        stacks,
+        stacks_incomplete,
     }
 }
 

@@ -4,19 +4,8 @@
 //! exceed).
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-
+use super::schema::Process;
 use crate::procfs;
-
-/// The owner of a group, as /proc saw it at this report.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Process {
-    pub resident_bytes: u64,
-    /// Since the first report that saw this process.
-    pub resident_change_bytes: i64,
-    /// Since it started; a socket it created cannot be older.
-    pub age_ms: u64,
-}
 
 /// Remembers each process's resident memory at the first report that saw it.
 #[derive(Default)]

@@ -1,34 +1,114 @@
-//! What sockleak prints, as types: the `started` line and the reports, field for field as
-//! JSON carries them. `render` writes them; tests and the bench read them back with
-//! [`Line`].
+//! What sockleak prints, as types of its own: the `started` line and the reports, field for
+//! field as JSON carries them, with one encoding (serde) that `render::json` writes and tests,
+//! the bench and scripts read back as [`Line`]. The table's, sock_diag's and the symbolizer's
+//! structs convert into these in `report`; nothing here is shared with them but plain values.
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use serde::{Deserialize, Serialize};
-use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+use serde::{Deserialize, Serialize, de::Error as _};
+use sockleak_common::{Family, Origin, Protocol, Site, SocketState, Verdict};
 
-use super::{growth::Growth, process::Process};
-use crate::{
-    cgroups::Container,
-    sockdiag::{SkMem, TcpInfo},
-    symbolize::{StackKey, StackStats},
-    table::{HolderPids, TableStats},
-};
+use crate::{cgroups::Container, holders::HolderPids, symbolize::StackKey};
 
-/// One line of `--format json` output.
-#[derive(Deserialize, Debug, Clone)]
-#[serde(tag = "type", rename_all = "lowercase")]
+/// One line of `--format json` output: `{"type": "started" | "report" | ..., fields...}`.
+#[derive(Debug, Clone)]
 pub enum Line {
     Started(Started),
     Report(ReportLine),
+    /// A line of a type this reader does not know (a newer sockleak's): kept as it came.
+    Other(OtherLine),
 }
 
 /// A report line: the report, and whether it is the last one (at exit).
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ReportLine {
     #[serde(flatten)]
     pub report: Report,
     #[serde(rename = "final")]
     pub is_final: bool,
+}
+
+/// A line of a type this reader does not know, its fields untouched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtherLine {
+    pub kind: String,
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A line to write, borrowing what it says: `type` first, then the fields in order.
+#[derive(Serialize)]
+pub struct Tagged<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+impl<'a, T: Serialize> Tagged<'a, T> {
+    pub fn new(kind: &'a str, body: &'a T) -> Self {
+        Self { kind, body }
+    }
+}
+
+/// A report as a line says it, borrowed: the report's fields, then `final`.
+#[derive(Serialize)]
+pub struct ReportLineRef<'a> {
+    #[serde(flatten)]
+    pub report: &'a Report,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+impl Line {
+    /// The line's `type`.
+    pub fn kind(&self) -> &str {
+        match self {
+            Self::Started(_) => "started",
+            Self::Report(_) => "report",
+            Self::Other(other) => &other.kind,
+        }
+    }
+}
+
+impl Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Started(started) => Tagged::new(self.kind(), started).serialize(out),
+            Self::Report(line) => {
+                let body = ReportLineRef {
+                    report: &line.report,
+                    is_final: line.is_final,
+                };
+                Tagged::new(self.kind(), &body).serialize(out)
+            }
+            Self::Other(other) => Tagged::new(self.kind(), &other.fields).serialize(out),
+        }
+    }
+}
+
+/// A known type whose fields do not read is an error; an unknown type is kept as
+/// [`Line::Other`], so a reader keeps working when sockleak learns to say more.
+impl<'de> Deserialize<'de> for Line {
+    fn deserialize<D: serde::Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        let mut fields = serde_json::Map::deserialize(input)?;
+        // `remove` would move the last field into its place: the kept fields keep their order.
+        let kind = match fields.shift_remove("type") {
+            Some(serde_json::Value::String(kind)) => kind,
+            Some(other) => return Err(D::Error::custom(format!("a line's type is {other}"))),
+            None => return Err(D::Error::missing_field("type")),
+        };
+        let body = serde_json::Value::Object(fields);
+        let known = match kind.as_str() {
+            "started" => Started::deserialize(body).map(Self::Started),
+            "report" => ReportLine::deserialize(body).map(Self::Report),
+            _ => {
+                let serde_json::Value::Object(fields) = body else {
+                    unreachable!("made as an object above")
+                };
+                return Ok(Self::Other(OtherLine { kind, fields }));
+            }
+        };
+        known.map_err(|e| D::Error::custom(format!("a {kind} line: {e}")))
+    }
 }
 
 /// What `sockleak trace` says once every hook is attached.
@@ -80,6 +160,7 @@ pub struct SocketRow {
     /// `socket`, `accept`, `pre-existing`, `recovered`).
     #[serde(flatten)]
     pub origin: Origin,
+    /// Pids holding an fd to it at the last scan.
     pub holders: HolderPids,
     pub flags: Vec<Verdict>,
     /// How long the socket has been in its current state: at least `state_age_ms`, at most
@@ -88,23 +169,62 @@ pub struct SocketRow {
     /// bound (`null`) for a socket already in its state when sockleak first saw it.
     pub state_age_ms: u64,
     pub state_age_max_ms: Option<u64>,
-    /// Socket memory from sock_diag (`ss -m`): rmem_alloc, rcvbuf, wmem_queued, sndbuf, ...
-    pub memory: Option<SkMem>,
+    /// Socket memory from sock_diag (`ss -m`).
+    pub memory: Option<SocketMemory>,
     /// TCP evidence: times since last data, retransmits, zero-window probes, progress counters.
-    pub tcp: Option<TcpInfo>,
+    pub tcp: Option<TcpEvidence>,
     /// Drops on a full receive queue and memory-limit hits, counted since sockleak started.
     pub rcvqueue_full: u32,
     pub exceed_buf_limit: u32,
 }
 
+/// A socket's memory as sock_diag tells it (`ss -m`), bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketMemory {
+    pub rmem_alloc: u32,
+    pub rcvbuf: u32,
+    pub wmem_alloc: u32,
+    pub sndbuf: u32,
+    pub fwd_alloc: u32,
+    pub wmem_queued: u32,
+    pub drops: u32,
+}
+
+impl SocketMemory {
+    /// Kernel memory this socket pins: received data, queued data, and reserved pages.
+    pub fn pinned(&self) -> u64 {
+        u64::from(self.rmem_alloc) + u64::from(self.wmem_queued) + u64::from(self.fwd_alloc)
+    }
+}
+
+/// What `tcp_info` tells of a connection's progress.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpEvidence {
+    /// Milliseconds since data was last sent / received / an ACK was received.
+    pub last_data_sent_ms: u32,
+    pub last_data_recv_ms: u32,
+    pub last_ack_recv_ms: u32,
+    /// Retransmissions of the current unacknowledged segment, and over the connection's life.
+    pub retransmits: u8,
+    pub total_retrans: u32,
+    /// Unanswered zero-window (or keepalive) probes.
+    pub probes: u8,
+    /// Progress counters: bytes the peer acknowledged, bytes received from the peer.
+    pub bytes_acked: u64,
+    pub bytes_received: u64,
+    pub notsent_bytes: u32,
+    pub snd_wnd: u32,
+}
+
 /// Sockets are grouped like bcc's memleak groups allocations: by owner and creation stack,
 /// plus the site, whose listening port ties accepted sockets to their server.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub struct GroupKey {
     pub pid: u32,
     pub comm: String,
-    /// `socket()`, `accept() on :PORT`, `pre-existing` or `recovered (creation event lost)`.
-    pub site: String,
+    /// `socket()`, `accept() on :PORT`, `listen() on :PORT`, `connect() to ADDR`,
+    /// `pre-existing` or `recovered (creation event lost)`: one string in JSON.
+    pub site: Site,
     /// The creation stack, innermost frame first: `function (file:line)`, JIT frames as the
     /// runtime's perf map names them, unknown ones as `0xADDR [unknown]` (a tail of unknown
     /// frames, where a frame-pointer walk left the rails, is cut). Empty for sockets sockleak
@@ -206,6 +326,27 @@ pub struct Group {
     pub members: Vec<usize>,
 }
 
+/// How fast a group's socket count rises, and when the owner runs out of file descriptors.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Growth {
+    pub per_minute: f64,
+    /// The owner's RLIMIT_NOFILE soft limit and its open fds, when /proc tells.
+    pub fd_limit: Option<u64>,
+    pub open_fds: Option<u64>,
+    /// At the current rate; absent when the limit is unknown.
+    pub seconds_to_fd_limit: Option<u64>,
+}
+
+/// The owner of a group, as /proc saw it at this report.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Process {
+    pub resident_bytes: u64,
+    /// Since the first report that saw this process.
+    pub resident_change_bytes: i64,
+    /// Since it started; a socket it created cannot be older.
+    pub age_ms: u64,
+}
+
 /// A remote endpoint and how many of a group's connections go to it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct EndpointCount {
@@ -260,15 +401,45 @@ pub struct KernelStats {
     pub listeners_full: u64,
 }
 
+/// What the socket table did with events.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableCounts {
+    /// Events read from the ring buffer by userspace.
+    pub events_seen: u64,
+    pub created: u64,
+    pub accepted: u64,
+    pub released: u64,
+    /// Dropped by reconciliation: their release event was lost or never came.
+    pub reconciled: u64,
+    pub pre_existing: u64,
+    /// Found by reconciliation after their creation event was lost.
+    pub recovered: u64,
+    /// Sockets not tracked because the table was full.
+    pub dropped_table_full: u64,
+    /// Unowned TCP sockets forgotten because that list was full.
+    pub dropped_unowned: u64,
+    /// Events for protocols sockleak does not track (raw, ICMP, SCTP...).
+    pub ignored: u64,
+}
+
+/// The creation stacks of the sockets in the table.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StackCounts {
+    /// Distinct creation stacks.
+    pub stacks: usize,
+    /// Of those, stacks with frames still unnamed.
+    pub stacks_incomplete: usize,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Stats {
     #[serde(flatten)]
     pub kernel: KernelStats,
     pub open_sockets: usize,
     #[serde(flatten)]
-    pub table: TableStats,
+    pub table: TableCounts,
     #[serde(flatten)]
-    pub stacks: StackStats,
+    pub stacks: StackCounts,
     /// Time this report took to build (applying pending events, the sock_diag dumps, the holder
     /// scan, reconciliation, grouping), not counting its rendering.
     pub report_ms: f64,

@@ -43,7 +43,7 @@ pub struct DiagSocket {
 }
 
 /// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SkMem {
     pub rmem_alloc: u32,
     pub rcvbuf: u32,
@@ -62,7 +62,7 @@ impl SkMem {
 }
 
 /// The parts of `struct tcp_info` (`INET_DIAG_INFO`) the verdicts use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpInfo {
     /// Milliseconds since data was last sent / received / an ACK was received.
     pub last_data_sent_ms: u32,

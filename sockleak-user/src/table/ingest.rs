@@ -6,9 +6,9 @@ use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpS
 
 use super::{
     SYNTHETIC_KEY, SocketTable,
-    socket::{Evidence, HolderPids, Looked, Owner, Socket},
+    socket::{Evidence, Looked, Owner, Socket},
 };
-use crate::symbolize::CreationStack;
+use crate::{holders::HolderPids, symbolize::CreationStack};
 
 /// How many TCP sockets seen only through state changes (children waiting in an accept queue)
 /// are remembered until a process accepts them.

@@ -25,7 +25,7 @@ use sockleak_common::{Protocol, SockEvent, TcpState};
 
 pub use self::{
     churn::Churn,
-    socket::{Evidence, HolderPids, Owner, Socket, kernel_clock_ns},
+    socket::{Evidence, Owner, Socket, kernel_clock_ns},
 };
 use self::{ingest::Unowned, socket::Owners};
 
@@ -45,10 +45,9 @@ pub trait Processes {
 }
 
 /// What the table did with events, for `stats` in reports.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableStats {
     /// Events read from the ring buffer by userspace.
-    #[serde(rename = "events_seen")]
     pub events: u64,
     pub created: u64,
     pub accepted: u64,
@@ -64,7 +63,7 @@ pub struct TableStats {
     pub dropped_unowned: u64,
     /// Events for protocols sockleak does not track (raw, ICMP, SCTP...).
     pub ignored: u64,
-    #[serde(skip)]
+    /// Events of a kind this build does not know.
     pub malformed: u64,
 }
 

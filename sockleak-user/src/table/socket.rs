@@ -9,6 +9,7 @@ use std::{
 use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState, comm_bytes};
 
 use crate::{
+    holders::HolderPids,
     sockdiag::{DiagSocket, SkMem, TcpInfo},
     symbolize::CreationStack,
 };
@@ -141,69 +142,6 @@ pub(super) struct Looked {
     pub(super) unheld: u8,
     /// The last look whose dump listed it (0: none).
     pub(super) listed_in: u32,
-}
-
-/// The pids holding a socket: nearly always one or two, so they live in the socket itself (as a
-/// vector, each socket also had a heap block of its own: 3 MiB over 100,000 sockets).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HolderPids {
-    Few { len: u8, pids: [u32; 4] },
-    Many(Box<[u32]>),
-}
-
-impl Default for HolderPids {
-    fn default() -> Self {
-        Self::Few {
-            len: 0,
-            pids: [0; 4],
-        }
-    }
-}
-
-impl<const N: usize> PartialEq<[u32; N]> for HolderPids {
-    fn eq(&self, pids: &[u32; N]) -> bool {
-        **self == pids[..]
-    }
-}
-
-/// As the list of pids it is: reports serialize it as one.
-impl serde::Serialize for HolderPids {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        <[u32]>::serialize(self, serializer)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for HolderPids {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Vec::<u32>::deserialize(deserializer).map(|pids| Self::from(&pids[..]))
-    }
-}
-
-impl From<&[u32]> for HolderPids {
-    fn from(pids: &[u32]) -> Self {
-        match pids.len() {
-            len @ 0..=4 => {
-                let mut few = [0; 4];
-                few[..len].copy_from_slice(pids);
-                Self::Few {
-                    len: len as u8,
-                    pids: few,
-                }
-            }
-            _ => Self::Many(pids.into()),
-        }
-    }
-}
-
-impl std::ops::Deref for HolderPids {
-    type Target = [u32];
-
-    fn deref(&self) -> &[u32] {
-        match self {
-            Self::Few { len, pids } => &pids[..usize::from(*len)],
-            Self::Many(pids) => pids,
-        }
-    }
 }
 
 /// What the kernel said about a socket over time: the raw material of verdicts.
