@@ -23,7 +23,7 @@ use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::{Candidate, Filter},
     prefetch,
-    symbolize::{CreationStack, StackKey, Stacks},
+    stacks::{CreationStack, StackKey, Stacks},
     table::{Socket, SocketTable},
     verdict::{Thresholds, socket_flags},
 };

@@ -10,7 +10,7 @@ use super::{growth::Growth, process::Process};
 use crate::{
     cgroups::Container,
     sockdiag::{SkMem, TcpInfo},
-    symbolize::{StackKey, StackStats},
+    stacks::{StackKey, StackStats},
     table::{HolderPids, TableStats},
 };
 
