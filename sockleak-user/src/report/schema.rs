@@ -10,7 +10,7 @@ use super::{growth::Growth, process::Process};
 use crate::{
     cgroups::Container,
     sockdiag::{SkMem, TcpInfo},
-    stacks::{StackKey, StackStats},
+    stacks::identity::{StackKey, StackStats},
     table::{HolderPids, TableStats},
 };
 

@@ -10,7 +10,7 @@ use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState, comm_b
 
 use crate::{
     sockdiag::{DiagSocket, SkMem, TcpInfo},
-    stacks::CreationStack,
+    stacks::identity::CreationStack,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
