@@ -9,7 +9,8 @@
 //!   `procfs` and `cgroups` for processes);
 //! - `verdict`: why a socket looks leaked;
 //! - `report`: the sockets `filter` selects, grouped by owner, site and creation stack
-//!   (`symbolize` names the stacks, `v8` the JavaScript frames of a node without perf maps);
+//!   (`stacks` reads and names the creation stacks, `v8` the JavaScript frames of a node
+//!   without perf maps);
 //! - `render`: text, JSON, folded stacks and flame graphs; `metrics` (Prometheus) and `top` (a
 //!   live view) show reports too.
 //!
@@ -27,7 +28,7 @@ pub mod procfs;
 pub mod render;
 pub mod report;
 pub mod sockdiag;
-pub mod symbolize;
+pub mod stacks;
 pub mod table;
 pub mod top;
 pub mod trace;

@@ -21,7 +21,7 @@ use crate::{
     procfs,
     report::{KernelStats, Report, Reporter, Started},
     sockdiag::{DiagSocket, SockDiag},
-    symbolize::{CreationStack, Stacks},
+    stacks::{CreationStack, Stacks},
     table::{Processes, SocketTable},
     verdict::LOOK_AGAIN,
 };

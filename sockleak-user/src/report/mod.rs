@@ -25,7 +25,7 @@ use crate::{
     filter::{Candidate, Filter},
     prefetch,
     sockdiag::{SkMem, TcpInfo},
-    symbolize::{CreationStack, StackKey, StackStats, Stacks},
+    stacks::{CreationStack, StackKey, StackStats, Stacks},
     table::{Socket, SocketTable, TableStats},
     verdict::{Thresholds, socket_flags},
 };

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 use serde::{Deserialize, Serialize, de::Error as _};
 use sockleak_common::{Family, Origin, Protocol, Site, SocketState, Verdict};
 
-use crate::{cgroups::Container, holders::HolderPids, symbolize::StackKey};
+use crate::{cgroups::Container, holders::HolderPids, stacks::identity::StackKey};
 
 /// One line of `--format json` output: `{"type": "started" | "report" | ..., fields...}`.
 #[derive(Debug, Clone)]

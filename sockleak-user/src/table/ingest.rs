@@ -8,7 +8,7 @@ use super::{
     SYNTHETIC_KEY, SocketTable,
     socket::{Evidence, Looked, Owner, Socket},
 };
-use crate::{holders::HolderPids, symbolize::CreationStack};
+use crate::{holders::HolderPids, stacks::identity::CreationStack};
 
 /// How many TCP sockets seen only through state changes (children waiting in an accept queue)
 /// are remembered until a process accepts them.

@@ -18,7 +18,9 @@ use super::{
     KernelKeyed, Processes, SYNTHETIC_KEY, SocketTable,
     socket::{Evidence, Looked, Owner, Socket, open_at_least_ns},
 };
-use crate::{filter::Filter, holders::Holders, sockdiag::DiagSocket, symbolize::CreationStack};
+use crate::{
+    filter::Filter, holders::Holders, sockdiag::DiagSocket, stacks::identity::CreationStack,
+};
 
 /// A socket younger than this may not have its fd installed yet; it is never judged a ghost.
 pub(super) const GHOST_GRACE_NS: u64 = 1_000_000_000;

@@ -11,7 +11,7 @@ use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState, comm_b
 use crate::{
     holders::HolderPids,
     sockdiag::{DiagSocket, SkMem, TcpInfo},
-    symbolize::CreationStack,
+    stacks::identity::CreationStack,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use crate::table::{SocketTable, testing::*};
 use crate::{
     filter::Filter,
     holders::Holders,
-    symbolize::CreationStack,
+    stacks::identity::CreationStack,
     table::{SYNTHETIC_KEY, socket::CommNames},
 };
 
