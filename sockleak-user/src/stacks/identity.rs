@@ -61,13 +61,3 @@ impl CreationStack {
         }
     }
 }
-
-/// How many creation stacks a report's sockets have: counted by the symbolizer's cache, kept
-/// here so the report schema needs nothing else of this module.
-#[derive(Debug, Default, Clone, Copy, serde::Serialize, serde::Deserialize)]
-pub struct StackStats {
-    /// Distinct creation stacks of the sockets in the table.
-    pub stacks: usize,
-    /// Of those, stacks with frames still unnamed.
-    pub stacks_incomplete: usize,
-}

@@ -24,7 +24,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use sockleak_common::JsStack;
 
-pub use self::identity::{CreationStack, StackKey, StackStats};
+pub use self::identity::{CreationStack, StackKey};
 use self::{naming::Namer, source::KernelStacks};
 use crate::v8::V8Processes;
 
@@ -54,6 +54,15 @@ enum Request {
     Symbolize(StackKey),
     /// Answered once every request sent before it has been handled.
     Flush(mpsc::SyncSender<()>),
+}
+
+/// How many creation stacks the table's sockets have, as the cache knows them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StackStats {
+    /// Distinct creation stacks of the sockets in the table.
+    pub stacks: usize,
+    /// Of those, stacks with frames still unnamed.
+    pub stacks_incomplete: usize,
 }
 
 /// The event loop's handle on the symbolizer thread.
