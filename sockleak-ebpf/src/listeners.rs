@@ -9,9 +9,9 @@ use sockleak_common::{
 };
 
 use crate::{
+    addresses::read_addresses,
     filter::{admits_socket, admits_task, filters_owners},
     maps::{LISTENERS, announce, config, count},
-    state::read_addresses,
     task::current_task,
 };
 
