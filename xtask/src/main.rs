@@ -358,9 +358,11 @@ fn workspace_root() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions. Avoids a libc dependency for one call.
+    // Declared here: avoids a libc dependency for one call.
     unsafe extern "C" {
         fn geteuid() -> u32;
     }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail; the declaration matches libc's
+    // (uid_t is a u32 on Linux).
     unsafe { geteuid() == 0 }
 }
