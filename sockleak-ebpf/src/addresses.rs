@@ -16,6 +16,10 @@ pub fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
     if cfg.have_offsets == 0 {
         return Ok(());
     }
+    // SAFETY: every read goes through the probe helpers, which fail (rather than fault) on an
+    // address that cannot be read, whatever `sk` and the offsets are; what they read are
+    // plain integers, valid for any bits, and the buffer reads write into `ev`'s own 16-byte
+    // arrays, bounded by the slices (`len` is 4 or 16).
     unsafe {
         let family: u16 = bpf_probe_read_kernel((sk + cfg.sock_family) as *const u16)?;
         let dport: u16 = bpf_probe_read_kernel((sk + cfg.sock_dport) as *const u16)?;

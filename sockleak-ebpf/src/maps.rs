@@ -222,7 +222,9 @@ pub fn config_field<T: Copy>(field: impl FnOnce(&Config) -> &T) -> T {
 #[inline(always)]
 pub fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not preempt each other here.
+        // SAFETY: the map's own value for this CPU, valid and aligned for the program's run; no
+        // other CPU writes it. A program that interrupts this one on its CPU (a softirq's) may
+        // count in between and lose an increment, never leave an invalid u64.
         unsafe { *counter += 1 };
     }
 }
@@ -388,8 +390,10 @@ unsafe fn prepare(
     hook: Hook,
     fill: impl FnOnce(&mut SockEvent),
 ) {
-    // `SockEvent` is plain integers and a whole number of words (asserted in sockleak-common),
-    // so once every word is zero it is a valid value; volatile keeps LLVM from turning the
+    // SAFETY: `event` is valid for writes of a `SockEvent` and 8-aligned (the caller's word),
+    // so each of its words may be written. `SockEvent` is plain integers and a whole number of
+    // words (asserted in sockleak-common), so once every word is zero it is a valid value, and
+    // the `&mut` made then is the only reference to it. Volatile keeps LLVM from turning the
     // stores back into a `memset` call.
     unsafe {
         let words = event.cast::<u64>();

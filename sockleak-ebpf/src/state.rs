@@ -29,14 +29,19 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // request's cookie over the one assigned at the first, and with TCP Fast Open a child
         // can be accepted before the second. Not at each of a connection's ten transitions:
         // the helper is not free.
+        // SAFETY: `sk` is the tracepoint's typed `struct sock *` argument, which the verifier
+        // checks is a socket pointer this helper accepts (NULL gives 0); the helper only reads
+        // the socket's cookie, or assigns it one.
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
             listeners::connected(sk as u64, cookie, old_state, new_state);
         }
     }
     if new_state == TCP_SYN_SENT {
+        // SAFETY: as above, the tracepoint's own socket.
         take_pending_stack(&ctx, unsafe { bpf_get_socket_cookie(sk) });
     } else if new_state == TCP_LISTEN {
+        // SAFETY: as above.
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         take_pending_stack(&ctx, cookie);
         listeners::listening(sk as u64, cookie);
@@ -48,6 +53,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !state_worth_sending(sk as u64, new_state) {
         return 0;
     }
+    // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     send(EventKind::StateChanged, Hook::TpBtfInetSockSetState, |ev| {
         ev.skaddr = sk as u64;
