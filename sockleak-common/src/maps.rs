@@ -10,7 +10,8 @@ pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 /// service live less than a report interval, and those then cost no event, no wake-up and no
 /// userspace work. An array of this many `SockEvent` slots (a power of two), each socket in the
 /// one its cookie names; a socket whose slot is taken is announced through the ring as before.
-/// The default of `--newborn-sockets`.
+/// The default of `--newborn-sockets`. A slot is published relying on x86-64's store order
+/// (see `NEWBORN` in the eBPF crate's `maps.rs`), so userspace builds for x86-64 only.
 pub const NEWBORN_SOCKETS: u32 = 16_384;
 
 /// Releases of TCP sockets userspace never saw (they left `NEWBORN` at their release), kept

@@ -11,14 +11,22 @@ use crate::{
     ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
 };
 
-// SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
+// SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
+// alignment needs it (no implicit padding): any bit pattern is a valid value.
 unsafe impl aya::Pod for Config {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for KernelFilter {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for SockEvent {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for V8Layout {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for JsStack {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ReleasedSocket {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ListenerKey {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ListenerOwner {}
 
 /// Serialized as its `name()`, read back by `from_name()`.

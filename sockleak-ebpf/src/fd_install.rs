@@ -78,6 +78,8 @@ enum StackChoice {
 #[inline(always)]
 fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
     let cfg = config();
+    // SAFETY: a read of the tracepoint's record at the offset of `ret` in its tracefs format,
+    // through the probe helper (it fails rather than faults); an i64 is valid for any bits.
     let ret: i64 = unsafe { ctx.read_at(cfg.sys_exit_ret as usize) }.unwrap_or(-1);
     if ret < 0 {
         return; // the syscall failed: no socket

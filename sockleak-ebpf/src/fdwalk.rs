@@ -17,8 +17,15 @@ pub struct FdSocket {
     pub family: u16,
 }
 
+/// The word at kernel address `base + offset`.
+///
+/// # Safety
+/// None beyond the call itself: any address may be given, the read fails on one that cannot be
+/// read. `unsafe` as the helper it wraps is.
 #[inline(always)]
 pub unsafe fn read_ptr(base: u64, offset: u64) -> Result<u64, i32> {
+    // SAFETY: the probe helper fails rather than faults on an unreadable address, and a u64 is
+    // valid for any bits.
     unsafe { bpf_probe_read_kernel((base + offset) as *const u64) }
 }
 
@@ -28,6 +35,9 @@ pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
     if cfg.have_offsets == 0 || fd < 0 {
         return Err(-1);
     }
+    // SAFETY: bpf_get_current_task has no preconditions; every read is `read_ptr`'s, safe for
+    // any address; `file` is what the fd table holds for `fd`, which the caller's syscall just
+    // returned as a socket's (as `socket_of_file` asks).
     unsafe {
         let task = bpf_get_current_task();
         let files = read_ptr(task, cfg.task_files)?;
@@ -43,8 +53,14 @@ pub fn socket_of_fd(cfg: &Config, fd: i32) -> Result<Option<FdSocket>, i32> {
 
 /// A socket's `struct file` -> `file->private_data` (a `struct socket`) -> `sk`.
 /// `Ok(None)` for a socket that is not AF_INET/AF_INET6. The caller knows `file` is a socket.
+///
+/// # Safety
+/// Memory-safe for any `file` (every read goes through the probe helper); `file` must be a
+/// socket's for the result to mean anything, which the caller vouches for.
 #[inline(always)]
 pub unsafe fn socket_of_file(cfg: &Config, file: u64) -> Result<Option<FdSocket>, i32> {
+    // SAFETY: reads through `read_ptr` and the probe helper, which fail rather than fault on
+    // an unreadable address; what they read are plain integers, valid for any bits.
     unsafe {
         let socket = read_ptr(file, cfg.file_private_data)?;
         let sk = read_ptr(socket, cfg.socket_sk)?;

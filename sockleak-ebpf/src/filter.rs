@@ -83,6 +83,9 @@ pub fn admits_socket(family: u16, protocol: u16) -> bool {
 }
 
 /// Compares two comms as two words each: fewer instructions for the verifier than 16 bytes.
+///
+/// # Safety
+/// `wanted` points at 16 readable bytes, 8-aligned.
 #[inline(always)]
 unsafe fn same_comm(wanted: *const [u8; COMM_LEN], comm: &[u8; COMM_LEN]) -> bool {
     let wanted = wanted.cast::<u64>();

@@ -134,6 +134,8 @@ pub fn handle_stacks(pid: u32, tid: u32) -> HandleStacks {
         _pad: 0,
         handle: *handle,
     };
+    // SAFETY: a map value, copied at once: nothing inserts into or removes from
+    // `HANDLE_STACKS` before the copy.
     match unsafe { HANDLE_STACKS.get(&key) } {
         Some(stacks) => *stacks,
         None => HandleStacks::NONE,

@@ -9,9 +9,9 @@ use sockleak_common::{
 };
 
 use crate::{
+    addresses::read_addresses,
     filter::{admits_socket, admits_task, filters_owners},
     maps::{LISTENERS, announce, config, count},
-    state::read_addresses,
     task::current_task,
 };
 
@@ -58,9 +58,14 @@ pub fn stopped_listening(sk: u64) {
     let Some(key) = key_of(sk) else {
         return;
     };
-    // SAFETY: a map value, valid for the program's run.
-    let ours = unsafe { LISTENERS.get(&key) }
-        .is_some_and(|owner| owner.cookie == unsafe { bpf_get_socket_cookie(sk as *mut _) });
+    // SAFETY: a map value, read at once: nothing inserts into or removes from `LISTENERS`
+    // before the comparison is done.
+    let ours = unsafe { LISTENERS.get(&key) }.is_some_and(|owner| {
+        // SAFETY: `sk` is the state tracepoint's typed `struct sock *` argument (only cast to
+        // an integer and back), which the verifier checks is a socket pointer this helper
+        // accepts; the helper only reads the socket's cookie, or assigns it one.
+        owner.cookie == unsafe { bpf_get_socket_cookie(sk as *mut _) }
+    });
     if ours {
         let _ = LISTENERS.remove(&key);
     }

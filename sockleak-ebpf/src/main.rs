@@ -23,6 +23,7 @@
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`
 //! (the JavaScript frames of a Node.js stack), `fdwalk.rs` (fd to socket), `filter.rs` (the
 //! owner filters), `listeners.rs` (listeners' owners, and the connections through them),
+//! `addresses.rs` (a socket's ports and addresses, for the state program and `listeners.rs`),
 //! `maps.rs` (maps, config, and `send`, the one way an event reaches the ring).
 //!
 //! (*) the last `fput` can run from a kworker; the release event carries no ownership meaning.
@@ -34,6 +35,7 @@
 #![no_std]
 #![no_main]
 
+mod addresses;
 mod fd_install;
 mod fdwalk;
 mod filter;

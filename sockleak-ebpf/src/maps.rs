@@ -140,6 +140,17 @@ pub static JS_SCRATCH: PerCpuArray<JsStack, 1> = PerCpuArray::new();
 /// sends nothing). An array, not a hash map: a hash map's insert and delete (bucket lock,
 /// freelist) cost more than the ring event they replace, a slot is a load and a few stores.
 /// Userspace maps it into its memory and reads it in place.
+///
+/// # x86-64 only: publication relies on store order
+/// [`publish`] fills a free slot's every other word first and its cookie last, with plain
+/// (volatile) stores and no barrier; userspace (`sockleak-user/src/newborn.rs`) loads the cookie
+/// with Acquire and only then copies the slot. A reader that sees the cookie therefore sees the
+/// words written before it only because x86-64 is TSO: other CPUs see one CPU's stores in the
+/// order it made them. On a weakly ordered CPU (arm64) it could see the cookie beside stale
+/// words. Making it portable takes a store-release of the cookie, and BPF's store-release
+/// instruction needs a kernel newer than the ones sockleak supports (5.10, 6.1, 6.12); the
+/// fully ordered atomic exchange that could stand in for it needs 5.12. So userspace, whose
+/// architecture is the kernel's, refuses to build for any other (`sockleak-user/src/lib.rs`).
 #[btf_map]
 pub static NEWBORN: Array<SockEvent, { NEWBORN_SOCKETS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
@@ -222,7 +233,9 @@ pub fn config_field<T: Copy>(field: impl FnOnce(&Config) -> &T) -> T {
 #[inline(always)]
 pub fn count(stat: Stat) {
     if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
-        // Per-CPU slot: no other CPU writes it, and programs do not preempt each other here.
+        // SAFETY: the map's own value for this CPU, valid and aligned for the program's run; no
+        // other CPU writes it. A program that interrupts this one on its CPU (a softirq's) may
+        // count in between and lose an increment, never leave an invalid u64.
         unsafe { *counter += 1 };
     }
 }
@@ -286,7 +299,7 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
 }
 
 /// Copies `event` into a free `NEWBORN` slot, its cookie last: userspace takes a slot only once
-/// its cookie is set (x86 makes stores visible in program order). Two CPUs may both find the
+/// its cookie is set (x86-64 makes stores visible in program order: see [`NEWBORN`]). Two CPUs may both find the
 /// same slot free only for two sockets whose cookies are equal modulo the slots, born at the
 /// same instant: one of them is then missing until a report's scan adopts it.
 ///
@@ -388,8 +401,10 @@ unsafe fn prepare(
     hook: Hook,
     fill: impl FnOnce(&mut SockEvent),
 ) {
-    // `SockEvent` is plain integers and a whole number of words (asserted in sockleak-common),
-    // so once every word is zero it is a valid value; volatile keeps LLVM from turning the
+    // SAFETY: `event` is valid for writes of a `SockEvent` and 8-aligned (the caller's word),
+    // so each of its words may be written. `SockEvent` is plain integers and a whole number of
+    // words (asserted in sockleak-common), so once every word is zero it is a valid value, and
+    // the `&mut` made then is the only reference to it. Volatile keeps LLVM from turning the
     // stores back into a `memset` call.
     unsafe {
         let words = event.cast::<u64>();

@@ -28,6 +28,9 @@ pub fn sock_exceed_buf_limit(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn pressure(ctx: &BtfTracePointContext, kind: EventKind, hook: Hook) {
     let sk: *mut c_void = ctx.arg(0);
+    // SAFETY: `sk` is the tracepoint's typed `struct sock *` argument, which the verifier checks
+    // is a socket pointer this helper accepts (NULL gives 0); the helper only reads the
+    // socket's cookie, or assigns it one.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     send(kind, hook, |ev| {
         ev.skaddr = sk as u64;

@@ -59,8 +59,17 @@ pub extern "C" fn socket_fds(ctx: *mut TaskFileContext) -> i32 {
     0
 }
 
+/// The socket `file` holds, and the process `task` that holds it; `None` for a file that is
+/// no inet socket.
+///
+/// # Safety
+/// Memory-safe for any `task` and `file` (every read goes through the probe helper); they
+/// must be the iterator's task and one of its files for the result to mean anything.
 #[inline(always)]
 unsafe fn held_socket(cfg: &Config, task: u64, file: u64) -> Result<Option<HeldSocket>, i32> {
+    // SAFETY: reads through `read_ptr` and the probe helper, which fail rather than fault on
+    // an unreadable address, of plain integers, valid for any bits; `socket_of_file` is called
+    // only once the inode's mode says `file` is a socket, as it asks.
     unsafe {
         let inode = read_ptr(file, cfg.file_inode)?;
         let mode: u16 = bpf_probe_read_kernel((inode + cfg.inode_mode) as *const u16)?;

@@ -4,13 +4,14 @@
 //! LISTEN, which only `connect()` and `listen()` reach (stacks, `listeners`).
 use aya_ebpf::{
     cty::c_void,
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf, generated::bpf_get_socket_cookie},
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use sockleak_common::{EventKind, Family, Hook, SockEvent, TcpState};
+use sockleak_common::{EventKind, Hook, TcpState};
 
 use crate::{
+    addresses::read_addresses,
     listeners,
     maps::{config, send},
     stacks::take_pending_stack,
@@ -28,14 +29,19 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // request's cookie over the one assigned at the first, and with TCP Fast Open a child
         // can be accepted before the second. Not at each of a connection's ten transitions:
         // the helper is not free.
+        // SAFETY: `sk` is the tracepoint's typed `struct sock *` argument, which the verifier
+        // checks is a socket pointer this helper accepts (NULL gives 0); the helper only reads
+        // the socket's cookie, or assigns it one.
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
             listeners::connected(sk as u64, cookie, old_state, new_state);
         }
     }
     if new_state == TCP_SYN_SENT {
+        // SAFETY: as above, the tracepoint's own socket.
         take_pending_stack(&ctx, unsafe { bpf_get_socket_cookie(sk) });
     } else if new_state == TCP_LISTEN {
+        // SAFETY: as above.
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         take_pending_stack(&ctx, cookie);
         listeners::listening(sk as u64, cookie);
@@ -47,6 +53,7 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !state_worth_sending(sk as u64, new_state) {
         return 0;
     }
+    // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     send(EventKind::StateChanged, Hook::TpBtfInetSockSetState, |ev| {
         ev.skaddr = sk as u64;
@@ -63,7 +70,6 @@ const TCP_ESTABLISHED: i32 = TcpState::ESTABLISHED.0 as i32;
 const TCP_SYN_SENT: i32 = TcpState::SYN_SENT.0 as i32;
 const TCP_CLOSE: i32 = TcpState::CLOSE.0 as i32;
 const TCP_LISTEN: i32 = TcpState::LISTEN.0 as i32;
-const AF_INET6: u16 = Family::Ipv6.af();
 
 /// Most transitions are churn userspace learns nothing from: every connection passes through
 /// SYN_SENT, ESTABLISHED, FIN_WAIT, LAST_ACK..., and the sock_diag sample every interval tells
@@ -87,37 +93,6 @@ fn state_worth_sending(sk: u64, new_state: i32) -> bool {
     let file = unsafe { bpf_probe_read_kernel((sk + cfg.sock_socket) as *const u64) };
     // Sent unless the socket is known to have lost its file.
     !file.is_ok_and(|socket| socket == 0)
-}
-
-/// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
-#[inline(always)]
-pub fn read_addresses(sk: u64, ev: &mut SockEvent) -> Result<(), i32> {
-    let cfg = config();
-    if cfg.have_offsets == 0 {
-        return Ok(());
-    }
-    unsafe {
-        let family: u16 = bpf_probe_read_kernel((sk + cfg.sock_family) as *const u16)?;
-        let dport: u16 = bpf_probe_read_kernel((sk + cfg.sock_dport) as *const u16)?;
-        ev.family = family;
-        ev.dport = u16::from_be(dport);
-        ev.sport = bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16)?;
-        if ev.sport == 0 {
-            // Unhashed at CLOSE: skc_num is gone, inet_sport still says.
-            let sport: u16 = bpf_probe_read_kernel((sk + cfg.inet_sport) as *const u16)?;
-            ev.sport = u16::from_be(sport);
-        }
-        // Straight into the event: a copy through the stack left a stack pointer as the
-        // last value of the closures this is inlined into, which the verifier refuses to see
-        // returned from a subprogram.
-        let (saddr, daddr, len) = if family == AF_INET6 {
-            (cfg.sock_v6_rcv_saddr, cfg.sock_v6_daddr, 16)
-        } else {
-            (cfg.sock_rcv_saddr, cfg.sock_daddr, 4)
-        };
-        bpf_probe_read_kernel_buf((sk + saddr) as *const u8, &mut ev.saddr[..len])?;
-        bpf_probe_read_kernel_buf((sk + daddr) as *const u8, &mut ev.daddr[..len])
-    }
 }
 
 /// Fallback for kernels without BTF: same meaning, but no cookie (userspace joins on skaddr).

@@ -252,13 +252,15 @@ fn function_shared(layout: &V8Layout, context: u64, function: u64) -> Option<u64
         return None;
     }
     let object = function - HEAP_OBJECT_TAG;
-    // SAFETY (all three): reads the traced process's memory; a fault makes the read fail.
+    // SAFETY: reads the traced process's memory through the probe helper, which fails rather
+    // than faults on an address that cannot be read; a u64 is valid for any bits.
     let map: u64 =
         unsafe { bpf_probe_read_user((object + u64::from(layout.object_map)) as *const u64) }
             .ok()?;
     if map & HEAP_OBJECT_TAG_MASK != HEAP_OBJECT_TAG {
         return None;
     }
+    // SAFETY: as above (a u16).
     let instance_type: u16 = unsafe {
         bpf_probe_read_user(
             (map - HEAP_OBJECT_TAG + u64::from(layout.map_instance_type)) as *const u16,
@@ -268,6 +270,7 @@ fn function_shared(layout: &V8Layout, context: u64, function: u64) -> Option<u64
     if !(layout.first_function_type..=layout.last_function_type).contains(&instance_type) {
         return None;
     }
+    // SAFETY: as above.
     let shared: u64 =
         unsafe { bpf_probe_read_user((object + u64::from(layout.function_shared)) as *const u64) }
             .ok()?;

@@ -36,6 +36,16 @@ pub mod tracer;
 pub mod v8;
 pub mod verdict;
 
+// The kernel publishes newborn sockets with plain stores, cookie last, and a reader sees them
+// whole only because x86-64 keeps stores in order (`NEWBORN` in sockleak-ebpf/src/maps.rs,
+// read in `newborn.rs`). This side's architecture is the kernel's: until that protocol is
+// portable, no other one.
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!(
+    "sockleak supports x86-64 only: the kernel's NEWBORN map is published relying on x86-64's \
+     store order (see NEWBORN in sockleak-ebpf/src/maps.rs)"
+);
+
 /// What `sockleak --version` says: the release, the commit it was built from, and whether the
 /// binary is statically linked (a `cargo xtask dist` build, which runs on any x86-64 Linux
 /// whatever its C library).

@@ -15,6 +15,12 @@ use aya::{
 };
 use sockleak_common::{RELEASE_LOG_SLOTS, ReleasedSocket, SockEvent};
 
+/// The reading side of `NEWBORN`'s publication protocol, which is sound on x86-64 only: the
+/// kernel writes a slot's other words with plain stores and its cookie last, with no barrier
+/// (`NEWBORN` in sockleak-ebpf/src/maps.rs says why none is available). [`Newborn::take`] loads
+/// the cookie with Acquire, which keeps this side's copy of the slot after it; that the copy
+/// then holds what the kernel wrote before the cookie rests on x86-64's store order (TSO),
+/// which is why `lib.rs` refuses other architectures.
 pub struct Newborn {
     /// `NEWBORN`: a slot is taken by swapping its cookie to 0.
     slots: Mapped<SockEvent>,
@@ -38,7 +44,8 @@ impl Newborn {
     }
 
     /// Takes every socket the kernel announced in `NEWBORN` since the last call: from now on
-    /// their release goes through the ring. In no particular order.
+    /// their release goes through the ring. In no particular order. Whole only on x86-64 (see
+    /// [`Newborn`]).
     pub fn take(&mut self) -> Vec<SockEvent> {
         let mut born = Vec::new();
         for slot in 0..self.slots.len {

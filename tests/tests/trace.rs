@@ -301,6 +301,7 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
         // SAFETY: plain socket(2)/close(2).
         let fd = unsafe { libc::socket(family, kind, protocol) };
         if fd >= 0 {
+            // SAFETY: closes the descriptor just opened, which nothing else uses.
             unsafe { libc::close(fd) };
         }
         fd >= 0
@@ -317,6 +318,7 @@ fn socket_creation_keeps_working_for_every_family_while_attached() {
                 fd >= 0,
                 "socket({family}, {kind}, {protocol}) failed in round {round}: {err}"
             );
+            // SAFETY: closes the descriptor just opened, which nothing else uses.
             unsafe { libc::close(fd) };
         }
     }

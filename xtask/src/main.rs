@@ -6,11 +6,13 @@
 //! - `dist`: a release under `target/dist/`: a statically linked binary in a tarball and a
 //!   Debian package, with SHA-256 sums.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, over every crate (the eBPF
-//!   one with its pinned nightly, for its own target).
+//!   one with its pinned nightly, for its own target), and no import circle between modules
+//!   (`circles.rs`).
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
 //! - `vm-test`: the kernel scenarios inside Debian's 5.10, 6.1 and 6.12 cloud kernels (qemu).
 //! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
 //! - `run -- ARGS`: build, then run `sockleak ARGS` (through sudo when not root).
+mod circles;
 mod dist;
 mod ebpf;
 mod vm;
@@ -36,7 +38,8 @@ enum Cmd {
     /// Build the eBPF object and the release binary `target/release/sockleak`.
     Build,
     /// Check formatting and run clippy with warnings denied over every crate, the eBPF one
-    /// included (needs no eBPF object: a stub stands in).
+    /// included (needs no eBPF object: a stub stands in), and that no two modules of a crate
+    /// use each other.
     Lint,
     /// Build a release under target/dist/: a statically linked sockleak, a tarball with its
     /// man page, completions, systemd unit and licences, a Debian package, and SHA256SUMS.
@@ -142,9 +145,11 @@ pub(crate) fn build_with_ebpf(root: &Path, packages: &[&str]) -> Result<PathBuf>
     Ok(object)
 }
 
-/// Formatting and clippy, userspace workspace first, then the eBPF crate (outside the
-/// workspace: another toolchain, another target).
+/// Import circles, then formatting and clippy, userspace workspace first, then the eBPF crate
+/// (outside the workspace: another toolchain, another target). The circles' verdict waits for
+/// the rest, so one run tells everything that is wrong.
 fn lint(root: &Path) -> Result<()> {
+    let circles = circles::lint(root);
     run(cargo(root).args(["fmt", "--all", "--check"]))?;
     run(cargo(root).args([
         "clippy",
@@ -155,7 +160,8 @@ fn lint(root: &Path) -> Result<()> {
         "warnings",
     ]))?;
     ebpf::lint(root)?;
-    println!("lint: formatting and clippy are clean in every crate");
+    circles?;
+    println!("lint: formatting, clippy and module imports are clean in every crate");
     Ok(())
 }
 
@@ -352,9 +358,11 @@ fn workspace_root() -> PathBuf {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions. Avoids a libc dependency for one call.
+    // Declared here: avoids a libc dependency for one call.
     unsafe extern "C" {
         fn geteuid() -> u32;
     }
+    // SAFETY: geteuid(2) has no preconditions and cannot fail; the declaration matches libc's
+    // (uid_t is a u32 on Linux).
     unsafe { geteuid() == 0 }
 }

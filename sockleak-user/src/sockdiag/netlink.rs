@@ -58,8 +58,8 @@ impl NetlinkSocket {
         if fd < 0 {
             return Err(io::Error::last_os_error()).context("opening a sock_diag netlink socket");
         }
-        // SAFETY: fd is a fresh, valid descriptor.
         Ok(Self {
+            // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
             fd: unsafe { OwnedFd::from_raw_fd(fd) },
         })
     }

@@ -90,6 +90,8 @@ fn main() {
                     // SAFETY: the child only makes async-signal-safe calls (prctl, close,
                     // pause) and never returns.
                     match unsafe { libc::fork() } {
+                        // SAFETY: as said above: prctl, close and pause only, on a descriptor
+                        // this process owns, and no return.
                         0 => unsafe {
                             // Gone with the parent, whatever ends the test.
                             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
