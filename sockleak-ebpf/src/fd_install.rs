@@ -5,7 +5,7 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use sockleak_common::{EventKind, Hook, STACK_PENDING, SockEvent, Stat};
+use sockleak_common::{EventKind, Hook, SockEvent, StackStatus, Stat};
 
 use crate::{
     fdwalk::socket_of_fd,
@@ -97,7 +97,7 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
                 // Its creation is still in the kernel's map: the stack goes with it.
                 // SAFETY: a map value, valid for the program's run.
                 let created = unsafe { &mut *created };
-                if created.user_stack_id == STACK_PENDING {
+                if created.user_stack.is(StackStatus::Pending) {
                     capture_stacks(ctx, cfg, created);
                 }
                 return;
@@ -118,10 +118,10 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
             if hook == Hook::SysExitSocket {
                 // The stack (or, on the older layout, the inode) of a creation userspace
                 // already read, or that went through the ring.
-                send(EventKind::FdInstalled, hook, fill);
+                send(EventKind::CreationCompleted, hook, fill);
             } else {
                 // An accepted socket is born here, as far as userspace is concerned.
-                announce(EventKind::FdInstalled, hook, fill);
+                announce(EventKind::AcceptReturned, hook, fill);
             }
         }
         Ok(_) => {} // not an inet socket, or filtered out

@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sockleak_common::{NO_JS_STACK, STACK_IN_JS_STACK, Stat};
+use sockleak_common::{NO_JS_STACK, StackRef, StackStatus, Stat};
 
 use crate::{
     filter::admits_task,
@@ -76,9 +76,9 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     let native = if js == NO_JS_STACK {
         stack_id(&ctx, BPF_F_USER_STACK as u64)
     } else {
-        STACK_IN_JS_STACK
+        StackRef::IN_JS_STACK
     };
-    if native < 0 {
+    if native.is(StackStatus::Failed) {
         return 0;
     }
     let key = HandleKey {

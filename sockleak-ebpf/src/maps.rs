@@ -18,8 +18,8 @@ use core::ptr::read_volatile;
 use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
-    NO_STACK, RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
-    STAT_COUNT, SockEvent, Stat, V8_PROCESSES, V8Layout,
+    RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
+    STAT_COUNT, SockEvent, StackRef, Stat, V8_PROCESSES, V8Layout,
 };
 
 #[btf_map]
@@ -89,18 +89,18 @@ pub struct HandleKey {
     pub handle: u64,
 }
 
-/// Where a libuv handle was made: its native stack (id in `STACKS`, or
-/// `STACK_IN_JS_STACK`) and its JavaScript frames (key in `JS_STACKS`).
+/// Where a libuv handle was made: its native stack (in `STACKS`, or in its JavaScript stack)
+/// and its JavaScript frames (key in `JS_STACKS`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct HandleStacks {
-    pub native: i32,
+    pub native: StackRef,
     pub js: u32,
 }
 
 impl HandleStacks {
     pub const NONE: Self = Self {
-        native: NO_STACK,
+        native: StackRef::NONE,
         js: NO_JS_STACK,
     };
 }
@@ -416,8 +416,7 @@ unsafe fn prepare(
         event.hook = hook as u32;
         event.ts_ns = bpf_ktime_get_ns();
         event.fd = -1;
-        event.user_stack_id = NO_STACK;
-        event.handle_stack_id = NO_STACK;
+        // Both stack references are `StackRef::NONE` once zeroed.
         event.js_stack_id = NO_JS_STACK;
         fill(event);
     }

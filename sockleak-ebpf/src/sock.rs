@@ -5,7 +5,7 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock,
     programs::SockContext,
 };
-use sockleak_common::{Config, EventKind, Hook, NO_STACK, Protocol, STACK_PENDING, SockEvent};
+use sockleak_common::{Config, EventKind, Hook, Protocol, SockEvent, StackRef, StackStatus};
 
 use crate::{
     fdwalk::read_ptr,
@@ -40,7 +40,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
             ev.skaddr = sk;
             if cfg.libuv_handles != 0 && flag_set(&LIBUV_PROBED) {
                 let made = handle_stacks(task.pid, task.tid);
-                ev.handle_stack_id = made.native;
+                ev.handle_stack = made.native;
                 ev.js_stack_id = made.js;
             }
             if cfg.socket_inode != 0 {
@@ -49,15 +49,15 @@ pub fn sock_create(ctx: SockContext) -> i32 {
                 // `socket()`, chosen here within the budget (that exit sends nothing
                 // otherwise), or where the state program sees a TCP socket connect or listen.
                 // A socket opened for a libuv handle has the handle's stack, which says more.
-                if cfg.capture_stacks != 0 && ev.handle_stack_id == NO_STACK {
+                if cfg.capture_stacks != 0 && ev.handle_stack.is(StackStatus::None) {
                     if flag_set(&STACKS_AT_STATE) {
                         // No `socket()` exit: the state program takes the stack, within the
                         // budget then. A UDP socket has no such moment.
                         if sock.protocol == TCP {
-                            ev.user_stack_id = STACK_PENDING;
+                            ev.user_stack = StackRef::PENDING;
                         }
                     } else if stack_allowed(ev, task.pid, cfg.stack_rate) {
-                        ev.user_stack_id = STACK_PENDING;
+                        ev.user_stack = StackRef::PENDING;
                         stack_pending = true;
                     }
                 }

@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
-use sockleak_common::{Config, EventKind, Hook, STACK_NOT_SAMPLED, STACK_PENDING, SockEvent, Stat};
+use sockleak_common::{Config, EventKind, Hook, SockEvent, StackRef, StackStatus, Stat};
 
 use crate::{
     filter::admits_task,
@@ -31,7 +31,7 @@ pub fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
     if within_stack_budget(pid, rate, ev.ts_ns) {
         return true;
     }
-    ev.user_stack_id = STACK_NOT_SAMPLED;
+    ev.user_stack = StackRef::NOT_SAMPLED;
     count(Stat::StacksNotSampled);
     false
 }
@@ -101,7 +101,7 @@ pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
     if let Some(slot) = newborn_slot(cookie) {
         // SAFETY: a map value, valid for the program's run.
         let created = unsafe { &mut *slot };
-        if created.user_stack_id == STACK_PENDING
+        if created.user_stack.is(StackStatus::Pending)
             && stack_allowed(created, created.task.pid, cfg.stack_rate)
         {
             capture_stacks(ctx, cfg, created);
@@ -112,20 +112,24 @@ pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
     if !admits_task(&task) {
         return;
     }
-    send(EventKind::FdInstalled, Hook::TpBtfInetSockSetState, |ev| {
-        ev.task = task;
-        ev.cookie = cookie;
-        if stack_allowed(ev, task.pid, cfg.stack_rate) {
-            capture_stacks(ctx, cfg, ev);
-        }
-    });
+    send(
+        EventKind::CreationCompleted,
+        Hook::TpBtfInetSockSetState,
+        |ev| {
+            ev.task = task;
+            ev.cookie = cookie;
+            if stack_allowed(ev, task.pid, cfg.stack_rate) {
+                capture_stacks(ctx, cfg, ev);
+            }
+        },
+    );
 }
 
 /// The creating task's user stack, at the syscall that gave it the socket (or connected it,
 /// or made it listen). Only there: that is process context, and `current` is the owner.
 #[inline(always)]
 pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEvent) {
-    ev.user_stack_id = stack_id(ctx, BPF_F_USER_STACK as u64);
+    ev.user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
     if cfg.have_task_pt_regs != 0 {
         // SAFETY: helpers on the current task; a fault only makes the read fail.
         unsafe {
@@ -137,18 +141,18 @@ pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEve
     }
 }
 
-/// The id in `STACKS` of the stack `flags` ask for, or the (counted) error of a failed walk.
+/// The stack `flags` ask for in `STACKS`, or the (counted) error of a failed walk.
 #[inline(always)]
-pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+pub fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> StackRef {
     match ctx.get_stackid(&STACKS, flags) {
-        Ok(id) => id as i32,
+        Ok(id) => StackRef::from_stackid(id),
         Err(err) => {
             count(if err == -EEXIST {
                 Stat::StackCollisions
             } else {
                 Stat::StackFailures
             });
-            err
+            StackRef::from_stackid(i64::from(err))
         }
     }
 }

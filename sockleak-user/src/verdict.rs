@@ -147,7 +147,7 @@ mod tests {
     fn a_reset_with_bytes_in_flight_is_reset_held_not_send_stuck() {
         let mut t = SocketTable::new(4);
         t.apply(&created(4, 1));
-        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        let mut fd = event(EventKind::CreationCompleted, Hook::SysExitSocket);
         fd.cookie = 4;
         fd.inode = 77;
         t.apply(&fd);

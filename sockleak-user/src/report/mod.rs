@@ -496,7 +496,7 @@ mod tests {
             GroupStack::NotSampled,
             GroupStack::Pending(StackKey {
                 pid: 1,
-                user: 0,
+                native: crate::stacks::NativeFrames::Stacks(0),
                 sp_word: 0,
                 handle: false,
                 js: 0,

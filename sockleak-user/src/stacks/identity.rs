@@ -1,14 +1,14 @@
 //! Which stack created a socket: the keys the table, reports and their schema name stacks by.
 //!
 //! Nothing here reads or names a stack: the table depends on this file alone.
-use sockleak_common::{NO_JS_STACK, STACK_NOT_SAMPLED, SockEvent};
+use sockleak_common::{NO_JS_STACK, SockEvent, StackRef, StackStatus};
 
-/// Which stack created a socket: its id in `STACKS`, the process whose address space the
-/// addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
+/// Which stack created a socket: where its native frames are, the process whose address space
+/// the addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackKey {
     pub pid: u32,
-    pub user: i32,
+    pub native: NativeFrames,
     pub sp_word: u64,
     /// Taken where a libuv handle was made (`uv_tcp_init`), not at the socket's syscall.
     pub handle: bool,
@@ -16,10 +16,34 @@ pub struct StackKey {
     pub js: u32,
 }
 
+/// Where a stack's native frames were put.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NativeFrames {
+    /// In the kernel's `STACKS` map, at this id.
+    Stacks(u32),
+    /// In the JavaScript stack ([`StackKey::js`]), read by the same walk.
+    InJsStack,
+}
+
+impl NativeFrames {
+    /// Where an event's stack reference says the frames are; `None` when it has none.
+    fn of(stack: StackRef) -> Option<Self> {
+        match stack.status()? {
+            StackStatus::Taken => Some(Self::Stacks(stack.id)),
+            StackStatus::InJsStack => Some(Self::InJsStack),
+            StackStatus::None
+            | StackStatus::NotSampled
+            | StackStatus::Pending
+            | StackStatus::Failed => None,
+        }
+    }
+}
+
 /// What sockleak knows of the code path that created a socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum CreationStack {
-    /// None was taken: the socket predates sockleak, stacks are off, or the walk failed.
+    /// None was taken: the socket predates sockleak, stacks are off, the walk failed, or it
+    /// is still to come (pending).
     #[default]
     Unknown,
     /// Deliberately not taken: its process was over its `--stack-rate` budget.
@@ -32,25 +56,28 @@ impl CreationStack {
     /// one (it names the program's code; the socket's own names the event loop), else the
     /// socket's own.
     pub fn of(ev: &SockEvent) -> Self {
-        if ev.handle_stack_id >= 0 {
+        if let Some(native) = NativeFrames::of(ev.handle_stack) {
             return Self::Taken(StackKey {
                 pid: ev.task.pid,
-                user: ev.handle_stack_id,
+                native,
                 sp_word: 0,
                 handle: true,
                 js: ev.js_stack_id,
             });
         }
-        match ev.user_stack_id {
-            id if id >= 0 => Self::Taken(StackKey {
+        if let Some(native) = NativeFrames::of(ev.user_stack) {
+            return Self::Taken(StackKey {
                 pid: ev.task.pid,
-                user: id,
+                native,
                 sp_word: ev.user_sp_word,
                 handle: false,
                 js: NO_JS_STACK,
-            }),
-            STACK_NOT_SAMPLED => Self::NotSampled,
-            _ => Self::Unknown,
+            });
+        }
+        if ev.user_stack.is(StackStatus::NotSampled) {
+            Self::NotSampled
+        } else {
+            Self::Unknown
         }
     }
 

@@ -24,7 +24,7 @@ use std::{
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use sockleak_common::JsStack;
 
-pub use self::identity::{CreationStack, StackKey};
+pub use self::identity::{CreationStack, NativeFrames, StackKey};
 use self::{naming::Namer, source::KernelStacks};
 use crate::v8::V8Processes;
 

@@ -6,16 +6,16 @@
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use sockleak_common::{JsStack, NO_JS_STACK, STACK_IN_JS_STACK};
+use sockleak_common::{JsStack, NO_JS_STACK};
 
-use super::identity::StackKey;
+use super::identity::{NativeFrames, StackKey};
 
 /// The stacks the kernel walked, read from its maps once each.
 pub struct KernelStacks {
     map: StackTraceMap<MapData>,
     js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
     /// Stack ids never change meaning (userspace never deletes from `STACKS`): read each once.
-    addresses: HashMap<i32, Vec<u64>>,
+    addresses: HashMap<u32, Vec<u64>>,
     /// Nor do JavaScript stack keys (nothing deletes from `JS_STACKS`).
     js: HashMap<u32, Option<Box<JsStack>>>,
 }
@@ -37,12 +37,12 @@ impl KernelStacks {
     /// The user-space code addresses of `key`, innermost first, with the leaf caller the
     /// walk skipped put back; none when the stack cannot be read.
     pub fn addresses(&mut self, key: &StackKey) -> Vec<u64> {
-        let mut user = if key.user == STACK_IN_JS_STACK {
-            self.js_stack(key.js)
+        let mut user = match key.native {
+            NativeFrames::Stacks(id) => self.addresses_of(id),
+            NativeFrames::InJsStack => self
+                .js_stack(key.js)
                 .map(|stack| native_frames(&stack).to_vec())
-                .unwrap_or_default()
-        } else {
-            self.addresses_of(key.user)
+                .unwrap_or_default(),
         };
         if let Some(word) = leaf_caller(&user, key.sp_word, || executable_ranges(key.pid)) {
             user.insert(1, word);
@@ -68,14 +68,11 @@ impl KernelStacks {
             .clone()
     }
 
-    fn addresses_of(&mut self, id: i32) -> Vec<u64> {
-        if id < 0 {
-            return Vec::new();
-        }
+    fn addresses_of(&mut self, id: u32) -> Vec<u64> {
         let map = &self.map;
         self.addresses
             .entry(id)
-            .or_insert_with(|| match map.get(&(id as u32), 0) {
+            .or_insert_with(|| match map.get(&id, 0) {
                 Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
                 Err(err) => {
                     log::debug!("reading stack {id}: {err}");

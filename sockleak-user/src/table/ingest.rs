@@ -2,7 +2,7 @@
 //! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use sockleak_common::{EventKind, Family, Hook, Origin, Protocol, SockEvent, TcpState};
+use sockleak_common::{EventKind, Family, Origin, Protocol, SockEvent, TcpState};
 
 use super::{
     SYNTHETIC_KEY, SocketTable,
@@ -87,7 +87,8 @@ impl SocketTable {
     fn apply_now(&mut self, ev: &SockEvent) {
         match EventKind::from_u32(ev.kind) {
             Some(EventKind::Created) => self.on_created(ev),
-            Some(EventKind::FdInstalled) => self.on_fd_installed(ev),
+            Some(EventKind::AcceptReturned) => self.on_accept_returned(ev),
+            Some(EventKind::CreationCompleted) => self.on_creation_completed(ev),
             Some(EventKind::Accepted) => self.on_accepted(ev),
             Some(EventKind::StateChanged) => self.on_state_changed(ev),
             Some(EventKind::Released) => self.on_released(ev),
@@ -136,36 +137,50 @@ impl SocketTable {
         });
     }
 
-    fn on_fd_installed(&mut self, ev: &SockEvent) {
-        let mut known = self.lookup(ev.cookie, ev.skaddr);
+    /// The socket an fd event names, if the table knows it. Joined by address only (no
+    /// cookie) to a socket with another file, the `struct sock` was freed and its memory
+    /// reused: that socket is certainly released, whatever its (cookie keyed) release event
+    /// could not find.
+    fn known_for_fd(&mut self, ev: &SockEvent) -> Option<u64> {
+        let known = self.lookup(ev.cookie, ev.skaddr);
         if let Some(stale) = known.filter(|&key| ev.cookie == 0 && self.reused_address(key, ev)) {
-            // Joined by address only, to a socket with another file: its `struct sock` was
-            // freed and the memory reused, so it is certainly released, whatever its (cookie
-            // keyed) release event could not find.
             self.remove(stale);
             self.stats.released += 1;
-            known = None;
+            return None;
         }
-        if let Some(cookie) = known {
-            if let Some(s) = self.sockets.get_mut(&cookie) {
-                if ev.inode != 0 {
-                    // (A stack taken at connect() or listen() comes without one.)
-                    s.inode = ev.inode;
-                }
-                if s.stack == CreationStack::Unknown {
-                    s.stack = CreationStack::of(ev);
-                }
-                if s.skaddr != ev.skaddr && ev.skaddr != 0 {
-                    s.skaddr = ev.skaddr;
-                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
-                }
+        known
+    }
+
+    /// What an fd event adds to a socket the table knows: its inode (a stack taken at
+    /// connect() or listen() comes without one), its stack if it had none, its address.
+    fn complete(&mut self, cookie: u64, ev: &SockEvent) {
+        if let Some(s) = self.sockets.get_mut(&cookie) {
+            if ev.inode != 0 {
+                s.inode = ev.inode;
             }
-            return;
+            if s.stack == CreationStack::Unknown {
+                s.stack = CreationStack::of(ev);
+            }
+            if s.skaddr != ev.skaddr && ev.skaddr != 0 {
+                s.skaddr = ev.skaddr;
+                self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+            }
         }
-        let accepted =
-            ev.hook == Hook::SysExitAccept as u32 || ev.hook == Hook::SysExitAccept4 as u32;
-        if !accepted {
-            // socket() of a protocol we do not track (its Created event was ignored).
+    }
+
+    /// A creation's late stack (or inode): for a socket the table knows; of a protocol it
+    /// does not track (its creation was ignored), nothing.
+    fn on_creation_completed(&mut self, ev: &SockEvent) {
+        if let Some(cookie) = self.known_for_fd(ev) {
+            self.complete(cookie, ev);
+        }
+    }
+
+    /// `accept()` returned a connection: born here as far as the table is concerned, unless
+    /// its handshake already announced it.
+    fn on_accept_returned(&mut self, ev: &SockEvent) {
+        if let Some(cookie) = self.known_for_fd(ev) {
+            self.complete(cookie, ev);
             return;
         }
         let Some(family) = Family::from_af(ev.family) else {

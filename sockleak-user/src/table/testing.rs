@@ -79,7 +79,7 @@ pub(crate) fn created(cookie: u64, pid: u32) -> SockEvent {
 /// The fd install of an accept whose fd walk found no cookie (none assigned yet): pid 4242,
 /// the server.
 pub(crate) fn accepted_without_cookie(skaddr: u64, inode: u64) -> SockEvent {
-    let mut e = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+    let mut e = event(EventKind::AcceptReturned, Hook::SysExitAccept4);
     e.skaddr = skaddr;
     e.inode = inode;
     e.task = task(4242, "server");

@@ -1,15 +1,13 @@
 //! Events in, table out.
 use std::sync::Arc;
 
-use sockleak_common::{
-    COMM_LEN, EventKind, Hook, Origin, STACK_NOT_SAMPLED, STACK_PENDING, TcpState,
-};
+use sockleak_common::{COMM_LEN, EventKind, Hook, Origin, StackRef, TcpState};
 
 use crate::table::{SocketTable, testing::*};
 use crate::{
     filter::Filter,
     holders::Holders,
-    stacks::identity::CreationStack,
+    stacks::identity::{CreationStack, NativeFrames},
     table::{SYNTHETIC_KEY, socket::CommNames},
 };
 
@@ -47,7 +45,7 @@ fn a_created_socket_is_known_by_address_and_inode_and_its_stack_follows() {
     let mut born = created(5, 100);
     born.skaddr = 0xffff_5000;
     born.inode = 777;
-    born.user_stack_id = STACK_PENDING;
+    born.user_stack = StackRef::PENDING;
     t.apply(&born);
     let s = t.get(5).unwrap();
     assert_eq!(
@@ -61,17 +59,20 @@ fn a_created_socket_is_known_by_address_and_inode_and_its_stack_follows() {
     t.apply(&listen);
     assert_eq!(t.get(5).unwrap().state, TcpState::LISTEN);
     // The stack, taken at the exit of socket().
-    let mut exit = event(EventKind::FdInstalled, Hook::SysExitSocket);
+    let mut exit = event(EventKind::CreationCompleted, Hook::SysExitSocket);
     exit.cookie = 5;
     exit.skaddr = 0xffff_5000;
     exit.inode = 777;
     exit.task = task(100, "client");
-    exit.user_stack_id = 12;
+    exit.user_stack = StackRef::from_stackid(12);
     t.apply(&exit);
-    assert_eq!(t.get(5).unwrap().stack.key().map(|k| k.user), Some(12));
+    assert_eq!(
+        t.get(5).unwrap().stack.key().map(|k| k.native),
+        Some(NativeFrames::Stacks(12))
+    );
     // Over the budget, the creation event says so and nothing follows.
     let mut unsampled = created(6, 100);
-    unsampled.user_stack_id = STACK_NOT_SAMPLED;
+    unsampled.user_stack = StackRef::NOT_SAMPLED;
     t.apply(&unsampled);
     assert_eq!(t.get(6).unwrap().stack, CreationStack::NotSampled);
 }
@@ -102,7 +103,7 @@ fn accepted_socket_is_owned_by_the_acceptor_not_the_softirq() {
 fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accepted() {
     let mut t = SocketTable::new(16);
     let mut listener = created(1, 4242);
-    listener.user_stack_id = 7;
+    listener.user_stack = StackRef::from_stackid(7);
     t.apply(&listener);
     let mut listen = listening(1, 8080);
     listen.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
@@ -121,7 +122,10 @@ fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accept
             (s.owner.pid, s.origin, s.state),
             (4242, Origin::Accept, TcpState::ESTABLISHED)
         );
-        assert_eq!(s.stack.key().map(|k| k.user), Some(7));
+        assert_eq!(
+            s.stack.key().map(|k| k.native),
+            Some(NativeFrames::Stacks(7))
+        );
         assert!(s.awaiting_accept(), "no file before accept()");
     }
 
@@ -164,7 +168,7 @@ fn a_listener_on_the_same_port_elsewhere_lends_neither_owner_nor_stack() {
     let mut t = SocketTable::new(16);
     for (cookie, pid, stack) in [(1, 100, 7), (2, 200, 8)] {
         let mut listener = created(cookie, pid);
-        listener.user_stack_id = stack;
+        listener.user_stack = StackRef::from_stackid(stack);
         t.apply(&listener);
         t.apply(&listening(cookie, 8080));
     }
@@ -176,7 +180,10 @@ fn a_listener_on_the_same_port_elsewhere_lends_neither_owner_nor_stack() {
     t.apply(&handshake(4, 0, 8080));
     assert!(t.get(4).is_none());
     t.apply(&handshake(5, 200, 8080));
-    assert_eq!(t.get(5).unwrap().stack.key().map(|k| k.user), Some(8));
+    assert_eq!(
+        t.get(5).unwrap().stack.key().map(|k| k.native),
+        Some(NativeFrames::Stacks(8))
+    );
 }
 
 #[test]
@@ -186,11 +193,14 @@ fn a_connection_born_before_its_listener_in_the_same_report_still_gets_its_stack
     // The listener's LISTEN comes through the ring while its birth waits in the kernel's map.
     t.apply(&listening(1, 8080));
     let mut listener = created(1, 4242);
-    listener.user_stack_id = 7;
+    listener.user_stack = StackRef::from_stackid(7);
     t.adopt_newborn(&[handshake(2, 4242, 8080), listener]);
     let s = t.get(2).unwrap();
     assert_eq!(s.owner.pid, 4242);
-    assert_eq!(s.stack.key().map(|k| k.user), Some(7));
+    assert_eq!(
+        s.stack.key().map(|k| k.native),
+        Some(NativeFrames::Stacks(7))
+    );
 }
 
 #[test]
@@ -235,7 +245,7 @@ fn a_cookieless_accept_at_a_reused_address_replaces_the_freed_socket() {
 #[test]
 fn a_reused_sock_address_does_not_join_a_new_socket_to_an_old_one() {
     let mut t = SocketTable::new(16);
-    let mut acc = event(EventKind::FdInstalled, Hook::SysExitAccept4);
+    let mut acc = event(EventKind::AcceptReturned, Hook::SysExitAccept4);
     acc.cookie = 1;
     acc.skaddr = 0xabc;
     acc.task = task(10, "old");
@@ -385,15 +395,18 @@ fn ignores_protocols_it_does_not_track() {
 fn a_socket_opened_for_a_libuv_handle_has_the_stack_that_made_the_handle() {
     let mut t = SocketTable::new(4);
     let mut born = created(5, 100);
-    born.user_stack_id = 3; // the event loop's, had it been taken
-    born.handle_stack_id = 9;
+    born.user_stack = StackRef::from_stackid(3); // the event loop's, had it been taken
+    born.handle_stack = StackRef::from_stackid(9);
     t.apply(&born);
     let key = t.get(5).unwrap().stack.key().unwrap();
-    assert_eq!((key.pid, key.user, key.handle), (100, 9, true));
+    assert_eq!(
+        (key.pid, key.native, key.handle),
+        (100, NativeFrames::Stacks(9), true)
+    );
     // Any other socket keeps its own.
     let mut plain = created(6, 100);
-    plain.user_stack_id = 3;
+    plain.user_stack = StackRef::from_stackid(3);
     t.apply(&plain);
     let key = t.get(6).unwrap().stack.key().unwrap();
-    assert_eq!((key.user, key.handle), (3, false));
+    assert_eq!((key.native, key.handle), (NativeFrames::Stacks(3), false));
 }

@@ -13,7 +13,7 @@ use crate::{
 fn a_missed_release_is_reconciled_away_after_two_scans() {
     let mut t = SocketTable::new(16);
     t.apply(&created(9, std::process::id()));
-    let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+    let mut fd = event(EventKind::CreationCompleted, Hook::SysExitSocket);
     fd.cookie = 9;
     fd.inode = 31337;
     t.apply(&fd);
@@ -178,7 +178,7 @@ fn a_socket_whose_fd_and_release_were_both_missed_is_still_reconciled_away() {
 fn a_held_socket_survives_reconciliation() {
     let mut t = SocketTable::new(16);
     t.apply(&created(9, 1));
-    let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+    let mut fd = event(EventKind::CreationCompleted, Hook::SysExitSocket);
     fd.cookie = 9;
     fd.inode = 31337;
     t.apply(&fd);
@@ -355,7 +355,7 @@ fn sockets_found_open_are_told_apart_and_accepted_ones_belong_to_the_listener() 
 fn a_look_folded_in_batches_ends_as_one_taken_in_one_go() {
     let me = std::process::id();
     let with_fd = |cookie: u64, inode: u64| {
-        let mut fd = event(EventKind::FdInstalled, Hook::SysExitSocket);
+        let mut fd = event(EventKind::CreationCompleted, Hook::SysExitSocket);
         (fd.cookie, fd.inode, fd.task) = (cookie, inode, task(me, "client"));
         fd
     };
