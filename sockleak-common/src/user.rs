@@ -7,8 +7,8 @@ use serde::{
 };
 
 use crate::{
-    Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin, Protocol,
-    ReleasedSocket, SockEvent, SocketState, V8Layout, Verdict,
+    AttachPoint, Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin,
+    Protocol, ReleasedSocket, SockEvent, SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers with explicit padding fields; any bit pattern is valid.
@@ -50,6 +50,7 @@ macro_rules! by_name {
 }
 
 by_name!(
+    AttachPoint: "hook",
     Family: "family",
     Protocol: "protocol",
     SocketState: "state",
