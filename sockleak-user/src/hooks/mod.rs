@@ -24,7 +24,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, Iter, TracePoint},
 };
-use sockleak_common::{Config, KernelFilter, ListenerKey, ListenerOwner};
+use sockleak_common::{AttachPoint, Config, KernelFilter, ListenerKey, ListenerOwner};
 
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
@@ -35,7 +35,7 @@ pub const SOCKET_FDS: &str = "socket_fds";
 /// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
 pub struct Attached {
     pub ebpf: Ebpf,
-    pub hooks: Vec<String>,
+    pub hooks: Vec<AttachPoint>,
     pub warnings: Vec<String>,
     /// Loaded, attached to binaries as they are found.
     pub libuv: libuv::LibuvProbes,
@@ -183,8 +183,8 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     let cgroup = File::open(cgroup_root)
         .with_context(|| format!("opening the cgroup v2 root {}", cgroup_root.display()))?;
     for (prog, hook) in [
-        ("sock_create", "cgroup/sock_create"),
-        ("sock_release", "cgroup/sock_release"),
+        ("sock_create", AttachPoint::CgroupSockCreate),
+        ("sock_release", AttachPoint::CgroupSockRelease),
     ] {
         let program: &mut CgroupSock = program_mut(&mut ebpf, prog)?;
         program.load().with_context(|| format!("loading {hook}"))?;
@@ -193,7 +193,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
             // with other tools' programs on the same cgroup; the link dies with the process.
             .attach(&cgroup, CgroupAttachMode::Single)
             .with_context(|| format!("attaching {hook} to {}", cgroup_root.display()))?;
-        hooks.push(hook.to_owned());
+        hooks.push(hook);
     }
 
     // Parsed once and shared by every tp_btf program (and the reason each may fail).
@@ -208,7 +208,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     let mut owners_of_listeners = false;
     match attach_tp_btf(&mut ebpf, &kernel_btf, "inet_sock_set_state") {
         Ok(()) => {
-            hooks.push("tp_btf/inet_sock_set_state".to_owned());
+            hooks.push(AttachPoint::TpBtfInetSockSetState);
             owners_of_listeners = config.sock_net != 0;
         }
         Err(btf_err) => {
@@ -219,7 +219,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
                 .with_context(|| {
                     format!("attaching sock/inet_sock_set_state (tp_btf failed too: {btf_err:#})")
                 })?;
-            hooks.push("tracepoint/sock/inet_sock_set_state".to_owned());
+            hooks.push(AttachPoint::TracepointInetSockSetState);
             // The warning is one line; the verifier's whole log is for -vv.
             log::debug!("tp_btf/inet_sock_set_state: {btf_err:#}");
             warnings.push(one_line(&format!(
@@ -230,9 +230,15 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     }
 
     // Memory pressure per socket: evidence for verdicts, optional.
-    for name in ["sock_rcvqueue_full", "sock_exceed_buf_limit"] {
+    for (name, hook) in [
+        ("sock_rcvqueue_full", AttachPoint::TpBtfSockRcvqueueFull),
+        (
+            "sock_exceed_buf_limit",
+            AttachPoint::TpBtfSockExceedBufLimit,
+        ),
+    ] {
         match attach_tp_btf(&mut ebpf, &kernel_btf, name) {
-            Ok(()) => hooks.push(format!("tp_btf/{name}")),
+            Ok(()) => hooks.push(hook),
             Err(err) => warnings.push(one_line(&format!("tp_btf/{name} unavailable: {err:#}"))),
         }
     }
@@ -240,7 +246,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     // Where the state program announces connections and takes TCP sockets' stacks (at
     // connect() and listen()), no syscall tracepoint is attached: attaching any sends every
     // system call of every process through the kernel's traced path.
-    let syscall_exits: &[&str] = if owners_of_listeners && config.socket_inode != 0 {
+    let syscall_exits: &[(&str, AttachPoint)] = if owners_of_listeners && config.socket_inode != 0 {
         let flag = ebpf
             .map_mut("STACKS_AT_STATE")
             .context("STACKS_AT_STATE map missing")?;
@@ -248,21 +254,25 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         &[]
     } else if owners_of_listeners {
         // The older layout: the exit of `socket()` names a created socket's inode.
-        &["sys_exit_socket"]
+        &[("sys_exit_socket", AttachPoint::SysExitSocket)]
     } else {
-        &["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"]
+        &[
+            ("sys_exit_socket", AttachPoint::SysExitSocket),
+            ("sys_exit_accept", AttachPoint::SysExitAccept),
+            ("sys_exit_accept4", AttachPoint::SysExitAccept4),
+        ]
     };
     // fd installs: stacks of created sockets (and their inodes where sock_create cannot name
     // them); owners of accepted ones where the state program cannot announce them.
     if config.have_offsets != 0 {
-        for &syscall in syscall_exits {
+        for &(syscall, hook) in syscall_exits {
             let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
             let attached = program
                 .load()
                 .map_err(anyhow::Error::from)
                 .and_then(|()| Ok(program.attach("syscalls", syscall)?));
             match attached {
-                Ok(_) => hooks.push(format!("tracepoint/syscalls/{syscall}")),
+                Ok(_) => hooks.push(hook),
                 Err(err) => {
                     warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}")))
                 }
@@ -280,7 +290,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
                 Ok(program.load("task_file", btf)?)
             });
         match loaded {
-            Ok(()) => hooks.push("iter/task_file".to_owned()),
+            Ok(()) => hooks.push(AttachPoint::IterTaskFile),
             Err(err) => warnings.push(one_line(&format!(
                 "iter/task_file unavailable, reports read socket holders from /proc: {err:#}"
             ))),
@@ -292,7 +302,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
     let libuv = if creation_stacks {
         match libuv::LibuvProbes::load(&mut ebpf) {
             Ok(probes) => {
-                hooks.push("uprobe/libuv".to_owned());
+                hooks.push(AttachPoint::UprobeLibuv);
                 probes
             }
             Err(err) => {

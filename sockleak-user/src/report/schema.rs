@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
-use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+use sockleak_common::{AttachPoint, Family, Origin, Protocol, SocketState, Verdict};
 
 use super::{growth::Growth, process::Process};
 use crate::{
@@ -34,7 +34,7 @@ pub struct ReportLine {
 /// What `sockleak trace` says once every hook is attached.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Started {
-    pub hooks: Vec<String>,
+    pub hooks: Vec<AttachPoint>,
     pub warnings: Vec<String>,
     pub pids: Vec<u32>,
     pub min_age_ms: u64,
