@@ -10,14 +10,16 @@
 //!
 //! The vocabulary: a socket's [`Family`], [`Protocol`] and [`SockType`], its state as the
 //! kernel numbers it ([`TcpState`]) and as a person reads it ([`SocketState`]), where it comes
-//! from ([`Origin`]) and why it looks leaked ([`Verdict`]). Each is spelled here once, with its
-//! kernel number and the name reports, the command line and metrics use; with the `user`
-//! feature they also (de)serialize by those names.
+//! from ([`Origin`]) and why it looks leaked ([`Verdict`]); where the programs attach
+//! ([`AttachPoint`]). Each is spelled here once, with its kernel number and the name reports,
+//! the command line and metrics use; with the `user` feature they also (de)serialize by those
+//! names.
 //!
 //! The kernel side stays small: it records *who* (only ever from process context) and *which
 //! socket* (cookie, and the `struct sock` address for joins); userspace does the thinking.
 #![no_std]
 
+mod attach;
 mod config;
 mod event;
 mod maps;
@@ -35,6 +37,7 @@ mod site;
 #[cfg(feature = "user")]
 mod user;
 
+pub use attach::AttachPoint;
 pub use config::*;
 #[cfg(feature = "user")]
 pub use endpoint::{Endpoint, UnixName};

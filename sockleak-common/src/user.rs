@@ -7,8 +7,8 @@ use serde::{
 };
 
 use crate::{
-    Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin, Protocol,
-    ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
+    AttachPoint, Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin,
+    Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
@@ -58,6 +58,7 @@ macro_rules! by_name {
 }
 
 by_name!(
+    AttachPoint: "hook",
     Family: "family",
     Protocol: "protocol",
     SocketState: "state",

@@ -228,7 +228,9 @@ mod tests {
             crate::hooks::attach(&options, &root, &sockleak_common::KernelFilter::default())
                 .unwrap();
         assert!(
-            attached.hooks.iter().any(|h| h == "iter/task_file"),
+            attached
+                .hooks
+                .contains(&sockleak_common::AttachPoint::IterTaskFile),
             "{:?}",
             attached.warnings
         );

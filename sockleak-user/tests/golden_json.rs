@@ -3,7 +3,9 @@
 //! types may change but its bytes may not.
 use std::{collections::BTreeMap, sync::Arc};
 
-use sockleak_common::{Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict};
+use sockleak_common::{
+    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict,
+};
 use sockleak_user::{
     cgroups::Container,
     holders::HolderPids,
@@ -19,8 +21,8 @@ const GOLDEN: &str = include_str!("golden/report.jsonl");
 fn started() -> Started {
     Started {
         hooks: vec![
-            "cgroup/sock_create".into(),
-            "tp_btf/inet_sock_set_state".into(),
+            AttachPoint::CgroupSockCreate,
+            AttachPoint::TpBtfInetSockSetState,
         ],
         warnings: vec!["a warning with \"quotes\" and \u{1b}[31m escapes".into()],
         pids: vec![7, 8],

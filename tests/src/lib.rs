@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use sockleak_common::{Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict};
+pub use sockleak_common::{
+    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict,
+};
 pub use sockleak_user::report::{EndpointCount, Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};
 
@@ -240,8 +242,7 @@ impl Trace {
     pub fn on_classic_tracepoint(&self) -> bool {
         self.started
             .hooks
-            .iter()
-            .any(|h| h == "tracepoint/sock/inet_sock_set_state")
+            .contains(&AttachPoint::TracepointInetSockSetState)
     }
 
     /// Fresh reports until one satisfies `settled` (or patience runs out: then the last one,

@@ -1,7 +1,7 @@
 //! Bad input: one clear line on stderr, a non-zero exit, never a panic.
 use std::process::Command;
 
-use sockleak_tests::sockleak_bin;
+use sockleak_tests::{AttachPoint, sockleak_bin};
 use sockleak_user::report::Line;
 
 fn run(args: &[&str]) -> (i32, String) {
@@ -97,8 +97,11 @@ fn json_lines_start_with_their_type_from_started_to_the_final_report() {
     let Line::Started(started) = &lines[0] else {
         panic!("{:?} first", lines[0]);
     };
-    for hook in ["cgroup/sock_create", "cgroup/sock_release"] {
-        assert!(started.hooks.iter().any(|h| h == hook), "{started:?}");
+    for hook in [
+        AttachPoint::CgroupSockCreate,
+        AttachPoint::CgroupSockRelease,
+    ] {
+        assert!(started.hooks.contains(&hook), "{started:?}");
     }
     assert!(
         lines.len() >= 3,

@@ -5,7 +5,7 @@
 //! cargo runs test binaries one at a time, so no other test's TCP traffic shares the squeeze.
 use std::{fs, time::Duration};
 
-use sockleak_tests::{End::Remote, Reading, Scenario, Trace};
+use sockleak_tests::{AttachPoint, End::Remote, Reading, Scenario, Trace};
 
 const TCP_MEM: &str = "/proc/sys/net/ipv4/tcp_mem";
 
@@ -58,7 +58,6 @@ fn memory_limit_hits_are_counted_on_the_socket_that_hit_them() {
     assert!(
         t.started
             .hooks
-            .iter()
-            .any(|h| h == "tp_btf/sock_exceed_buf_limit")
+            .contains(&AttachPoint::TpBtfSockExceedBufLimit)
     );
 }

@@ -2,8 +2,8 @@
 use std::collections::BTreeMap;
 
 use sockleak_tests::{
-    EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, Site, SocketRow, SocketState,
-    Trace, count_by, states,
+    AttachPoint, EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, Site, SocketRow,
+    SocketState, Trace, count_by, states,
 };
 
 #[test]
@@ -72,7 +72,7 @@ fn the_libuv_uprobes_pass_this_kernels_verifier() {
     let tracer = Trace::start(&[std::process::id()]);
     let started = &tracer.started;
     assert!(
-        started.hooks.iter().any(|h| h == "uprobe/libuv"),
+        started.hooks.contains(&AttachPoint::UprobeLibuv),
         "{:?}\n{:?}",
         started.hooks,
         started.warnings
@@ -343,12 +343,10 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
     let tracer = Trace::start_also(&[server.pid(), client.pid()], &["--without-btf"]);
     let hooks = &tracer.started.hooks;
     assert!(
-        hooks
-            .iter()
-            .any(|h| h == "tracepoint/sock/inet_sock_set_state"),
+        hooks.contains(&AttachPoint::TracepointInetSockSetState),
         "{hooks:?}"
     );
-    assert!(!hooks.iter().any(|h| h.starts_with("tp_btf/")), "{hooks:?}");
+    assert!(!hooks.iter().any(|h| h.is_tp_btf()), "{hooks:?}");
     assert!(!tracer.started.warnings.is_empty());
 
     let ports = client.run(&format!("connect 127.0.0.1:{port} 20"));

@@ -9,9 +9,14 @@
 //! `listen()`, else at the `socket()` exit; the `socket_fds` iterator (BTF, 5.8+), without
 //! which reports read socket holders from /proc.
 //! Never kprobes or fentry: many kernels (this project's CI among them) do not allow them.
+//!
+//! [`table::TABLE`] says what each program needs the kernel to be found to allow and what
+//! replaces it; `programs.rs` walks it.
 mod btf;
 pub mod libuv;
 pub mod offsets;
+mod programs;
+pub mod table;
 pub mod tracefs;
 
 use std::{
@@ -20,11 +25,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::{
-    Btf, Ebpf, EbpfLoader,
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSock, Iter, TracePoint},
+use aya::{Btf, Ebpf, EbpfLoader};
+use sockleak_common::{AttachPoint, Config, KernelFilter, ListenerKey, ListenerOwner};
+
+use self::{
+    programs::Programs,
+    table::{Feature, Findings},
 };
-use sockleak_common::{Config, KernelFilter, ListenerKey, ListenerOwner};
 
 static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockleak.bpf.o"));
@@ -35,7 +42,7 @@ pub const SOCKET_FDS: &str = "socket_fds";
 /// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
 pub struct Attached {
     pub ebpf: Ebpf,
-    pub hooks: Vec<String>,
+    pub hooks: Vec<AttachPoint>,
     pub warnings: Vec<String>,
     /// Loaded, attached to binaries as they are found.
     pub libuv: libuv::LibuvProbes,
@@ -87,13 +94,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         );
     }
     check_capabilities()?;
-    let Options {
-        ring_buffer_bytes,
-        newborn_sockets,
-        without_btf,
-        stack_rate,
-    } = *options;
-    let creation_stacks = stack_rate.is_some();
+    let creation_stacks = options.stack_rate.is_some();
     let mut warnings = Vec::new();
     if !creation_stacks {
         warnings.push(
@@ -101,7 +102,58 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
                 .to_owned(),
         );
     }
+    let (config, has_btf) = configure(options, &mut warnings)?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global("CONFIG", &config, true)
+        .override_global("FILTER", filter, true)
+        .map_max_entries("EVENTS", options.ring_buffer_bytes)
+        // A map cannot have no entries; with none in use, it is never written.
+        .map_max_entries("NEWBORN", (config.newborn_slots as u32).max(1))
+        .load(EBPF_OBJECT)
+        .context("loading the eBPF programs")?;
+    let cgroup = File::open(cgroup_root)
+        .with_context(|| format!("opening the cgroup v2 root {}", cgroup_root.display()))?;
+    // Parsed once and shared by every program loaded against BTF (and the reason each may fail).
+    let btf = if has_btf {
+        Btf::from_sys_fs().map_err(|err| format!("reading kernel BTF: {err}"))
+    } else {
+        Err("no BTF".to_owned())
+    };
+    let mut findings = Findings::new(
+        &config,
+        btf.as_ref().map(|_| ()).map_err(Clone::clone),
+        creation_stacks,
+    );
+    let mut programs = Programs {
+        ebpf: &mut ebpf,
+        btf: &btf,
+        cgroup: &cgroup,
+        cgroup_root,
+        libuv: libuv::LibuvProbes::default(),
+        replaced_failure: String::new(),
+    };
+    let hooks = programs.attach_table(&mut findings, &mut warnings)?;
+    let libuv = programs.libuv;
+    Ok(Attached {
+        ebpf,
+        hooks,
+        warnings,
+        libuv,
+        newborn_slots: config.newborn_slots as u32,
+        owners_of_listeners: findings.has(Feature::ListenerOwners),
+    })
+}
 
+/// The `CONFIG` global the programs load with (globals are fixed at load time, so all of it is
+/// read up front), and whether kernel BTF is to be used.
+fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, bool)> {
+    let Options {
+        ring_buffer_bytes,
+        newborn_sockets,
+        without_btf,
+        stack_rate,
+    } = *options;
+    let creation_stacks = stack_rate.is_some();
     let tracefs = tracefs::ensure_mounted()?;
     let mut config = Config {
         sys_exit_ret: 16,
@@ -117,24 +169,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         wakeup_bytes: u64::from(ring_buffer_bytes / 8),
         ..Config::default()
     };
-    if let Ok(layout) = tracefs::record_layout(&tracefs, "syscalls", "sys_exit_socket")
-        && let Some(f) = layout.get("ret")
-    {
-        config.sys_exit_ret = f.offset;
-    }
-    // Layout of the classic tracepoint, used only if tp_btf cannot attach; globals are fixed at
-    // load time, so it is read up front.
-    if let Ok(layout) = tracefs::record_layout(&tracefs, "sock", "inet_sock_set_state") {
-        for (name, slot) in [
-            ("skaddr", &mut config.tp_skaddr),
-            ("oldstate", &mut config.tp_oldstate),
-            ("newstate", &mut config.tp_newstate),
-        ] {
-            if let Some(field) = layout.get(name) {
-                *slot = field.offset;
-            }
-        }
-    }
+    read_record_layouts(&tracefs, &mut config);
     let has_btf = !without_btf && std::path::Path::new(offsets::VMLINUX_BTF).exists();
     if has_btf {
         if let Err(err) = offsets::fill_from_btf(&mut config, offsets::VMLINUX_BTF) {
@@ -167,153 +202,29 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         );
     }
     config.release_log_per_cpu = release_log_per_cpu();
+    Ok((config, has_btf))
+}
 
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
-        .override_global("FILTER", filter, true)
-        .map_max_entries("EVENTS", ring_buffer_bytes)
-        // A map cannot have no entries; with none in use, it is never written.
-        .map_max_entries("NEWBORN", (config.newborn_slots as u32).max(1))
-        .load(EBPF_OBJECT)
-        .context("loading the eBPF programs")?;
-
-    let mut hooks = Vec::new();
-
-    // Socket birth and release: required.
-    let cgroup = File::open(cgroup_root)
-        .with_context(|| format!("opening the cgroup v2 root {}", cgroup_root.display()))?;
-    for (prog, hook) in [
-        ("sock_create", "cgroup/sock_create"),
-        ("sock_release", "cgroup/sock_release"),
-    ] {
-        let program: &mut CgroupSock = program_mut(&mut ebpf, prog)?;
-        program.load().with_context(|| format!("loading {hook}"))?;
-        program
-            // Attached as a bpf_link (kernel >= 5.7), which takes no flags and always coexists
-            // with other tools' programs on the same cgroup; the link dies with the process.
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {hook} to {}", cgroup_root.display()))?;
-        hooks.push(hook.to_owned());
+/// Where the classic tracepoints' records keep their fields, where tracefs says (the defaults
+/// otherwise). The state tracepoint's is read even though it is used only if tp_btf cannot
+/// attach: that is known only after loading, when globals are fixed.
+fn read_record_layouts(tracefs: &Path, config: &mut Config) {
+    if let Ok(layout) = tracefs::record_layout(tracefs, "syscalls", "sys_exit_socket")
+        && let Some(f) = layout.get("ret")
+    {
+        config.sys_exit_ret = f.offset;
     }
-
-    // Parsed once and shared by every tp_btf program (and the reason each may fail).
-    let kernel_btf = if has_btf {
-        Btf::from_sys_fs().map_err(|err| format!("reading kernel BTF: {err}"))
-    } else {
-        Err("no BTF".to_owned())
-    };
-
-    // TCP state changes: typed tp_btf (gives the cookie, and announces connections through a
-    // listener where it can read their namespace) or the classic tracepoint.
-    let mut owners_of_listeners = false;
-    match attach_tp_btf(&mut ebpf, &kernel_btf, "inet_sock_set_state") {
-        Ok(()) => {
-            hooks.push("tp_btf/inet_sock_set_state".to_owned());
-            owners_of_listeners = config.sock_net != 0;
-        }
-        Err(btf_err) => {
-            let program: &mut TracePoint = program_mut(&mut ebpf, "inet_sock_set_state_tp")?;
-            program.load()?;
-            program
-                .attach("sock", "inet_sock_set_state")
-                .with_context(|| {
-                    format!("attaching sock/inet_sock_set_state (tp_btf failed too: {btf_err:#})")
-                })?;
-            hooks.push("tracepoint/sock/inet_sock_set_state".to_owned());
-            // The warning is one line; the verifier's whole log is for -vv.
-            log::debug!("tp_btf/inet_sock_set_state: {btf_err:#}");
-            warnings.push(one_line(&format!(
-                "tp_btf/inet_sock_set_state unavailable, state changes come without cookies: \
-                 {btf_err:#}"
-            )));
-        }
-    }
-
-    // Memory pressure per socket: evidence for verdicts, optional.
-    for name in ["sock_rcvqueue_full", "sock_exceed_buf_limit"] {
-        match attach_tp_btf(&mut ebpf, &kernel_btf, name) {
-            Ok(()) => hooks.push(format!("tp_btf/{name}")),
-            Err(err) => warnings.push(one_line(&format!("tp_btf/{name} unavailable: {err:#}"))),
-        }
-    }
-
-    // Where the state program announces connections and takes TCP sockets' stacks (at
-    // connect() and listen()), no syscall tracepoint is attached: attaching any sends every
-    // system call of every process through the kernel's traced path.
-    let syscall_exits: &[&str] = if owners_of_listeners && config.socket_inode != 0 {
-        let flag = ebpf
-            .map_mut("STACKS_AT_STATE")
-            .context("STACKS_AT_STATE map missing")?;
-        aya::maps::Array::<_, u32>::try_from(flag)?.set(0, &1, 0)?;
-        &[]
-    } else if owners_of_listeners {
-        // The older layout: the exit of `socket()` names a created socket's inode.
-        &["sys_exit_socket"]
-    } else {
-        &["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"]
-    };
-    // fd installs: stacks of created sockets (and their inodes where sock_create cannot name
-    // them); owners of accepted ones where the state program cannot announce them.
-    if config.have_offsets != 0 {
-        for &syscall in syscall_exits {
-            let program: &mut TracePoint = program_mut(&mut ebpf, syscall)?;
-            let attached = program
-                .load()
-                .map_err(anyhow::Error::from)
-                .and_then(|()| Ok(program.attach("syscalls", syscall)?));
-            match attached {
-                Ok(_) => hooks.push(format!("tracepoint/syscalls/{syscall}")),
-                Err(err) => {
-                    warnings.push(one_line(&format!("tracepoint syscalls/{syscall}: {err:#}")))
-                }
+    if let Ok(layout) = tracefs::record_layout(tracefs, "sock", "inet_sock_set_state") {
+        for (name, slot) in [
+            ("skaddr", &mut config.tp_skaddr),
+            ("oldstate", &mut config.tp_oldstate),
+            ("newstate", &mut config.tp_newstate),
+        ] {
+            if let Some(field) = layout.get(name) {
+                *slot = field.offset;
             }
         }
     }
-
-    // Who holds which socket, for reports: optional, /proc is the slower fallback.
-    if config.have_offsets != 0 {
-        let loaded = kernel_btf
-            .as_ref()
-            .map_err(|err| anyhow!("{err}"))
-            .and_then(|btf| {
-                let program: &mut Iter = program_mut(&mut ebpf, SOCKET_FDS)?;
-                Ok(program.load("task_file", btf)?)
-            });
-        match loaded {
-            Ok(()) => hooks.push("iter/task_file".to_owned()),
-            Err(err) => warnings.push(one_line(&format!(
-                "iter/task_file unavailable, reports read socket holders from /proc: {err:#}"
-            ))),
-        }
-    }
-
-    // Where libuv programs (Node.js) made the handles their sockets are opened for: optional,
-    // a socket's own stack is the fallback.
-    let libuv = if creation_stacks {
-        match libuv::LibuvProbes::load(&mut ebpf) {
-            Ok(probes) => {
-                hooks.push("uprobe/libuv".to_owned());
-                probes
-            }
-            Err(err) => {
-                warnings.push(one_line(&format!(
-                    "libuv uprobes unavailable, Node.js sockets keep the event loop's stack: {err:#}"
-                )));
-                libuv::LibuvProbes::default()
-            }
-        }
-    } else {
-        libuv::LibuvProbes::default()
-    };
-
-    Ok(Attached {
-        ebpf,
-        hooks,
-        warnings,
-        libuv,
-        newborn_slots: config.newborn_slots as u32,
-        owners_of_listeners,
-    })
 }
 
 /// Writes the owners of listeners older than sockleak into the kernel's `LISTENERS` map (see
@@ -343,23 +254,6 @@ fn release_log_per_cpu() -> u64 {
         .map_or(1, |n| n.get())
         .next_power_of_two();
     u64::from(sockleak_common::RELEASE_LOG_SLOTS / cpus)
-}
-
-/// Verifier logs span many lines; a warning is one.
-fn one_line(text: &str) -> String {
-    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match joined.char_indices().nth(300) {
-        Some((cut, _)) => format!("{}...", &joined[..cut]),
-        None => joined,
-    }
-}
-
-fn attach_tp_btf(ebpf: &mut Ebpf, kernel_btf: &Result<Btf, String>, name: &str) -> Result<()> {
-    let btf = kernel_btf.as_ref().map_err(|err| anyhow!("{err}"))?;
-    let program: &mut BtfTracePoint = program_mut(ebpf, name)?;
-    program.load(name, btf)?;
-    program.attach()?;
-    Ok(())
 }
 
 fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>

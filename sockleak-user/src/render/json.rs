@@ -27,7 +27,7 @@ fn line(tagged: &impl Serialize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use sockleak_common::{Family, Origin, Protocol, SocketState, Verdict};
+    use sockleak_common::{AttachPoint, Family, Origin, Protocol, SocketState, Verdict};
 
     use super::*;
     use crate::report::{Line, Stats};
@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn lines_read_back_as_the_schema() {
         let started = Started {
-            hooks: vec!["cgroup/sock_create".into()],
+            hooks: vec![AttachPoint::CgroupSockCreate],
             warnings: Vec::new(),
             pids: vec![7],
             min_age_ms: 5000,
@@ -47,11 +47,18 @@ mod tests {
             metrics: None,
         };
         let line = super::started(&started);
-        assert!(line.starts_with(r#"{"type":"started","hooks":"#), "{line}");
+        // Hooks are spelled as they always were: the vm test and scripts read them.
+        assert!(
+            line.starts_with(r#"{"type":"started","hooks":["cgroup/sock_create"],"#),
+            "{line}"
+        );
         let Line::Started(back) = serde_json::from_str(&line).unwrap() else {
             panic!("not a started line: {line}");
         };
-        assert_eq!((back.pids, back.stack_rate), (vec![7], Some(1000)));
+        assert_eq!(
+            (back.hooks, back.pids, back.stack_rate),
+            (vec![AttachPoint::CgroupSockCreate], vec![7], Some(1000))
+        );
 
         let json = serde_json::json!({
             "cookie": 9, "pid": 7, "tid": 7, "comm": "node", "uid": 0, "cgroup_id": 0,

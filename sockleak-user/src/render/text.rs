@@ -23,7 +23,11 @@ pub fn started(s: &Started) -> String {
         "sockleak {}: tracing sockets ({} pre-existing found); hooks: {}",
         s.version,
         s.pre_existing,
-        s.hooks.join(", ")
+        s.hooks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for w in &s.warnings {
         let _ = writeln!(out, "warning: {w}");

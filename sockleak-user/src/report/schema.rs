@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize, de::Error as _};
-use sockleak_common::{Family, Origin, Protocol, Site, SocketState, Verdict};
+use sockleak_common::{AttachPoint, Family, Origin, Protocol, Site, SocketState, Verdict};
 
 use crate::{cgroups::Container, holders::HolderPids, stacks::identity::StackKey};
 
@@ -114,7 +114,7 @@ impl<'de> Deserialize<'de> for Line {
 /// What `sockleak trace` says once every hook is attached.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Started {
-    pub hooks: Vec<String>,
+    pub hooks: Vec<AttachPoint>,
     pub warnings: Vec<String>,
     pub pids: Vec<u32>,
     pub min_age_ms: u64,
