@@ -11,7 +11,8 @@ use aya::{
 use serde::Serialize;
 
 use crate::{
-    Args, CHURN_ARGS, churn_beside,
+    Args,
+    churn::{CHURN_ARGS, ChurnResult, churn_beside},
     peers::{Tracer, TracerKind},
 };
 
@@ -94,4 +95,49 @@ pub fn syscall_ns() -> f64 {
             started.elapsed().as_nanos() as f64 / f64::from(CALLS)
         })
         .fold(f64::INFINITY, f64::min)
+}
+
+/// The attribution section of the bench's table, beside what one untraced connection costs
+/// (from the churn's untraced row).
+pub(crate) fn write_table(out: &mut String, a: &Attribution, churn: &[ChurnResult]) {
+    use std::fmt::Write;
+    // What one connection costs the machine untraced: every CPU busy with the churn.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let untraced = churn.first().map_or(0.0, |none| cpus * 1e6 / none.median);
+    let _ = writeln!(
+        out,
+        "\nwhere sockleak's time goes: one churn run with BPF run-time statistics on ({:.0} conn/s)",
+        a.connections_per_second
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:>10} {:>10} {:>12}",
+        "", "runs/conn", "ns/run", "us/conn"
+    );
+    for p in &a.programs {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10.2} {:>10.0} {:>12.2}",
+            format!("kernel: {}", p.program),
+            p.runs_per_connection,
+            p.ns_per_run,
+            p.us_per_connection
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<50} {:>12.2}",
+        "kernel, all programs", a.kernel_us_per_connection
+    );
+    let _ = writeln!(
+        out,
+        "{:<50} {:>12.2}",
+        "sockleak userspace", a.userspace_us_per_connection
+    );
+    let _ = writeln!(
+        out,
+        "{:<50} {:>12.2}",
+        format!("one untraced connection ({cpus:.0} CPUs / rate)"),
+        untraced
+    );
 }

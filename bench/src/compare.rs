@@ -11,12 +11,12 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::{
-    Args, ChurnRun, ScaleResult, attribution,
+    Args, attribution,
     attribution::Attribution,
-    churn_beside, churn_run,
+    churn::{ChurnRun, churn_beside, churn_run},
     peers::TracerKind,
     rounds::{Flanked, median, median_by},
-    scale_run,
+    scale::{ScaleResult, scale_run},
     time_wait::NoTimeWait,
 };
 

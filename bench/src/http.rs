@@ -16,7 +16,7 @@ use crate::{
     Args,
     peers::{Tracer, TracerKind},
     probe::free_port,
-    rounds::{self, median},
+    rounds::{self, median, ratio_range},
     time_wait::NoTimeWait,
 };
 
@@ -70,7 +70,7 @@ pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
             args.rounds,
             kind.name()
         );
-        let tracer = Tracer::start(kind, &args.sockleak, &args.work, crate::CHURN_ARGS)?;
+        let tracer = Tracer::start(kind, &args.sockleak, &args.work, crate::churn::CHURN_ARGS)?;
         let rate = wrk(&url, args.seconds)?;
         if let Some(tracer) = tracer {
             tracer.stop()?;
@@ -114,4 +114,31 @@ fn wrk(url: &str, seconds: f64) -> Result<f64> {
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .with_context(|| format!("no rate in wrk's output: {text}"))
+}
+
+/// The Node.js HTTP section of the bench's table: a row per tracer.
+pub(crate) fn write_table(out: &mut String, rows: &[HttpRow], args: &Args) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nNode.js HTTP service (started before the tracers, no flags) under wrk, a connection \
+         per request;\n{}s x {} rounds per tracer, each run between two untraced ones, medians",
+        args.seconds.ceil(),
+        args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<48} {:>10} {:>8} {:>14}",
+        "tracer", "req/s", "vs none", "rounds"
+    );
+    for h in rows {
+        let _ = writeln!(
+            out,
+            "{:<48} {:>10.0} {:>7.1}% {:>14}",
+            h.tracer,
+            h.median,
+            h.vs_none * 100.0,
+            ratio_range(&h.vs_none_rounds),
+        );
+    }
 }

@@ -107,3 +107,31 @@ fn run(args: &Args, port: u16, env: &[(&str, &str)]) -> Result<(f64, f64)> {
     tracer.stop()?;
     Ok((ns, rate))
 }
+
+/// The Node.js creation stacks section of the bench's table.
+pub(crate) fn write_table(out: &mut String, n: &NodeStacks) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nNode.js creation stacks: node without perf-map flags, {} connections one after \
+         another,\nevery handle's stack taken (--stack-rate 0), BPF run-time statistics on",
+        n.connections
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:>14} {:>12}",
+        "", "ns per stack", "node conn/s"
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:>14.0} {:>12.0}",
+        "native and JavaScript frames", n.ns_per_stack_with_js, n.connections_per_second_with_js
+    );
+    let _ = writeln!(
+        out,
+        "{:<36} {:>14.0} {:>12.0}",
+        "native frames only (layout withheld)",
+        n.ns_per_stack_native_only,
+        n.connections_per_second_native_only
+    );
+}

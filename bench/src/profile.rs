@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::{
-    Args, CHURN_ARGS, TRACER_SETTLE, churn_load, machine_busy_seconds,
+    Args,
+    churn::{CHURN_ARGS, TRACER_SETTLE, churn_load, machine_busy_seconds},
     peers::{Tracer, TracerKind},
     rounds::median,
     time_wait::NoTimeWait,
@@ -236,6 +237,38 @@ fn kind_of(symbol: &str) -> Option<Kind> {
         Some(Kind::Helper)
     } else {
         None
+    }
+}
+
+/// The profile section of the bench's table: a row per tracer.
+pub(crate) fn write_table(out: &mut String, profile: &[ProfileRow]) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "\nwhere the machine's CPU goes under churn: a whole-machine perf profile (cpu-clock) of each\n\
+         run; a tracer's share of all samples in its BPF programs, their helpers, the hooks'\n\
+         dispatch and its own process, less the untraced run's share of the same symbols;\n\
+         what a tracer causes elsewhere (its process woken for each event, the scheduling\n\
+         that follows) is not in it; medians"
+    );
+    let _ = writeln!(
+        out,
+        "{:<48} {:>9} {:>9} {:>9} {:>9} {:>9} {:>12}",
+        "tracer", "programs", "helpers", "dispatch", "process", "all", "us/conn"
+    );
+    for p in profile {
+        let m = &p.median;
+        let _ = writeln!(
+            out,
+            "{:<48} {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>8.2}% {:>12.2}",
+            p.tracer,
+            m.programs,
+            m.helpers,
+            m.dispatch,
+            m.process,
+            median(&p.rounds.iter().map(Shares::all).collect::<Vec<_>>()),
+            p.us_per_connection,
+        );
     }
 }
 

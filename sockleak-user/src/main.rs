@@ -67,7 +67,7 @@ fn print_quietly(bytes: &[u8]) -> anyhow::Result<()> {
 /// keep that memory: one arena per thread, and an mmap threshold that rises after every large
 /// free so the next large buffer comes from the never-shrinking heap. One arena and a fixed
 /// 128 KiB threshold (large buffers always mmapped, so unmapped when freed) keep sockleak's
-/// resident memory near what it uses, with the same report time (README, "Design notes").
+/// resident memory near what it uses, with the same report time (docs/design-notes.md, "Memory").
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator; called first thing, before any thread exists.
