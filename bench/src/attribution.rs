@@ -14,6 +14,7 @@ use crate::{
     Args,
     churn::{CHURN_ARGS, ChurnResult, churn_beside},
     peers::{Tracer, TracerKind},
+    probe,
 };
 
 #[derive(Serialize)]
@@ -51,7 +52,7 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
         .context("sockleak tracer")?;
     let churned = churn_beside(Some(&tracer), args)?;
     let (connections, seconds) = (churned.connections, churned.seconds);
-    let syscall_ns = syscall_ns();
+    let syscall_ns = probe::syscall_ns();
     // Read while sockleak runs: its programs unload when it exits.
     let per_connection = connections.max(1) as f64;
     let mut programs: Vec<ProgramCost> = loaded_programs()
@@ -77,24 +78,6 @@ pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
         userspace_us_per_connection: churned.tracer_cpu_seconds * 1e6 / per_connection,
         programs,
     })
-}
-
-/// Nanoseconds per system call of this process (the fastest of five runs of `getppid`, which
-/// does next to nothing). A tracer that attaches to any `syscalls` tracepoint sends every
-/// system call of every process through the kernel's slower traced path, whatever its
-/// programs do: a cost no BPF statistic shows, paid by every service on the machine.
-pub fn syscall_ns() -> f64 {
-    const CALLS: u32 = 1_000_000;
-    (0..5)
-        .map(|_| {
-            let started = std::time::Instant::now();
-            for _ in 0..CALLS {
-                // SAFETY: getppid takes no arguments and cannot fail.
-                unsafe { libc::syscall(libc::SYS_getppid) };
-            }
-            started.elapsed().as_nanos() as f64 / f64::from(CALLS)
-        })
-        .fold(f64::INFINITY, f64::min)
 }
 
 /// The attribution section of the bench's table, beside what one untraced connection costs

@@ -7,9 +7,9 @@ use serde_json::Value;
 use sockleak_user::report::Stats;
 
 use crate::{
-    Args, attribution,
+    Args,
     peers::{Tracer, TracerKind},
-    probe::cpu_seconds,
+    probe::{self, cpu_seconds},
     rounds::{self, median, median_by, ratio_range},
 };
 
@@ -45,7 +45,7 @@ pub(crate) struct ChurnResult {
     /// other CPUs and kernel threads left out).
     added_processes_us_per_connection: f64,
     /// Nanoseconds per system call of any process while the tracer runs, one per run
-    /// (`attribution::syscall_ns`), and their median.
+    /// (`probe::syscall_ns`), and their median.
     syscall_ns_rounds: Vec<f64>,
     syscall_ns: f64,
 }
@@ -85,7 +85,7 @@ pub(crate) fn churn_run(kind: TracerKind, sockleak: &Path, args: &Args) -> Resul
         seconds: churned.seconds,
         machine_us: per_connection(churned.machine_busy_seconds),
         processes_us: per_connection(load_cpu + tracer_cpu),
-        syscall_ns: attribution::syscall_ns(),
+        syscall_ns: probe::syscall_ns(),
         tracer_cpu_seconds: None,
         startup_ms: None,
         sockleak_stats: None,

@@ -15,6 +15,7 @@ use crate::{
     attribution::Attribution,
     churn::{ChurnRun, churn_beside, churn_run},
     peers::TracerKind,
+    probe,
     rounds::{Flanked, median, median_by},
     scale::{ScaleResult, scale_run},
     time_wait::NoTimeWait,
@@ -92,7 +93,7 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             args.rounds
         );
         let untraced = churn_beside(None, args)?;
-        let untraced_syscall_ns = attribution::syscall_ns();
+        let untraced_syscall_ns = probe::syscall_ns();
         let (mut base, mut cand) = (None, None);
         for (is_baseline, binary) in both {
             eprintln!(
