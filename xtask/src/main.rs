@@ -7,7 +7,7 @@
 //!   Debian package, with SHA-256 sums.
 //! - `lint`: `cargo fmt --check` and clippy with warnings denied, over every crate (the eBPF
 //!   one with its pinned nightly, for its own target), and no import circle between modules
-//!   (`circles.rs`).
+//!   (`circles/`).
 //! - `test`: everything, then the whole test suite (as root: the tests load real programs).
 //! - `vm-test`: the kernel scenarios inside Debian's 5.10, 6.1 and 6.12 cloud kernels (qemu).
 //! - `bench`: build, then measure overhead and scale beside tcplife, tcpstates and bpftrace.
