@@ -38,7 +38,7 @@ pub struct Config {
     pub sock_v6_daddr: u64,
     pub sock_v6_rcv_saddr: u64,
     /// Non-zero when the kernel has `bpf_task_pt_regs` (5.15+), needed to read the user stack
-    /// pointer for [`SockEvent::user_sp_word`].
+    /// pointer for [`crate::SockEvent::user_sp_word`].
     pub have_task_pt_regs: u64,
     /// `pt_regs.sp`.
     pub pt_regs_sp: u64,

@@ -5,13 +5,14 @@
 //! `EVENTS` ring buffer or, for a socket's birth, in the `NEWBORN` map ([`NEWBORN_SOCKETS`]),
 //! the release log ([`ReleasedSocket`]), the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
 //! stacks in `STACKS` (and JavaScript ones in `JS_STACKS`, see [`JsStack`]) that events refer
-//! to by id. Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
+//! to ([`StackRef`]: an id, or why there is none). Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
 //! globals, written before the programs load, and the V8 layouts in `V8_LAYOUTS`.
 //!
 //! The vocabulary: a socket's [`Family`], [`Protocol`] and [`SockType`], its state as the
 //! kernel numbers it ([`TcpState`]) and as a person reads it ([`SocketState`]), where it comes
-//! from ([`Origin`]) and why it looks leaked ([`Verdict`]); where the programs attach
-//! ([`AttachPoint`]). Each is spelled here once, with its kernel number and the name reports,
+//! from ([`Origin`]), how its owner got it and where it leads (a group's `Site`, its
+//! `Endpoint`: userspace only) and why it looks leaked ([`Verdict`]); where the programs
+//! attach ([`AttachPoint`]). Each is spelled here once, with its kernel number and the name reports,
 //! the command line and metrics use; with the `user` feature they also (de)serialize by those
 //! names.
 //!
