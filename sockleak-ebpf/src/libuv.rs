@@ -54,10 +54,20 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: this CPU's scratch value; programs on one CPU do not preempt each other here.
     let scratch = unsafe { &mut *scratch };
-    let v8 = v8_layout(pid).map(|layout| (layout, javascript_caller(&ctx, &layout, scratch)));
-    if let Some((_, None)) = v8 {
-        return 0;
-    }
+    // An absent layout is all zero rather than left undefined: LLVM may load an absent
+    // layout's fields on paths that then ignore them, and the verifiers of 5.10 and 6.1 refuse
+    // any read of a stack slot nothing wrote.
+    let found = v8_layout(pid);
+    let has_layout = found.is_some();
+    let layout = found.unwrap_or_default();
+    let caller = if has_layout {
+        match javascript_caller(&ctx, &layout, scratch) {
+            None => return 0,
+            caller => caller,
+        }
+    } else {
+        None
+    };
     let task = current_task();
     if !admits_task(&task) {
         return 0;
@@ -69,17 +79,17 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     // Node's JavaScript frames, named by userspace where no perf map does, and the native
     // frames around them, read by the same walk. Anything else, or a JavaScript stack that
     // could not be kept, has the kernel's own walk.
-    let js = match v8 {
-        Some((layout, Some(caller))) => js_stack(&caller, task.pid, &layout, scratch),
-        _ => NO_JS_STACK,
+    let js = match caller {
+        Some(caller) => js_stack(&caller, task.pid, &layout, scratch),
+        None => NO_JS_STACK,
     };
     let native = if js == NO_JS_STACK {
         stack_id(&ctx, BPF_F_USER_STACK as u64)
     } else {
         StackRef::IN_JS_STACK
     };
-    if native.is(StackStatus::Failed) {
-        return 0;
+    if !(native.is(StackStatus::Taken) || native.is(StackStatus::InJsStack)) {
+        return 0; // the walk failed (counted)
     }
     let key = HandleKey {
         pid: task.pid,
