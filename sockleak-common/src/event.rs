@@ -82,7 +82,12 @@ impl EventKind {
 
 /// A creation stack an event refers to: its id in `STACKS`, or why there is none. Two words
 /// rather than sentinels in one: what `status` says decides what `id` means.
-#[repr(C)]
+///
+/// 8-aligned, so the kernel side writes one whole as a single 8-byte store
+/// ([`StackRef::bits`]): a stack taken for a socket already published in `NEWBORN` lands
+/// while userspace may be copying the slot, which must see the old reference or the new,
+/// never one's status with the other's id.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackRef {
     /// A [`StackStatus`].
@@ -157,6 +162,11 @@ impl StackRef {
     pub const fn is(self, status: StackStatus) -> bool {
         self.status == status as u32
     }
+
+    /// The reference as the one little-endian word it occupies in memory.
+    pub const fn bits(self) -> u64 {
+        (self.id as u64) << 32 | self.status as u64
+    }
 }
 
 /// Which program emitted an event: for people reading events (a debugger, a test's failure
@@ -213,6 +223,9 @@ pub struct SockEvent {
     pub dport: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// Key in `JS_STACKS` of the JavaScript frames found where the handle was made (with
+    /// `handle_stack`), or [`crate::NO_JS_STACK`].
+    pub js_stack_id: u32,
     /// The creating task's user stack. No kernel stack: in a system call it is the same few
     /// entry frames for every socket, and taking it would cost as much again as the user
     /// stack.
@@ -223,9 +236,6 @@ pub struct SockEvent {
     /// [`StackStatus::None`] for sockets not opened by libuv for a handle whose making was
     /// seen; [`StackStatus::InJsStack`] when the frames are in the handle's JavaScript stack.
     pub handle_stack: StackRef,
-    /// Key in `JS_STACKS` of the JavaScript frames found where the handle was made (with
-    /// `handle_stack`), or [`crate::NO_JS_STACK`].
-    pub js_stack_id: u32,
     /// The word at the user stack pointer when the syscall was made: the return address into
     /// the caller of a frameless syscall wrapper (glibc's `socket()`), which a frame-pointer
     /// walk skips. 0 when unread; userspace decides whether it is a code address.
@@ -262,21 +272,22 @@ impl SockEvent {
             dport: 0,
             saddr: [0; 16],
             daddr: [0; 16],
+            js_stack_id: crate::NO_JS_STACK,
             user_stack: StackRef::NONE,
             handle_stack: StackRef::NONE,
-            js_stack_id: crate::NO_JS_STACK,
             user_sp_word: 0,
         }
     }
 }
 
 const _: () = assert!(core::mem::size_of::<Task>() == 40);
-// 160 bytes: the two stack references are a status and an id each (8 bytes more than the
-// two `i32`s with sentinels they replaced, 5% of an event's share of the ring).
+// 160 bytes: the two stack references are a status and an id each, 8-aligned (8 bytes more
+// than the two `i32`s with sentinels they replaced: 5% fewer events fit the ring).
 const _: () = assert!(core::mem::size_of::<SockEvent>() == 160);
 // The kernel side zeroes events a word at a time.
 const _: () = assert!(core::mem::size_of::<SockEvent>().is_multiple_of(8));
 const _: () = assert!(core::mem::align_of::<SockEvent>() == 8);
+const _: () = assert!(core::mem::offset_of!(SockEvent, user_stack).is_multiple_of(8));
 
 #[cfg(test)]
 mod tests {
@@ -293,6 +304,13 @@ mod tests {
         // The kernel side zeroes an event before filling it in: zero means "none taken".
         let zeroed = StackRef { status: 0, id: 0 };
         assert_eq!(zeroed, StackRef::NONE);
+        // What one 8-byte store writes is the reference, status in the lower word.
+        let taken = StackRef::from_stackid(12);
+        assert_eq!(
+            taken.bits().to_le_bytes(),
+            // SAFETY: StackRef is two u32s, 8 bytes with no padding.
+            unsafe { core::mem::transmute::<StackRef, [u8; 8]>(taken) }
+        );
         assert_eq!(StackRef::PENDING.taken(), None);
         assert_eq!(StackRef { status: 99, id: 1 }.status(), None);
     }

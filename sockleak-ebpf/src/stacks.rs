@@ -31,7 +31,7 @@ pub fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
     if within_stack_budget(pid, rate, ev.ts_ns) {
         return true;
     }
-    ev.user_stack = StackRef::NOT_SAMPLED;
+    set_stack(&mut ev.user_stack, StackRef::NOT_SAMPLED);
     count(Stat::StacksNotSampled);
     false
 }
@@ -129,7 +129,7 @@ pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
 /// or made it listen). Only there: that is process context, and `current` is the owner.
 #[inline(always)]
 pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEvent) {
-    ev.user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
+    set_stack(&mut ev.user_stack, stack_id(ctx, BPF_F_USER_STACK as u64));
     if cfg.have_task_pt_regs != 0 {
         // SAFETY: helpers on the current task; a fault only makes the read fail.
         unsafe {
@@ -139,6 +139,19 @@ pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEve
             }
         }
     }
+}
+
+/// Writes `stack` as one 8-byte store: `ev` may be a `NEWBORN` slot userspace is copying
+/// right now, which must read the old reference or the new, never half of each.
+#[inline(always)]
+pub fn set_stack(slot: &mut StackRef, stack: StackRef) {
+    // SAFETY: `StackRef` is 8 bytes, 8-aligned (asserted in sockleak-common), and `slot` is a
+    // live, exclusive reference to one.
+    unsafe {
+        core::ptr::from_mut(slot)
+            .cast::<u64>()
+            .write_volatile(stack.bits())
+    };
 }
 
 /// The stack `flags` ask for in `STACKS`, or the (counted) error of a failed walk.
