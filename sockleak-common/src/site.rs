@@ -117,10 +117,17 @@ impl fmt::Display for Site {
     }
 }
 
-/// Groups sort by their site's text, as they did when sites were strings.
+/// Groups sort by their site's text, as they did when sites were strings; sites that print
+/// alike (none are built so) by their fields, so the order agrees with equality.
 impl Ord for Site {
     fn cmp(&self, other: &Self) -> core::cmp::Ordering {
-        self.text().cmp(&other.text())
+        self.text().cmp(&other.text()).then_with(|| {
+            (self.kind, &self.endpoint, self.creation_lost).cmp(&(
+                other.kind,
+                &other.endpoint,
+                other.creation_lost,
+            ))
+        })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The socket table: every open TCP/UDP socket sockleak knows about, keyed by socket cookie.
 //!
-//! Fed by kernel events (`ingest`: created, fd installed, state changed, released; births from
-//! the ring or, at each report, from the kernel's newborn array) and reconciled once per report
+//! Fed by kernel events (`ingest`: created, accept returned, creation completed, state
+//! changed, released; births from the ring or, at each report, from the kernel's newborn
+//! array) and reconciled once per report
 //! against sock_diag and the holder scan (`reconcile`), which are the ground truth: a release
 //! the ring buffer lost cannot leave a ghost behind, because a socket that no process holds any
 //! more is dropped after two consecutive scans. Sockets a process closed that linger in the
