@@ -54,13 +54,6 @@ pub struct SkMem {
     pub drops: u32,
 }
 
-impl SkMem {
-    /// Kernel memory this socket pins: received data, queued data, and reserved pages.
-    pub fn pinned(&self) -> u64 {
-        u64::from(self.rmem_alloc) + u64::from(self.wmem_queued) + u64::from(self.fwd_alloc)
-    }
-}
-
 /// The parts of `struct tcp_info` (`INET_DIAG_INFO`) the verdicts use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TcpInfo {
@@ -350,7 +343,6 @@ mod tests {
             (m.rmem_alloc, m.wmem_queued, m.fwd_alloc, m.drops),
             (100, 600, 500, 9)
         );
-        assert_eq!(m.pinned(), 1200);
         let t = s.tcp.unwrap();
         assert_eq!(
             (t.bytes_acked, t.last_data_recv_ms, t.bytes_received),
