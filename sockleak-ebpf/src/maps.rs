@@ -271,7 +271,11 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         Some(scratch) if slots != 0 => scratch,
         _ => return send(kind, hook, fill),
     };
-    // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+    // SAFETY: this CPU's slot, valid, 8-aligned and a whole `SockEvent` for the program's run.
+    // Not exclusive, though: the state program announces connections here in a softirq,
+    // which can interrupt `sock_create` on the same CPU between `prepare` and `publish`, and
+    // the event published would then be partly the other's. A known gap (a scratch per
+    // context would close it); every access stays within the map value.
     let event = unsafe {
         prepare(scratch, kind, hook, fill);
         &*scratch

@@ -74,7 +74,10 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         && cfg.capture_stacks != 0
         && let Some(pending) = STACK_PENDING_TID.get_ptr_mut(0)
     {
-        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        // SAFETY: this CPU's slot, valid and aligned for the program's run; only programs in
+        // process context use it, and the exit of `socket()` reads it in the same task. A
+        // program interrupting this one can only leave a stale tid, and the fd walk at that
+        // exit names the socket the stack goes to whatever the slot held.
         unsafe { *pending = if stack_pending { task.tid } else { 0 } };
     }
     ALLOW

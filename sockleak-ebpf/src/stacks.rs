@@ -81,7 +81,9 @@ pub fn within_stack_budget(pid: u32, rate: u64, now_ns: u64) -> bool {
 #[inline(always)]
 pub fn recently_refused(pid: u32, now_ns: u64) -> bool {
     LAST_REFUSED.get_ptr_mut(0).is_some_and(|refused| {
-        // SAFETY: this CPU's slot; programs on one CPU do not preempt each other here.
+        // SAFETY: this CPU's slot, valid and aligned for the program's run. A program that
+        // interrupts this one on its CPU may rewrite it meanwhile: the worst is a stack refused
+        // or taken once against the budget, never an invalid read.
         unsafe { (*refused).pid == pid && now_ns < (*refused).until_ns }
     })
 }
