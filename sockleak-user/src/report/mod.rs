@@ -118,30 +118,27 @@ impl Reporter {
                 prefetch::prefetch(ahead);
             }
             let place = &placements[place];
-            let origin = (
-                s.owner.pid,
-                Arc::clone(&s.owner.comm),
-                s.origin,
-                site_place(s),
-                s.stack,
-            );
-            let group = *group_of_origin.entry(origin).or_insert_with(|| {
-                let key = GroupKey {
-                    pid: s.owner.pid,
-                    comm: s.owner.comm.to_string(),
-                    site: site_of(s),
-                    stack: group_stack(s.stack),
-                };
-                *group_of_key.entry(key.clone()).or_insert_with(|| {
-                    let mut group = new_group(key, place);
-                    if let Some(stack_key) = s.stack.key() {
-                        group.handle_stack = stack_key.handle;
-                        group.stack_note = stacks.get(&stack_key).and_then(|st| st.note.clone());
-                    }
-                    groups.push(group);
-                    groups.len() - 1
-                })
-            });
+            let origin = (s.owner.pid, Arc::clone(&s.owner.comm), site_of(s), s.stack);
+            let group = *group_of_origin
+                .entry(origin)
+                .or_insert_with_key(|(.., site, _)| {
+                    let key = GroupKey {
+                        pid: s.owner.pid,
+                        comm: s.owner.comm.to_string(),
+                        site: site.clone(),
+                        stack: group_stack(s.stack),
+                    };
+                    *group_of_key.entry(key.clone()).or_insert_with(|| {
+                        let mut group = new_group(key, place);
+                        if let Some(stack_key) = s.stack.key() {
+                            group.handle_stack = stack_key.handle;
+                            group.stack_note =
+                                stacks.get(&stack_key).and_then(|st| st.note.clone());
+                        }
+                        groups.push(group);
+                        groups.len() - 1
+                    })
+                });
             let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
             add_to_group(&mut groups[group], &row, rows.len());
             if let Some(endpoint) = client_endpoint(s) {
@@ -197,10 +194,10 @@ impl Reporter {
 /// other users); SipHash was much of a report's time over many sockets.
 type PerSocket<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
-/// Sockets with the same process, name, origin (and listening port) and stack id always share
-/// a group: their [`GroupKey`] (strings, symbolized frames) is built and hashed once per
-/// origin, not once per socket.
-type GroupOrigin = (u32, Arc<str>, Origin, Option<SocketAddr>, CreationStack);
+/// Sockets with the same process, name, site and stack id always share a group: their
+/// [`GroupKey`] (strings, symbolized frames) is built and hashed once per origin, not once per
+/// socket. A site of an inet socket is built without allocating.
+type GroupOrigin = (u32, Arc<str>, Site, CreationStack);
 
 fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candidate<'a> {
     Candidate {
@@ -300,18 +297,9 @@ fn churn_rows(table: &SocketTable, filter: &Filter) -> Vec<ChurnRow> {
     churn
 }
 
-/// Where in a group's site the socket's address counts: the listening port of accepted
-/// sockets and listeners, the endpoint of client connections found open (which are grouped
-/// by it, having no stack).
-fn site_place(s: &Socket) -> Option<SocketAddr> {
-    let port_only = |a: SocketAddr| SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), a.port());
-    match (s.origin, s.origin.role()) {
-        (Origin::Accept, _) | (_, Some(Role::Accepted | Role::Listening)) => s.local.map(port_only),
-        (_, Some(Role::Connected)) => s.remote,
-        _ => None,
-    }
-}
-
+/// How the socket's owner got it, with the endpoint that ties it to its group: the listening
+/// port of accepted sockets and listeners, the peer of client connections found open (which
+/// are grouped by it, having no stack).
 fn site_of(s: &Socket) -> Site {
     match s.origin {
         Origin::Socket => Site::socket(),
