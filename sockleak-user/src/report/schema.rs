@@ -18,8 +18,9 @@ pub enum Line {
     Other(OtherLine),
 }
 
-/// A report line: the report, and whether it is the last one (at exit).
-#[derive(Serialize, Deserialize, Debug, Clone)]
+/// A report line as read: the report, and whether it is the last one (at exit). Written
+/// through [`ReportLineRef`], which borrows the report.
+#[derive(Deserialize, Debug, Clone)]
 pub struct ReportLine {
     #[serde(flatten)]
     pub report: Report,
