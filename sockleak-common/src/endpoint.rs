@@ -16,16 +16,6 @@ pub enum Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnixName(pub Box<[u8]>);
 
-impl Endpoint {
-    /// The port of an inet endpoint.
-    pub fn port(&self) -> Option<u16> {
-        match self {
-            Self::Inet(addr) => Some(addr.port()),
-            Self::Unix(_) => None,
-        }
-    }
-}
-
 impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Self {
         Self::Inet(addr)
