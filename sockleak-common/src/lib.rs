@@ -17,7 +17,8 @@
 //! names.
 //!
 //! The kernel side stays small: it records *who* (only ever from process context) and *which
-//! socket* (cookie, and the `struct sock` address for joins); userspace does the thinking.
+//! socket* ([`SockId`]: cookie and network namespace, and the `struct sock` address for
+//! joins); userspace does the thinking.
 #![no_std]
 
 mod attach;
@@ -25,6 +26,7 @@ mod config;
 mod event;
 mod maps;
 mod origin;
+mod sock_id;
 mod socket;
 mod v8;
 mod verdict;
@@ -47,6 +49,7 @@ pub use maps::*;
 pub use origin::{Origin, Role};
 #[cfg(feature = "user")]
 pub use site::{Site, SiteKind, UnknownSite};
+pub use sock_id::SockId;
 pub use socket::{Family, Protocol, SockType, SocketState, TcpState};
 pub use v8::*;
 pub use verdict::Verdict;

@@ -27,7 +27,8 @@ pub struct ReleasedSocket {
     pub cookie: u64,
     /// The process that created or accepted the socket.
     pub pid: u32,
-    pub _pad: u32,
+    /// With `cookie`, the socket's [`crate::SockId`].
+    pub netns: u32,
     pub comm: [u8; crate::COMM_LEN],
 }
 

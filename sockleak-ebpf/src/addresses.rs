@@ -1,13 +1,33 @@
-//! Ports and addresses of a `struct sock`, from `sk->__sk_common` at the offsets userspace
-//! found in the kernel's BTF. Its own module because both the state program and the
-//! connections through a listener (`listeners.rs`, which the state program calls) fill events
-//! with them.
+//! Where a `struct sock` is: its network namespace, ports and addresses, from
+//! `sk->__sk_common` at the offsets userspace found in the kernel's BTF. Its own module
+//! because every program that has a socket in hand names it with its namespace, and both the
+//! state program and the connections through a listener (`listeners.rs`, which the state
+//! program calls) fill events with its addresses.
 use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use sockleak_common::{Family, SockEvent};
 
 use crate::maps::config;
 
 const AF_INET6: u16 = Family::Ipv6.af();
+
+/// The inode of `sk`'s network namespace (`sk->__sk_common.skc_net->ns.inum`), half of the
+/// socket's `SockId`; 0 where BTF did not say where it is (then 0 for every socket, and
+/// userspace leaves sock_diag's namespaces out of identities too) or a read fails.
+#[inline(always)]
+pub fn netns_of(sk: u64) -> u32 {
+    let cfg = config();
+    if cfg.sock_net == 0 {
+        return 0;
+    }
+    // SAFETY: reads through the probe helper, which fails rather than faults on an address
+    // that cannot be read; a pointer-sized and a u32 integer are valid for any bits.
+    unsafe {
+        match bpf_probe_read_kernel((sk + cfg.sock_net) as *const u64) {
+            Ok(net) => bpf_probe_read_kernel((net + cfg.net_ns_inum) as *const u32).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
 
 /// Ports and addresses from `sk->__sk_common`; best effort (offsets come from BTF).
 #[inline(always)]

@@ -92,7 +92,7 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
     match socket_of_fd(cfg, fd) {
         Ok(Some(found)) if admits_socket(found.family, 0) => {
             if stacks == StackChoice::Take
-                && let Some(created) = newborn_slot(found.cookie)
+                && let Some(created) = newborn_slot(found.id)
             {
                 // Its creation is still in the kernel's map: the stack goes with it.
                 // SAFETY: a map value, valid for the program's run.
@@ -106,7 +106,8 @@ fn fd_installed(ctx: &TracePointContext, hook: Hook, stacks: StackChoice) {
                 ev.task = task;
                 ev.fd = fd;
                 ev.skaddr = found.skaddr;
-                ev.cookie = found.cookie;
+                ev.cookie = found.id.cookie;
+                ev.netns = found.id.netns;
                 ev.inode = found.inode;
                 ev.family = found.family;
                 if cfg.capture_stacks != 0

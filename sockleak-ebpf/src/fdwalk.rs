@@ -5,14 +5,17 @@
 //! socket and its owner meet. Rust eBPF has no CO-RE, so every offset comes from the running
 //! kernel's BTF via [`Config`] (see `sockleak-user/src/hooks/offsets.rs`).
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use sockleak_common::{Config, Family};
+use sockleak_common::{Config, Family, SockId};
+
+use crate::addresses::netns_of;
 
 const AF_INET: u16 = Family::Ipv4.af();
 const AF_INET6: u16 = Family::Ipv6.af();
 
 pub struct FdSocket {
     pub skaddr: u64,
-    pub cookie: u64,
+    /// Its cookie may be 0: see [`socket_of_file`].
+    pub id: SockId,
     pub inode: u64,
     pub family: u16,
 }
@@ -78,7 +81,7 @@ pub unsafe fn socket_of_file(cfg: &Config, file: u64) -> Result<Option<FdSocket>
         let cookie = read_ptr(sk, cfg.sock_cookie)?;
         Ok(Some(FdSocket {
             skaddr: sk,
-            cookie,
+            id: SockId::new(cookie, netns_of(sk)),
             inode: ino,
             family,
         }))

@@ -5,7 +5,7 @@
 //! tracepoint is needed, and those cost every system call of every process on the machine.
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated::bpf_get_socket_cookie};
 use sockleak_common::{
-    EventKind, Hook, ListenerKey, ListenerOwner, Protocol, SockType, Stat, Task,
+    EventKind, Hook, ListenerKey, ListenerOwner, Protocol, SockId, SockType, Stat, Task,
 };
 
 use crate::{
@@ -15,38 +15,38 @@ use crate::{
     task::current_task,
 };
 
-/// The listener `sk` is keyed by in `LISTENERS`; `None` when its namespace cannot be read.
+/// The listener `sk` in namespace `netns` ([`crate::addresses::netns_of`]) is keyed by in `LISTENERS`; `None`
+/// when its namespace cannot be read.
 #[inline(always)]
-fn key_of(sk: u64) -> Option<ListenerKey> {
-    let cfg = config();
-    if cfg.sock_net == 0 {
+fn key_of(sk: u64, netns: u32) -> Option<ListenerKey> {
+    if netns == 0 {
         return None;
     }
-    // SAFETY: reads through the probe helper; a fault only makes them fail.
-    unsafe {
-        let net: u64 = bpf_probe_read_kernel((sk + cfg.sock_net) as *const u64).ok()?;
-        let netns: u32 = bpf_probe_read_kernel((net + cfg.net_ns_inum) as *const u32).ok()?;
-        let port: u16 = bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16).ok()?;
-        Some(ListenerKey {
-            netns,
-            port,
-            _pad: 0,
-        })
-    }
+    let cfg = config();
+    // SAFETY: a read through the probe helper; a fault only makes it fail.
+    let port: u16 = unsafe { bpf_probe_read_kernel((sk + cfg.sock_num) as *const u16) }.ok()?;
+    Some(ListenerKey {
+        netns,
+        port,
+        _pad: 0,
+    })
 }
 
 /// `sk` started listening, in the process that called `listen()`: its connections will be
 /// that process's, if the owner filters follow it.
 #[inline(always)]
-pub fn listening(sk: u64, cookie: u64) {
-    let Some(key) = key_of(sk) else {
+pub fn listening(sk: u64, id: SockId) {
+    let Some(key) = key_of(sk, id.netns) else {
         return;
     };
     let task = current_task();
     if !admits_task(&task) {
         return;
     }
-    let owner = ListenerOwner { task, cookie };
+    let owner = ListenerOwner {
+        task,
+        cookie: id.cookie,
+    };
     if LISTENERS.insert(&key, &owner, 0).is_err() {
         count(Stat::ListenersFull);
     }
@@ -54,8 +54,8 @@ pub fn listening(sk: u64, cookie: u64) {
 
 /// `sk` stopped listening: its entry goes, unless another listener on the port replaced it.
 #[inline(always)]
-pub fn stopped_listening(sk: u64) {
-    let Some(key) = key_of(sk) else {
+pub fn stopped_listening(sk: u64, netns: u32) {
+    let Some(key) = key_of(sk, netns) else {
         return;
     };
     // SAFETY: a map value, read at once: nothing inserts into or removes from `LISTENERS`
@@ -73,9 +73,9 @@ pub fn stopped_listening(sk: u64) {
 
 /// The child `sk` of a listener became ESTABLISHED: announced as its listener's owner's.
 #[inline(always)]
-pub fn connected(sk: u64, cookie: u64, old_state: i32, new_state: i32) {
+pub fn connected(sk: u64, id: SockId, old_state: i32, new_state: i32) {
     // SAFETY: a map value, copied out at once.
-    let owner = key_of(sk).and_then(|key| unsafe { LISTENERS.get(&key) });
+    let owner = key_of(sk, id.netns).and_then(|key| unsafe { LISTENERS.get(&key) });
     let task = match owner {
         Some(owner) => owner.task,
         // With owner filters, a listener they follow is in the map (userspace writes the
@@ -97,7 +97,8 @@ pub fn connected(sk: u64, cookie: u64, old_state: i32, new_state: i32) {
     }
     announce(EventKind::Accepted, Hook::TpBtfInetSockSetState, |ev| {
         ev.task = task;
-        ev.cookie = cookie;
+        ev.cookie = id.cookie;
+        ev.netns = id.netns;
         ev.skaddr = sk;
         ev.protocol = Protocol::Tcp.ip() as u16;
         ev.sock_type = SockType::Stream as u16;

@@ -19,7 +19,7 @@ use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
     RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
-    STAT_COUNT, SockEvent, StackRef, Stat, V8_PROCESSES, V8Layout,
+    STAT_COUNT, SockEvent, SockId, StackRef, Stat, V8_PROCESSES, V8Layout,
 };
 
 #[btf_map]
@@ -282,7 +282,7 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
     };
     if event.cookie != 0 {
         let slot = slot_for(event.cookie);
-        if slot.is_some_and(|(_, holds)| holds == event.cookie) {
+        if slot.is_some_and(|(slot, holds)| holds_socket(slot, holds, event.id())) {
             // Announced already: a simultaneous open's socket, created by `socket()` and then
             // connected through SYN_RECV as if accepted.
             return;
@@ -338,10 +338,19 @@ fn slot_for(cookie: u64) -> Option<(*mut SockEvent, u64)> {
     Some((slot, unsafe { read_volatile(&raw const (*slot).cookie) }))
 }
 
-/// The `NEWBORN` slot holding the socket `cookie`, if it is there.
+/// Whether `slot`, whose cookie is `holds`, is the socket `id`'s: the namespace tells apart
+/// two sockets with one cookie on kernels that number cookies per namespace.
 #[inline(always)]
-pub fn newborn_slot(cookie: u64) -> Option<*mut SockEvent> {
-    slot_for(cookie).and_then(|(slot, holds)| (holds == cookie).then_some(slot))
+fn holds_socket(slot: *mut SockEvent, holds: u64, id: SockId) -> bool {
+    // SAFETY: a map value, valid for the program's run; read whole, as userspace may be
+    // claiming the slot meanwhile (then the cookie no longer matches, whatever this reads).
+    holds == id.cookie && unsafe { read_volatile(&raw const (*slot).netns) } == id.netns
+}
+
+/// The `NEWBORN` slot holding the socket `id`, if it is there.
+#[inline(always)]
+pub fn newborn_slot(id: SockId) -> Option<*mut SockEvent> {
+    slot_for(id.cookie).and_then(|(slot, holds)| holds_socket(slot, holds, id).then_some(slot))
 }
 
 /// Frees the `NEWBORN` slot of a socket being released; true if it was there, and then
@@ -349,8 +358,8 @@ pub fn newborn_slot(cookie: u64) -> Option<*mut SockEvent> {
 /// Userspace may take the slot at the same instant (it claims slots atomically, this side
 /// cannot): it then holds a socket that is gone, which reconciliation drops.
 #[inline(always)]
-pub fn forget_newborn(cookie: u64, tcp: bool) -> bool {
-    let Some(slot) = newborn_slot(cookie) else {
+pub fn forget_newborn(id: SockId, tcp: bool) -> bool {
+    let Some(slot) = newborn_slot(id) else {
         return false;
     };
     // SAFETY: a map value, valid for the program's run.
@@ -360,19 +369,19 @@ pub fn forget_newborn(cookie: u64, tcp: bool) -> bool {
         (&raw mut (*slot).cookie).write_volatile(0);
         (born, task.pid, task.comm)
     };
-    count(if kind == EventKind::Created as u32 {
+    count(if kind == EventKind::Created as u16 {
         Stat::ShortLivedCreated
     } else {
         Stat::ShortLivedAccepted
     });
     if tcp {
-        log_release(cookie, pid, comm);
+        log_release(id, pid, comm);
     }
     true
 }
 
 #[inline(always)]
-fn log_release(cookie: u64, pid: u32, comm: [u8; COMM_LEN]) {
+fn log_release(id: SockId, pid: u32, comm: [u8; COMM_LEN]) {
     let per_cpu = config_field(|c| &c.release_log_per_cpu) as u32;
     let Some(next) = RELEASE_LOG_NEXT.get_ptr_mut(0) else {
         return;
@@ -386,7 +395,8 @@ fn log_release(cookie: u64, pid: u32, comm: [u8; COMM_LEN]) {
         let slot = cpu.wrapping_mul(per_cpu) + (*next & (per_cpu - 1));
         *next = (*next).wrapping_add(1);
         if let Some(entry) = RELEASE_LOG.get_ptr_mut(slot) {
-            (*entry).cookie = cookie;
+            (*entry).cookie = id.cookie;
+            (*entry).netns = id.netns;
             (*entry).pid = pid;
             (*entry).comm = comm;
         }
@@ -416,8 +426,8 @@ unsafe fn prepare(
             words.add(i).write_volatile(0);
         }
         let event = &mut *event;
-        event.kind = kind as u32;
-        event.hook = hook as u32;
+        event.kind = kind as u16;
+        event.hook = hook as u16;
         event.ts_ns = bpf_ktime_get_ns();
         event.fd = -1;
         // Both stack references are `StackRef::NONE` once zeroed.

@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use sockleak_common::{EventKind, Hook};
 
-use crate::maps::send;
+use crate::{addresses::netns_of, maps::send};
 
 /// Only as tp_btf: the classic formats of these two tracepoints do not say which socket.
 #[btf_tracepoint(function = "sock_rcvqueue_full")]
@@ -32,8 +32,10 @@ fn pressure(ctx: &BtfTracePointContext, kind: EventKind, hook: Hook) {
     // is a socket pointer this helper accepts (NULL gives 0); the helper only reads the
     // socket's cookie, or assigns it one.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let netns = netns_of(sk as u64);
     send(kind, hook, |ev| {
         ev.skaddr = sk as u64;
         ev.cookie = cookie;
+        ev.netns = netns;
     });
 }

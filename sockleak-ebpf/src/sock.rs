@@ -5,9 +5,12 @@ use aya_ebpf::{
     EbpfContext, helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock,
     programs::SockContext,
 };
-use sockleak_common::{Config, EventKind, Hook, Protocol, SockEvent, StackRef, StackStatus};
+use sockleak_common::{
+    Config, EventKind, Hook, Protocol, SockEvent, SockId, StackRef, StackStatus,
+};
 
 use crate::{
+    addresses::netns_of,
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
@@ -30,8 +33,7 @@ pub fn sock_create(ctx: SockContext) -> i32 {
     let cfg = config();
     let task = current_task();
     let sock = SockIdentity::of(&ctx);
-    // The program's context is the `struct sock` itself (bpf_sock is a view of it).
-    let sk = ctx.sock as u64;
+    let sk = sock.sk;
     let mut stack_pending = false;
     if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
         let fill = |ev: &mut SockEvent| {
@@ -104,7 +106,7 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     let tcp = sock.protocol == TCP;
     // A socket userspace has not read yet leaves without a word: most sockets of a busy
     // service end here.
-    if admits_socket(sock.family, sock.protocol) && !forget_newborn(sock.cookie, tcp) {
+    if admits_socket(sock.family, sock.protocol) && !forget_newborn(sock.id, tcp) {
         send(EventKind::Released, Hook::CgroupSockRelease, |ev| {
             sock.fill(ev)
         });
@@ -112,9 +114,11 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     ALLOW
 }
 
-/// The socket's identity, as a cgroup sock program sees it.
+/// The socket's identity and kind, as a cgroup sock program sees it.
 struct SockIdentity {
-    cookie: u64,
+    /// The program's context is the `struct sock` itself (bpf_sock is a view of it).
+    sk: u64,
+    id: SockId,
     family: u16,
     protocol: u16,
     sock_type: u16,
@@ -127,7 +131,11 @@ impl SockIdentity {
         unsafe {
             let sock = &*ctx.sock;
             Self {
-                cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+                sk: ctx.sock as u64,
+                id: SockId::new(
+                    bpf_get_socket_cookie(ctx.as_ptr()),
+                    netns_of(ctx.sock as u64),
+                ),
                 family: sock.family as u16,
                 protocol: sock.protocol as u16,
                 sock_type: sock.type_ as u16,
@@ -137,7 +145,8 @@ impl SockIdentity {
 
     #[inline(always)]
     fn fill(&self, ev: &mut SockEvent) {
-        ev.cookie = self.cookie;
+        ev.cookie = self.id.cookie;
+        ev.netns = self.id.netns;
         ev.family = self.family;
         ev.protocol = self.protocol;
         ev.sock_type = self.sock_type;

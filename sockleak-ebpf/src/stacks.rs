@@ -10,7 +10,7 @@ use aya_ebpf::{
     },
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
-use sockleak_common::{Config, EventKind, Hook, SockEvent, StackRef, StackStatus, Stat};
+use sockleak_common::{Config, EventKind, Hook, SockEvent, SockId, StackRef, StackStatus, Stat};
 
 use crate::{
     filter::admits_task,
@@ -88,19 +88,19 @@ pub fn recently_refused(pid: u32, now_ns: u64) -> bool {
     })
 }
 
-/// The stack of TCP socket `cookie`, which the state program is connecting (SYN_SENT) or
+/// The stack of TCP socket `id`, which the state program is connecting (SYN_SENT) or
 /// making listen (LISTEN) in the process that called connect() or listen(): the one place
 /// after `socket()` where a TCP socket's owner runs with it in hand and a tracing program
 /// runs anyway. Into its `NEWBORN` slot while it waits there with its stack pending;
 /// otherwise (userspace already read it, or it came through the ring) through the ring, for
 /// a socket of a process the filters follow.
 #[inline(always)]
-pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
+pub fn take_pending_stack(ctx: &BtfTracePointContext, id: SockId) {
     let cfg = config();
     if cfg.capture_stacks == 0 || !flag_set(&STACKS_AT_STATE) {
         return;
     }
-    if let Some(slot) = newborn_slot(cookie) {
+    if let Some(slot) = newborn_slot(id) {
         // SAFETY: a map value, valid for the program's run.
         let created = unsafe { &mut *slot };
         if created.user_stack.is(StackStatus::Pending)
@@ -119,7 +119,8 @@ pub fn take_pending_stack(ctx: &BtfTracePointContext, cookie: u64) {
         Hook::TpBtfInetSockSetState,
         |ev| {
             ev.task = task;
-            ev.cookie = cookie;
+            ev.cookie = id.cookie;
+            ev.netns = id.netns;
             if stack_allowed(ev, task.pid, cfg.stack_rate) {
                 capture_stacks(ctx, cfg, ev);
             }

@@ -8,10 +8,10 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use sockleak_common::{EventKind, Hook, TcpState};
+use sockleak_common::{EventKind, Hook, SockId, TcpState};
 
 use crate::{
-    addresses::read_addresses,
+    addresses::{netns_of, read_addresses},
     listeners,
     maps::{config, send},
     stacks::take_pending_stack,
@@ -34,35 +34,43 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         // the socket's cookie, or assigns it one.
         let cookie = unsafe { bpf_get_socket_cookie(sk) };
         if old_state == TCP_SYN_RECV && new_state == TCP_ESTABLISHED {
-            listeners::connected(sk as u64, cookie, old_state, new_state);
+            listeners::connected(sk as u64, id_of(sk, cookie), old_state, new_state);
         }
     }
     if new_state == TCP_SYN_SENT {
         // SAFETY: as above, the tracepoint's own socket.
-        take_pending_stack(&ctx, unsafe { bpf_get_socket_cookie(sk) });
+        take_pending_stack(&ctx, id_of(sk, unsafe { bpf_get_socket_cookie(sk) }));
     } else if new_state == TCP_LISTEN {
         // SAFETY: as above.
-        let cookie = unsafe { bpf_get_socket_cookie(sk) };
-        take_pending_stack(&ctx, cookie);
-        listeners::listening(sk as u64, cookie);
+        let id = id_of(sk, unsafe { bpf_get_socket_cookie(sk) });
+        take_pending_stack(&ctx, id);
+        listeners::listening(sk as u64, id);
     } else if old_state == TCP_LISTEN && new_state == TCP_CLOSE {
         // Only to CLOSE: a child is cloned from its listener, state, port, namespace and (up
         // to 6.12 at least) cookie included, and leaves LISTEN for SYN_RECV.
-        listeners::stopped_listening(sk as u64);
+        listeners::stopped_listening(sk as u64, netns_of(sk as u64));
     }
     if !state_worth_sending(sk as u64, new_state) {
         return 0;
     }
     // SAFETY: as above.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let id = id_of(sk, unsafe { bpf_get_socket_cookie(sk) });
     send(EventKind::StateChanged, Hook::TpBtfInetSockSetState, |ev| {
         ev.skaddr = sk as u64;
-        ev.cookie = cookie;
+        ev.cookie = id.cookie;
+        ev.netns = id.netns;
         ev.old_state = old_state as u16;
         ev.new_state = new_state as u16;
         let _ = read_addresses(sk as u64, ev);
     });
     0
+}
+
+/// The identity of `sk`, whose cookie the helper gave. Read only at the transitions that use
+/// it: the namespace costs two reads.
+#[inline(always)]
+fn id_of(sk: *mut c_void, cookie: u64) -> SockId {
+    SockId::new(cookie, netns_of(sk as u64))
 }
 
 const TCP_SYN_RECV: i32 = TcpState::SYN_RECV.0 as i32;

@@ -8,7 +8,7 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use aya_log::EbpfLogger;
-use sockleak_common::{ListenerKey, ListenerOwner, Protocol, SockEvent, Stat, TcpState};
+use sockleak_common::{ListenerKey, ListenerOwner, Protocol, SockEvent, SockId, Stat, TcpState};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -71,27 +71,27 @@ fn listeners_followed(
     diag: &[DiagSocket],
     table: &SocketTable,
 ) -> Vec<(ListenerKey, ListenerOwner)> {
-    let keys: HashMap<u64, ListenerKey> = diag
+    let keys: HashMap<SockId, ListenerKey> = diag
         .iter()
         .filter(|d| d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN)
         .map(|d| {
             let key = ListenerKey {
-                netns: d.netns as u32,
+                netns: d.netns,
                 port: d.local.port(),
                 _pad: 0,
             };
-            (d.cookie, key)
+            (d.id, key)
         })
         .collect();
     table
         .sockets()
         .filter_map(|s| {
-            let key = *keys.get(&s.cookie)?;
+            let key = *keys.get(&s.id)?;
             Some((
                 key,
                 ListenerOwner {
                     task: s.owner.task(),
-                    cookie: s.cookie,
+                    cookie: s.id.cookie,
                 },
             ))
         })
@@ -141,6 +141,7 @@ impl Tracer {
             mut libuv,
             newborn_slots,
             owners_of_listeners,
+            namespaces_in_ids,
         } = hooks::attach(programs, &cgroup_root, &kernel_filter)?;
         // Before the first look at what is open: sockets opened from now on get their handle's
         // stack.
@@ -173,7 +174,7 @@ impl Tracer {
         }
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
-        let mut diag_source = SockDiag::new()?;
+        let mut diag_source = SockDiag::new(namespaces_in_ids)?;
         // Nothing was released yet: no TIME_WAIT socket could be attributed.
         let diag = diag_source.dump(false)?;
         let holders = HolderScan::start(&mut ebpf).run();

@@ -134,7 +134,7 @@ mod tests {
         reset.old_state = state(TcpState::ESTABLISHED);
         reset.new_state = state(TcpState::CLOSE);
         t.apply(&reset);
-        let s = t.sockets().find(|s| s.cookie == 6).unwrap();
+        let s = t.sockets().find(|s| s.id.cookie == 6).unwrap();
         assert!(s.evidence.was_connected);
         let later = 60_000_000_000;
         assert_eq!(
@@ -168,7 +168,7 @@ mod tests {
         t.apply(&reset);
         let later = 3 + 60_000_000_000;
         t.reconcile(&[], &held, later, &Filter::default(), &nobody_holds());
-        let s = t.sockets().find(|s| s.cookie == 4).unwrap();
+        let s = t.sockets().find(|s| s.id.cookie == 4).unwrap();
         assert_eq!(s.tx_queue, 0, "the kernel purged the queue on reset");
         assert_eq!(
             socket_flags(s, later, &Thresholds::default()),
@@ -193,7 +193,7 @@ mod tests {
     }
 
     fn flags_of(t: &SocketTable, cookie: u64, now_ns: u64) -> Vec<Verdict> {
-        let s = t.sockets().find(|s| s.cookie == cookie).unwrap();
+        let s = t.sockets().find(|s| s.id.cookie == cookie).unwrap();
         socket_flags(s, now_ns, &Thresholds::default())
     }
 
@@ -220,7 +220,7 @@ mod tests {
             ..old.clone()
         };
         let young = DiagSocket {
-            cookie: 2,
+            id: SockId::new(2, 0),
             inode: 11,
             ..young
         };
@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(flags_of(&t, 1, 100 * S), [Verdict::CloseWait]);
         assert_eq!(flags_of(&t, 2, 100 * S), NONE, "in CLOSE_WAIT for 5 s only");
         // The time in the state is the kernel's bound, less a jiffy.
-        let e = &t.sockets().find(|s| s.cookie == 1).unwrap().evidence;
+        let e = &t.sockets().find(|s| s.id.cookie == 1).unwrap().evidence;
         assert_eq!(e.state_since_ns, 100 * S - 44_990_000_000);
         assert_eq!(e.state_entered_after_ns, None);
     }
@@ -282,7 +282,7 @@ mod tests {
         };
         let chatty = DiagSocket {
             tcp: quiet_for(100, 0),
-            cookie: 2,
+            id: SockId::new(2, 0),
             inode: 11,
             ..quiet.clone()
         };

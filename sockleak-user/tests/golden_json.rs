@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use sockleak_common::{
-    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict,
+    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SockId, SocketState, Verdict,
 };
 use sockleak_user::{
     cgroups::Container,
@@ -45,7 +45,7 @@ fn container() -> Container {
 fn rows() -> Vec<SocketRow> {
     vec![
         SocketRow {
-            cookie: 4097,
+            id: SockId::new(4097, 0),
             pid: 7,
             tid: 9,
             comm: Arc::from("node"),
@@ -91,7 +91,7 @@ fn rows() -> Vec<SocketRow> {
             exceed_buf_limit: 1,
         },
         SocketRow {
-            cookie: 4098,
+            id: SockId::new(4098, 0),
             pid: 8,
             tid: 8,
             comm: Arc::from("a\u{1b}]0;evil\u{7}"),

@@ -138,7 +138,15 @@ fn sockets_in_another_network_namespace_are_sampled_in_that_namespace() {
         unread.contains(&1000),
         "the unread bytes, from sock_diag in that namespace: {unread:?}"
     );
+    // Each socket is named in its namespace: by the kernel side for the traced ones (the
+    // client ends, the accepted ones), by the dump of that namespace for the listener.
+    let inode: u32 = netns
+        .strip_prefix("net:[")
+        .and_then(|n| n.strip_suffix(']'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a namespace link: {netns}"));
     for s in report.sockets_of(app.pid()) {
         assert!(s.memory.is_some(), "sampled: {s:#?}");
+        assert_eq!(s.id.netns, inode, "{s:#?}");
     }
 }

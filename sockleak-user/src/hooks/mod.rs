@@ -53,6 +53,10 @@ pub struct Attached {
     /// as the owner's of their listener in the kernel's `LISTENERS` map (which userspace fills
     /// for listeners older than sockleak); otherwise at `accept()`'s exit.
     pub owners_of_listeners: bool,
+    /// Whether the programs name each socket with its network namespace (`SockId::netns`):
+    /// where BTF does not say where a socket keeps it, they send 0, and sock_diag's sockets
+    /// must then be named without it too.
+    pub namespaces_in_ids: bool,
 }
 
 /// How the programs are set up.
@@ -141,6 +145,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         libuv,
         newborn_slots: config.newborn_slots as u32,
         owners_of_listeners: findings.has(Feature::ListenerOwners),
+        namespaces_in_ids: config.sock_net != 0,
     })
 }
 

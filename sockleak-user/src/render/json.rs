@@ -87,6 +87,18 @@ mod tests {
             )
         );
         assert_eq!(serde_json::to_value(&row).unwrap(), json, "field for field");
+        // A socket's namespace, where the kernel side read it, follows its cookie.
+        let in_container = crate::report::SocketRow {
+            id: sockleak_common::SockId::new(9, 4026532290),
+            ..row.clone()
+        };
+        let text = serde_json::to_string(&in_container).unwrap();
+        assert!(
+            text.starts_with(r#"{"cookie":9,"netns":4026532290,"pid":7,"#),
+            "{text}"
+        );
+        let back: crate::report::SocketRow = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.id, in_container.id);
 
         let report = Report {
             sockets: vec![row],
@@ -107,7 +119,10 @@ mod tests {
             panic!("not a report line: {line}");
         };
         assert!(back.is_final);
-        assert_eq!(back.report.sockets[0].cookie, 9);
+        assert_eq!(
+            back.report.sockets[0].id,
+            sockleak_common::SockId::new(9, 0)
+        );
         assert_eq!(back.report.stats.open_sockets, 1);
     }
 

@@ -463,7 +463,7 @@ mod tests {
     /// `a_state_found_between_two_looks_has_both_bounds`).
     fn established(state_age_ms: u64, state_age_max_ms: Option<u64>) -> SocketRow {
         SocketRow {
-            cookie: 1,
+            id: sockleak_common::SockId::new(1, 0),
             pid: 1,
             tid: 1,
             comm: "client".into(),

@@ -12,7 +12,9 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Family, Origin, Role, Site, SiteKind, SocketState, TcpState, Verdict};
+use sockleak_common::{
+    Family, Origin, Role, Site, SiteKind, SockId, SocketState, TcpState, Verdict,
+};
 
 pub use self::schema::{
     ChurnRow, EndpointCount, Group, GroupKey, GroupStack, Growth, KernelStats, Line, OtherLine,
@@ -89,7 +91,7 @@ impl Reporter {
         let mut placements: Vec<Placement> = Vec::new();
         let mut placement_of: PerSocket<(u64, u32), usize> = PerSocket::default();
         let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
-        let mut admitted: Vec<(std::cmp::Reverse<u64>, u64, usize, &Socket)> = Vec::new();
+        let mut admitted: Vec<(std::cmp::Reverse<u64>, SockId, usize, &Socket)> = Vec::new();
         for s in table.sockets().filter(|s| !s.awaiting_accept()) {
             let id = s.owner.cgroup_id;
             let key = (id, if id == 0 { s.owner.pid } else { 0 });
@@ -100,12 +102,12 @@ impl Reporter {
                 placements.len() - 1
             });
             if filter.admits(&candidate(s, placements[place].cgroup.as_deref(), now_ns)) {
-                admitted.push((std::cmp::Reverse(age_ms(s)), s.cookie, place, s));
+                admitted.push((std::cmp::Reverse(age_ms(s)), s.id, place, s));
             }
         }
         // Oldest first. Sorted before the rows exist: a row is big, and moving many of them
-        // through a sort cost more than building them. Cookies are unique: no ties.
-        admitted.sort_unstable_by_key(|&(age, cookie, ..)| (age, cookie));
+        // through a sort cost more than building them. Identities are unique: no ties.
+        admitted.sort_unstable_by_key(|&(age, id, ..)| (age, id));
 
         let mut rows = Vec::with_capacity(admitted.len());
         let mut groups: Vec<Group> = Vec::new();
@@ -333,7 +335,7 @@ fn row(
     thresholds: &Thresholds,
 ) -> SocketRow {
     SocketRow {
-        cookie: s.cookie,
+        id: s.id,
         pid: s.owner.pid,
         tid: s.owner.tid,
         comm: Arc::clone(&s.owner.comm),

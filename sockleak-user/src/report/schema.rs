@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize, de::Error as _};
-use sockleak_common::{AttachPoint, Family, Origin, Protocol, Site, SocketState, Verdict};
+use sockleak_common::{AttachPoint, Family, Origin, Protocol, Site, SockId, SocketState, Verdict};
 
 use crate::{cgroups::Container, holders::HolderPids, stacks::identity::StackKey};
 
@@ -138,7 +138,10 @@ pub struct Report {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct SocketRow {
-    pub cookie: u64,
+    /// `cookie`, and `netns` (the inode of its network namespace) where the kernel side
+    /// read it.
+    #[serde(flatten)]
+    pub id: SockId,
     pub pid: u32,
     pub tid: u32,
     pub comm: Arc<str>,

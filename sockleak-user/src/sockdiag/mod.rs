@@ -16,6 +16,7 @@ mod wire;
 use std::collections::{HashMap, hash_map::Entry};
 
 use anyhow::Result;
+use sockleak_common::SockId;
 
 use self::netns::{Namespace, netns_of, network_namespaces};
 pub use self::wire::{DiagSocket, SkMem, TcpInfo};
@@ -25,31 +26,35 @@ pub use self::wire::{DiagSocket, SkMem, TcpInfo};
 pub struct Snapshot {
     /// Every socket but the TIME_WAIT ones.
     pub sockets: Vec<DiagSocket>,
-    /// The cookies of the TIME_WAIT sockets (often more numerous than all the others, and
-    /// only counted): dumped apart, see `netlink::Part`.
-    pub time_wait: Vec<u64>,
+    /// The identities of the TIME_WAIT sockets (often more numerous than all the others,
+    /// and only counted): dumped apart, see `netlink::Part`.
+    pub time_wait: Vec<SockId>,
 }
 
 /// sock_diag sees one network namespace: the one its netlink socket was created in. Containers
 /// and pods each have their own, so `SockDiag` keeps netlink sockets per namespace that a
-/// process on the host is in, and dumps them all (socket cookies are unique across
-/// namespaces). A namespace no process is in any more is let go, so sockleak never keeps a dead
-/// container's namespace alive.
+/// process on the host is in, and dumps them all. A namespace no process is in any more is let
+/// go, so sockleak never keeps a dead container's namespace alive.
 pub struct SockDiag {
     own: Namespace,
-    own_netns: u64,
+    own_netns: u32,
     /// By namespace inode.
-    others: HashMap<u64, Namespace>,
+    others: HashMap<u32, Namespace>,
+    namespaces_in_ids: bool,
     /// Namespaces that could not be entered (a process gone meanwhile, a denied setns).
     pub unreachable_namespaces: usize,
 }
 
 impl SockDiag {
-    pub fn new() -> Result<Self> {
+    /// `namespaces_in_ids`: whether the kernel side names sockets with their namespace
+    /// (`SockId::netns`), which the identities of the sockets dumped then do too; where it
+    /// cannot, they leave it out, so that both name a socket the same way.
+    pub fn new(namespaces_in_ids: bool) -> Result<Self> {
         Ok(Self {
-            own: Namespace::open()?,
+            own: Namespace::open(namespaces_in_ids)?,
             own_netns: netns_of("self").unwrap_or(0),
             others: HashMap::new(),
+            namespaces_in_ids,
             unreachable_namespaces: 0,
         })
     }
@@ -63,14 +68,14 @@ impl SockDiag {
     }
 
     /// As `dump`, each living socket to `listed` as the kernel answers (a report folds them
-    /// in while the rest come); returns the TIME_WAIT cookies.
+    /// in while the rest come); returns the TIME_WAIT sockets' identities.
     pub fn dump_each(
         &mut self,
         time_wait: bool,
         listed: &mut impl FnMut(DiagSocket),
-    ) -> Result<Vec<u64>> {
-        let mut time_wait_cookies = Vec::new();
-        self.own.dump(time_wait, listed, &mut time_wait_cookies)?;
+    ) -> Result<Vec<SockId>> {
+        let mut time_wait_ids = Vec::new();
+        self.own.dump(time_wait, listed, &mut time_wait_ids)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
         self.unreachable_namespaces = 0;
@@ -80,22 +85,24 @@ impl SockDiag {
             }
             let socket = match self.others.entry(ns) {
                 Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => match Namespace::open_in_netns_of(pid, ns) {
-                    Ok(socket) => new.insert(socket),
-                    Err(err) => {
-                        log::debug!("network namespace of pid {pid}: {err:#}");
-                        self.unreachable_namespaces += 1;
-                        continue;
+                Entry::Vacant(new) => {
+                    match Namespace::open_in_netns_of(pid, ns, self.namespaces_in_ids) {
+                        Ok(socket) => new.insert(socket),
+                        Err(err) => {
+                            log::debug!("network namespace of pid {pid}: {err:#}");
+                            self.unreachable_namespaces += 1;
+                            continue;
+                        }
                     }
-                },
+                }
             };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Err(err) = socket.dump(time_wait, listed, &mut time_wait_cookies) {
+            if let Err(err) = socket.dump(time_wait, listed, &mut time_wait_ids) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
         }
-        Ok(time_wait_cookies)
+        Ok(time_wait_ids)
     }
 }
 
@@ -111,7 +118,7 @@ mod tests {
     fn dump_all() -> Result<Snapshot> {
         let mut sockets = Vec::new();
         let mut time_wait = Vec::new();
-        Namespace::open()?.dump(true, &mut |d| sockets.push(d), &mut time_wait)?;
+        Namespace::open(true)?.dump(true, &mut |d| sockets.push(d), &mut time_wait)?;
         Ok(Snapshot { sockets, time_wait })
     }
 
@@ -160,7 +167,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             let all = dump_all().unwrap();
-            let time_wait = all.time_wait.contains(&client_cookie);
+            let time_wait = all.time_wait.iter().any(|id| id.cookie == client_cookie);
             let listening = all
                 .sockets
                 .iter()

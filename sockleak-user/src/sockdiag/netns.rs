@@ -4,6 +4,7 @@
 use std::{collections::HashMap, io, os::fd::AsRawFd};
 
 use anyhow::{Context, Result, bail};
+use sockleak_common::SockId;
 
 use super::{
     netlink::{NetlinkSocket, Part},
@@ -14,16 +15,19 @@ use crate::procfs;
 /// The two netlink sockets of one network namespace (a netlink socket runs one dump at a time).
 pub struct Namespace {
     /// The namespace's inode, given to every socket it dumps.
-    inode: u64,
+    inode: u32,
+    /// Whether the sockets' identities name it (see [`super::SockDiag::new`]).
+    in_ids: bool,
     living: NetlinkSocket,
     time_wait: NetlinkSocket,
 }
 
 impl Namespace {
     /// In sockleak's own namespace.
-    pub fn open() -> Result<Self> {
+    pub fn open(in_ids: bool) -> Result<Self> {
         Ok(Self {
             inode: netns_of("self").unwrap_or(0),
+            in_ids,
             living: NetlinkSocket::open()?,
             time_wait: NetlinkSocket::open()?,
         })
@@ -31,7 +35,7 @@ impl Namespace {
 
     /// In `pid`'s namespace, whose inode is `inode`: a short-lived thread enters it (setns
     /// affects only the calling thread), creates the sockets there, and hands them back.
-    pub fn open_in_netns_of(pid: u32, inode: u64) -> Result<Self> {
+    pub fn open_in_netns_of(pid: u32, inode: u32, in_ids: bool) -> Result<Self> {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
             .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
         std::thread::scope(|scope| {
@@ -44,7 +48,7 @@ impl Namespace {
                     }
                     Ok(Self {
                         inode,
-                        ..Self::open()?
+                        ..Self::open(in_ids)?
                     })
                 })
                 .join()
@@ -52,17 +56,19 @@ impl Namespace {
         })
     }
 
-    /// Both parts at once: each living socket to `listed` as it comes, the cookies of the
-    /// TIME_WAIT ones (only if `time_wait`) appended to `time_wait_cookies`.
+    /// Both parts at once: each living socket to `listed` as it comes, the identities of the
+    /// TIME_WAIT ones (only if `time_wait`) appended to `time_wait_ids`.
     pub fn dump(
         &self,
         time_wait: bool,
         listed: &mut impl FnMut(DiagSocket),
-        time_wait_cookies: &mut Vec<u64>,
+        time_wait_ids: &mut Vec<SockId>,
     ) -> Result<()> {
+        let id_netns = if self.in_ids { self.inode } else { 0 };
         let mut living = |d: DiagSocket| {
             listed(DiagSocket {
                 netns: self.inode,
+                id: SockId::new(d.id.cookie, id_netns),
                 ..d
             })
         };
@@ -73,7 +79,7 @@ impl Namespace {
             let lingering = scope.spawn(|| {
                 self.time_wait
                     .dump_all(Part::TimeWait, &mut |d: DiagSocket| {
-                        time_wait_cookies.push(d.cookie)
+                        time_wait_ids.push(SockId::new(d.id.cookie, id_netns))
                     })
             });
             let living = self.living.dump_all(Part::Living, &mut living);
@@ -86,7 +92,7 @@ impl Namespace {
 }
 
 /// Network namespaces by inode, each with one process in it.
-pub fn network_namespaces() -> HashMap<u64, u32> {
+pub fn network_namespaces() -> HashMap<u32, u32> {
     let mut found = HashMap::new();
     for pid in procfs::pids() {
         if let Some(ns) = netns_of(&pid.to_string()) {
@@ -96,8 +102,8 @@ pub fn network_namespaces() -> HashMap<u64, u32> {
     found
 }
 
-/// The inode of `/proc/WHO/ns/net` (`net:[4026531840]`).
-pub fn netns_of(who: &str) -> Option<u64> {
+/// The inode of `/proc/WHO/ns/net` (`net:[4026531840]`): a namespace's `ns.inum`, 32 bits.
+pub fn netns_of(who: &str) -> Option<u32> {
     let link = std::fs::read_link(format!("/proc/{who}/ns/net")).ok()?;
     link.to_str()?
         .strip_prefix("net:[")?

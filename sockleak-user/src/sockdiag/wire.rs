@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
-use sockleak_common::{Family, Protocol, TcpState};
+use sockleak_common::{Family, Protocol, SockId, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The request that predates SOCK_DIAG_BY_FAMILY: TCP only, and both families in one answer.
@@ -21,7 +21,9 @@ const INET_DIAG_SKMEMINFO: u16 = 7;
 /// One socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {
-    pub cookie: u64,
+    /// Its cookie, and its namespace where the kernel side names sockets by theirs too (set by
+    /// the dump that found it: `SockDiag::new`).
+    pub id: SockId,
     pub family: Family,
     pub protocol: Protocol,
     /// UDP uses ESTABLISHED for connected, CLOSE otherwise.
@@ -39,7 +41,7 @@ pub struct DiagSocket {
     pub tcp: Option<TcpInfo>,
     /// The network namespace it lives in (its inode), which ports are local to; 0 until the
     /// dump that found it says.
-    pub netns: u64,
+    pub netns: u32,
 }
 
 /// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
@@ -193,7 +195,7 @@ fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
         }
     }
     Some(DiagSocket {
-        cookie,
+        id: SockId::new(cookie, 0),
         family,
         protocol,
         state,
@@ -307,7 +309,7 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         let s = &out[0];
-        assert_eq!(s.cookie, 7 | (1 << 32));
+        assert_eq!(s.id, SockId::new(7 | (1 << 32), 0));
         assert_eq!(s.local, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.remote, "127.0.0.2:40000".parse().unwrap());
         assert_eq!(

@@ -2,7 +2,7 @@
 //! connection churn, not leaks, counted per process that released them.
 use std::{collections::HashMap, sync::Arc};
 
-use sockleak_common::{ReleasedSocket, TcpState};
+use sockleak_common::{ReleasedSocket, SockId, TcpState};
 
 use super::{KernelKeyed, SocketTable};
 use crate::sockdiag::DiagSocket;
@@ -20,11 +20,11 @@ pub struct Churn {
 
 impl SocketTable {
     /// A TCP socket of `pid` was released: its TIME_WAIT or orphan may linger in the kernel.
-    pub(super) fn remember_release(&mut self, cookie: u64, pid: u32, comm: Arc<str>) {
+    pub(super) fn remember_release(&mut self, id: SockId, pid: u32, comm: Arc<str>) {
         if self.released.len() == RELEASED_MEMORY {
             self.released.pop_front();
         }
-        self.released.push_back((cookie, pid, comm));
+        self.released.push_back((id, pid, comm));
     }
 
     /// Whether any TCP socket was seen released lately: only then can a TIME_WAIT socket be
@@ -39,38 +39,34 @@ impl SocketTable {
         &self.churn
     }
 
-    /// Sockets a process closed that the kernel still keeps: TIME_WAIT ones (by cookie) and
+    /// Sockets a process closed that the kernel still keeps: TIME_WAIT ones (by identity) and
     /// orphans still closing (in `diag` without an inode), per process that released them,
     /// whether the table saw the release or the kernel logged it (`released_unseen`: sockets
     /// released before any report read them).
     pub fn count_churn(
         &mut self,
         diag: &[DiagSocket],
-        time_wait: &[u64],
+        time_wait: &[SockId],
         released_unseen: &[ReleasedSocket],
     ) {
         self.churn.clear();
         let names = self.owners.names();
-        let unseen: Vec<(u64, u32, Arc<str>)> = released_unseen
+        let unseen: Vec<(SockId, u32, Arc<str>)> = released_unseen
             .iter()
-            .map(|r| (r.cookie, r.pid, names.of(&r.comm)))
+            .map(|r| (SockId::new(r.cookie, r.netns), r.pid, names.of(&r.comm)))
             .collect();
-        let owner_of: KernelKeyed<u64, (u32, &Arc<str>)> = unseen
+        let owner_of: KernelKeyed<SockId, (u32, &Arc<str>)> = unseen
             .iter()
             .chain(&self.released)
-            .map(|(cookie, pid, comm)| (*cookie, (*pid, comm)))
+            .map(|(id, pid, comm)| (*id, (*pid, comm)))
             .collect();
         let lingering = diag
             .iter()
             .filter(|d| d.inode == 0)
-            .map(|d| (d.cookie, d.state))
-            .chain(
-                time_wait
-                    .iter()
-                    .map(|&cookie| (cookie, TcpState::TIME_WAIT)),
-            );
-        for (cookie, state) in lingering {
-            let Some(&(pid, comm)) = owner_of.get(&cookie) else {
+            .map(|d| (d.id, d.state))
+            .chain(time_wait.iter().map(|&id| (id, TcpState::TIME_WAIT)));
+        for (id, state) in lingering {
+            let Some(&(pid, comm)) = owner_of.get(&id) else {
                 continue;
             };
             let entry = self.churn.entry(pid).or_insert_with(|| Churn {

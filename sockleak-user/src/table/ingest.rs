@@ -2,11 +2,12 @@
 //! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use sockleak_common::{EventKind, Family, Origin, Protocol, SockEvent, TcpState};
+use sockleak_common::{EventKind, Family, Origin, Protocol, SockEvent, SockId, TcpState};
 
 use super::{
-    SYNTHETIC_KEY, SocketTable,
+    SocketTable,
     socket::{Evidence, Looked, Owner, Socket},
+    synthetic_id,
 };
 use crate::{holders::HolderPids, stacks::identity::CreationStack};
 
@@ -21,7 +22,8 @@ const DEFERRED_CAPACITY: usize = 16_384;
 /// A TCP socket seen only through state changes so far: an accepted child before `accept()`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Unowned {
-    cookie: u64,
+    /// Its cookie may be 0 (the classic tracepoint's events have none).
+    id: SockId,
     state: TcpState,
     addresses: Option<(SocketAddr, SocketAddr)>,
 }
@@ -55,16 +57,16 @@ impl SocketTable {
             self.apply_now(&ev);
         }
         // Births come in no particular order: a connection may have come before its listener.
-        for cookie in std::mem::take(&mut self.listener_stack_wanted) {
+        for id in std::mem::take(&mut self.listener_stack_wanted) {
             let Some((port, pid)) = self
                 .sockets
-                .get(&cookie)
+                .get(&id)
                 .and_then(|s| Some((s.local?.port(), s.owner.pid)))
             else {
                 continue;
             };
-            if let Some((_, stack)) = self.listener_of(port, pid)
-                && let Some(s) = self.sockets.get_mut(&cookie)
+            if let Some((_, stack)) = self.listener_of(id.netns, port, pid)
+                && let Some(s) = self.sockets.get_mut(&id)
             {
                 s.stack = stack;
             }
@@ -75,17 +77,17 @@ impl SocketTable {
     /// sockets in the kernel's map, it may be one of them (a new listener, say).
     fn may_be_about_a_newborn(&self, ev: &SockEvent) -> bool {
         self.newborn_in_kernel
-            && ev.cookie != 0
+            && ev.id().is_known()
             && matches!(
-                EventKind::from_u32(ev.kind),
+                EventKind::from_u16(ev.kind),
                 Some(EventKind::StateChanged | EventKind::RcvQueueFull | EventKind::ExceedBufLimit)
             )
-            && !self.sockets.contains_key(&ev.cookie)
+            && !self.sockets.contains_key(&ev.id())
             && self.deferred.len() < DEFERRED_CAPACITY
     }
 
     fn apply_now(&mut self, ev: &SockEvent) {
-        match EventKind::from_u32(ev.kind) {
+        match EventKind::from_u16(ev.kind) {
             Some(EventKind::Created) => self.on_created(ev),
             Some(EventKind::AcceptReturned) => self.on_accept_returned(ev),
             Some(EventKind::CreationCompleted) => self.on_creation_completed(ev),
@@ -107,7 +109,7 @@ impl SocketTable {
             return;
         };
         let owner = self.owners.of_task(&ev.task);
-        if let Some(existing) = self.sockets.get_mut(&ev.cookie) {
+        if let Some(existing) = self.sockets.get_mut(&ev.id()) {
             // Created between attaching and the pre-existing scan: the event knows better.
             existing.origin = Origin::Socket;
             existing.owner = owner;
@@ -117,7 +119,7 @@ impl SocketTable {
         }
         self.stats.created += 1;
         self.insert(Socket {
-            cookie: ev.cookie,
+            id: ev.id(),
             origin: Origin::Socket,
             owner,
             family,
@@ -141,8 +143,8 @@ impl SocketTable {
     /// cookie) to a socket with another file, the `struct sock` was freed and its memory
     /// reused: that socket is certainly released, whatever its (cookie keyed) release event
     /// could not find.
-    fn known_for_fd(&mut self, ev: &SockEvent) -> Option<u64> {
-        let known = self.lookup(ev.cookie, ev.skaddr);
+    fn known_for_fd(&mut self, ev: &SockEvent) -> Option<SockId> {
+        let known = self.lookup(ev.id(), ev.skaddr);
         if let Some(stale) = known.filter(|&key| ev.cookie == 0 && self.reused_address(key, ev)) {
             self.remove(stale);
             self.stats.released += 1;
@@ -153,8 +155,8 @@ impl SocketTable {
 
     /// What an fd event adds to a socket the table knows: its inode (a stack taken at
     /// connect() or listen() comes without one), its stack if it had none, its address.
-    fn complete(&mut self, cookie: u64, ev: &SockEvent) {
-        if let Some(s) = self.sockets.get_mut(&cookie) {
+    fn complete(&mut self, id: SockId, ev: &SockEvent) {
+        if let Some(s) = self.sockets.get_mut(&id) {
             if ev.inode != 0 {
                 s.inode = ev.inode;
             }
@@ -163,7 +165,7 @@ impl SocketTable {
             }
             if s.skaddr != ev.skaddr && ev.skaddr != 0 {
                 s.skaddr = ev.skaddr;
-                self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                self.id_by_skaddr.insert(ev.skaddr, id);
             }
         }
     }
@@ -171,16 +173,16 @@ impl SocketTable {
     /// A creation's late stack (or inode): for a socket the table knows; of a protocol it
     /// does not track (its creation was ignored), nothing.
     fn on_creation_completed(&mut self, ev: &SockEvent) {
-        if let Some(cookie) = self.known_for_fd(ev) {
-            self.complete(cookie, ev);
+        if let Some(id) = self.known_for_fd(ev) {
+            self.complete(id, ev);
         }
     }
 
     /// `accept()` returned a connection: born here as far as the table is concerned, unless
     /// its handshake already announced it.
     fn on_accept_returned(&mut self, ev: &SockEvent) {
-        if let Some(cookie) = self.known_for_fd(ev) {
-            self.complete(cookie, ev);
+        if let Some(id) = self.known_for_fd(ev) {
+            self.complete(id, ev);
             return;
         }
         let Some(family) = Family::from_af(ev.family) else {
@@ -191,13 +193,13 @@ impl SocketTable {
         let unowned = self
             .unowned
             .remove(&ev.skaddr)
-            .filter(|u| ev.cookie == 0 || u.cookie == 0 || u.cookie == ev.cookie);
-        let cookie = match (ev.cookie, unowned) {
-            (c, _) if c != 0 => c,
-            (_, Some(u)) if u.cookie != 0 => u.cookie,
+            .filter(|u| !ev.id().is_known() || !u.id.is_known() || u.id == ev.id());
+        let id = match unowned {
+            _ if ev.id().is_known() => ev.id(),
+            Some(u) if u.id.is_known() => u.id,
             // No cookie anywhere (classic tracepoint fallback): a synthetic key that cannot
             // collide with real cookies, which count up from 1.
-            _ => ev.skaddr | SYNTHETIC_KEY,
+            _ => synthetic_id(ev.skaddr, ev.netns),
         };
         self.stats.accepted += 1;
         let state = unowned.map_or(TcpState::ESTABLISHED, |u| u.state);
@@ -206,7 +208,7 @@ impl SocketTable {
         self.insert(Socket {
             inode: ev.inode,
             stack: CreationStack::of(ev),
-            ..accepted_socket(ev, cookie, owner, family, state, addresses)
+            ..accepted_socket(ev, id, owner, family, state, addresses)
         });
     }
 
@@ -215,7 +217,7 @@ impl SocketTable {
     /// so is its stack, which names the code that set up the server; its inode comes with the
     /// next look, once it is accepted.
     fn on_accepted(&mut self, ev: &SockEvent) {
-        if self.sockets.contains_key(&ev.cookie) {
+        if self.sockets.contains_key(&ev.id()) {
             // A simultaneous open's socket, announced at its creation.
             return;
         }
@@ -225,18 +227,18 @@ impl SocketTable {
         };
         let state = TcpState(ev.new_state as u8);
         let addresses = event_addresses(ev);
-        let listener = self.listener_of(ev.sport, ev.task.pid);
+        let listener = self.listener_of(ev.netns, ev.sport, ev.task.pid);
         let (owner, stack) = match (ev.task.pid, listener) {
             (0, None) => {
                 // Nobody known listens there: reports adopt it once a process holds it.
-                self.remember_unowned(ev.skaddr, ev.cookie, state, addresses);
+                self.remember_unowned(ev.skaddr, ev.id(), state, addresses);
                 return;
             }
             (0, Some((owner, stack))) => (owner, stack),
             (_, Some((_, stack))) => (self.owners.of_task(&ev.task), stack),
             (_, None) => {
                 if self.listener_stack_wanted.len() < DEFERRED_CAPACITY {
-                    self.listener_stack_wanted.push(ev.cookie);
+                    self.listener_stack_wanted.push(ev.id());
                 }
                 (self.owners.of_task(&ev.task), CreationStack::Unknown)
             }
@@ -244,31 +246,39 @@ impl SocketTable {
         self.stats.accepted += 1;
         self.insert(Socket {
             stack,
-            ..accepted_socket(ev, ev.cookie, owner, family, state, addresses)
+            ..accepted_socket(ev, ev.id(), owner, family, state, addresses)
         });
     }
 
-    /// The owner and stack of the listener on local `port` the table knows: process `pid`'s,
-    /// or, for 0 (an owner the kernel did not know), the only one on that port (ports are per
-    /// network namespace, which the table does not know). The index of listeners by port is
-    /// built when first needed and dropped whenever a socket starts or stops listening.
-    fn listener_of(&mut self, port: u16, pid: u32) -> Option<(Arc<Owner>, CreationStack)> {
+    /// The owner and stack of the listener on local `port` of namespace `netns` the table
+    /// knows: process `pid`'s, or, for 0 (an owner the kernel did not know), the only one on
+    /// that port. The index of listeners by port is built when first needed and dropped
+    /// whenever a socket starts or stops listening.
+    fn listener_of(
+        &mut self,
+        netns: u32,
+        port: u16,
+        pid: u32,
+    ) -> Option<(Arc<Owner>, CreationStack)> {
         let sockets = &self.sockets;
         let by_port = self.listeners_by_port.get_or_insert_with(|| {
-            let mut by_port: HashMap<u16, Vec<u64>> = HashMap::new();
+            let mut by_port: HashMap<(u32, u16), Vec<SockId>> = HashMap::new();
             for s in sockets.values() {
                 if s.state == TcpState::LISTEN
                     && let Some(local) = s.local
                 {
-                    by_port.entry(local.port()).or_default().push(s.cookie);
+                    by_port
+                        .entry((s.id.netns, local.port()))
+                        .or_default()
+                        .push(s.id);
                 }
             }
             by_port
         });
         let mut listeners = by_port
-            .get(&port)?
+            .get(&(netns, port))?
             .iter()
-            .filter_map(|cookie| sockets.get(cookie))
+            .filter_map(|id| sockets.get(id))
             .filter(|s| pid == 0 || s.owner.pid == pid);
         let listener = listeners.next()?;
         if pid == 0 && listeners.next().is_some() {
@@ -282,15 +292,15 @@ impl SocketTable {
         if new_state == TcpState::LISTEN || ev.old_state == u16::from(TcpState::LISTEN.0) {
             self.listeners_by_port = None;
         }
-        if let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) {
-            if let Some(s) = self.sockets.get_mut(&cookie) {
+        if let Some(id) = self.lookup(ev.id(), ev.skaddr) {
+            if let Some(s) = self.sockets.get_mut(&id) {
                 s.state_changed(TcpState(ev.old_state as u8), new_state, ev.ts_ns);
                 if let Some(addresses) = event_addresses(ev) {
                     (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
                 }
                 if s.skaddr == 0 && ev.skaddr != 0 {
                     s.skaddr = ev.skaddr;
-                    self.cookie_by_skaddr.insert(ev.skaddr, cookie);
+                    self.id_by_skaddr.insert(ev.skaddr, id);
                 }
             }
             return;
@@ -300,14 +310,14 @@ impl SocketTable {
             self.unowned.remove(&ev.skaddr);
             return;
         }
-        self.remember_unowned(ev.skaddr, ev.cookie, new_state, event_addresses(ev));
+        self.remember_unowned(ev.skaddr, ev.id(), new_state, event_addresses(ev));
     }
 
     /// A TCP socket no process is known to own yet, at `struct sock` address `skaddr`.
     fn remember_unowned(
         &mut self,
         skaddr: u64,
-        cookie: u64,
+        id: SockId,
         state: TcpState,
         addresses: Option<(SocketAddr, SocketAddr)>,
     ) {
@@ -320,7 +330,7 @@ impl SocketTable {
             (old, new) => new.or(old),
         };
         let entry = Unowned {
-            cookie,
+            id,
             state,
             addresses,
         };
@@ -343,23 +353,23 @@ impl SocketTable {
     }
 
     fn on_released(&mut self, ev: &SockEvent) {
-        if let Some(s) = self.sockets.get(&ev.cookie)
+        if let Some(s) = self.sockets.get(&ev.id())
             && s.protocol == Protocol::Tcp
             && s.state != TcpState::LISTEN
         {
             let (pid, comm) = (s.owner.pid, s.owner.comm.clone());
-            self.remember_release(ev.cookie, pid, comm);
+            self.remember_release(ev.id(), pid, comm);
         }
-        if self.remove(ev.cookie) {
+        if self.remove(ev.id()) {
             self.stats.released += 1;
         }
     }
 
     fn on_pressure(&mut self, ev: &SockEvent, kind: EventKind) {
-        let Some(cookie) = self.lookup(ev.cookie, ev.skaddr) else {
+        let Some(id) = self.lookup(ev.id(), ev.skaddr) else {
             return;
         };
-        if let Some(s) = self.sockets.get_mut(&cookie) {
+        if let Some(s) = self.sockets.get_mut(&id) {
             let counter = match kind {
                 EventKind::RcvQueueFull => &mut s.evidence.rcvqueue_full,
                 _ => &mut s.evidence.exceed_buf_limit,
@@ -368,7 +378,7 @@ impl SocketTable {
         }
     }
 
-    fn reused_address(&self, key: u64, ev: &SockEvent) -> bool {
+    fn reused_address(&self, key: SockId, ev: &SockEvent) -> bool {
         self.sockets
             .get(&key)
             .is_some_and(|s| s.inode != 0 && ev.inode != 0 && s.inode != ev.inode)
@@ -392,14 +402,14 @@ fn merge_addresses(
 /// and no stack yet, which its caller gives where it knows them.
 fn accepted_socket(
     ev: &SockEvent,
-    cookie: u64,
+    id: SockId,
     owner: Arc<Owner>,
     family: Family,
     state: TcpState,
     addresses: Option<(SocketAddr, SocketAddr)>,
 ) -> Socket {
     Socket {
-        cookie,
+        id,
         origin: Origin::Accept,
         owner,
         family,

@@ -1,4 +1,4 @@
-//! The socket table: every open TCP/UDP socket sockleak knows about, keyed by socket cookie.
+//! The socket table: every open TCP/UDP socket sockleak knows about, keyed by its [`SockId`].
 //!
 //! Fed by kernel events (`ingest`: created, accept returned, creation completed, state
 //! changed, released; births from the ring or, at each report, from the kernel's newborn
@@ -22,7 +22,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Protocol, SockEvent, TcpState};
+use sockleak_common::{Protocol, SockEvent, SockId, TcpState};
 
 pub use self::{
     churn::Churn,
@@ -33,6 +33,15 @@ use self::{ingest::Unowned, socket::Owners};
 /// Marks a table key made from a socket's address where no cookie was known; real cookies
 /// count up from 1 and never reach it.
 const SYNTHETIC_KEY: u64 = 1 << 63;
+
+/// The key of a socket known only by its `struct sock` address `skaddr` in namespace `netns`.
+fn synthetic_id(skaddr: u64, netns: u32) -> SockId {
+    SockId::new(skaddr | SYNTHETIC_KEY, netns)
+}
+
+fn is_synthetic(id: SockId) -> bool {
+    id.cookie & SYNTHETIC_KEY != 0
+}
 
 /// What the table asks about processes: /proc in sockleak, made-up answers in its tests.
 pub trait Processes {
@@ -74,27 +83,28 @@ pub struct TableStats {
 type KernelKeyed<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 pub struct SocketTable {
-    sockets: KernelKeyed<u64, Socket>,
-    /// Recently released TCP sockets (cookie, owner pid and name), oldest first, for churn
+    sockets: KernelKeyed<SockId, Socket>,
+    /// Recently released TCP sockets (identity, owner pid and name), oldest first, for churn
     /// attribution. A ring searched once per report rather than a map updated twice per
     /// connection: under churn, a map with an eviction per insert spent much of sockleak's
     /// userspace time probing past its own tombstones.
-    released: VecDeque<(u64, u32, Arc<str>)>,
+    released: VecDeque<(SockId, u32, Arc<str>)>,
     churn: HashMap<u32, Churn>,
     /// Held sockets unknown to the table at the last scan: recovered if still so at the next.
-    unknown_held_last_scan: HashSet<u64>,
+    unknown_held_last_scan: HashSet<SockId>,
     look: reconcile::Look,
-    cookie_by_skaddr: KernelKeyed<u64, u64>,
+    id_by_skaddr: KernelKeyed<u64, SockId>,
     /// TCP sockets seen only through state changes, by `struct sock` address: accept children
     /// waiting for `accept()`.
     unowned: KernelKeyed<u64, Unowned>,
     unowned_order: VecDeque<u64>,
-    /// Listening sockets by local port, for connections announced through them: built when
-    /// first needed, dropped whenever a socket starts or stops listening.
-    listeners_by_port: Option<HashMap<u16, Vec<u64>>>,
+    /// Listening sockets by namespace (as their [`SockId`] names it) and local port, for
+    /// connections announced through them: built when first needed, dropped whenever a socket
+    /// starts or stops listening.
+    listeners_by_port: Option<HashMap<(u32, u16), Vec<SockId>>>,
     /// Connections announced before the table knew their listener, whose stack it gives them
     /// once the births and events of a report are in ([`SocketTable::adopt_newborn`]).
-    listener_stack_wanted: Vec<u64>,
+    listener_stack_wanted: Vec<SockId>,
     /// Whether the kernel keeps newborn sockets in its own map until a report reads them
     /// ([`SocketTable::adopt_newborn`]): an event about a socket the table does not know may
     /// then be about one of those, and waits in `deferred` for it.
@@ -113,7 +123,7 @@ impl SocketTable {
             churn: HashMap::new(),
             unknown_held_last_scan: HashSet::new(),
             look: reconcile::Look::default(),
-            cookie_by_skaddr: KernelKeyed::default(),
+            id_by_skaddr: KernelKeyed::default(),
             unowned: KernelKeyed::default(),
             unowned_order: VecDeque::new(),
             listeners_by_port: None,
@@ -141,18 +151,18 @@ impl SocketTable {
     /// A cookie, when the event has one, is the only identity that counts: `struct sock`
     /// addresses are reused after free, so the address join is for cookie-less events only
     /// (the classic tracepoint fallback).
-    fn lookup(&self, cookie: u64, skaddr: u64) -> Option<u64> {
-        if cookie != 0 {
-            return self.sockets.contains_key(&cookie).then_some(cookie);
+    fn lookup(&self, id: SockId, skaddr: u64) -> Option<SockId> {
+        if id.is_known() {
+            return self.sockets.contains_key(&id).then_some(id);
         }
         if skaddr != 0 {
-            return self.cookie_by_skaddr.get(&skaddr).copied();
+            return self.id_by_skaddr.get(&skaddr).copied();
         }
         None
     }
 
     fn insert(&mut self, socket: Socket) {
-        if socket.cookie & SYNTHETIC_KEY != 0 && self.remove(socket.cookie) {
+        if is_synthetic(socket.id) && self.remove(socket.id) {
             // The same address-made key: the socket that had this address was freed.
             self.stats.released += 1;
         }
@@ -161,19 +171,19 @@ impl SocketTable {
             return;
         }
         if socket.skaddr != 0 {
-            self.cookie_by_skaddr.insert(socket.skaddr, socket.cookie);
+            self.id_by_skaddr.insert(socket.skaddr, socket.id);
         }
         if socket.state == TcpState::LISTEN {
             self.listeners_by_port = None;
         }
-        self.sockets.insert(socket.cookie, socket);
+        self.sockets.insert(socket.id, socket);
     }
 
-    fn remove(&mut self, cookie: u64) -> bool {
-        match self.sockets.remove(&cookie) {
+    fn remove(&mut self, id: SockId) -> bool {
+        match self.sockets.remove(&id) {
             Some(s) => {
-                if s.skaddr != 0 && self.cookie_by_skaddr.get(&s.skaddr) == Some(&cookie) {
-                    self.cookie_by_skaddr.remove(&s.skaddr);
+                if s.skaddr != 0 && self.id_by_skaddr.get(&s.skaddr) == Some(&id) {
+                    self.id_by_skaddr.remove(&s.skaddr);
                 }
                 if s.state == TcpState::LISTEN {
                     self.listeners_by_port = None;
@@ -188,6 +198,6 @@ impl SocketTable {
 #[cfg(test)]
 impl SocketTable {
     fn get(&self, cookie: u64) -> Option<&Socket> {
-        self.sockets.get(&cookie)
+        self.sockets.values().find(|s| s.id.cookie == cookie)
     }
 }

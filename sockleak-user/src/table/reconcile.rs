@@ -12,10 +12,10 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Origin, Protocol, Role, TcpState};
+use sockleak_common::{Origin, Protocol, Role, SockId, TcpState};
 
 use super::{
-    KernelKeyed, Processes, SYNTHETIC_KEY, SocketTable,
+    KernelKeyed, Processes, SocketTable, is_synthetic,
     socket::{Evidence, Looked, Owner, Socket, open_at_least_ns},
 };
 use crate::{
@@ -38,7 +38,7 @@ pub(super) struct Look {
     /// Listed TCP listeners, which accepted connections found open belong to.
     listeners: Vec<u32>,
     /// Sockets found unheld for the last time, and where the dump listed them.
-    ghosts: Vec<(u64, Option<u32>)>,
+    ghosts: Vec<(SockId, Option<u32>)>,
 }
 
 impl SocketTable {
@@ -107,7 +107,7 @@ impl SocketTable {
             if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN {
                 look.listeners.push(at);
             }
-            match sockets.get_mut(&d.cookie) {
+            match sockets.get_mut(&d.id) {
                 Some(s) => fold_listed(s, d, at, look, holders, now_ns),
                 None => look.unmatched.push(at),
             }
@@ -132,22 +132,22 @@ impl SocketTable {
         self.listeners_by_port = None;
         // The one walk over every socket: the rest of the look is about the few not listed
         // (yet: sockets born since their batch came, and re-keyed ones, are matched below).
-        let unlisted: Vec<u64> = self
+        let unlisted: Vec<SockId> = self
             .sockets
             .values()
             .filter(|s| s.looked.listed_in != number)
-            .map(|s| s.cookie)
+            .map(|s| s.id)
             .collect();
         self.learn_cookies_by_inode(listed, &unlisted);
         let mut candidates = Vec::new();
         for at in std::mem::take(&mut self.look.unmatched) {
             let d = &listed[at as usize];
-            match self.sockets.get_mut(&d.cookie) {
+            match self.sockets.get_mut(&d.id) {
                 Some(s) => fold_listed(s, d, at, &mut self.look, holders, now_ns),
                 None => candidates.push(at),
             }
         }
-        let unlisted: Vec<u64> = unlisted
+        let unlisted: Vec<SockId> = unlisted
             .into_iter()
             .filter(|c| {
                 self.sockets
@@ -156,8 +156,8 @@ impl SocketTable {
             })
             .collect();
         let unaccounted = self.unaccounted_unlisted(&unlisted, listed, processes);
-        for cookie in unlisted {
-            let Some(s) = self.sockets.get_mut(&cookie) else {
+        for id in unlisted {
+            let Some(s) = self.sockets.get_mut(&id) else {
                 continue;
             };
             if s.protocol == Protocol::Tcp && s.state == TcpState::CLOSE {
@@ -173,14 +173,14 @@ impl SocketTable {
                 // Never saw its fd and sock_diag does not list it: only an unconnected TCP
                 // socket or an unbound UDP one may be absent and still open, and only if its
                 // owner holds such a socket that nothing else accounts for.
-                !s.may_be_unlisted() || unaccounted.contains(&s.cookie)
+                !s.may_be_unlisted() || unaccounted.contains(&s.id)
             };
             if count_unheld(s, gone, now_ns) {
-                self.look.ghosts.push((s.cookie, None));
+                self.look.ghosts.push((s.id, None));
             }
         }
-        for (cookie, at) in std::mem::take(&mut self.look.ghosts) {
-            if self.remove(cookie) {
+        for (id, at) in std::mem::take(&mut self.look.ghosts) {
+            if self.remove(id) {
                 self.stats.reconciled += 1;
                 // Listed yet unheld: the next look may find a holder for it, as for any
                 // listed socket the table does not know.
@@ -203,7 +203,7 @@ impl SocketTable {
             now_ns,
             Origin::Recovered,
             (filter, processes),
-            |c| seen_before.contains(&c),
+            |id| seen_before.contains(&id),
         );
         self.stats.recovered += recovered;
         self.unknown_held_last_scan = seen_now;
@@ -217,7 +217,7 @@ impl SocketTable {
 
     /// Adds held sockets the table does not know and `admit` accepts, as `origin`, if a
     /// process the filter follows holds them (as the kernel would have sent them); returns how
-    /// many, and the cookies of those `admit` refused.
+    /// many, and the identities of those `admit` refused.
     ///
     /// What each one is comes from the kernel's view ([`Role`]). A connection on a listener's
     /// port was accepted from it and belongs, as a traced accept does, to the process holding
@@ -230,8 +230,8 @@ impl SocketTable {
         now_ns: u64,
         origin: fn(Role) -> Origin,
         (filter, processes): (&Filter, &impl Processes),
-        admit: impl Fn(u64) -> bool,
-    ) -> (u64, HashSet<u64>) {
+        admit: impl Fn(SockId) -> bool,
+    ) -> (u64, HashSet<SockId>) {
         let mut adopted = 0;
         let mut refused = HashSet::new();
         // One read of /proc/PID/{comm,cgroup} per process, however many sockets it holds.
@@ -249,7 +249,7 @@ impl SocketTable {
         };
         for d in diag {
             if d.inode == 0
-                || self.sockets.contains_key(&d.cookie)
+                || self.sockets.contains_key(&d.id)
                 || !filter.follows_kind(d.family, d.protocol)
             {
                 continue;
@@ -266,8 +266,8 @@ impl SocketTable {
             let Some((pid, comm)) = acceptor.or_else(|| first_followed(pids)) else {
                 continue;
             };
-            if !admit(d.cookie) {
-                refused.insert(d.cookie);
+            if !admit(d.id) {
+                refused.insert(d.id);
                 continue;
             }
             if self.sockets.len() >= self.capacity {
@@ -275,7 +275,7 @@ impl SocketTable {
             }
             adopted += 1;
             let mut socket = Socket {
-                cookie: d.cookie,
+                id: d.id,
                 origin: origin(role),
                 owner: self.owners.share(Owner {
                     pid,
@@ -310,37 +310,37 @@ impl SocketTable {
     /// program there could make the kernel assign a cookie). sock_diag names their real cookie
     /// beside their inode: from then on they are keyed by it, so their release event (which
     /// carries the cookie) and the next dump find them.
-    fn learn_cookies_by_inode(&mut self, diag: &[DiagSocket], unlisted: &[u64]) {
-        let synthetic: Vec<(u64, u64)> = unlisted
+    fn learn_cookies_by_inode(&mut self, diag: &[DiagSocket], unlisted: &[SockId]) {
+        let synthetic: Vec<(u64, SockId)> = unlisted
             .iter()
-            .filter(|&&key| key & SYNTHETIC_KEY != 0)
+            .filter(|&&key| is_synthetic(key))
             .filter_map(|key| self.sockets.get(key))
             .filter(|s| s.inode != 0)
-            .map(|s| (s.inode, s.cookie))
+            .map(|s| (s.inode, s.id))
             .collect();
         if synthetic.is_empty() {
             return;
         }
-        let cookie_of_inode: KernelKeyed<u64, u64> = diag
+        let id_of_inode: KernelKeyed<u64, SockId> = diag
             .iter()
             .filter(|d| d.inode != 0)
-            .map(|d| (u64::from(d.inode), d.cookie))
+            .map(|d| (u64::from(d.inode), d.id))
             .collect();
         for (inode, key) in synthetic {
-            let Some(&cookie) = cookie_of_inode.get(&inode) else {
+            let Some(&id) = id_of_inode.get(&inode) else {
                 continue;
             };
-            if self.sockets.contains_key(&cookie) {
+            if self.sockets.contains_key(&id) {
                 // Already tracked under its cookie: the address-keyed entry is its twin.
                 self.remove(key);
                 continue;
             }
             if let Some(mut socket) = self.sockets.remove(&key) {
-                socket.cookie = cookie;
+                socket.id = id;
                 if socket.skaddr != 0 {
-                    self.cookie_by_skaddr.insert(socket.skaddr, cookie);
+                    self.id_by_skaddr.insert(socket.skaddr, id);
                 }
-                self.sockets.insert(cookie, socket);
+                self.sockets.insert(id, socket);
             }
         }
     }
@@ -351,18 +351,15 @@ impl SocketTable {
     /// events of the rest were both lost). The newest are the ones kept.
     fn unaccounted_unlisted(
         &self,
-        unlisted: &[u64],
+        unlisted: &[SockId],
         diag: &[DiagSocket],
         processes: &impl Processes,
-    ) -> HashSet<u64> {
-        let mut candidates: HashMap<(u32, Protocol), Vec<(u64, u64)>> = HashMap::new();
-        for s in unlisted
-            .iter()
-            .filter_map(|cookie| self.sockets.get(cookie))
-        {
+    ) -> HashSet<SockId> {
+        let mut candidates: HashMap<(u32, Protocol), Vec<(u64, SockId)>> = HashMap::new();
+        for s in unlisted.iter().filter_map(|id| self.sockets.get(id)) {
             if s.inode == 0 && s.may_be_unlisted() {
                 let by_owner = candidates.entry((s.owner.pid, s.protocol)).or_default();
-                by_owner.push((s.created_ns, s.cookie));
+                by_owner.push((s.created_ns, s.id));
             }
         }
         if candidates.is_empty() {
@@ -384,18 +381,18 @@ impl SocketTable {
             });
             let available = held.iter().filter(|&&(_, p)| p == protocol).count();
             sockets.sort_unstable_by(|a, b| b.cmp(a));
-            unaccounted.extend(sockets.iter().skip(available).map(|&(_, cookie)| cookie));
+            unaccounted.extend(sockets.iter().skip(available).map(|&(_, id)| id));
         }
         unaccounted
     }
 }
 
 /// The TCP listeners of one scan, by network namespace and port (ports are per namespace).
-struct Listeners(HashMap<(u64, u16), Vec<(IpAddr, u64)>>);
+struct Listeners(HashMap<(u32, u16), Vec<(IpAddr, u64)>>);
 
 impl Listeners {
     fn of<'d>(diag: impl Iterator<Item = &'d DiagSocket>) -> Self {
-        let mut by_port: HashMap<(u64, u16), Vec<(IpAddr, u64)>> = HashMap::new();
+        let mut by_port: HashMap<(u32, u16), Vec<(IpAddr, u64)>> = HashMap::new();
         for d in diag {
             if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN && d.inode != 0 {
                 let at = (d.netns, d.local.port());
@@ -444,7 +441,7 @@ fn fold_listed(
     // had one: a connection still waiting in its listener's queue).
     let gone = (d.inode == 0 && !s.awaiting_accept()) || (s.inode != 0 && s.holders.is_empty());
     if count_unheld(s, gone, now_ns) {
-        look.ghosts.push((s.cookie, Some(at)));
+        look.ghosts.push((s.id, Some(at)));
     }
 }
 

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{COMM_LEN, Family, Origin, Protocol, Task, TcpState, comm_bytes};
+use sockleak_common::{COMM_LEN, Family, Origin, Protocol, SockId, Task, TcpState, comm_bytes};
 
 use crate::{
     holders::HolderPids,
@@ -110,7 +110,7 @@ impl CommNames {
 
 #[derive(Clone, Debug)]
 pub struct Socket {
-    pub cookie: u64,
+    pub id: SockId,
     pub origin: Origin,
     pub owner: Arc<Owner>,
     pub family: Family,

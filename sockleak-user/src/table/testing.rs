@@ -1,4 +1,5 @@
 //! Events, scans and processes made up by hand, for the table's tests and the verdicts'.
+pub(crate) use sockleak_common::SockId;
 use sockleak_common::{EventKind, Family, Hook, Protocol, SockEvent, Task, TcpState, comm_bytes};
 
 use super::Processes;
@@ -50,10 +51,19 @@ pub(crate) fn event(kind: EventKind, hook: Hook) -> SockEvent {
     e
 }
 
+/// Cookies as identities in a namespace the kernel side could not read (as these tests'
+/// events, whose `netns` is 0).
+pub(crate) fn ids(cookies: &[u64]) -> Vec<SockId> {
+    cookies
+        .iter()
+        .map(|&cookie| SockId::new(cookie, 0))
+        .collect()
+}
+
 /// A TCP socket as sock_diag would list it.
 pub(crate) fn diag(cookie: u64, state: TcpState, inode: u32) -> DiagSocket {
     DiagSocket {
-        cookie,
+        id: SockId::new(cookie, 0),
         family: Family::Ipv4,
         protocol: Protocol::Tcp,
         state,

@@ -187,6 +187,45 @@ fn a_listener_on_the_same_port_elsewhere_lends_neither_owner_nor_stack() {
 }
 
 #[test]
+fn one_cookie_in_two_network_namespaces_is_two_sockets() {
+    // Kernels before 5.12 number cookies per namespace: two containers' sockets can share one.
+    let mut t = SocketTable::new(16);
+    for (netns, pid) in [(11, 100), (22, 200)] {
+        let mut made = created(5, pid);
+        made.netns = netns;
+        t.apply(&made);
+    }
+    assert_eq!(t.len(), 2);
+    let mut gone = released(5);
+    gone.netns = 22;
+    t.apply(&gone);
+    let left: Vec<_> = t.sockets().map(|s| (s.id, s.owner.pid)).collect();
+    assert_eq!(left, [(SockId::new(5, 11), 100)]);
+}
+
+#[test]
+fn a_connection_the_kernel_named_no_owner_for_takes_its_own_namespaces_listener() {
+    let mut t = SocketTable::new(16);
+    for (cookie, netns, pid, stack) in [(1, 11, 100, 7), (2, 22, 200, 8)] {
+        let mut listener = created(cookie, pid);
+        listener.netns = netns;
+        listener.user_stack = StackRef::from_stackid(stack);
+        t.apply(&listener);
+        let mut listens = listening(cookie, 8080);
+        listens.netns = netns;
+        t.apply(&listens);
+    }
+    let mut connection = handshake(3, 0, 8080);
+    connection.netns = 22;
+    t.apply(&connection);
+    let s = t.get(3).unwrap();
+    assert_eq!(
+        (s.owner.pid, s.stack.key().map(|k| k.native)),
+        (200, Some(NativeFrames::Stacks(8)))
+    );
+}
+
+#[test]
 fn a_connection_born_before_its_listener_in_the_same_report_still_gets_its_stack() {
     let mut t = SocketTable::new(16);
     t.expect_newborn_in_kernel();
@@ -309,7 +348,7 @@ fn closed_sockets_lingering_in_the_kernel_count_as_churn_of_their_owner() {
     }
     // TIME_WAIT sockets come as cookies from a dump of their own; orphans still closing
     // are listed without an inode.
-    t.count_churn(&[diag(2, TcpState::FIN_WAIT2, 0)], &[1, 3], &[]);
+    t.count_churn(&[diag(2, TcpState::FIN_WAIT2, 0)], &ids(&[1, 3]), &[]);
     let churn = &t.churn()[&55];
     assert_eq!(
         (churn.time_wait, churn.orphaned, &*churn.comm),
@@ -327,7 +366,7 @@ fn releases_the_kernel_logged_count_as_churn_of_their_creator() {
         ..Default::default()
     };
     logged.comm[..6].copy_from_slice(b"server");
-    t.count_churn(&[], &[7, 8], &[logged]);
+    t.count_churn(&[], &ids(&[7, 8]), &[logged]);
     let churn = &t.churn()[&66];
     assert_eq!((churn.time_wait, &*churn.comm), (1, "server"));
     assert_eq!(t.churn().len(), 1);

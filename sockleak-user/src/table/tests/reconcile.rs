@@ -63,7 +63,7 @@ fn a_missed_create_is_found_by_reconciliation() {
     let mut t = SocketTable::new(16);
     let held = diag(42, TcpState::ESTABLISHED, 900);
     let orphan = DiagSocket {
-        cookie: 43,
+        id: SockId::new(43, 0),
         inode: 0,
         ..held.clone()
     };
