@@ -157,7 +157,17 @@ pub static NEWBORN: Array<SockEvent, { NEWBORN_SOCKETS as usize }, { BPF_F_MMAPA
 
 /// Where [`announce`] builds an event: too large to build on the program's stack cheaply.
 #[btf_map]
-pub static NEWBORN_SCRATCH: PerCpuArray<SockEvent, 1> = PerCpuArray::new();
+pub static NEWBORN_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// One CPU's [`NEWBORN_SCRATCH`]. Programs in process context (`sock_create`, the syscall
+/// exits) and the state program, often in a softirq that can interrupt them on their CPU,
+/// all announce sockets: `busy` says the event is being built, and a program that finds it
+/// so sends its own through the ring instead of writing over the other's.
+#[repr(C)]
+pub struct Scratch {
+    event: SockEvent,
+    busy: u64,
+}
 
 /// TCP sockets released while still in `NEWBORN`, for the churn rows: each CPU writes its own
 /// `Config::release_log_per_cpu` slots in turn (next slot in `RELEASE_LOG_NEXT`). Userspace
@@ -271,11 +281,34 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         Some(scratch) if slots != 0 => scratch,
         _ => return send(kind, hook, fill),
     };
-    // SAFETY: this CPU's slot, valid, 8-aligned and a whole `SockEvent` for the program's run.
-    // Not exclusive, though: the state program announces connections here in a softirq,
-    // which can interrupt `sock_create` on the same CPU between `prepare` and `publish`, and
-    // the event published would then be partly the other's. A known gap (a scratch per
-    // context would close it); every access stays within the map value.
+    // SAFETY: this CPU's value, valid and 8-aligned for the program's run. Only programs on
+    // this CPU use it, and one that interrupts another runs to its end before the other goes
+    // on: `busy`, read and set before any other access, makes the event this program's
+    // alone until it is cleared (volatile, so neither moves across the event's volatile
+    // zeroing and copies).
+    unsafe {
+        let busy = &raw mut (*scratch).busy;
+        if busy.read_volatile() != 0 {
+            return send(kind, hook, fill);
+        }
+        busy.write_volatile(1);
+        announce_from(&raw mut (*scratch).event, kind, hook, fill);
+        busy.write_volatile(0);
+    }
+}
+
+/// [`announce`], from `scratch`, this program's to build the event in.
+///
+/// # Safety
+/// `scratch` is a `NEWBORN_SCRATCH` event no other program writes until this returns.
+#[inline(always)]
+unsafe fn announce_from(
+    scratch: *mut SockEvent,
+    kind: EventKind,
+    hook: Hook,
+    fill: impl FnOnce(&mut SockEvent),
+) {
+    // SAFETY: valid, 8-aligned, a whole `SockEvent` and exclusive (the caller's word).
     let event = unsafe {
         prepare(scratch, kind, hook, fill);
         &*scratch

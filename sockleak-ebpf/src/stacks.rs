@@ -132,16 +132,21 @@ pub fn take_pending_stack(ctx: &BtfTracePointContext, id: SockId) {
 /// or made it listen). Only there: that is process context, and `current` is the owner.
 #[inline(always)]
 pub fn capture_stacks<C: StackIdContext>(ctx: &C, cfg: &Config, ev: &mut SockEvent) {
-    set_stack(&mut ev.user_stack, stack_id(ctx, BPF_F_USER_STACK as u64));
+    // The word first, the reference last: userspace copying a `NEWBORN` slot meanwhile reads
+    // the word only with a stack it belongs to, else the same stack would be two groups, with
+    // and without its caller.
     if cfg.have_task_pt_regs != 0 {
-        // SAFETY: helpers on the current task; a fault only makes the read fail.
+        // SAFETY: helpers on the current task; a fault only makes the read fail. The store is
+        // volatile so that it stays before the reference's.
         unsafe {
             let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
             if let Ok(sp) = bpf_probe_read_kernel((regs + cfg.pt_regs_sp) as *const u64) {
-                ev.user_sp_word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                let word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+                (&raw mut ev.user_sp_word).write_volatile(word);
             }
         }
     }
+    set_stack(&mut ev.user_stack, stack_id(ctx, BPF_F_USER_STACK as u64));
 }
 
 /// Writes `stack` as one 8-byte store: `ev` may be a `NEWBORN` slot userspace is copying
