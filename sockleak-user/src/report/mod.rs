@@ -12,7 +12,9 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Family, Origin, Role, Site, SiteKind, SocketState, TcpState, Verdict};
+use sockleak_common::{
+    Endpoint, Family, Origin, Role, Site, SiteKind, SocketState, TcpState, UnixName, Verdict,
+};
 
 pub use self::schema::{
     ChurnRow, EndpointCount, Group, GroupKey, GroupStack, Growth, KernelStats, Line, OtherLine,
@@ -344,8 +346,8 @@ fn row(
         family: s.family,
         protocol: s.protocol,
         state: SocketState::of(s.protocol, s.state),
-        local: addr_or_unbound(s.local, s.family),
-        remote: addr_or_unbound(s.remote, s.family),
+        local: end_or_unset(s.local, s.family),
+        remote: end_or_unset(s.remote, s.family),
         age_ms,
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,
@@ -458,15 +460,18 @@ fn stack_counts(s: StackStats) -> StackCounts {
     }
 }
 
-fn addr_or_unbound(addr: Option<SocketAddr>, family: Family) -> SocketAddr {
-    addr.unwrap_or_else(|| {
-        let any: IpAddr = if family == Family::Ipv6 {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
+/// An end not known yet as `ss` shows an unbound or unconnected one; for a UNIX socket, no
+/// name (the empty text, which no path is).
+fn end_or_unset(end: Option<SocketAddr>, family: Family) -> Endpoint {
+    let Some(end) = end else {
+        let any: IpAddr = match family {
+            Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
+            Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
+            Family::Unix => return Endpoint::Unix(UnixName(Box::default())),
         };
-        SocketAddr::new(any, 0)
-    })
+        return SocketAddr::new(any, 0).into();
+    };
+    end.into()
 }
 
 #[cfg(test)]
