@@ -74,13 +74,13 @@ fn listeners_followed(
     let keys: HashMap<u64, ListenerKey> = diag
         .iter()
         .filter(|d| d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN)
-        .map(|d| {
+        .filter_map(|d| {
             let key = ListenerKey {
                 netns: d.netns as u32,
-                port: d.local.port(),
+                port: d.local.port()?,
                 _pad: 0,
             };
-            (d.cookie, key)
+            Some((d.cookie, key))
         })
         .collect();
     table

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
-use sockleak_common::{Family, Protocol, TcpState};
+use sockleak_common::{Endpoint, Family, Protocol, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The request that predates SOCK_DIAG_BY_FAMILY: TCP only, and both families in one answer.
@@ -26,8 +26,9 @@ pub struct DiagSocket {
     pub protocol: Protocol,
     /// UDP uses ESTABLISHED for connected, CLOSE otherwise.
     pub state: TcpState,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    /// Always inet addresses here: these are inet_diag's answers.
+    pub local: Endpoint,
+    pub remote: Endpoint,
     /// Bytes: TCP received and not read, UDP rmem in use; 0 for a TCP listener.
     pub rx_queue: u32,
     /// Bytes: TCP written and not yet acknowledged, UDP wmem in use; 0 for a TCP listener.
@@ -197,8 +198,8 @@ fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
         family,
         protocol,
         state,
-        local: SocketAddr::new(addr(8), sport),
-        remote: SocketAddr::new(addr(24), dport),
+        local: SocketAddr::new(addr(8), sport).into(),
+        remote: SocketAddr::new(addr(24), dport).into(),
         rx_queue: bytes(56),
         tx_queue: bytes(60),
         uid: u32_at(64),
