@@ -15,6 +15,9 @@ use crate::{
     task::current_task,
 };
 
+/// A constant: `inet_ip` is then evaluated while building, never in a program.
+const TCP: u16 = Protocol::Tcp.inet_ip() as u16;
+
 /// The listener `sk` is keyed by in `LISTENERS`; `None` when its namespace cannot be read.
 #[inline(always)]
 fn key_of(sk: u64) -> Option<ListenerKey> {
@@ -92,14 +95,14 @@ pub fn connected(sk: u64, cookie: u64, old_state: i32, new_state: i32) {
     else {
         return;
     };
-    if !admits_socket(family, Protocol::Tcp.ip() as u16) {
+    if !admits_socket(family, TCP) {
         return;
     }
     announce(EventKind::Accepted, Hook::TpBtfInetSockSetState, |ev| {
         ev.task = task;
         ev.cookie = cookie;
         ev.skaddr = sk;
-        ev.protocol = Protocol::Tcp.ip() as u16;
+        ev.protocol = TCP;
         ev.sock_type = SockType::Stream as u16;
         ev.old_state = old_state as u16;
         ev.new_state = new_state as u16;

@@ -74,11 +74,14 @@ pub struct TcpInfo {
     pub snd_wnd: u32,
 }
 
-/// A dump request for every socket of `family` and `protocol` in one of `states` (a bit mask
-/// of [`TcpState::bit`]s), with memory and `tcp_info` attached.
+/// A dump request for every socket of `family` and `protocol` (one of [`Protocol::INET`]) in
+/// one of `states` (a bit mask of [`TcpState::bit`]s), with memory and `tcp_info` attached.
 pub fn dump_request(family: Family, protocol: Protocol, states: u32) -> Vec<u8> {
+    // A UNIX protocol asks for IPPROTO 0, which has no inet_diag handler: the kernel refuses
+    // the dump rather than answer with some other protocol's sockets.
+    let ip = protocol.ip().unwrap_or(0);
     // struct inet_diag_req_v2: family, protocol, extensions, pad, states, inet_diag_sockid.
-    let mut body = vec![family.af() as u8, protocol.ip(), EXTENSIONS, 0];
+    let mut body = vec![family.af() as u8, ip, EXTENSIONS, 0];
     body.extend_from_slice(&states.to_ne_bytes());
     body.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
     request(SOCK_DIAG_BY_FAMILY, &body)

@@ -248,7 +248,8 @@ impl Socket {
     }
 
     /// sock_diag lists every hashed socket; an unconnected TCP socket (CLOSE) or an unbound
-    /// UDP one is not hashed, so its absence from the dump proves nothing.
+    /// UDP one is not hashed, so its absence from the dump proves nothing. Every UNIX socket,
+    /// bound or not, is in the table unix_diag walks.
     pub(super) fn may_be_unlisted(&self) -> bool {
         match self.protocol {
             Protocol::Tcp => self.state == TcpState::CLOSE,
@@ -257,6 +258,7 @@ impl Socket {
                 .as_ref()
                 .and_then(Endpoint::port)
                 .is_none_or(|port| port == 0),
+            Protocol::UnixStream | Protocol::UnixDgram | Protocol::UnixSeqpacket => false,
         }
     }
 
