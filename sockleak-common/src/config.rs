@@ -97,7 +97,7 @@ pub struct KernelFilter {
     pub cgroup_count: u32,
     /// A [`crate::Family`] number; 0 for any.
     pub family: u16,
-    /// A [`crate::Protocol`] number; 0 for any.
+    /// A [`crate::Protocol`]'s IPPROTO number; 0 for any.
     pub protocol: u16,
     pub pids: [u32; FILTER_PIDS],
     pub comms: [[u8; COMM_LEN]; FILTER_COMMS],

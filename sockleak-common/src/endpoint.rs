@@ -1,6 +1,6 @@
 //! Where a socket is bound or connected: an inet address, or a UNIX socket's name. Userspace
 //! only: the kernel side sends addresses as fixed arrays in events.
-use core::{fmt, net::SocketAddr};
+use core::{convert::Infallible, fmt, net::SocketAddr, str::FromStr};
 use std::boxed::Box;
 
 /// A socket's local or remote end.
@@ -16,6 +16,24 @@ pub enum Endpoint {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UnixName(pub Box<[u8]>);
 
+impl Endpoint {
+    /// The address of an inet endpoint. What needs a port or an IP asks this, so a UNIX name
+    /// is never mistaken for an address.
+    #[inline]
+    pub const fn inet(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Inet(addr) => Some(*addr),
+            Self::Unix(_) => None,
+        }
+    }
+
+    /// The port of an inet endpoint (0 where unbound or unconnected).
+    #[inline]
+    pub fn port(&self) -> Option<u16> {
+        self.inet().map(|addr| addr.port())
+    }
+}
+
 impl From<SocketAddr> for Endpoint {
     fn from(addr: SocketAddr) -> Self {
         Self::Inet(addr)
@@ -28,6 +46,25 @@ impl fmt::Display for Endpoint {
             Self::Inet(addr) => addr.fmt(f),
             Self::Unix(name) => name.fmt(f),
         }
+    }
+}
+
+/// Reads back what `Display` wrote: text that is an inet address is one, anything else a UNIX
+/// name, `@` first for an abstract one. As lossy as `Display`: a non-UTF-8 name comes back
+/// with U+FFFD where its bytes were, a path that reads as an address (`1.2.3.4:5`) or begins
+/// with `@` comes back as that address or an abstract name.
+impl FromStr for Endpoint {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Infallible> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self::Inet(addr));
+        }
+        let name = match text.strip_prefix('@') {
+            Some(abstract_name) => [&[0], abstract_name.as_bytes()].concat(),
+            None => text.as_bytes().to_vec(),
+        };
+        Ok(Self::Unix(UnixName(name.into_boxed_slice())))
     }
 }
 
@@ -47,5 +84,52 @@ impl fmt::Display for UnixName {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::string::ToString;
+
+    use super::*;
+
+    fn unix(bytes: &[u8]) -> Endpoint {
+        Endpoint::Unix(UnixName(bytes.into()))
+    }
+
+    #[test]
+    fn text_reads_back_as_the_endpoint_it_came_from() {
+        for (endpoint, text) in [
+            (
+                Endpoint::Inet("127.0.0.1:8080".parse().unwrap()),
+                "127.0.0.1:8080",
+            ),
+            (Endpoint::Inet("[::1]:80".parse().unwrap()), "[::1]:80"),
+            (unix(b"/run/app.sock"), "/run/app.sock"),
+            (unix(b"\0dbus-abc"), "@dbus-abc"),
+            (unix(b""), ""),
+        ] {
+            assert_eq!(endpoint.to_string(), text);
+            assert_eq!(text.parse::<Endpoint>(), Ok(endpoint), "{text}");
+        }
+    }
+
+    #[test]
+    fn only_inet_endpoints_have_an_address() {
+        let addr: SocketAddr = "10.0.0.7:5432".parse().unwrap();
+        assert_eq!(Endpoint::Inet(addr).inet(), Some(addr));
+        assert_eq!(Endpoint::Inet(addr).port(), Some(5432));
+        assert_eq!(unix(b"/tmp/.X11-unix/X0").inet(), None);
+        assert_eq!(unix(b"\0:5432").port(), None);
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_reads_back_lossily() {
+        let text = unix(b"/tmp/\xff.sock").to_string();
+        assert_eq!(text, "/tmp/\u{fffd}.sock");
+        assert_eq!(
+            text.parse::<Endpoint>(),
+            Ok(unix("/tmp/\u{fffd}.sock".as_bytes()))
+        );
     }
 }

@@ -50,39 +50,88 @@ impl Family {
     }
 }
 
-/// Transport protocol of an inet socket (`IPPROTO_*`). UNIX sockets have none; their
-/// [`SockType`] plays that part (as `ss` shows `u_str`, `u_dgr`, `u_seq`).
-#[repr(u8)]
+/// What a socket speaks: an inet socket's transport protocol (`IPPROTO_*`), or, for a UNIX
+/// socket, which has none, its [`SockType`] playing that part (as `ss` shows `u_str`,
+/// `u_dgr`, `u_seq`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     /// `IPPROTO_TCP`.
-    Tcp = 6,
+    Tcp,
     /// `IPPROTO_UDP`.
-    Udp = 17,
+    Udp,
+    /// A UNIX `SOCK_STREAM` socket.
+    UnixStream,
+    /// A UNIX `SOCK_DGRAM` socket.
+    UnixDgram,
+    /// A UNIX `SOCK_SEQPACKET` socket.
+    UnixSeqpacket,
 }
 
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
 impl Protocol {
-    pub const ALL: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
+    pub const ALL: [Protocol; 5] = [
+        Protocol::Tcp,
+        Protocol::Udp,
+        Protocol::UnixStream,
+        Protocol::UnixDgram,
+        Protocol::UnixSeqpacket,
+    ];
+
+    /// The inet protocols: the ones sock_diag's inet dumps are asked for and the kernel side's
+    /// hooks see.
+    pub const INET: [Protocol; 2] = [Protocol::Tcp, Protocol::Udp];
 
     /// `None` for protocols sockleak does not follow (raw, ICMP, SCTP...).
     pub const fn from_ip(protocol: u16) -> Option<Self> {
         match protocol {
-            6 => Some(Self::Tcp),
-            17 => Some(Self::Udp),
+            p if p == IPPROTO_TCP as u16 => Some(Self::Tcp),
+            p if p == IPPROTO_UDP as u16 => Some(Self::Udp),
             _ => None,
         }
     }
 
-    /// The kernel's `IPPROTO_*` number.
-    pub const fn ip(self) -> u8 {
-        self as u8
+    /// A UNIX socket's, by its type.
+    pub const fn unix(sock_type: SockType) -> Self {
+        match sock_type {
+            SockType::Stream => Self::UnixStream,
+            SockType::Dgram => Self::UnixDgram,
+            SockType::Seqpacket => Self::UnixSeqpacket,
+        }
     }
 
-    /// As reports, metrics and `--protocol` spell it.
+    /// The kernel's `IPPROTO_*` number; `None` for a UNIX socket, which has none.
+    pub const fn ip(self) -> Option<u8> {
+        match self {
+            Self::Tcp => Some(IPPROTO_TCP),
+            Self::Udp => Some(IPPROTO_UDP),
+            Self::UnixStream | Self::UnixDgram | Self::UnixSeqpacket => None,
+        }
+    }
+
+    /// [`Self::ip`] of an inet protocol, for constants (the eBPF programs' own): evaluated in
+    /// a const context, a UNIX protocol fails the build rather than yield a number.
+    ///
+    /// ```compile_fail
+    /// const UNIX: u8 = sockleak_common::Protocol::UnixStream.inet_ip();
+    /// ```
+    pub const fn inet_ip(self) -> u8 {
+        match self.ip() {
+            Some(ip) => ip,
+            None => panic!("a UNIX socket has no IPPROTO number"),
+        }
+    }
+
+    /// As reports, metrics and `--protocol` spell it (`--protocol` takes the inet ones only,
+    /// while UNIX sockets are not followed).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::UnixStream => "unix_stream",
+            Self::UnixDgram => "unix_dgram",
+            Self::UnixSeqpacket => "unix_seqpacket",
         }
     }
 
@@ -120,8 +169,9 @@ impl SockType {
 }
 
 /// A socket's state as the kernel numbers it (`include/net/tcp_states.h`). UDP sockets reuse
-/// two of TCP's: ESTABLISHED when connected, CLOSE otherwise. A number, not an enum: a newer
-/// kernel may send one this build does not know, and it must still be carried and shown.
+/// two of TCP's: ESTABLISHED when connected, CLOSE otherwise; UNIX sockets those and LISTEN.
+/// A number, not an enum: a newer kernel may send one this build does not know, and it must
+/// still be carried and shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct TcpState(pub u8);
 
@@ -146,10 +196,10 @@ impl TcpState {
     }
 }
 
-/// A socket's state as a person reads it: the kernel's TCP state names, which UDP sockets
-/// share, and `UNCONN` where `ss` says so (an unconnected UDP socket is in CLOSE as far as the
-/// kernel is concerned). Declared in the order of their names, so sorted states read the same
-/// in every report.
+/// A socket's state as a person reads it: the kernel's TCP state names, which UDP and UNIX
+/// sockets share, and `UNCONN` where `ss` says so (an unconnected UDP or UNIX socket is in
+/// CLOSE as far as the kernel is concerned). Declared in the order of their names, so sorted
+/// states read the same in every report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SocketState {
     BoundInactive,
@@ -192,6 +242,12 @@ impl SocketState {
     pub const fn of(protocol: Protocol, state: TcpState) -> Self {
         match (protocol, state) {
             (Protocol::Udp, TcpState::CLOSE) => Self::Unconnected,
+            // A UNIX socket is in CLOSE only while unconnected: one whose peer closed stays
+            // ESTABLISHED, with its end shut down.
+            (
+                Protocol::UnixStream | Protocol::UnixDgram | Protocol::UnixSeqpacket,
+                TcpState::CLOSE,
+            ) => Self::Unconnected,
             (_, TcpState::ESTABLISHED) => Self::Established,
             (_, TcpState::SYN_SENT) => Self::SynSent,
             (_, TcpState::SYN_RECV) => Self::SynRecv,
@@ -264,6 +320,14 @@ mod tests {
             SocketState::of(Protocol::Udp, TcpState::ESTABLISHED).name(),
             "ESTABLISHED"
         );
+        assert_eq!(
+            SocketState::of(Protocol::UnixStream, TcpState::CLOSE),
+            SocketState::Unconnected
+        );
+        assert_eq!(
+            SocketState::of(Protocol::UnixSeqpacket, TcpState::LISTEN),
+            SocketState::Listen
+        );
     }
 
     #[test]
@@ -272,11 +336,24 @@ mod tests {
             assert_eq!(Family::from_af(family.af()), Some(family));
             assert_eq!(Family::from_name(family.name()), Some(family));
         }
+        for protocol in Protocol::INET {
+            assert_eq!(
+                Protocol::from_ip(u16::from(protocol.inet_ip())),
+                Some(protocol)
+            );
+        }
         for protocol in Protocol::ALL {
-            assert_eq!(Protocol::from_ip(u16::from(protocol.ip())), Some(protocol));
             assert_eq!(Protocol::from_name(protocol.name()), Some(protocol));
         }
         assert_eq!(Protocol::from_ip(1), None, "ICMP is not followed");
+        for sock_type in [SockType::Stream, SockType::Dgram, SockType::Seqpacket] {
+            let protocol = Protocol::unix(sock_type);
+            assert_eq!(protocol.ip(), None, "{protocol:?}");
+            assert_eq!(
+                protocol.name().strip_prefix("unix_"),
+                Some(sock_type.name())
+            );
+        }
         assert_eq!(SockType::from_kernel(2).map(SockType::name), Some("dgram"));
     }
 }

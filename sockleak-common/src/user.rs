@@ -7,8 +7,8 @@ use serde::{
 };
 
 use crate::{
-    AttachPoint, Config, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner, Origin,
-    Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
+    AttachPoint, Config, Endpoint, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner,
+    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
@@ -101,5 +101,72 @@ impl<'de> Deserialize<'de> for Site {
     fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
         let text = std::string::String::deserialize(input)?;
         text.parse().map_err(D::Error::custom)
+    }
+}
+
+/// As the one string reports have always carried for an address (`127.0.0.1:8080`,
+/// `[::1]:80`, what `SocketAddr` wrote), and for a UNIX socket its name's text (`@` first for
+/// an abstract one): lossy where the name is not UTF-8, and read back as an address where a
+/// path reads as one (see `Endpoint`'s `FromStr`).
+impl Serialize for Endpoint {
+    fn serialize<S: Serializer>(&self, out: S) -> Result<S::Ok, S::Error> {
+        out.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: Deserializer<'de>>(input: D) -> Result<Self, D::Error> {
+        // Read in place, not through a String: a report carries two per socket.
+        struct Text;
+        impl Visitor<'_> for Text {
+            type Value = Endpoint;
+            fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                f.write_str("an address or a UNIX socket's name")
+            }
+            fn visit_str<E: Error>(self, text: &str) -> Result<Endpoint, E> {
+                let Ok(endpoint) = text.parse();
+                Ok(endpoint)
+            }
+        }
+        input.deserialize_str(Text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{string::String, vec::Vec};
+
+    use super::*;
+    use crate::UnixName;
+
+    #[test]
+    fn endpoints_are_written_as_addresses_were_and_read_back() {
+        let inet = |text: &str| Endpoint::Inet(text.parse().unwrap());
+        let unix = |bytes: &[u8]| Endpoint::Unix(UnixName(bytes.into()));
+        let endpoints = [
+            (inet("127.0.0.1:8080"), r#""127.0.0.1:8080""#),
+            (inet("[::1]:80"), r#""[::1]:80""#),
+            (inet("[::]:0"), r#""[::]:0""#),
+            (unix(b"/run/app.sock"), r#""/run/app.sock""#),
+            (unix(b"\0dbus-abc"), r#""@dbus-abc""#),
+            (unix(b"a\"b\n"), r#""a\"b\n""#),
+        ];
+        for (endpoint, json) in endpoints {
+            if let Some(addr) = endpoint.inet() {
+                assert_eq!(serde_json::to_string(&addr).unwrap(), json);
+            }
+            assert_eq!(serde_json::to_string(&endpoint).unwrap(), json);
+            assert_eq!(
+                serde_json::from_str::<Endpoint>(json).unwrap(),
+                endpoint,
+                "{json}"
+            );
+        }
+        // An escape: serde_json hands over a copy, not the input.
+        let read: Vec<Endpoint> = serde_json::from_str(r#"["@a\u0062", "1.2.3.4:5"]"#).unwrap();
+        assert_eq!(read, [unix(b"\0ab"), inet("1.2.3.4:5")]);
+        assert!(serde_json::from_str::<Endpoint>("7").is_err());
+        let lossy: String = serde_json::to_string(&unix(b"\xff")).unwrap();
+        assert_eq!(lossy, "\"\u{fffd}\"");
     }
 }

@@ -15,8 +15,11 @@ use crate::{
     task::current_task,
 };
 
-/// The listener `sk` in namespace `netns` ([`crate::addresses::netns_of`]) is keyed by in `LISTENERS`; `None`
-/// when its namespace cannot be read.
+/// A constant: `inet_ip` is then evaluated while building, never in a program.
+const TCP: u16 = Protocol::Tcp.inet_ip() as u16;
+
+/// The listener `sk` in namespace `netns` ([`crate::addresses::netns_of`]) is keyed by in
+/// `LISTENERS`; `None` when its namespace cannot be read.
 #[inline(always)]
 fn key_of(sk: u64, netns: u32) -> Option<ListenerKey> {
     if netns == 0 {
@@ -92,7 +95,7 @@ pub fn connected(sk: u64, id: SockId, old_state: i32, new_state: i32) {
     else {
         return;
     };
-    if !admits_socket(family, Protocol::Tcp.ip() as u16) {
+    if !admits_socket(family, TCP) {
         return;
     }
     announce(EventKind::Accepted, Hook::TpBtfInetSockSetState, |ev| {
@@ -100,7 +103,7 @@ pub fn connected(sk: u64, id: SockId, old_state: i32, new_state: i32) {
         ev.cookie = id.cookie;
         ev.netns = id.netns;
         ev.skaddr = sk;
-        ev.protocol = Protocol::Tcp.ip() as u16;
+        ev.protocol = TCP;
         ev.sock_type = SockType::Stream as u16;
         ev.old_state = old_state as u16;
         ev.new_state = new_state as u16;

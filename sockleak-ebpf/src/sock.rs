@@ -22,8 +22,8 @@ use crate::{
     task::current_task,
 };
 
-const TCP: u16 = Protocol::Tcp.ip() as u16;
-const UDP: u16 = Protocol::Udp.ip() as u16;
+const TCP: u16 = Protocol::Tcp.inet_ip() as u16;
+const UDP: u16 = Protocol::Udp.inet_ip() as u16;
 
 /// What cgroup sock programs return to let the socket be.
 const ALLOW: i32 = 1;

@@ -56,7 +56,7 @@ impl Filter {
             comm_count: self.comms.len() as u32,
             cgroup_count: self.cgroups.len() as u32,
             family: self.family.map_or(0, Family::af),
-            protocol: self.protocol.map_or(0, |p| p.ip().into()),
+            protocol: self.protocol.map_or(0, kernel_protocol),
             ..KernelFilter::default()
         };
         kernel.pids[..self.pids.len()].copy_from_slice(&self.pids);
@@ -108,6 +108,12 @@ impl Filter {
     }
 }
 
+/// The kernel filter's word for `protocol`: its IPPROTO number. The kernel side sees only
+/// inet sockets, so a UNIX protocol is a number no socket there has (0 would admit all).
+fn kernel_protocol(protocol: Protocol) -> u16 {
+    protocol.ip().map_or(u16::MAX, u16::from)
+}
+
 /// What a report knows of a socket when it decides whether to show it.
 pub struct Candidate<'a> {
     pub pid: u32,
@@ -144,6 +150,16 @@ mod tests {
         assert_eq!(k.cgroup_levels[0], 0);
         assert_eq!(k.cgroup_ids[0], std::fs::metadata(&root).unwrap().ino());
         assert_eq!((k.family, k.protocol), (10, 6));
+        let unix = Filter {
+            protocol: Some(Protocol::UnixStream),
+            ..Filter::default()
+        };
+        let k = unix.kernel_filter(&root).unwrap();
+        assert_eq!(
+            k.protocol,
+            u16::MAX,
+            "no inet socket's protocol, not 0 (any)"
+        );
     }
 
     #[test]

@@ -74,13 +74,13 @@ fn listeners_followed(
     let keys: HashMap<SockId, ListenerKey> = diag
         .iter()
         .filter(|d| d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN)
-        .map(|d| {
+        .filter_map(|d| {
             let key = ListenerKey {
                 netns: d.netns,
-                port: d.local.port(),
+                port: d.local.port()?,
                 _pad: 0,
             };
-            (d.id, key)
+            Some((d.id, key))
         })
         .collect();
     table

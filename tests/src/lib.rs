@@ -349,8 +349,8 @@ impl Reading for Report {
             .sockets_of(pid)
             .into_iter()
             .filter(|s| match end {
-                End::Local => s.local.port() == port,
-                End::Remote => s.remote.port() == port,
+                End::Local => s.local.port() == Some(port),
+                End::Remote => s.remote.port() == Some(port),
             })
             .collect();
         assert_eq!(

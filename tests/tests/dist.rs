@@ -184,7 +184,7 @@ fn the_static_binary_traces_from_a_root_with_nothing_else_in_it() {
     };
     assert!(report.is_final, "{last}");
     let listener_row = report.report.listener_of(std::process::id());
-    assert_eq!(listener_row.local.port(), port);
+    assert_eq!(listener_row.local.port(), Some(port));
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -284,7 +284,7 @@ fn the_report_right_after_a_loss_has_every_socket_the_loss_hid() {
         .sockets_of(client.pid())
         .iter()
         .filter(|s| s.state == SocketState::Established)
-        .map(|s| s.local.port().to_string())
+        .map(|s| s.local.port().expect("an inet socket").to_string())
         .collect();
     let (closed, kept) = ports.split_at(15);
     for port in kept {

@@ -25,7 +25,7 @@ fn client_that_opens_40_and_closes_15_has_exactly_25_reported() {
         assert_eq!((s.protocol, s.family), (Protocol::Tcp, Family::Ipv4));
         assert!(s.origin.traced());
         assert_eq!(&*s.comm, "sockleak-scenar"); // comm is 15 bytes at most
-        let local_port = s.local.port().to_string();
+        let local_port = s.local.port().expect("an inet socket").to_string();
         assert!(
             open.contains(&local_port),
             "{local_port} is not one of the open ones"
@@ -102,7 +102,7 @@ fn sockets_the_newborn_map_cannot_hold_come_through_the_ring_and_the_count_stays
     for s in &mine {
         assert!(s.origin.traced(), "{s:?}");
         assert_eq!(s.state, SocketState::Established);
-        let local_port = s.local.port().to_string();
+        let local_port = s.local.port().expect("an inet socket").to_string();
         assert!(open.contains(&local_port) && !closed.contains(&local_port));
     }
     let stats = &report.stats;
@@ -367,7 +367,7 @@ fn without_btf_the_classic_hooks_and_reconciliation_still_find_the_leak() {
     let mine = report.sockets_of(client.pid());
     assert_eq!(mine.len(), 15, "{mine:#?}");
     for s in mine {
-        let local_port = s.local.port().to_string();
+        let local_port = s.local.port().expect("an inet socket").to_string();
         assert!(ports[5..].contains(&local_port), "{s:?}");
     }
 }

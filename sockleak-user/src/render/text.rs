@@ -295,14 +295,14 @@ pub fn members_worst_first<'r>(r: &'r Report, g: &Group) -> Vec<&'r SocketRow> {
 }
 
 /// One socket as evidence: addresses, state and for how long, queues, verdicts, and the other
-/// processes holding it.
+/// processes holding it. A UNIX socket's name, chosen by whoever bound it, is shown escaped.
 pub fn socket_line(s: &SocketRow) -> String {
     format!(
         "{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
         s.protocol.name(),
         s.family.name(),
-        s.local,
-        s.remote,
+        for_terminal(&s.local.to_string()),
+        for_terminal(&s.remote.to_string()),
         s.state.name(),
         state_age(s),
         human_ms(s.age_ms),
@@ -489,6 +489,14 @@ mod tests {
             rcvqueue_full: 0,
             exceed_buf_limit: 0,
         }
+    }
+
+    #[test]
+    fn a_unix_name_cannot_drive_the_terminal() {
+        let mut row = established(1_000, None);
+        row.local = "@evil\u{1b}[2J".parse().unwrap();
+        let text = socket_line(&row);
+        assert!(text.contains(" @evil\\x1b[2J -> 127.0.0.1:2 "), "{text}");
     }
 
     #[test]

@@ -13,7 +13,8 @@ use std::{
 };
 
 use sockleak_common::{
-    Family, Origin, Role, Site, SiteKind, SockId, SocketState, TcpState, Verdict,
+    Endpoint, Family, Origin, Role, Site, SiteKind, SockId, SocketState, TcpState, UnixName,
+    Verdict,
 };
 
 pub use self::schema::{
@@ -208,7 +209,7 @@ fn candidate<'a>(s: &'a Socket, cgroup: Option<&'a str>, now_ns: u64) -> Candida
         cgroup,
         family: s.family,
         protocol: s.protocol,
-        ports: [s.local.map(|a| a.port()), s.remote.map(|a| a.port())],
+        ports: [&s.local, &s.remote].map(|end| end.as_ref().and_then(Endpoint::port)),
         state: SocketState::of(s.protocol, s.state),
         age_ns: now_ns.saturating_sub(s.created_ns),
     }
@@ -260,6 +261,8 @@ fn client_endpoint(s: &Socket) -> Option<SocketAddr> {
         Some(role) => role == Role::Connected,
     };
     s.remote
+        .as_ref()
+        .and_then(Endpoint::inet)
         .filter(|r| client && r.port() != 0 && s.state != TcpState::LISTEN)
 }
 
@@ -306,8 +309,8 @@ fn site_of(s: &Socket) -> Site {
     match s.origin {
         Origin::Socket => Site::socket(),
         // The listening port ties accepted sockets to the server that accepts them.
-        Origin::Accept => match s.local {
-            Some(local) => Site::accept_on(local.port()),
+        Origin::Accept => match s.local.as_ref().and_then(Endpoint::port) {
+            Some(port) => Site::accept_on(port),
             None => Site::new(SiteKind::Accept, None),
         },
         Origin::PreExisting(role) => found_open_site(role, s),
@@ -318,10 +321,11 @@ fn site_of(s: &Socket) -> Site {
 /// What a socket found open is, as a site: as a traced accept's for accepted connections,
 /// the listening port for listeners, the endpoint for client connections.
 fn found_open_site(role: Role, s: &Socket) -> Site {
+    let local_port = || s.local.as_ref().and_then(Endpoint::port);
     let known = match role {
-        Role::Accepted => s.local.map(|local| Site::accept_on(local.port())),
-        Role::Listening => s.local.map(|local| Site::listen_on(local.port())),
-        Role::Connected => s.remote.map(Site::connect_to),
+        Role::Accepted => local_port().map(Site::accept_on),
+        Role::Listening => local_port().map(Site::listen_on),
+        Role::Connected => s.remote.clone().map(Site::connect_to),
         Role::Unknown => None,
     };
     known.unwrap_or(Site::new(SiteKind::FoundOpen, None))
@@ -346,8 +350,8 @@ fn row(
         family: s.family,
         protocol: s.protocol,
         state: SocketState::of(s.protocol, s.state),
-        local: addr_or_unbound(s.local, s.family),
-        remote: addr_or_unbound(s.remote, s.family),
+        local: end_or_unset(s.local.as_ref(), s.family),
+        remote: end_or_unset(s.remote.as_ref(), s.family),
         age_ms,
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,
@@ -460,15 +464,18 @@ fn stack_counts(s: StackStats) -> StackCounts {
     }
 }
 
-fn addr_or_unbound(addr: Option<SocketAddr>, family: Family) -> SocketAddr {
-    addr.unwrap_or_else(|| {
-        let any: IpAddr = if family == Family::Ipv6 {
-            Ipv6Addr::UNSPECIFIED.into()
-        } else {
-            Ipv4Addr::UNSPECIFIED.into()
+/// An end not known yet as `ss` shows an unbound or unconnected one; for a UNIX socket, no
+/// name (the empty text, which no path is).
+fn end_or_unset(end: Option<&Endpoint>, family: Family) -> Endpoint {
+    let Some(end) = end else {
+        let any: IpAddr = match family {
+            Family::Ipv4 => Ipv4Addr::UNSPECIFIED.into(),
+            Family::Ipv6 => Ipv6Addr::UNSPECIFIED.into(),
+            Family::Unix => return Endpoint::Unix(UnixName(Box::default())),
         };
-        SocketAddr::new(any, 0)
-    })
+        return SocketAddr::new(any, 0).into();
+    };
+    end.clone()
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize, de::Error as _};
-use sockleak_common::{AttachPoint, Family, Origin, Protocol, Site, SockId, SocketState, Verdict};
+use sockleak_common::{
+    AttachPoint, Endpoint, Family, Origin, Protocol, Site, SockId, SocketState, Verdict,
+};
 
 use crate::{cgroups::Container, holders::HolderPids, stacks::identity::StackKey};
 
@@ -154,9 +156,10 @@ pub struct SocketRow {
     pub family: Family,
     pub protocol: Protocol,
     pub state: SocketState,
-    /// `0.0.0.0:0` (or `[::]:0`) while unbound or unconnected, as `ss` shows it.
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    /// `0.0.0.0:0` (or `[::]:0`) while unbound or unconnected, as `ss` shows it; a UNIX
+    /// socket's name (`@` first for an abstract one), empty while it has none.
+    pub local: Endpoint,
+    pub remote: Endpoint,
     pub age_ms: u64,
     pub rx_queue: u32,
     pub tx_queue: u32,

@@ -128,9 +128,9 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let all = dump_all().unwrap();
         assert!(
-            all.sockets
-                .iter()
-                .any(|s| s.local.port() == port && s.state == TcpState::LISTEN && s.inode != 0),
+            all.sockets.iter().any(|s| s.local.port() == Some(port)
+                && s.state == TcpState::LISTEN
+                && s.inode != 0),
             "listener on port {port} not in the dump"
         );
     }
@@ -171,7 +171,7 @@ mod tests {
             let listening = all
                 .sockets
                 .iter()
-                .any(|s| s.local.port() == listener_port && s.state == TcpState::LISTEN);
+                .any(|s| s.local.port() == Some(listener_port) && s.state == TcpState::LISTEN);
             if time_wait && listening {
                 break;
             }

@@ -25,7 +25,7 @@ pub enum Part {
 impl Part {
     fn protocols(self) -> &'static [Protocol] {
         match self {
-            Part::Living => &Protocol::ALL,
+            Part::Living => &Protocol::INET,
             Part::TimeWait => &[Protocol::Tcp],
         }
     }
@@ -163,6 +163,10 @@ fn explain(err: anyhow::Error, family: Option<Family>, protocol: Protocol) -> an
     let (proto, module) = match protocol {
         Protocol::Tcp => ("TCP", "tcp_diag"),
         Protocol::Udp => ("UDP", "udp_diag"),
+        // No Part asks for them (yet): one handler answers for every type.
+        Protocol::UnixStream | Protocol::UnixDgram | Protocol::UnixSeqpacket => {
+            ("UNIX", "unix_diag")
+        }
     };
     let ip = match family {
         Some(Family::Ipv6) => "IPv6",

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
-use sockleak_common::{Family, Protocol, SockId, TcpState};
+use sockleak_common::{Endpoint, Family, Protocol, SockId, TcpState};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The request that predates SOCK_DIAG_BY_FAMILY: TCP only, and both families in one answer.
@@ -28,8 +28,9 @@ pub struct DiagSocket {
     pub protocol: Protocol,
     /// UDP uses ESTABLISHED for connected, CLOSE otherwise.
     pub state: TcpState,
-    pub local: SocketAddr,
-    pub remote: SocketAddr,
+    /// Always inet addresses here: these are inet_diag's answers.
+    pub local: Endpoint,
+    pub remote: Endpoint,
     /// Bytes: TCP received and not read, UDP rmem in use; 0 for a TCP listener.
     pub rx_queue: u32,
     /// Bytes: TCP written and not yet acknowledged, UDP wmem in use; 0 for a TCP listener.
@@ -75,11 +76,14 @@ pub struct TcpInfo {
     pub snd_wnd: u32,
 }
 
-/// A dump request for every socket of `family` and `protocol` in one of `states` (a bit mask
-/// of [`TcpState::bit`]s), with memory and `tcp_info` attached.
+/// A dump request for every socket of `family` and `protocol` (one of [`Protocol::INET`]) in
+/// one of `states` (a bit mask of [`TcpState::bit`]s), with memory and `tcp_info` attached.
 pub fn dump_request(family: Family, protocol: Protocol, states: u32) -> Vec<u8> {
+    // A UNIX protocol asks for IPPROTO 0, which has no inet_diag handler: the kernel refuses
+    // the dump rather than answer with some other protocol's sockets.
+    let ip = protocol.ip().unwrap_or(0);
     // struct inet_diag_req_v2: family, protocol, extensions, pad, states, inet_diag_sockid.
-    let mut body = vec![family.af() as u8, protocol.ip(), EXTENSIONS, 0];
+    let mut body = vec![family.af() as u8, ip, EXTENSIONS, 0];
     body.extend_from_slice(&states.to_ne_bytes());
     body.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: no filter
     request(SOCK_DIAG_BY_FAMILY, &body)
@@ -199,8 +203,8 @@ fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
         family,
         protocol,
         state,
-        local: SocketAddr::new(addr(8), sport),
-        remote: SocketAddr::new(addr(24), dport),
+        local: SocketAddr::new(addr(8), sport).into(),
+        remote: SocketAddr::new(addr(24), dport).into(),
         rx_queue: bytes(56),
         tx_queue: bytes(60),
         uid: u32_at(64),

@@ -2,7 +2,7 @@
 //! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use sockleak_common::{EventKind, Family, Origin, Protocol, SockEvent, SockId, TcpState};
+use sockleak_common::{Endpoint, EventKind, Family, Origin, Protocol, SockEvent, SockId, TcpState};
 
 use super::{
     SocketTable,
@@ -61,7 +61,7 @@ impl SocketTable {
             let Some((port, pid)) = self
                 .sockets
                 .get(&id)
-                .and_then(|s| Some((s.local?.port(), s.owner.pid)))
+                .and_then(|s| Some((s.local.as_ref()?.port()?, s.owner.pid)))
             else {
                 continue;
             };
@@ -265,12 +265,9 @@ impl SocketTable {
             let mut by_port: HashMap<(u32, u16), Vec<SockId>> = HashMap::new();
             for s in sockets.values() {
                 if s.state == TcpState::LISTEN
-                    && let Some(local) = s.local
+                    && let Some(port) = s.local.as_ref().and_then(Endpoint::port)
                 {
-                    by_port
-                        .entry((s.id.netns, local.port()))
-                        .or_default()
-                        .push(s.id);
+                    by_port.entry((s.id.netns, port)).or_default().push(s.id);
                 }
             }
             by_port
@@ -295,8 +292,11 @@ impl SocketTable {
         if let Some(id) = self.lookup(ev.id(), ev.skaddr) {
             if let Some(s) = self.sockets.get_mut(&id) {
                 s.state_changed(TcpState(ev.old_state as u8), new_state, ev.ts_ns);
-                if let Some(addresses) = event_addresses(ev) {
-                    (s.local, s.remote) = merge_addresses((s.local, s.remote), addresses);
+                if let Some((local, remote)) = event_addresses(ev) {
+                    for (end, new) in [(&mut s.local, local), (&mut s.remote, remote)] {
+                        let old = end.as_ref().and_then(Endpoint::inet);
+                        *end = Some(old.map_or(new, |old| newer_address(old, new)).into());
+                    }
                 }
                 if s.skaddr == 0 && ev.skaddr != 0 {
                     s.skaddr = ev.skaddr;
@@ -324,8 +324,7 @@ impl SocketTable {
         let previous = self.unowned.get(&skaddr).and_then(|u| u.addresses);
         let addresses = match (previous, addresses) {
             (Some(old), Some(new)) => {
-                let (l, r) = merge_addresses((Some(old.0), Some(old.1)), new);
-                l.zip(r)
+                Some((newer_address(old.0, new.0), newer_address(old.1, new.1)))
             }
             (old, new) => new.or(old),
         };
@@ -387,15 +386,8 @@ impl SocketTable {
 
 /// The state-change tracepoint fires after the kernel released the port on the way to CLOSE
 /// (and before it assigned one on the way to SYN_SENT): a zero port never replaces a known one.
-fn merge_addresses(
-    known: (Option<SocketAddr>, Option<SocketAddr>),
-    new: (SocketAddr, SocketAddr),
-) -> (Option<SocketAddr>, Option<SocketAddr>) {
-    let pick = |old: Option<SocketAddr>, new: SocketAddr| match old {
-        Some(old) if new.port() == 0 => Some(old),
-        _ => Some(new),
-    };
-    (pick(known.0, new.0), pick(known.1, new.1))
+fn newer_address(old: SocketAddr, new: SocketAddr) -> SocketAddr {
+    if new.port() == 0 { old } else { new }
 }
 
 /// A connection accepted through a listener, as the table first keeps it: no file (inode 0)
@@ -418,8 +410,8 @@ fn accepted_socket(
         state,
         skaddr: ev.skaddr,
         inode: 0,
-        local: addresses.map(|a| a.0),
-        remote: addresses.map(|a| a.1),
+        local: addresses.map(|a| a.0.into()),
+        remote: addresses.map(|a| a.1.into()),
         rx_queue: 0,
         tx_queue: 0,
         holders: HolderPids::default(),

@@ -259,7 +259,7 @@ impl SocketTable {
             let role = match d.state {
                 TcpState::LISTEN if d.protocol == Protocol::Tcp => Role::Listening,
                 _ if listener.is_some() => Role::Accepted,
-                _ if d.remote.port() != 0 => Role::Connected,
+                _ if d.remote.port().is_some_and(|port| port != 0) => Role::Connected,
                 _ => Role::Unknown,
             };
             let acceptor = listener.and_then(|inode| first_followed(holders.of(inode)));
@@ -290,8 +290,8 @@ impl SocketTable {
                 state: d.state,
                 skaddr: 0,
                 inode: u64::from(d.inode),
-                local: Some(d.local),
-                remote: Some(d.remote),
+                local: Some(d.local.clone()),
+                remote: Some(d.remote.clone()),
                 rx_queue: d.rx_queue,
                 tx_queue: d.tx_queue,
                 holders: pids.into(),
@@ -394,12 +394,15 @@ impl Listeners {
     fn of<'d>(diag: impl Iterator<Item = &'d DiagSocket>) -> Self {
         let mut by_port: HashMap<(u32, u16), Vec<(IpAddr, u64)>> = HashMap::new();
         for d in diag {
-            if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN && d.inode != 0 {
-                let at = (d.netns, d.local.port());
+            if d.protocol == Protocol::Tcp
+                && d.state == TcpState::LISTEN
+                && d.inode != 0
+                && let Some(local) = d.local.inet()
+            {
                 by_port
-                    .entry(at)
+                    .entry((d.netns, local.port()))
                     .or_default()
-                    .push((d.local.ip(), u64::from(d.inode)));
+                    .push((local.ip(), u64::from(d.inode)));
             }
         }
         Self(by_port)
@@ -408,13 +411,16 @@ impl Listeners {
     /// The inode of the listener a TCP connection was accepted from: one on its local port
     /// and address (or on every address), in its network namespace.
     fn accepted_from(&self, d: &DiagSocket) -> Option<u64> {
-        if d.protocol != Protocol::Tcp || d.state == TcpState::LISTEN || d.remote.port() == 0 {
+        let (Some(local), Some(remote)) = (d.local.inet(), d.remote.inet()) else {
+            return None;
+        };
+        if d.protocol != Protocol::Tcp || d.state == TcpState::LISTEN || remote.port() == 0 {
             return None;
         }
-        let on_port = self.0.get(&(d.netns, d.local.port()))?;
+        let on_port = self.0.get(&(d.netns, local.port()))?;
         on_port
             .iter()
-            .find(|(ip, _)| *ip == d.local.ip())
+            .find(|(ip, _)| *ip == local.ip())
             .or_else(|| on_port.iter().find(|(ip, _)| ip.is_unspecified()))
             .map(|&(_, inode)| inode)
     }

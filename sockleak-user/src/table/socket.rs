@@ -2,11 +2,12 @@
 //! builds up about it over time (the raw material of verdicts).
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     sync::Arc,
 };
 
-use sockleak_common::{COMM_LEN, Family, Origin, Protocol, SockId, Task, TcpState, comm_bytes};
+use sockleak_common::{
+    COMM_LEN, Endpoint, Family, Origin, Protocol, SockId, Task, TcpState, comm_bytes,
+};
 
 use crate::{
     holders::HolderPids,
@@ -123,8 +124,8 @@ pub struct Socket {
     pub skaddr: u64,
     /// Socket inode; 0 until the fd is seen.
     pub inode: u64,
-    pub local: Option<SocketAddr>,
-    pub remote: Option<SocketAddr>,
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
     pub rx_queue: u32,
     pub tx_queue: u32,
     /// Pids holding an fd to this socket at the last scan.
@@ -228,6 +229,14 @@ pub(super) fn open_at_least_ns(d: &DiagSocket) -> u64 {
     }
 }
 
+/// A socket's end as the last sample found it. Compared first: ends rarely change, and a UNIX
+/// name copied at every sample would be an allocation per socket and look.
+fn sampled_end(end: &mut Option<Endpoint>, sampled: &Endpoint) {
+    if end.as_ref() != Some(sampled) {
+        *end = Some(sampled.clone());
+    }
+}
+
 fn connected_state(state: TcpState) -> bool {
     !matches!(state, TcpState::CLOSE | TcpState::LISTEN)
 }
@@ -241,11 +250,17 @@ impl Socket {
     }
 
     /// sock_diag lists every hashed socket; an unconnected TCP socket (CLOSE) or an unbound
-    /// UDP one is not hashed, so its absence from the dump proves nothing.
+    /// UDP one is not hashed, so its absence from the dump proves nothing. Every UNIX socket,
+    /// bound or not, is in the table unix_diag walks.
     pub(super) fn may_be_unlisted(&self) -> bool {
         match self.protocol {
             Protocol::Tcp => self.state == TcpState::CLOSE,
-            Protocol::Udp => self.local.is_none_or(|a| a.port() == 0),
+            Protocol::Udp => self
+                .local
+                .as_ref()
+                .and_then(Endpoint::port)
+                .is_none_or(|port| port == 0),
+            Protocol::UnixStream | Protocol::UnixDgram | Protocol::UnixSeqpacket => false,
         }
     }
 
@@ -287,8 +302,8 @@ impl Socket {
     /// What one sock_diag sample, taken just before `now_ns`, says about this socket.
     pub(super) fn observe(&mut self, d: &DiagSocket, now_ns: u64) {
         self.state_sampled(d.state, now_ns);
-        self.local = Some(d.local);
-        self.remote = Some(d.remote);
+        sampled_end(&mut self.local, &d.local);
+        sampled_end(&mut self.remote, &d.remote);
         self.rx_queue = d.rx_queue;
         self.tx_queue = d.tx_queue;
         if self.inode == 0 {

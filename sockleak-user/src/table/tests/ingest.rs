@@ -134,7 +134,7 @@ fn a_handshake_through_a_known_listener_is_its_owners_with_its_stack_once_accept
     let mut accepted = diag(2, TcpState::ESTABLISHED, 222);
     accepted.local = "127.0.0.1:8080".parse().unwrap();
     let mut waiting = diag(3, TcpState::ESTABLISHED, 0);
-    waiting.local = accepted.local;
+    waiting.local = accepted.local.clone();
     let holders = Holders::from_pairs(vec![(222, 4242)]);
     for now in [2_000_000_000, 4_000_000_000, 6_000_000_000] {
         t.reconcile(
