@@ -6,9 +6,10 @@
 //! A stack with frames nobody could name yet is retried at later reports.
 //!
 //! What names a stack is `identity` (all the table needs); where its addresses come from,
-//! `source`; how they are named, `naming`.
+//! `source`; how they are named, `naming` (JIT code from the perf maps `perf_map` believes).
 pub mod identity;
 mod naming;
+mod perf_map;
 mod source;
 
 use std::{
