@@ -36,7 +36,8 @@ pub struct Stack {
     pub frames: Arc<[String]>,
     /// Frames that could not be named yet; retried while the process lives.
     pub unknown: usize,
-    /// What the frames lack and why, for people (JavaScript frames left unnamed).
+    /// What the frames lack and why, for people (JavaScript frames left unnamed, a perf map
+    /// refused).
     pub note: Option<Arc<str>>,
     attempts: u8,
 }

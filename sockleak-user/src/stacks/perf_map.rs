@@ -149,8 +149,8 @@ struct Location {
     shown: String,
     /// The process's effective uid.
     owner: u32,
-    /// The process's start time: a new process with the same pid is not named by the map its
-    /// predecessor's file parsed to.
+    /// The process's start time: a new process with the pid gets a reading of its own, not its
+    /// predecessor's.
     started: u64,
 }
 
