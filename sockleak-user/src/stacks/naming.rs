@@ -295,6 +295,8 @@ mod tests {
     /// and the stack says why.
     #[test]
     fn a_perf_map_names_jit_code_only_and_a_refused_one_says_why() {
+        use std::os::unix::fs::PermissionsExt;
+
         use sockleak_common::NO_JS_STACK;
 
         use crate::stacks::identity::NativeFrames;
@@ -326,6 +328,8 @@ mod tests {
             ),
         )
         .unwrap();
+        // Whatever the umask: a map its group may write is refused.
+        std::fs::set_permissions(&map.0, std::fs::Permissions::from_mode(0o644)).unwrap();
         let key = StackKey {
             pid,
             native: NativeFrames::Stacks(0),

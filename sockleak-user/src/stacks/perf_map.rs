@@ -416,6 +416,8 @@ mod tests {
         fn map(&self, text: &[u8], owner: u32) -> (PathBuf, Location) {
             let path = self.0.join("perf.map");
             fs::write(&path, text).unwrap();
+            // Whatever the umask: a map its group may write is refused.
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
             (path.clone(), location(&path, owner))
         }
     }
