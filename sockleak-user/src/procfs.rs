@@ -231,10 +231,16 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     Some(pages * u64::try_from(page).ok()?)
 }
 
+/// When a process started, in clock ticks after boot, or None if it is gone: with its pid,
+/// what tells it from an earlier process that had the same pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
 /// How long ago a process started, in milliseconds, or None if it is gone.
 pub fn age_ms(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let started_ticks = parse_start_time(&stat)?;
+    let started_ticks = start_time(pid)?;
     // SAFETY: sysconf has no preconditions.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
     let started_ms = started_ticks.checked_mul(1000)? / per_second.max(1);

@@ -325,7 +325,8 @@ pub struct Group {
     /// other libuv programs open a handle's socket a tick after their code made the handle).
     pub handle_stack: bool,
     /// What `stack` lacks and why: JavaScript frames of a node without perf maps that could
-    /// not be named (its V8 layout is not understood, or the heap did not check out).
+    /// not be named (its V8 layout is not understood, or the heap did not check out), or JIT
+    /// frames whose perf map was not believed (owned by another user, writable by others...).
     #[serde(default)]
     pub stack_note: Option<Arc<str>>,
     /// Its sockets, as indices into [`Report::sockets`] (oldest first); implied in JSON.

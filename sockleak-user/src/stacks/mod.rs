@@ -6,9 +6,10 @@
 //! A stack with frames nobody could name yet is retried at later reports.
 //!
 //! What names a stack is `identity` (all the table needs); where its addresses come from,
-//! `source`; how they are named, `naming`.
+//! `source`; how they are named, `naming` (JIT code from the perf maps `perf_map` believes).
 pub mod identity;
 mod naming;
+mod perf_map;
 mod source;
 
 use std::{
@@ -35,7 +36,8 @@ pub struct Stack {
     pub frames: Arc<[String]>,
     /// Frames that could not be named yet; retried while the process lives.
     pub unknown: usize,
-    /// What the frames lack and why, for people (JavaScript frames left unnamed).
+    /// What the frames lack and why, for people (JavaScript frames left unnamed, a perf map
+    /// refused).
     pub note: Option<Arc<str>>,
     attempts: u8,
 }

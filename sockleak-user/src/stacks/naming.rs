@@ -1,9 +1,11 @@
-//! Naming a stack's addresses: blazesym for ELF symbols and perf maps, V8's heap for JavaScript.
+//! Naming a stack's addresses: blazesym for ELF symbols, perf maps for JIT code, V8's heap for
+//! JavaScript.
 //!
 //! JIT runtimes write their perf maps (`/tmp/perf-PID.map`) lazily, so a JavaScript frame
 //! unknown at creation is usually known a few seconds later: a frame nobody could name is
-//! counted, for the cache to try again. Where node runs without perf maps, the JavaScript
-//! frames the kernel walk found (`JS_STACKS`) are named from the process's heap
+//! counted, for the cache to try again. The maps are read here ([`super::perf_map`]), not by
+//! blazesym, which believes whoever wrote them. Where node runs without perf maps, the
+//! JavaScript frames the kernel walk found (`JS_STACKS`) are named from the process's heap
 //! ([`crate::v8`]) and take the place of the native frames V8's code has there.
 use std::{collections::HashMap, path::Path, sync::Arc};
 
@@ -13,7 +15,10 @@ use blazesym::symbolize::{
 };
 use sockleak_common::{JsStack, NO_JS_STACK};
 
-use super::identity::StackKey;
+use super::{
+    identity::StackKey,
+    perf_map::{self, PerfMaps},
+};
 use crate::v8::{self, V8Processes, heap::LineEnds};
 
 /// Processes, and scripts per process, whose line ends are kept.
@@ -27,7 +32,8 @@ pub struct Named {
     pub frames: Vec<String>,
     /// Frames that could not be named.
     pub unknown: usize,
-    /// What the frames lack and why, for people (JavaScript frames left unnamed).
+    /// What the frames lack and why, for people (JavaScript frames left unnamed, a perf map
+    /// refused).
     pub note: Option<Arc<str>>,
 }
 
@@ -37,6 +43,7 @@ pub struct Namer {
     v8: V8Processes,
     /// Scripts' line ends, by process (a few processes' worth).
     lines: HashMap<u32, LineEnds>,
+    perf_maps: PerfMaps,
 }
 
 impl Namer {
@@ -46,6 +53,7 @@ impl Namer {
             symbolizer: Symbolizer::new(),
             v8,
             lines: HashMap::new(),
+            perf_maps: PerfMaps::default(),
         }
     }
 
@@ -58,11 +66,28 @@ impl Namer {
         js_stack: impl FnOnce() -> Option<Box<JsStack>>,
     ) -> Named {
         let mut named = Named::default();
-        let process = Source::Process(Process::new(key.pid.into()));
-        let mut user_frames = self.names(&process, user);
+        // Every frame but the first holds a return address, which points after the call: the
+        // byte before it is inside the call instruction, on the caller's line.
+        let lookup: Vec<u64> = user
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+            .collect();
+        let process = Source::Process(Process {
+            // Read by `name_jit_frames`, which first checks whose the map is.
+            perf_map: false,
+            ..Process::new(key.pid.into())
+        });
+        let mut user_frames = self.names(&process, &lookup);
+        // Before the JavaScript frames: a frame a perf map names keeps that name.
+        let perf_map_note = self.name_jit_frames(key.pid, &lookup, &mut user_frames);
         if key.js != NO_JS_STACK || key.handle {
             named.note = self.name_js_frames(key, js_stack, &mut user_frames);
         }
+        named.note = match (named.note, perf_map_note) {
+            (Some(js), Some(jit)) => Some(format!("{js}; {jit}").into()),
+            (js, jit) => js.or(jit),
+        };
         // Past code built without frame pointers the walk reads whatever is on the stack: a
         // tail of unknown addresses that differs from call to call, or ends early. It is cut,
         // so one call path is one group however far each walk got.
@@ -129,24 +154,55 @@ impl Namer {
         })
     }
 
-    /// The frames at each address, innermost first (a function and the ones inlined into it),
-    /// or `None` when unknown.
-    fn names(&self, source: &Source, addrs: &[u64]) -> Vec<Option<Vec<String>>> {
-        if addrs.is_empty() {
+    /// Names from the process's perf map the frames blazesym left unknown in memory no file
+    /// backs, the only ones its own perf-map support looked up: JIT code is there, and a
+    /// file's code is named by its symbols or not at all. Returns, in words, why a map that
+    /// exists was not read, once for the stack.
+    fn name_jit_frames(
+        &mut self,
+        pid: u32,
+        lookup: &[u64],
+        frames: &mut [Option<Vec<String>>],
+    ) -> Option<Arc<str>> {
+        if frames.iter().all(Option::is_some) {
+            return None; // most stacks: nothing to read
+        }
+        let anonymous = perf_map::anonymous_ranges(pid);
+        let in_jit_code = |addr: u64| anonymous.iter().any(|&(s, e)| (s..e).contains(&addr));
+        let wanted: Vec<(usize, u64)> = frames
+            .iter()
+            .zip(lookup)
+            .enumerate()
+            .filter(|(_, (frame, addr))| frame.is_none() && in_jit_code(**addr))
+            .map(|(i, (_, &addr))| (i, addr))
+            .collect();
+        if wanted.is_empty() {
+            return None;
+        }
+        let map = match self.perf_maps.of(pid) {
+            Ok(Some(map)) => map,
+            Ok(None) => return None,
+            Err(why) => return Some(format!("JIT frames not named: {why}").into()),
+        };
+        for (i, addr) in wanted {
+            if let (Some(slot), Some(name)) = (frames.get_mut(i), map.name(addr)) {
+                *slot = Some(vec![frame_name(name, None)]);
+            }
+        }
+        None
+    }
+
+    /// The frames at each of `lookup`'s addresses, innermost first (a function and the ones
+    /// inlined into it), or `None` when unknown.
+    fn names(&self, source: &Source, lookup: &[u64]) -> Vec<Option<Vec<String>>> {
+        if lookup.is_empty() {
             return Vec::new();
         }
-        // Every frame but the first holds a return address, which points after the call: the
-        // byte before it is inside the call instruction, on the caller's line.
-        let lookup: Vec<u64> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
-            .collect();
-        let symbolized = match self.symbolizer.symbolize(source, Input::AbsAddr(&lookup)) {
+        let symbolized = match self.symbolizer.symbolize(source, Input::AbsAddr(lookup)) {
             Ok(s) => s,
             Err(err) => {
-                log::debug!("symbolizing {} addresses: {err}", addrs.len());
-                return vec![None; addrs.len()];
+                log::debug!("symbolizing {} addresses: {err}", lookup.len());
+                return vec![None; lookup.len()];
             }
         };
         symbolized
@@ -222,5 +278,99 @@ mod tests {
         );
         assert_eq!(frame_name("JS:^ node:net:2", None), "JS: node:net:2");
         assert_eq!(frame_name("JSON::parse", None), "JSON::parse");
+    }
+
+    /// Removes our own process's perf map, however the test ends.
+    struct OurPerfMap(std::path::PathBuf);
+
+    impl Drop for OurPerfMap {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// This test process as a JIT runtime: its perf map names an address in memory no file
+    /// backs, and neither one in a file's code (the file's symbols name it) nor one in the
+    /// stack, as when blazesym read the maps; given to another user, the map names nothing
+    /// and the stack says why.
+    #[test]
+    fn a_perf_map_names_jit_code_only_and_a_refused_one_says_why() {
+        use std::os::unix::fs::PermissionsExt;
+
+        use sockleak_common::NO_JS_STACK;
+
+        use crate::stacks::identity::NativeFrames;
+
+        let pid = std::process::id();
+        // SAFETY: a fresh private anonymous page, unmapped below; nothing else refers to it.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(page, libc::MAP_FAILED);
+        let jit = page as u64;
+        let ours = without_v8_tier as *const () as u64;
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let stack_line = maps.lines().find(|l| l.ends_with("[stack]")).unwrap();
+        let in_stack = u64::from_str_radix(stack_line.split('-').next().unwrap(), 16).unwrap();
+        let map = OurPerfMap(format!("/tmp/perf-{pid}.map").into());
+        std::fs::write(
+            &map.0,
+            format!(
+                "{jit:x} 100 JS:~jitted /app/x.js:1:1\n{ours:x} 10 JS:~impostor\n\
+                 {in_stack:x} 100 JS:~on-the-stack\n"
+            ),
+        )
+        .unwrap();
+        // Whatever the umask: a map its group may write is refused.
+        std::fs::set_permissions(&map.0, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let key = StackKey {
+            pid,
+            native: NativeFrames::Stacks(0),
+            sp_word: 0,
+            handle: false,
+            js: NO_JS_STACK,
+        };
+        let mut namer = Namer::new(V8Processes::default());
+        // Frames past the first are return addresses: looked up a byte before.
+        let stack = [jit + 8, in_stack + 9, ours + 1];
+
+        let named = namer.name(&key, &stack, || None);
+        assert_eq!(
+            named.frames[0], "JS:jitted /app/x.js:1:1",
+            "{:?}",
+            named.frames
+        );
+        assert_eq!(named.frames[1], format!("0x{:x} [unknown]", in_stack + 9));
+        assert!(
+            named.frames[2].contains("without_v8_tier"),
+            "{:?}",
+            named.frames
+        );
+        assert_eq!((named.unknown, named.note), (1, None));
+
+        let file = std::fs::File::open(&map.0).unwrap();
+        std::os::unix::fs::fchown(&file, Some(12345), None)
+            .expect("fchown: run the unit tests as root");
+        let named = namer.name(&key, &stack, || None);
+        assert_eq!(named.frames[0], format!("0x{:x} [unknown]", jit + 8));
+        assert_eq!(named.unknown, 2);
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            named.note.as_deref(),
+            Some(&*format!(
+                "JIT frames not named: /tmp/perf-{pid}.map is owned by uid 12345, not the \
+                 process's user (uid {euid}) or root"
+            ))
+        );
+        // SAFETY: the page mapped above, no longer used.
+        unsafe { libc::munmap(page, 4096) };
     }
 }
