@@ -5,6 +5,8 @@
 /// how reports have always named them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AttachPoint {
+    /// Socket birth, on the cgroup v2 root, walking the creating task's user stack.
+    CgroupSockCreateWithStacks,
     /// Socket birth, on the cgroup v2 root.
     CgroupSockCreate,
     /// Socket release, on the cgroup v2 root.
@@ -30,7 +32,8 @@ pub enum AttachPoint {
 }
 
 impl AttachPoint {
-    pub const ALL: [AttachPoint; 11] = [
+    pub const ALL: [AttachPoint; 12] = [
+        Self::CgroupSockCreateWithStacks,
         Self::CgroupSockCreate,
         Self::CgroupSockRelease,
         Self::TpBtfInetSockSetState,
@@ -47,6 +50,7 @@ impl AttachPoint {
     /// As the `started` line (JSON and text) spells it.
     pub const fn name(self) -> &'static str {
         match self {
+            Self::CgroupSockCreateWithStacks => "cgroup/sock_create (with stacks)",
             Self::CgroupSockCreate => "cgroup/sock_create",
             Self::CgroupSockRelease => "cgroup/sock_release",
             Self::TpBtfInetSockSetState => "tp_btf/inet_sock_set_state",

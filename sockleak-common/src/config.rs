@@ -38,10 +38,13 @@ pub struct Config {
     pub sock_v6_daddr: u64,
     pub sock_v6_rcv_saddr: u64,
     /// Non-zero when the kernel has `bpf_task_pt_regs` (5.15+), needed to read the user stack
-    /// pointer for [`crate::SockEvent::user_sp_word`].
+    /// pointer for [`crate::SockEvent::user_sp_word`], and the registers a walk by hand starts
+    /// from.
     pub have_task_pt_regs: u64,
-    /// `pt_regs.sp`.
+    /// `pt_regs.sp`, `.ip` and `.bp`.
     pub pt_regs_sp: u64,
+    pub pt_regs_ip: u64,
+    pub pt_regs_bp: u64,
     /// `sock.sk_socket`: NULL once the socket lost its file (closed by its owner), so a
     /// transition to CLOSE with it set is a connection that died while still held.
     pub sock_socket: u64,

@@ -118,6 +118,9 @@ pub enum StackStatus {
     /// A libuv handle's native frames are in its JavaScript stack (`JsStack`'s `native`, at
     /// [`SockEvent::js_stack_id`]), read by the same walk: not in `STACKS`.
     InJsStack = 5,
+    /// Walked by hand where the program has no stack helper (`cgroup/sock_create`): in
+    /// `WALKED_STACKS` at `id` (see [`crate::WalkedStack`]).
+    Walked = 6,
 }
 
 impl StackRef {
@@ -125,6 +128,11 @@ impl StackRef {
     pub const NOT_SAMPLED: Self = Self::of(StackStatus::NotSampled, 0);
     pub const PENDING: Self = Self::of(StackStatus::Pending, 0);
     pub const IN_JS_STACK: Self = Self::of(StackStatus::InJsStack, 0);
+
+    /// A stack walked by hand, at `key` in `WALKED_STACKS`.
+    pub const fn walked(key: u32) -> Self {
+        Self::of(StackStatus::Walked, key)
+    }
 
     const fn of(status: StackStatus, id: u32) -> Self {
         Self {
@@ -150,6 +158,7 @@ impl StackRef {
             3 => StackStatus::Pending,
             4 => StackStatus::Failed,
             5 => StackStatus::InJsStack,
+            6 => StackStatus::Walked,
             _ => return None,
         })
     }

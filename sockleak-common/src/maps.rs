@@ -72,6 +72,34 @@ pub const LIBUV_THREADS: u32 = 4096;
 pub const STACK_SLOTS: u32 = 8192;
 pub const STACK_DEPTH: usize = 64;
 
+/// A user stack the kernel side walked by hand (`WALKED_STACKS`, at most [`STACK_SLOTS`],
+/// allocated as they come): where a program has no `bpf_get_stackid`, as `cgroup/sock_create`,
+/// which runs in the creating task at every socket's birth. Keyed by the low half of its
+/// hash, so a stored stack with another hash under the same key is a collision, never taken
+/// for this one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkedStack {
+    pub hash: u64,
+    /// How many of `frames` the walk read.
+    pub count: u32,
+    pub _pad: u32,
+    /// The code address the task was at (in the system call's wrapper), then each frame's
+    /// return address along the frame-pointer chain, innermost first.
+    pub frames: [u64; STACK_DEPTH],
+}
+
+impl Default for WalkedStack {
+    fn default() -> Self {
+        Self {
+            hash: 0,
+            count: 0,
+            _pad: 0,
+            frames: [0; STACK_DEPTH],
+        }
+    }
+}
+
 /// Per-CPU counters in the `STATS` map, indexed by these values.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

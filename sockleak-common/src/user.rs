@@ -9,6 +9,7 @@ use serde::{
 use crate::{
     AttachPoint, Config, Endpoint, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner,
     Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
+    WalkedStack,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
@@ -24,6 +25,8 @@ unsafe impl aya::Pod for V8Layout {}
 unsafe impl aya::Pod for JsStack {}
 // SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ReleasedSocket {}
+// SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
+unsafe impl aya::Pod for WalkedStack {}
 // SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ListenerKey {}
 // SAFETY: as said above, plain #[repr(C)] integers without implicit padding.

@@ -8,7 +8,7 @@
 //! `JS_STACKS` grows with distinct JavaScript stacks up to its slots, and `V8_LAYOUTS` holds
 //! what userspace put there for the V8 processes it found (it removes the ones that exit).
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     helpers::generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_ringbuf_query},
     macros::btf_map,
@@ -19,7 +19,7 @@ use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
     RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
-    STAT_COUNT, SockEvent, SockId, StackRef, Stat, V8_PROCESSES, V8Layout,
+    STAT_COUNT, SockEvent, SockId, StackRef, Stat, V8_PROCESSES, V8Layout, WalkedStack,
 };
 
 #[btf_map]
@@ -29,6 +29,21 @@ pub static EVENTS: RingBuf<SockEvent, { EVENTS_RING_BYTES as usize }> = RingBuf:
 /// naming the same stack for the whole trace and is read (and symbolized) once.
 #[btf_map]
 pub static STACKS: StackTrace<{ STACK_SLOTS as usize }, 0, STACK_DEPTH> = StackTrace::new();
+
+/// Stacks walked by hand (see `sockleak_common::WalkedStack`), allocated as they come: only
+/// where `cgroup/sock_create` walks (and only distinct stacks) do they take memory. Userspace
+/// never deletes, as from `STACKS`.
+#[btf_map]
+pub static WALKED_STACKS: HashMap<
+    u32,
+    WalkedStack,
+    { STACK_SLOTS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// Where a walk by hand builds its stack: too large for the program's own stack.
+#[btf_map]
+pub static WALK_SCRATCH: PerCpuArray<WalkedStack, 1> = PerCpuArray::new();
 
 /// One process's creation stacks in the current one-second window (`Config::stack_rate`).
 pub struct StackWindow {
@@ -208,6 +223,8 @@ static CONFIG: Config = Config {
     sock_v6_rcv_saddr: 0,
     have_task_pt_regs: 0,
     pt_regs_sp: 0,
+    pt_regs_ip: 0,
+    pt_regs_bp: 0,
     sock_socket: 0,
     inet_sport: 0,
     wakeup_bytes: 0,

@@ -14,11 +14,12 @@ use crate::{
     fdwalk::read_ptr,
     filter::{admits_socket, admits_task},
     libuv::handle_stacks,
+    maps::HandleStacks,
     maps::{
         LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, flag_set,
         forget_newborn, send,
     },
-    stacks::stack_allowed,
+    stacks::{stack_budget, walk_user_stack},
     task::current_task,
 };
 
@@ -30,42 +31,87 @@ const ALLOW: i32 = 1;
 
 #[cgroup_sock(sock_create)]
 pub fn sock_create(ctx: SockContext) -> i32 {
+    created(&ctx, StackCapture::Later)
+}
+
+/// `sock_create`, taking each socket's stack at its birth: userspace loads this one where the
+/// kernel lets a cgroup program read the task's registers (a program that calls a helper its
+/// type may not use does not load, so the choice is made by loading it), else the other.
+#[cgroup_sock(sock_create)]
+pub fn sock_create_with_stacks(ctx: SockContext) -> i32 {
+    created(&ctx, StackCapture::AtBirth)
+}
+
+/// Where a created socket's stack is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StackCapture {
+    /// Here, by a walk of the creating task's user stack: TCP and UDP alike, from the same
+    /// call, so that one code path's sockets are one group.
+    AtBirth,
+    /// At the exit of its `socket()` call, or where a TCP socket connects or listens.
+    Later,
+}
+
+#[inline(always)]
+fn created(ctx: &SockContext, capture: StackCapture) -> i32 {
     let cfg = config();
     let task = current_task();
-    let sock = SockIdentity::of(&ctx);
+    let sock = SockIdentity::of(ctx);
     let sk = sock.sk;
     let mut stack_pending = false;
     if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
+        let inet = sock.protocol == TCP || sock.protocol == UDP;
+        // A socket opened for a libuv handle has the handle's stack, which says more.
+        let made = if cfg.libuv_handles != 0 && flag_set(&LIBUV_PROBED) {
+            handle_stacks(task.pid, task.tid)
+        } else {
+            HandleStacks::NONE
+        };
+        let inode = if cfg.socket_inode != 0 {
+            inode_of_sock(cfg, sk).unwrap_or(0)
+        } else {
+            0
+        };
+        // Decided before the event is built, which may be built in more than one place
+        // (the newborn array or the ring): the walk is written once.
+        let (stack, sp_word) = if cfg.socket_inode == 0
+            || cfg.capture_stacks == 0
+            || !made.native.is(StackStatus::None)
+            || !inet
+        {
+            // Without the inode here, the exit of `socket()` names it and takes the stack.
+            (StackRef::NONE, 0)
+        } else {
+            match capture {
+                StackCapture::AtBirth => birth_stack(cfg, task.pid),
+                // No `socket()` exit: the state program takes the stack, within the budget
+                // then. A UDP socket has no such moment.
+                StackCapture::Later if flag_set(&STACKS_AT_STATE) => {
+                    let tcp = sock.protocol == TCP;
+                    (if tcp { StackRef::PENDING } else { StackRef::NONE }, 0)
+                }
+                // At the exit of `socket()`, chosen here within the budget (that exit sends
+                // nothing otherwise).
+                StackCapture::Later => match stack_budget(task.pid, cfg.stack_rate) {
+                    Ok(()) => {
+                        stack_pending = true;
+                        (StackRef::PENDING, 0)
+                    }
+                    Err(refused) => (refused, 0),
+                },
+            }
+        };
         let fill = |ev: &mut SockEvent| {
             ev.task = task;
             sock.fill(ev);
             ev.skaddr = sk;
-            if cfg.libuv_handles != 0 && flag_set(&LIBUV_PROBED) {
-                let made = handle_stacks(task.pid, task.tid);
-                ev.handle_stack = made.native;
-                ev.js_stack_id = made.js;
-            }
-            if cfg.socket_inode != 0 {
-                ev.inode = inode_of_sock(cfg, sk).unwrap_or(0);
-                // With the inode named here, only the stack is left to take: at the exit of
-                // `socket()`, chosen here within the budget (that exit sends nothing
-                // otherwise), or where the state program sees a TCP socket connect or listen.
-                // A socket opened for a libuv handle has the handle's stack, which says more.
-                if cfg.capture_stacks != 0 && ev.handle_stack.is(StackStatus::None) {
-                    if flag_set(&STACKS_AT_STATE) {
-                        // No `socket()` exit: the state program takes the stack, within the
-                        // budget then. A UDP socket has no such moment.
-                        if sock.protocol == TCP {
-                            ev.user_stack = StackRef::PENDING;
-                        }
-                    } else if stack_allowed(ev, task.pid, cfg.stack_rate) {
-                        ev.user_stack = StackRef::PENDING;
-                        stack_pending = true;
-                    }
-                }
-            }
+            ev.inode = inode;
+            ev.handle_stack = made.native;
+            ev.js_stack_id = made.js;
+            ev.user_stack = stack;
+            ev.user_sp_word = sp_word;
         };
-        if sock.protocol == TCP || sock.protocol == UDP {
+        if inet {
             announce(EventKind::Created, Hook::CgroupSockCreate, fill);
         } else {
             // Raw and ICMP sockets: userspace counts them as ignored, as it always did.
@@ -83,6 +129,16 @@ pub fn sock_create(ctx: SockContext) -> i32 {
         unsafe { *pending = if stack_pending { task.tid } else { 0 } };
     }
     ALLOW
+}
+
+/// The creating task's stack, walked here within its process's budget, and the word at its
+/// stack pointer (see [`SockEvent::user_sp_word`]).
+#[inline(always)]
+fn birth_stack(cfg: &Config, pid: u32) -> (StackRef, u64) {
+    match stack_budget(pid, cfg.stack_rate) {
+        Ok(()) => walk_user_stack(cfg),
+        Err(refused) => (refused, 0),
+    }
 }
 
 /// `sk->sk_socket`, then the inode beside that `struct socket` (`socket_alloc`).

@@ -3,25 +3,33 @@
 //! `Config::stack_rate` per process and second (the walk is the largest part of what a
 //! socket costs in the kernel, and a sample shows a leaking code path as well as all of them).
 use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
     },
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
-use sockleak_common::{Config, EventKind, Hook, SockEvent, SockId, StackRef, StackStatus, Stat};
+use sockleak_common::{
+    Config, EventKind, Hook, STACK_DEPTH, SockEvent, SockId, StackRef, StackStatus, Stat,
+    WalkedStack,
+};
 
 use crate::{
     filter::admits_task,
     maps::{
-        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, config, count, flag_set,
-        newborn_slot, send,
+        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, WALK_SCRATCH,
+        WALKED_STACKS, config, count, flag_set, newborn_slot, send,
     },
     task::current_task,
 };
 
 const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+const EFAULT: i32 = 14;
+/// FNV-1a over the frames, as the JavaScript walk hashes its own.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
 const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Whether the stack of the socket `ev` announces may be taken: within its process's budget.
@@ -34,6 +42,107 @@ pub fn stack_allowed(ev: &mut SockEvent, pid: u32, rate: u64) -> bool {
     set_stack(&mut ev.user_stack, StackRef::NOT_SAMPLED);
     count(Stat::StacksNotSampled);
     false
+}
+
+/// [`stack_allowed`], for a stack taken before its event is built: the refusal (counted) is
+/// what the event will say.
+#[inline(always)]
+pub fn stack_budget(pid: u32, rate: u64) -> Result<(), StackRef> {
+    // SAFETY: no preconditions.
+    if rate == 0 || within_stack_budget(pid, rate, unsafe { bpf_ktime_get_ns() }) {
+        return Ok(());
+    }
+    count(Stat::StacksNotSampled);
+    Err(StackRef::NOT_SAMPLED)
+}
+
+/// The current task's user stack, walked by hand along its frame pointers from the registers
+/// it entered the kernel with (for a program with no `bpf_get_stackid`, as `cgroup/sock_create`),
+/// into `WALKED_STACKS`; and the word at its stack pointer ([`SockEvent::user_sp_word`]). The
+/// same frames `bpf_get_stackid` gives: the code address in the system call's wrapper, then
+/// each frame's return address, as deep as [`STACK_DEPTH`]. A chain that breaks (code without
+/// frame pointers) ends the walk where it breaks.
+#[inline(always)]
+pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
+    let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else {
+        return (StackRef::from_stackid(-i64::from(ENOMEM)), 0);
+    };
+    // SAFETY: helpers on the current task, and reads through the probe helpers, which fail
+    // rather than fault on an address that cannot be read (any register value may be given);
+    // what they read are plain integers. `scratch` is this CPU's value, valid for the
+    // program's run, and only `cgroup/sock_create` uses it, which nothing on this CPU
+    // interrupts with another run of itself (it runs in process context only).
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        let register = |offset: u64| bpf_probe_read_kernel((regs + offset) as *const u64);
+        let (Ok(ip), Ok(sp), Ok(mut fp)) = (
+            register(cfg.pt_regs_ip),
+            register(cfg.pt_regs_sp),
+            register(cfg.pt_regs_bp),
+        ) else {
+            count(Stat::StackFailures);
+            return (StackRef::from_stackid(-i64::from(EFAULT)), 0);
+        };
+        let sp_word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
+        let stack = &mut *scratch;
+        stack.hash = FNV_OFFSET;
+        stack.count = 0;
+        remember(stack, 0, ip);
+        for depth in 1..STACK_DEPTH {
+            // The saved frame pointer and the return address above it.
+            let Ok([next, ret]) = bpf_probe_read_user(fp as *const [u64; 2]) else {
+                break;
+            };
+            if ret == 0 {
+                break;
+            }
+            remember(stack, depth, ret);
+            // Frames go up the stack: one that does not is the end of the chain, or junk.
+            if next <= fp {
+                break;
+            }
+            fp = next;
+        }
+        (keep_walked(stack), sp_word)
+    }
+}
+
+/// Keeps `pc` as the walk's frame `depth`. The count and hash live in the map value, not in
+/// registers: the verifier does not follow a map value's contents, so walks of different
+/// depths are one state to it rather than one each.
+#[inline(always)]
+fn remember(stack: &mut WalkedStack, depth: usize, pc: u64) {
+    if let Some(frame) = stack.frames.get_mut(depth) {
+        *frame = pc;
+        stack.hash = (stack.hash ^ pc).wrapping_mul(FNV_PRIME);
+        stack.count = depth as u32 + 1;
+    }
+}
+
+/// Stores the walk in `WALKED_STACKS` under the low half of its hash, or finds it there.
+#[inline(always)]
+fn keep_walked(stack: &WalkedStack) -> StackRef {
+    let hash = stack.hash;
+    let key = (hash as u32).max(1);
+    if WALKED_STACKS
+        .insert(&key, stack, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        return StackRef::walked(key);
+    }
+    // SAFETY: a map value, read at once; nothing deletes from `WALKED_STACKS`.
+    match unsafe { WALKED_STACKS.get(&key) } {
+        Some(kept) if kept.hash == hash => StackRef::walked(key),
+        Some(_) => {
+            count(Stat::StackCollisions);
+            StackRef::from_stackid(-i64::from(EEXIST))
+        }
+        None => {
+            // Full: no room for one more distinct stack.
+            count(Stat::StackFailures);
+            StackRef::from_stackid(-i64::from(ENOMEM))
+        }
+    }
 }
 
 /// Whether process `pid` may have one more creation stack in the second that is running at

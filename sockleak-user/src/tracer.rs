@@ -21,7 +21,7 @@ use crate::{
     procfs,
     report::{KernelStats, Report, Reporter, Started},
     sockdiag::{DiagSocket, SockDiag},
-    stacks::{CreationStack, Stacks},
+    stacks::{CreationStack, StackMaps, Stacks},
     table::{Processes, SocketTable},
     verdict::LOOK_AGAIN,
 };
@@ -155,11 +155,18 @@ impl Tracer {
             .take_map("JS_STACKS")
             .map(aya::maps::HashMap::try_from)
             .transpose()?;
-        let mut stacks = Stacks::start(
-            StackTraceMap::try_from(ebpf.take_map("STACKS").context("STACKS map missing")?)?,
-            js_stacks,
-            libuv.processes.clone(),
-        )
+        let walked = ebpf
+            .take_map("WALKED_STACKS")
+            .map(aya::maps::HashMap::try_from)
+            .transpose()?;
+        let maps = StackMaps {
+            stacks: StackTraceMap::try_from(
+                ebpf.take_map("STACKS").context("STACKS map missing")?,
+            )?,
+            walked,
+            js: js_stacks,
+        };
+        let mut stacks = Stacks::start(maps, libuv.processes.clone())
         .context("starting the symbolizer thread")?;
         // After every program is loaded: init takes the log map out of `ebpf`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)

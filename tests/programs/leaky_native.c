@@ -1,7 +1,8 @@
-/* A native program with a named function that leaks connections, for the stack tests.
- * Built by the test with frame pointers and debug info, as a service built for profiling is.
- * Waits for "go" on stdin, starts a server, opens N connections to it and never closes them,
- * prints "ok PORT", then holds everything until stdin closes. */
+/* A native program with named functions that leak connections and UDP sockets, for the
+ * stack tests. Built by the test with frame pointers and debug info, as a service built for
+ * profiling is. Waits for "go" on stdin, starts a server, opens N connections to it and 3 UDP
+ * sockets and never closes them, prints "ok PORT", then holds everything until stdin
+ * closes. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -28,12 +29,23 @@ static NOINLINE int start_server(struct sockaddr_in *addr) {
 
 static NOINLINE void open_and_forget_connections(const struct sockaddr_in *server, int n) {
     for (int i = 0; i < n; i++) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        if (fd < 0 || connect(fd, (const struct sockaddr *)server, sizeof *server)) { /* LEAK SITE */
+        int fd = socket(AF_INET, SOCK_STREAM, 0); /* LEAK SITE */
+        if (fd < 0 || connect(fd, (const struct sockaddr *)server, sizeof *server)) {
             perror("open_and_forget_connections");
             exit(1);
         }
         /* fd is dropped here: the leak. */
+    }
+}
+
+static NOINLINE void open_and_forget_udp_sockets(int n) {
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_INET, SOCK_DGRAM, 0); /* UDP LEAK SITE */
+        if (fd < 0 || bind(fd, (const struct sockaddr *)&any, sizeof any)) {
+            perror("open_and_forget_udp_sockets");
+            exit(1);
+        }
     }
 }
 
@@ -45,6 +57,7 @@ int main(int argc, char **argv) {
         return 1;
     int listener = start_server(&server);
     open_and_forget_connections(&server, n);
+    open_and_forget_udp_sockets(3);
     printf("ok %d\n", ntohs(server.sin_port));
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {

@@ -22,6 +22,8 @@ fn bpftool() -> &'static str {
 }
 
 /// How many loaded eBPF programs carry this name (bpftool's view of the kernel).
+/// Programs loaded whose name starts with `name` (the kernel keeps 15 bytes of a name:
+/// `sock_create_with_stacks` is `sock_create_wit` there).
 fn programs_named(name: &str) -> usize {
     let out = Command::new(bpftool())
         .args(["--json", "prog", "show"])
@@ -33,7 +35,10 @@ fn programs_named(name: &str) -> usize {
         String::from_utf8_lossy(&out.stderr)
     );
     let progs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    progs.iter().filter(|p| p["name"] == name).count()
+    progs
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        .count()
 }
 
 fn start_json(args: &[&str]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {

@@ -67,15 +67,15 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     let leak = report.groups_at(leaker.pid(), &Site::socket());
     assert_eq!(
         leak.len(),
-        2,
-        "the listener and the leak have different stacks: {leak:#?}"
+        3,
+        "the listener, the connections and the UDP sockets have different stacks: {leak:#?}"
     );
     let leak_group = leak
         .iter()
         .find(|g| g.count == 7)
         .unwrap_or_else(|| panic!("no group of the 7 leaked connections: {leak:#?}"));
     let leak_frames = frames(leak_group);
-    // The direct caller of connect(), where a TCP socket's stack is taken, which a
+    // The direct caller of socket(), where every socket's stack is taken, which a
     // frame-pointer walk alone would skip (glibc's wrapper keeps no frame), at the line of the
     // call.
     let site = format!(
@@ -93,8 +93,22 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
         "{leak_frames:#?}"
     );
     assert!(
-        leak_frames[0].contains("connect"),
-        "innermost is the C library's connect() wrapper (no kernel frames): {leak_frames:#?}"
+        leak_frames[0].contains("socket"),
+        "innermost is the C library's socket() wrapper (no kernel frames): {leak_frames:#?}"
+    );
+    // A UDP socket's stack is taken where a TCP socket's is, at its birth.
+    let udp_group = leak
+        .iter()
+        .find(|g| g.count == 3)
+        .unwrap_or_else(|| panic!("no group of the 3 leaked UDP sockets: {leak:#?}"));
+    let udp_site = format!(
+        "open_and_forget_udp_sockets (leaky_native.c:{})",
+        line_of("leaky_native.c", "UDP LEAK SITE")
+    );
+    let udp_frames = frames(udp_group);
+    assert!(
+        udp_frames[0].contains("socket") && udp_frames.contains(&udp_site.as_str()),
+        "{udp_site} not in {udp_frames:#?}"
     );
     let listener_group = leak.iter().find(|g| g.count == 1).unwrap();
     let listener_frames = frames(listener_group);
@@ -111,7 +125,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
 
     // The files are rewritten at every report; the final one is complete.
     let last = tracer.stop();
-    assert_eq!(last.groups_at(leaker.pid(), &Site::socket()).len(), 2);
+    assert_eq!(last.groups_at(leaker.pid(), &Site::socket()).len(), 3);
     let folded = std::fs::read_to_string(&folded).unwrap();
     let leak_line = folded
         .lines()
@@ -122,7 +136,7 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
             && leak_line.ends_with(" 7"),
         "{leak_line}"
     );
-    // Root first: main before the function it called, which is before connect() itself.
+    // Root first: main before the function it called, which is before socket() itself.
     let at = |name: &str| {
         leak_line
             .find(name)

@@ -204,6 +204,37 @@ fn udp_and_ipv6_sockets_are_tracked_the_same_way() {
     }
 }
 
+/// Every socket's stack starts where it was born, a UDP socket's too (it has no other moment):
+/// walked by `cgroup/sock_create` where the kernel lets it read the task's registers, else
+/// taken at the exit of `socket()` (5.10).
+#[test]
+fn a_udp_sockets_creation_stack_starts_at_socket() {
+    let mut app = Scenario::spawn();
+    let tracer = Trace::start(&[app.pid()]);
+    let hooks = &tracer.started.hooks;
+    assert!(
+        hooks.contains(&AttachPoint::CgroupSockCreateWithStacks)
+            || hooks.contains(&AttachPoint::SysExitSocket),
+        "{:?}",
+        tracer.started
+    );
+    app.run("udp 127.0.0.1:0 2");
+
+    let report = tracer.fresh_report();
+    let udp: Vec<_> = report
+        .groups
+        .iter()
+        .filter(|g| g.key.pid == app.pid() && g.states.contains_key(&SocketState::Unconnected))
+        .collect();
+    assert_eq!(udp.len(), 1, "{udp:#?}");
+    let frames = udp[0].key.stack.frames();
+    assert!(
+        frames.first().is_some_and(|f| f.contains("socket")) && frames.len() > 1,
+        "innermost the C library's socket(), then its callers: {:#?}",
+        udp[0]
+    );
+}
+
 #[test]
 fn sockets_open_before_the_tracer_started_are_pre_existing_with_their_holder() {
     let mut app = Scenario::spawn();

@@ -53,10 +53,16 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     }
     // Optional: without them, stacks miss the caller of a frameless syscall wrapper.
     // The kernel's `enum bpf_func_id` lists every helper it has.
-    if let Ok(sp) = btf.member_offset("pt_regs", "sp")
-        && btf.has_enum_member("bpf_func_id", "BPF_FUNC_task_pt_regs")
+    // Optional too: without them, no walk by hand at socket birth.
+    if let (Ok(sp), Ok(ip), Ok(bp)) = (
+        btf.member_offset("pt_regs", "sp"),
+        btf.member_offset("pt_regs", "ip"),
+        btf.member_offset("pt_regs", "bp"),
+    ) && btf.has_enum_member("bpf_func_id", "BPF_FUNC_task_pt_regs")
     {
         config.pt_regs_sp = sp;
+        config.pt_regs_ip = ip;
+        config.pt_regs_bp = bp;
         config.have_task_pt_regs = 1;
     }
     Ok(())
@@ -89,6 +95,10 @@ mod tests {
         );
         // This kernel (6.18) has bpf_task_pt_regs; x86_64's pt_regs.sp is the 20th word.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!((c.have_task_pt_regs, c.pt_regs_sp), (1, 152), "{c:?}");
+        assert_eq!(
+            (c.have_task_pt_regs, c.pt_regs_sp, c.pt_regs_ip, c.pt_regs_bp),
+            (1, 152, 128, 32),
+            "{c:?}"
+        );
     }
 }

@@ -70,6 +70,9 @@ impl Programs<'_> {
     /// Loads and attaches the program(s) of one attach point.
     fn attach(&mut self, hook: AttachPoint) -> Result<()> {
         match hook {
+            AttachPoint::CgroupSockCreateWithStacks => {
+                self.cgroup_sock("sock_create_with_stacks", hook)
+            }
             AttachPoint::CgroupSockCreate => self.cgroup_sock("sock_create", hook),
             AttachPoint::CgroupSockRelease => self.cgroup_sock("sock_release", hook),
             AttachPoint::TpBtfInetSockSetState => self.tp_btf("inet_sock_set_state"),

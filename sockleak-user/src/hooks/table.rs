@@ -22,8 +22,15 @@ pub enum Feature {
     /// through a listener, as the listener's owner's, at the end of their handshake.
     ListenerOwners,
     /// That, and creation names a socket's inode: the state program also takes TCP sockets'
-    /// stacks (at `connect()` and `listen()`).
+    /// stacks (at `connect()` and `listen()`), where they are not taken at birth.
     StacksAtState,
+    /// BTF lists `bpf_task_pt_regs` (5.15+): a program may read the task's user registers.
+    TaskPtRegs,
+    /// Creation names a socket's inode (BTF says where `socket_alloc` keeps it): nothing is
+    /// left for the exit of `socket()` to name.
+    InodeAtCreation,
+    /// `sock_create` walks every socket's user stack at its birth, TCP and UDP alike.
+    StacksAtBirth,
 }
 
 /// What a row needs found, or found missing (it stands in for that feature).
@@ -71,10 +78,25 @@ const ACCEPT_EXIT: &[Need] = &[Found(FdWalk), Missing(ListenerOwners)];
 /// Every program, in the order they attach: a fallback comes after the row it replaces, and a
 /// row needing a feature a program gives comes after that program.
 pub const TABLE: &[Row] = &[
-    // Socket birth and release: nothing to trace without them.
+    // Socket birth and release: nothing to trace without them. Birth walks the creating
+    // task's stack where it can read the task's registers: one capture point for TCP and UDP.
+    Row {
+        hook: AttachPoint::CgroupSockCreateWithStacks,
+        needs: &[
+            Found(CreationStacks),
+            Found(TaskPtRegs),
+            Found(InodeAtCreation),
+        ],
+        fallback: Fallback::Hook(
+            AttachPoint::CgroupSockCreate,
+            "creation stacks not taken at socket birth: TCP sockets' come from connect() and \
+             listen() (or socket()'s exit), UDP sockets' from socket()'s exit where it is \
+             attached, else none",
+        ),
+    },
     Row {
         hook: AttachPoint::CgroupSockCreate,
-        needs: &[],
+        needs: &[Missing(StacksAtBirth)],
         fallback: Fallback::Required,
     },
     Row {
@@ -114,7 +136,7 @@ pub const TABLE: &[Row] = &[
     // every process through the kernel's traced path.
     Row {
         hook: AttachPoint::SysExitSocket,
-        needs: &[Found(FdWalk), Missing(StacksAtState)],
+        needs: &[Found(FdWalk), Missing(StacksAtState), Missing(StacksAtBirth)],
         fallback: Fallback::Without("tracepoint syscalls/sys_exit_socket"),
     },
     Row {
@@ -150,7 +172,8 @@ pub const TABLE: &[Row] = &[
 pub struct Findings {
     features: Vec<Feature>,
     /// Why BTF is missing: the warning of each row needing it says so. Other missing features
-    /// were warned about once already (the offsets, `--no-stacks`), so their rows go quietly.
+    /// were warned about once already (the offsets, `--no-stacks`), so their rows go quietly;
+    /// but for the registers, which only the stack walk at birth needs (its warning says so).
     why_no_btf: Option<String>,
     /// Offsets the state program needs to give [`Feature::ListenerOwners`] and
     /// [`Feature::StacksAtState`] once it attaches.
@@ -177,6 +200,12 @@ impl Findings {
         if creation_stacks {
             found.features.push(CreationStacks);
         }
+        if config.have_task_pt_regs != 0 {
+            found.features.push(TaskPtRegs);
+        }
+        if config.socket_inode != 0 {
+            found.features.push(InodeAtCreation);
+        }
         found
     }
 
@@ -186,15 +215,18 @@ impl Findings {
 
     /// Records what an attached program gives.
     pub fn attached(&mut self, hook: AttachPoint) {
-        if hook != AttachPoint::TpBtfInetSockSetState {
-            return;
-        }
-        self.features.push(TypedStates);
-        if self.sock_net {
-            self.features.push(ListenerOwners);
-            if self.socket_inode {
-                self.features.push(StacksAtState);
+        match hook {
+            AttachPoint::CgroupSockCreateWithStacks => self.features.push(StacksAtBirth),
+            AttachPoint::TpBtfInetSockSetState => {
+                self.features.push(TypedStates);
+                if self.sock_net {
+                    self.features.push(ListenerOwners);
+                    if self.socket_inode && !self.has(StacksAtBirth) {
+                        self.features.push(StacksAtState);
+                    }
+                }
             }
+            _ => {}
         }
     }
 }
@@ -216,6 +248,11 @@ pub fn choose(row: &Row, found: &Findings) -> Choice {
             Found(feature) if !found.has(feature) => {
                 return match (&found.why_no_btf, feature) {
                     (Some(why), Btf) => Choice::Fallback(why.clone()),
+                    (_, TaskPtRegs) => Choice::Fallback(
+                        "this kernel has no bpf_task_pt_regs (5.15+) to read the task's \
+                         registers with"
+                            .to_owned(),
+                    ),
                     _ => Choice::Skip,
                 };
             }
@@ -269,6 +306,31 @@ mod tests {
         );
     }
 
+    /// Where a program may read the task's registers, every socket's stack is taken at its
+    /// birth: neither the state program nor `socket()`'s exit takes any.
+    #[test]
+    fn with_the_tasks_registers_stacks_are_taken_at_birth() {
+        use AttachPoint::*;
+        let config = Config {
+            have_task_pt_regs: 1,
+            ..offsets(8, 8)
+        };
+        let mut found = Findings::new(&config, Ok(()), true);
+        let mut hooks = Vec::new();
+        for row in TABLE {
+            if choose(row, &found) == Choice::Try {
+                found.attached(row.hook);
+                hooks.push(row.hook);
+            }
+        }
+        assert_eq!(hooks[..2], [CgroupSockCreateWithStacks, CgroupSockRelease]);
+        assert!(!hooks.contains(&SysExitSocket), "{hooks:?}");
+        assert!(found.has(StacksAtBirth) && !found.has(StacksAtState));
+        // Asked for no stacks, it is the plain program.
+        let picked = picked(&config, Ok(()), false);
+        assert_eq!(picked[..2], [CgroupSockCreate, CgroupSockRelease]);
+    }
+
     #[test]
     fn missing_offsets_bring_back_the_syscall_exits_they_replace() {
         use AttachPoint::*;
@@ -288,6 +350,12 @@ mod tests {
         for row in TABLE {
             let expected = if row.hook.is_tp_btf() {
                 Choice::Fallback("no BTF".to_owned())
+            } else if row.needs.contains(&Found(TaskPtRegs)) {
+                // Its warning says what is missing: it is the one stacks at birth need.
+                match choose(row, &found) {
+                    Choice::Fallback(why) if why.contains("bpf_task_pt_regs") => continue,
+                    other => panic!("{other:?}"),
+                }
             } else if matches!(row.needs.first(), Some(Found(FdWalk))) {
                 Choice::Skip
             } else {

@@ -23,6 +23,8 @@ pub enum NativeFrames {
     Stacks(u32),
     /// In the JavaScript stack ([`StackKey::js`]), read by the same walk.
     InJsStack,
+    /// In the kernel's `WALKED_STACKS` map, at this key: walked by hand at socket birth.
+    Walked(u32),
 }
 
 impl NativeFrames {
@@ -31,6 +33,7 @@ impl NativeFrames {
         match stack.status()? {
             StackStatus::Taken => Some(Self::Stacks(stack.id)),
             StackStatus::InJsStack => Some(Self::InJsStack),
+            StackStatus::Walked => Some(Self::Walked(stack.id)),
             StackStatus::None
             | StackStatus::NotSampled
             | StackStatus::Pending

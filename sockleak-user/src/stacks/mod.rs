@@ -22,10 +22,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use sockleak_common::JsStack;
 
-pub use self::identity::{CreationStack, NativeFrames, StackKey};
+pub use self::{
+    identity::{CreationStack, NativeFrames, StackKey},
+    source::StackMaps,
+};
 use self::{naming::Namer, source::KernelStacks};
 use crate::v8::V8Processes;
 
@@ -78,11 +79,7 @@ pub struct Stacks {
 impl Stacks {
     /// Starts the symbolizer thread over the kernel's stack maps (`JS_STACKS` may be absent,
     /// with the libuv uprobes), naming JavaScript frames with the layouts in `v8`.
-    pub fn start(
-        map: StackTraceMap<MapData>,
-        js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
-        v8: V8Processes,
-    ) -> std::io::Result<Self> {
+    pub fn start(maps: StackMaps, v8: V8Processes) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let worker_cache = Arc::clone(&cache);
@@ -90,7 +87,7 @@ impl Stacks {
             .name("symbolize".into())
             .spawn(move || {
                 Worker {
-                    source: KernelStacks::new(map, js_stacks),
+                    source: KernelStacks::new(maps),
                     cache: worker_cache,
                     // Made on its thread: it is not Send.
                     namer: Namer::new(v8),

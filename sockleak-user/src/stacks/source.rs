@@ -1,4 +1,5 @@
-//! Where a stack's addresses come from: the kernel's `STACKS` and `JS_STACKS` maps.
+//! Where a stack's addresses come from: the kernel's `STACKS`, `WALKED_STACKS` and
+//! `JS_STACKS` maps.
 //!
 //! A frame-pointer walk skips the caller of a frameless leaf (glibc's `socket()` and
 //! `accept4()` wrappers push no frame); the word the kernel read at the stack pointer
@@ -6,30 +7,39 @@
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
-use sockleak_common::{JsStack, NO_JS_STACK};
+use sockleak_common::{JsStack, NO_JS_STACK, WalkedStack};
 
 use super::identity::{NativeFrames, StackKey};
+
+/// The kernel's stack maps: `WALKED_STACKS` and `JS_STACKS` may be absent (older kernels, no
+/// libuv uprobes).
+pub struct StackMaps {
+    pub stacks: StackTraceMap<MapData>,
+    pub walked: Option<BpfHashMap<MapData, u32, WalkedStack>>,
+    pub js: Option<BpfHashMap<MapData, u32, JsStack>>,
+}
 
 /// The stacks the kernel walked, read from its maps once each.
 pub struct KernelStacks {
     map: StackTraceMap<MapData>,
+    walked_stacks: Option<BpfHashMap<MapData, u32, WalkedStack>>,
     js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
     /// Stack ids never change meaning (userspace never deletes from `STACKS`): read each once.
     addresses: HashMap<u32, Vec<u64>>,
+    /// Nor do walked stacks' keys (nothing deletes from `WALKED_STACKS`).
+    walked: HashMap<u32, Vec<u64>>,
     /// Nor do JavaScript stack keys (nothing deletes from `JS_STACKS`).
     js: HashMap<u32, Option<Box<JsStack>>>,
 }
 
 impl KernelStacks {
-    /// Over the kernel's stack maps; `JS_STACKS` may be absent, with the libuv uprobes.
-    pub fn new(
-        map: StackTraceMap<MapData>,
-        js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
-    ) -> Self {
+    pub fn new(maps: StackMaps) -> Self {
         Self {
-            map,
-            js_stacks,
+            map: maps.stacks,
+            walked_stacks: maps.walked,
+            js_stacks: maps.js,
             addresses: HashMap::new(),
+            walked: HashMap::new(),
             js: HashMap::new(),
         }
     }
@@ -39,6 +49,7 @@ impl KernelStacks {
     pub fn addresses(&mut self, key: &StackKey) -> Vec<u64> {
         let mut user = match key.native {
             NativeFrames::Stacks(id) => self.addresses_of(id),
+            NativeFrames::Walked(key) => self.walked_addresses(key),
             NativeFrames::InJsStack => self
                 .js_stack(key.js)
                 .map(|stack| native_frames(&stack).to_vec())
@@ -68,6 +79,22 @@ impl KernelStacks {
             .clone()
     }
 
+    fn walked_addresses(&mut self, key: u32) -> Vec<u64> {
+        let Some(map) = self.walked_stacks.as_ref() else {
+            return Vec::new();
+        };
+        self.walked
+            .entry(key)
+            .or_insert_with(|| match map.get(&key, 0) {
+                Ok(stack) => walked_frames(&stack).to_vec(),
+                Err(err) => {
+                    log::debug!("reading walked stack {key}: {err}");
+                    Vec::new()
+                }
+            })
+            .clone()
+    }
+
     fn addresses_of(&mut self, id: u32) -> Vec<u64> {
         let map = &self.map;
         self.addresses
@@ -81,6 +108,12 @@ impl KernelStacks {
             })
             .clone()
     }
+}
+
+/// The code addresses a walk by hand read.
+fn walked_frames(stack: &WalkedStack) -> &[u64] {
+    let count = (stack.count as usize).min(stack.frames.len());
+    &stack.frames[..count]
 }
 
 /// The code addresses the kernel walk read with a JavaScript stack: the native stack of the
