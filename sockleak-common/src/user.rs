@@ -8,8 +8,7 @@ use serde::{
 
 use crate::{
     AttachPoint, Config, Endpoint, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner,
-    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict,
-    WalkedStack,
+    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict, WalkedStack,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where

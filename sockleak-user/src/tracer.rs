@@ -167,7 +167,7 @@ impl Tracer {
             js: js_stacks,
         };
         let mut stacks = Stacks::start(maps, libuv.processes.clone())
-        .context("starting the symbolizer thread")?;
+            .context("starting the symbolizer thread")?;
         // After every program is loaded: init takes the log map out of `ebpf`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))

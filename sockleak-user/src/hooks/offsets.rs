@@ -96,7 +96,12 @@ mod tests {
         // This kernel (6.18) has bpf_task_pt_regs; x86_64's pt_regs.sp is the 20th word.
         #[cfg(target_arch = "x86_64")]
         assert_eq!(
-            (c.have_task_pt_regs, c.pt_regs_sp, c.pt_regs_ip, c.pt_regs_bp),
+            (
+                c.have_task_pt_regs,
+                c.pt_regs_sp,
+                c.pt_regs_ip,
+                c.pt_regs_bp
+            ),
             (1, 152, 128, 32),
             "{c:?}"
         );

@@ -136,7 +136,11 @@ pub const TABLE: &[Row] = &[
     // every process through the kernel's traced path.
     Row {
         hook: AttachPoint::SysExitSocket,
-        needs: &[Found(FdWalk), Missing(StacksAtState), Missing(StacksAtBirth)],
+        needs: &[
+            Found(FdWalk),
+            Missing(StacksAtState),
+            Missing(StacksAtBirth),
+        ],
         fallback: Fallback::Without("tracepoint syscalls/sys_exit_socket"),
     },
     Row {

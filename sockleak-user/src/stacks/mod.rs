@@ -22,7 +22,6 @@ use std::{
     time::Duration,
 };
 
-
 pub use self::{
     identity::{CreationStack, NativeFrames, StackKey},
     source::StackMaps,
