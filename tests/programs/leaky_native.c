@@ -1,8 +1,8 @@
 /* A native program with named functions that leak connections and UDP sockets, for the
  * stack tests. Built by the test with frame pointers and debug info, as a service built for
- * profiling is. Waits for "go" on stdin, starts a server, opens N connections to it and 3 UDP
- * sockets and never closes them, prints "ok PORT", then holds everything until stdin
- * closes. */
+ * profiling is. Usage: leaky_native N [U]. Waits for "go" on stdin, starts a server, opens N
+ * connections to it and U UDP sockets (none by default) and never closes them, prints
+ * "ok PORT", then holds everything until stdin closes. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -52,12 +52,13 @@ static NOINLINE void open_and_forget_udp_sockets(int n) {
 int main(int argc, char **argv) {
     char line[64];
     int n = argc > 1 ? atoi(argv[1]) : 10;
+    int udp = argc > 2 ? atoi(argv[2]) : 0;
     struct sockaddr_in server;
     if (!fgets(line, sizeof line, stdin))
         return 1;
     int listener = start_server(&server);
     open_and_forget_connections(&server, n);
-    open_and_forget_udp_sockets(3);
+    open_and_forget_udp_sockets(udp);
     printf("ok %d\n", ntohs(server.sin_port));
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {

@@ -1,4 +1,4 @@
-//! Creation stacks: captured in the kernel where a TCP socket connects or listens (an accepted
+//! Creation stacks: captured in the kernel where a socket is born (an accepted
 //! socket has its listener's), symbolized in userspace, and the key of a report's groups (root
 //! required; real programs, real sockets).
 use std::{
@@ -48,7 +48,7 @@ fn line_of(file: &str, marker: &str) -> usize {
 #[test]
 fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_graph() {
     let leaker_bin = build_native_leaker();
-    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("7"));
+    let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).args(["7", "3"]));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let folded = dir.join("native.folded");
     let svg = dir.join("native.svg");
