@@ -29,10 +29,12 @@ pub enum AttachPoint {
     IterTaskFile,
     /// The uprobes on libuv (Node.js).
     UprobeLibuv,
+    /// A process starting a new program: its runtime is probed before its code runs.
+    SchedProcessExec,
 }
 
 impl AttachPoint {
-    pub const ALL: [AttachPoint; 12] = [
+    pub const ALL: [AttachPoint; 13] = [
         Self::CgroupSockCreateWithStacks,
         Self::CgroupSockCreate,
         Self::CgroupSockRelease,
@@ -45,6 +47,7 @@ impl AttachPoint {
         Self::SysExitAccept4,
         Self::IterTaskFile,
         Self::UprobeLibuv,
+        Self::SchedProcessExec,
     ];
 
     /// As the `started` line (JSON and text) spells it.
@@ -62,6 +65,7 @@ impl AttachPoint {
             Self::SysExitAccept4 => "tracepoint/syscalls/sys_exit_accept4",
             Self::IterTaskFile => "iter/task_file",
             Self::UprobeLibuv => "uprobe/libuv",
+            Self::SchedProcessExec => "tracepoint/sched/sched_process_exec",
         }
     }
 

@@ -62,6 +62,11 @@ pub enum EventKind {
     /// state program, in that process); and, on kernels whose creation event has no inode,
     /// the inode (`socket()`'s exit). Userspace applies it to a socket it knows, else drops it.
     CreationCompleted = 8,
+    /// Not about a socket: a process the owner filters follow started a new program
+    /// (`execve`), with its task and nothing else, sent at once (a wake-up). Process context:
+    /// `sched/sched_process_exec`, before the program's own code runs, so that userspace can
+    /// probe its runtime (libuv, V8) before it opens its first socket.
+    Exec = 9,
 }
 
 impl EventKind {
@@ -75,6 +80,7 @@ impl EventKind {
             6 => Self::ExceedBufLimit,
             7 => Self::Accepted,
             8 => Self::CreationCompleted,
+            9 => Self::Exec,
             _ => return None,
         })
     }
@@ -187,6 +193,7 @@ pub enum Hook {
     SysExitAccept4 = 7,
     TpBtfSockRcvqueueFull = 8,
     TpBtfSockExceedBufLimit = 9,
+    SchedProcessExec = 10,
 }
 
 /// One event, fixed size so the kernel side can reserve it in the ring buffer without branching.
@@ -345,6 +352,7 @@ mod tests {
             EventKind::ExceedBufLimit,
             EventKind::Accepted,
             EventKind::CreationCompleted,
+            EventKind::Exec,
         ] {
             assert_eq!(EventKind::from_u16(kind as u16), Some(kind));
         }

@@ -9,7 +9,8 @@
 //!
 //! | file           | program                  | attach point                        | context  | tells |
 //! |----------------|--------------------------|-------------------------------------|----------|-------|
-//! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode; marks its stack pending |
+//! | `sock.rs`      | `sock_create_with_stacks`| cgroup/sock_create (cgroup v2 root) | process  | new socket, owner, inode, and its stack, walked by hand (`stacks.rs`) |
+//! | `sock.rs`      | `sock_create`            | cgroup/sock_create (cgroup v2 root) | process  | the same where the walk is refused: marks its stack pending |
 //! | `sock.rs`      | `sock_release`           | cgroup/sock_release                 | process* | socket gone (nothing if still in `NEWBORN`) |
 //! | `state.rs`     | `inet_sock_set_state`    | tp_btf/inet_sock_set_state          | any      | LISTEN, and CLOSE while held (`state_worth_sending`); connections through a listener, as its owner's (`listeners.rs`); TCP stacks at SYN_SENT and LISTEN, which only connect() and listen() reach (`stacks.rs`) |
 //! | `state.rs`     | `inet_sock_set_state_tp` | tracepoint sock/inet_sock_set_state | any      | TCP state, no cookie (fallback) |
@@ -19,6 +20,7 @@
 //! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle, and its JavaScript frames (`v8.rs`) |
 //! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |
 //! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each inet socket |
+//! | `exec.rs`      | `sched_process_exec`     | tracepoint sched/sched_process_exec | process  | a new program started, for userspace to probe its runtime at once |
 //!
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`
 //! (the JavaScript frames of a Node.js stack), `fdwalk.rs` (fd to socket), `filter.rs` (the
@@ -36,6 +38,7 @@
 #![no_main]
 
 mod addresses;
+mod exec;
 mod fd_install;
 mod fdwalk;
 mod filter;

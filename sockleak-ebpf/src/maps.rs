@@ -277,13 +277,25 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 /// calls, 90 bytes, in the release program) and the ring helper copied it again.
 #[inline(always)]
 pub fn send(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
+    send_waking(kind, hook, fill, wakeup_flag());
+}
+
+/// [`send`], waking userspace at once: for what it must act on before the traced process goes
+/// on (a new program to probe).
+#[inline(always)]
+pub fn send_now(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) {
+    send_waking(kind, hook, fill, BPF_RB_FORCE_WAKEUP);
+}
+
+#[inline(always)]
+fn send_waking(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent), wakeup: u64) {
     let Some(mut entry) = EVENTS.reserve(0) else {
         count(Stat::EventsLost);
         return;
     };
     // SAFETY: the reservation is `SockEvent`-sized, 8-aligned and ours until submitted.
     unsafe { prepare(entry.as_mut_ptr(), kind, hook, fill) };
-    entry.submit(wakeup_flag());
+    entry.submit(wakeup);
     count(Stat::EventsSent);
 }
 

@@ -8,7 +8,9 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
 };
 use aya_log::EbpfLogger;
-use sockleak_common::{ListenerKey, ListenerOwner, Protocol, SockEvent, SockId, Stat, TcpState};
+use sockleak_common::{
+    EventKind, ListenerKey, ListenerOwner, Protocol, SockEvent, SockId, Stat, TcpState,
+};
 use tokio::io::unix::AsyncFd;
 
 use crate::{
@@ -30,8 +32,10 @@ pub struct Tracer {
     /// Owns the attached programs (they detach when it drops) and runs the `socket_fds`
     /// iterator for each report.
     ebpf: Ebpf,
-    /// The libuv binaries probed so far; more are looked for at every report.
+    /// The libuv binaries probed so far; more are looked for at every report, and as
+    /// processes start new programs (`programs_started`, from their exec events).
     libuv: hooks::libuv::LibuvProbes,
+    programs_started: Vec<u32>,
     ring: AsyncFd<RingBuf<MapData>>,
     /// Sockets born since the last report, kept by the kernel until a report reads them.
     newborn: Newborn,
@@ -239,6 +243,7 @@ impl Tracer {
             stacks,
             reporter,
             lost_at_last_report: 0,
+            programs_started: Vec::new(),
             started,
         })
     }
@@ -252,13 +257,16 @@ impl Tracer {
             logger,
             table,
             stacks,
+            ebpf,
+            libuv,
+            programs_started: started,
             ..
         } = self;
         tokio::select! {
-            _ = collect.tick() => drain(ring.get_mut(), table, stacks),
+            _ = collect.tick() => drain(ring.get_mut(), table, stacks, started),
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), table, stacks);
+                drain(guard.get_inner_mut(), table, stacks, started);
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
@@ -267,6 +275,12 @@ impl Tracer {
                 guard.clear_ready();
             }
         }
+        // A new program is probed as soon as its exec is read: it runs on meanwhile, and its
+        // first sockets are named only if the probes are in before it opens them.
+        for pid in started.drain(..) {
+            libuv.program_started(ebpf, pid);
+        }
+        libuv.look_again(ebpf);
         Ok(())
     }
 
@@ -278,14 +292,24 @@ impl Tracer {
     /// The last report: nobody gets a second look at it, so pending stacks get a moment.
     pub async fn final_report(&mut self) -> Result<Report> {
         take_newborn(&mut self.newborn, &mut self.table, &mut self.stacks);
-        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
+        drain(
+            self.ring.get_mut(),
+            &mut self.table,
+            &mut self.stacks,
+            &mut self.programs_started,
+        );
         self.stacks.settle(FINAL_SYMBOLIZE_WAIT);
         self.build_report(true).await
     }
 
     async fn build_report(&mut self, last: bool) -> Result<Report> {
         let started = std::time::Instant::now();
-        drain(self.ring.get_mut(), &mut self.table, &mut self.stacks);
+        drain(
+            self.ring.get_mut(),
+            &mut self.table,
+            &mut self.stacks,
+            &mut self.programs_started,
+        );
         // Node processes started since the last look.
         self.libuv.probe(
             &mut self.ebpf,
@@ -365,6 +389,7 @@ impl Tracer {
             table,
             stacks,
             reporter,
+            programs_started,
             ..
         } = self;
         let ring = ring.get_mut();
@@ -417,7 +442,7 @@ impl Tracer {
                 dump = &mut dump, if dumped.is_none() => dumped = Some(dump),
                 scan = &mut scan, if scanned.is_none() => scanned = Some(scan),
                 _ = &mut symbolized, if !symbolized_done => symbolized_done = true,
-                _ = collect.tick() => drain(ring, table, stacks),
+                _ = collect.tick() => drain(ring, table, stacks, programs_started),
             }
             if let Some(Ok((holders, _))) = &scanned
                 && folded < listed.len()
@@ -439,7 +464,7 @@ impl Tracer {
         // before judging what is gone: every socket in the dump is then either known or adopted
         // on a second look.
         take_newborn(newborn, table, stacks);
-        drain(ring, table, stacks);
+        drain(ring, table, stacks, programs_started);
         let now = procfs::monotonic_ns();
         table.finish_look(&listed, &holders, now, &reporter.filter, &ProcFs);
         table.count_churn(&listed, &time_wait, &released_unseen);
@@ -479,10 +504,20 @@ fn take_newborn(newborn: &mut Newborn, table: &mut SocketTable, stacks: &mut Sta
     born.iter().for_each(|ev| note_stack(stacks, ev));
 }
 
-fn drain(ring: &mut RingBuf<MapData>, table: &mut SocketTable, stacks: &mut Stacks) {
+/// Applies every event the ring holds; the processes that started a new program (exec
+/// events) go to `started`, for the libuv probes.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    table: &mut SocketTable,
+    stacks: &mut Stacks,
+    started: &mut Vec<u32>,
+) {
     while let Some(item) = ring.next() {
         match decode(&item) {
             Some(ev) => {
+                if ev.kind == EventKind::Exec as u16 {
+                    started.push(ev.task.pid);
+                }
                 table.apply(&ev);
                 note_stack(stacks, &ev);
             }

@@ -3,8 +3,11 @@
 //! it, so a socket libuv opens for a handle gets the stack that made the handle: the program's
 //! own code, where the socket's own stack shows only the event loop.
 //!
-//! Processes are looked at when tracing starts and at every report: a node started later gets
-//! the probes too. Each binary is probed once, for every process that maps it.
+//! Processes are looked at when tracing starts, at every report, and as each starts a new
+//! program (`sched/sched_process_exec`, before the program's own code runs): a node started
+//! later has its first sockets' stacks named. Each binary is probed once, for every process
+//! that maps it. A distribution's `libuv.so` is mapped by the loader after exec: a process
+//! that had none then is looked at once more a moment later.
 //!
 //! The same scans read each node binary's V8 layout (once per binary) and tell the kernel walk
 //! and the symbolizer which process runs which (see [`crate::v8`]).
@@ -13,6 +16,7 @@ use std::{
     os::unix::fs::MetadataExt,
     path::Path,
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -70,12 +74,24 @@ const PROBES: &[(&str, &[&str])] = &[
 /// A file by device and inode.
 type FileId = (u64, u64);
 
+/// How long after its exec a process without libuv is looked at again: the loader maps a
+/// program's shared libraries within milliseconds, before its own code runs.
+const LIBRARIES_MAPPED_AFTER: Duration = Duration::from_millis(20);
+/// Processes started at once waiting for that second look, at most (a burst of execs beyond
+/// it gets its probes at the next report).
+const SECOND_LOOKS: usize = 1024;
+
 /// What has been probed and looked at.
 #[derive(Default)]
 pub struct LibuvProbes {
     loaded: bool,
     /// Files already looked at, probed or not.
     seen: HashSet<FileId>,
+    /// Those that export libuv, probed.
+    libuv_files: HashSet<FileId>,
+    /// Processes that started a program without libuv in it, to be looked at once more once
+    /// the loader mapped its libraries.
+    second_looks: Vec<(u32, Instant)>,
     /// How many of them export libuv and are probed.
     pub probed: usize,
     /// The V8 layout of each executable that exports libuv (node), read once.
@@ -124,26 +140,77 @@ impl LibuvProbes {
         }
         let mut running = HashSet::new();
         for pid in pids {
-            let exe = format!("/proc/{pid}/exe");
-            let Some(file) = file_id(&exe) else { continue };
-            running.insert(pid);
-            if self.seen.insert(file) {
-                if self.probe_file(ebpf, &exe) {
-                    self.layouts.insert(file, read_layout(&exe));
-                } else if let Some(library) = libuv_library_of(pid)
-                    && file_id(&library).is_some_and(|lib| self.seen.insert(lib))
-                    && self.probe_file(ebpf, &library)
-                {
-                    // A distribution may link libuv as a shared library, which is looked at
-                    // once too; V8 is still in the executable.
-                    self.layouts.insert(file, read_layout(&exe));
-                }
-            }
-            if let Some(layout) = self.layouts.get(&file) {
-                self.register(pid, layout.clone());
+            if self.look_at(ebpf, pid) == Some(true) {
+                running.insert(pid);
             }
         }
         self.forget_exited(&running);
+    }
+
+    /// Process `pid` started a new program (its exec event): probed at once, before its own
+    /// code runs; one without libuv yet (its libraries are mapped next) is looked at again.
+    pub fn program_started(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if !self.loaded {
+            return;
+        }
+        if self.look_at(ebpf, pid) == Some(false) && self.second_looks.len() < SECOND_LOOKS {
+            self.second_looks.push((pid, Instant::now()));
+        }
+    }
+
+    /// The second look at processes started a moment ago (see [`Self::program_started`]).
+    pub fn look_again(&mut self, ebpf: &mut Ebpf) {
+        let now = Instant::now();
+        let due = |(_, at): &(u32, Instant)| now.duration_since(*at) >= LIBRARIES_MAPPED_AFTER;
+        if !self.second_looks.iter().any(due) {
+            return;
+        }
+        let (now_due, later): (Vec<_>, Vec<_>) = self.second_looks.drain(..).partition(due);
+        self.second_looks = later;
+        for (pid, _) in now_due {
+            let exe = format!("/proc/{pid}/exe");
+            if let Some(file) = file_id(&exe)
+                && !self.layouts.contains_key(&file)
+                && self.probe_library_of(ebpf, pid)
+            {
+                self.layouts.insert(file, read_layout(&exe));
+                self.look_at(ebpf, pid);
+            }
+        }
+    }
+
+    /// Probes the libuv process `pid` runs, if not done yet, and registers its V8 layout:
+    /// whether it runs libuv, `None` when it is gone.
+    fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<bool> {
+        let exe = format!("/proc/{pid}/exe");
+        let file = file_id(&exe)?;
+        if self.seen.insert(file) {
+            if self.probe_file(ebpf, &exe, file) || self.probe_library_of(ebpf, pid) {
+                // A distribution may link libuv as a shared library; V8 is still in the
+                // executable.
+                self.layouts.insert(file, read_layout(&exe));
+            }
+        }
+        let Some(layout) = self.layouts.get(&file).cloned() else {
+            return Some(false);
+        };
+        self.register(pid, layout);
+        Some(true)
+    }
+
+    /// Probes the libuv shared library process `pid` maps (once per library); whether it
+    /// maps one that is probed.
+    fn probe_library_of(&mut self, ebpf: &mut Ebpf, pid: u32) -> bool {
+        let Some(library) = libuv_library_of(pid) else {
+            return false;
+        };
+        let Some(lib) = file_id(&library) else {
+            return false;
+        };
+        if self.seen.insert(lib) {
+            self.probe_file(ebpf, &library, lib);
+        }
+        self.libuv_files.contains(&lib)
     }
 
     /// Tells the kernel walk and the symbolizer process `pid`'s layout.
@@ -190,8 +257,8 @@ impl LibuvProbes {
         };
     }
 
-    /// Attaches every probe to `path`; false if it does not export libuv.
-    fn probe_file(&mut self, ebpf: &mut Ebpf, path: &str) -> bool {
+    /// Attaches every probe to `path`, the file `file`; false if it does not export libuv.
+    fn probe_file(&mut self, ebpf: &mut Ebpf, path: &str, file: FileId) -> bool {
         for (program, functions) in PROBES {
             let attached = program_mut::<UProbe>(ebpf, program).and_then(|uprobe| {
                 uprobe
@@ -209,6 +276,7 @@ impl LibuvProbes {
             }
         }
         self.probed += 1;
+        self.libuv_files.insert(file);
         if let Some(flag) = &mut self.probed_flag
             && let Err(err) = flag.set(0, &1, 0)
         {

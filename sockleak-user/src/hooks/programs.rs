@@ -87,6 +87,9 @@ impl Programs<'_> {
                 self.libuv = libuv::LibuvProbes::load(self.ebpf)?;
                 Ok(())
             }
+            AttachPoint::SchedProcessExec => {
+                self.tracepoint("sched_process_exec", "sched", "sched_process_exec")
+            }
         }
     }
 
@@ -123,9 +126,13 @@ impl Programs<'_> {
     }
 
     fn syscall_exit(&mut self, syscall: &str) -> Result<()> {
-        let program: &mut TracePoint = program_mut(self.ebpf, syscall)?;
+        self.tracepoint(syscall, "syscalls", syscall)
+    }
+
+    fn tracepoint(&mut self, program: &str, category: &str, name: &str) -> Result<()> {
+        let program: &mut TracePoint = program_mut(self.ebpf, program)?;
         program.load()?;
-        program.attach("syscalls", syscall)?;
+        program.attach(category, name)?;
         Ok(())
     }
 

@@ -31,6 +31,8 @@ pub enum Feature {
     InodeAtCreation,
     /// `sock_create` walks every socket's user stack at its birth, TCP and UDP alike.
     StacksAtBirth,
+    /// The libuv uprobes are loaded: binaries are probed as processes are found.
+    LibuvProbes,
 }
 
 /// What a row needs found, or found missing (it stands in for that feature).
@@ -169,6 +171,15 @@ pub const TABLE: &[Row] = &[
             "libuv uprobes unavailable, Node.js sockets keep the event loop's stack",
         ),
     },
+    // Programs as they start: probed before their own code runs, not at the next report.
+    Row {
+        hook: AttachPoint::SchedProcessExec,
+        needs: &[Found(LibuvProbes)],
+        fallback: Fallback::Without(
+            "tracepoint sched/sched_process_exec unavailable, a Node.js process started later \
+             has its sockets' handle stacks from the report after it started",
+        ),
+    },
 ];
 
 /// What was found so far: features up front from BTF and the options, more as programs attach.
@@ -221,6 +232,7 @@ impl Findings {
     pub fn attached(&mut self, hook: AttachPoint) {
         match hook {
             AttachPoint::CgroupSockCreateWithStacks => self.features.push(StacksAtBirth),
+            AttachPoint::UprobeLibuv => self.features.push(LibuvProbes),
             AttachPoint::TpBtfInetSockSetState => {
                 self.features.push(TypedStates);
                 if self.sock_net {
@@ -306,6 +318,7 @@ mod tests {
                 TpBtfSockExceedBufLimit,
                 IterTaskFile,
                 UprobeLibuv,
+                SchedProcessExec,
             ]
         );
     }
@@ -346,6 +359,7 @@ mod tests {
             assert!(without_net.contains(&exit), "{without_net:?}");
         }
         assert!(!without_net.contains(&UprobeLibuv), "no stacks, no uprobes");
+        assert!(!without_net.contains(&SchedProcessExec), "nothing to probe");
     }
 
     #[test]
@@ -360,7 +374,8 @@ mod tests {
                     Choice::Fallback(why) if why.contains("bpf_task_pt_regs") => continue,
                     other => panic!("{other:?}"),
                 }
-            } else if matches!(row.needs.first(), Some(Found(FdWalk))) {
+            } else if matches!(row.needs.first(), Some(Found(FdWalk | LibuvProbes))) {
+                // Missing what was warned about, or what only attaching another row gives.
                 Choice::Skip
             } else {
                 Choice::Try

@@ -97,6 +97,8 @@ impl SocketTable {
             Some(kind @ (EventKind::RcvQueueFull | EventKind::ExceedBufLimit)) => {
                 self.on_pressure(ev, kind)
             }
+            // About a process, not a socket: the tracer's (see `Tracer::follow`).
+            Some(EventKind::Exec) => {}
             None => self.stats.malformed += 1,
         }
     }

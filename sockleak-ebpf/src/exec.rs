@@ -1,0 +1,17 @@
+//! A process starting a new program (`sched/sched_process_exec`, process context, before the
+//! program's own code runs): userspace probes its runtime (libuv's uprobes, V8's layout) at
+//! once, so that a service started after sockleak has its first sockets' stacks named.
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use sockleak_common::{EventKind, Hook};
+
+use crate::{filter::admits_task, maps::send_now, task::current_task};
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: TracePointContext) -> i32 {
+    let task = current_task();
+    // Its new name is already its own: `--comm` applies to the program it runs now.
+    if admits_task(&task) {
+        send_now(EventKind::Exec, Hook::SchedProcessExec, |ev| ev.task = task);
+    }
+    0
+}

@@ -1,0 +1,74 @@
+//! A Node.js service started after sockleak: its exec is seen and its runtime probed before
+//! its own code runs, so the first report names the functions that opened its first sockets
+//! (root required; a real node, started after the tracer).
+use std::{path::Path, process::Command};
+
+use sockleak_tests::{Reading, Scenario, Site, Trace};
+
+const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
+
+/// A node binary no other test runs: tests run side by side, and sockleak probes every node
+/// running when it starts, which would leave nothing to show here. A copy is a file of its
+/// own (probes are per file), with a name of its own for `--comm`.
+fn a_node_of_its_own() -> std::path::PathBuf {
+    let node = sockleak_tests::require_program("node");
+    let copy = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node-later");
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    if size(&copy) != size(&node) {
+        let partial = copy.with_extension("partial");
+        std::fs::copy(&node, &partial).expect("copying node");
+        std::fs::rename(&partial, &copy).unwrap();
+    }
+    copy
+}
+
+#[test]
+fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
+    let node = a_node_of_its_own();
+    let mut upstream = Scenario::spawn();
+    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
+    upstream.run("serve-keep");
+    // No report comes before the service has opened its upstreams (the first is a second and
+    // a half after start), and a socket's stack is the one taken as it was made: only the
+    // exec can have readied it.
+    let tracer = Trace::start_in_env(
+        &[],
+        &[
+            "--comm",
+            "node-later",
+            "--interval",
+            "2s",
+            "--min-age",
+            "0s",
+        ],
+        &[],
+    );
+    assert!(
+        tracer
+            .started
+            .hooks
+            .contains(&sockleak_tests::AttachPoint::SchedProcessExec),
+        "{:?}",
+        tracer.started
+    );
+    let mut service = Scenario::spawn_program(
+        Command::new(&node)
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
+            .args([port.as_str(), "5"]),
+    );
+    // At once: its upstreams are open a few hundred milliseconds after it started.
+    service.run("go");
+
+    let report = tracer.fresh_report();
+    let group = report.group_at(service.pid(), &Site::socket());
+    assert_eq!(group.count, 5, "{group:#?}");
+    let frames = group.key.stack.frames();
+    assert!(
+        group.handle_stack
+            && frames
+                .iter()
+                .any(|f| f.starts_with("JS:openUpstreamForRequest (")),
+        "the function that opened them, named from the heap: {group:#?}"
+    );
+}
