@@ -88,7 +88,14 @@ fn created(ctx: &SockContext, capture: StackCapture) -> i32 {
                 // then. A UDP socket has no such moment.
                 StackCapture::Later if flag_set(&STACKS_AT_STATE) => {
                     let tcp = sock.protocol == TCP;
-                    (if tcp { StackRef::PENDING } else { StackRef::NONE }, 0)
+                    (
+                        if tcp {
+                            StackRef::PENDING
+                        } else {
+                            StackRef::NONE
+                        },
+                        0,
+                    )
                 }
                 // At the exit of `socket()`, chosen here within the budget (that exit sends
                 // nothing otherwise).

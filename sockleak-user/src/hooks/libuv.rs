@@ -184,12 +184,11 @@ impl LibuvProbes {
     fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<bool> {
         let exe = format!("/proc/{pid}/exe");
         let file = file_id(&exe)?;
-        if self.seen.insert(file) {
-            if self.probe_file(ebpf, &exe, file) || self.probe_library_of(ebpf, pid) {
-                // A distribution may link libuv as a shared library; V8 is still in the
-                // executable.
-                self.layouts.insert(file, read_layout(&exe));
-            }
+        // A distribution may link libuv as a shared library; V8 is still in the executable.
+        if self.seen.insert(file)
+            && (self.probe_file(ebpf, &exe, file) || self.probe_library_of(ebpf, pid))
+        {
+            self.layouts.insert(file, read_layout(&exe));
         }
         let Some(layout) = self.layouts.get(&file).cloned() else {
             return Some(false);
