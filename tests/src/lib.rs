@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     time::{Duration, Instant},
@@ -441,6 +441,32 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     Ok((status, body.to_owned()))
+}
+
+/// A group's creation stack, innermost frame first; empty while none is named.
+pub fn frames(group: &Group) -> Vec<&str> {
+    group
+        .key
+        .stack
+        .frames()
+        .iter()
+        .map(String::as_str)
+        .collect()
+}
+
+/// The line of `marker` in `file` of the test programs (`tests/programs`), as debug info
+/// numbers it.
+pub fn line_of(file: &str, marker: &str) -> usize {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("programs")
+        .join(file);
+    let source = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", path.display()));
+    source
+        .lines()
+        .position(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("{marker:?} not in {}", path.display()))
+        + 1
 }
 
 /// A Debian package's program the tests need; its absence fails the test (`./setup.sh`
