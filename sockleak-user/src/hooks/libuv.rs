@@ -25,6 +25,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{UProbe, uprobe::UProbeScope},
 };
+use object::{Object, ObjectSymbol, ReadCache};
 use sockleak_common::{ANY_V8_PROCESS, V8Layout};
 
 use super::program_mut;
@@ -171,10 +172,8 @@ impl LibuvProbes {
             let exe = format!("/proc/{pid}/exe");
             if let Some(file) = file_id(&exe)
                 && !self.layouts.contains_key(&file)
-                && self.probe_library_of(ebpf, pid)
             {
-                self.layouts.insert(file, read_layout(&exe));
-                self.look_at(ebpf, pid);
+                self.ready(ebpf, pid, &exe, file);
             }
         }
     }
@@ -184,11 +183,8 @@ impl LibuvProbes {
     fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<bool> {
         let exe = format!("/proc/{pid}/exe");
         let file = file_id(&exe)?;
-        // A distribution may link libuv as a shared library; V8 is still in the executable.
-        if self.seen.insert(file)
-            && (self.probe_file(ebpf, &exe, file) || self.probe_library_of(ebpf, pid))
-        {
-            self.layouts.insert(file, read_layout(&exe));
+        if self.seen.insert(file) {
+            self.ready(ebpf, pid, &exe, file);
         }
         let Some(layout) = self.layouts.get(&file).cloned() else {
             return Some(false);
@@ -197,19 +193,39 @@ impl LibuvProbes {
         Some(true)
     }
 
-    /// Probes the libuv shared library process `pid` maps (once per library); whether it
-    /// maps one that is probed.
-    fn probe_library_of(&mut self, ebpf: &mut Ebpf, pid: u32) -> bool {
-        let Some(library) = libuv_library_of(pid) else {
-            return false;
+    /// Probes the libuv of the program `exe` (the file `file`) that process `pid` runs: in the
+    /// executable, or in the shared library it maps (a distribution may link libuv so; V8 is
+    /// still in the executable). The V8 layout is read and registered first: once the probes
+    /// are in, the process's next handle is walked with it, and a process just started makes
+    /// its first ones while the layout would still be read. Whether it runs libuv.
+    fn ready(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str, file: FileId) -> bool {
+        let library = if exports_libuv(exe) {
+            None
+        } else {
+            let Some(library) = libuv_library_of(pid) else {
+                return false;
+            };
+            let Some(lib) = file_id(&library) else {
+                return false;
+            };
+            Some((library, lib))
         };
-        let Some(lib) = file_id(&library) else {
-            return false;
+        let layout = read_layout(exe);
+        self.layouts.insert(file, layout.clone());
+        self.register(pid, layout);
+        let probed = match library {
+            None => self.probe_file(ebpf, exe, file),
+            Some((library, lib)) => {
+                if self.seen.insert(lib) {
+                    self.probe_file(ebpf, &library, lib);
+                }
+                self.libuv_files.contains(&lib)
+            }
         };
-        if self.seen.insert(lib) {
-            self.probe_file(ebpf, &library, lib);
+        if !probed {
+            self.layouts.remove(&file);
         }
-        self.libuv_files.contains(&lib)
+        probed
     }
 
     /// Tells the kernel walk and the symbolizer process `pid`'s layout.
@@ -304,6 +320,21 @@ fn shared_layout(mut layouts: impl Iterator<Item = Option<V8Layout>>) -> Option<
         }
     }
     Some(shared)
+}
+
+/// Whether the binary at `path` defines libuv's functions (node does, statically linked),
+/// from its dynamic symbols alone: asked of every program a process starts, most of which
+/// have none.
+fn exports_libuv(path: &str) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(elf) = object::File::parse(&cache) else {
+        return false;
+    };
+    elf.dynamic_symbols()
+        .any(|s| s.is_definition() && s.name() == Ok("uv_tcp_init"))
 }
 
 fn file_id(path: &str) -> Option<FileId> {
