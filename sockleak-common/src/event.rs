@@ -65,7 +65,7 @@ pub enum EventKind {
     /// Not about a socket: a process the owner filters follow started a new program
     /// (`execve`), with its task and nothing else, sent at once (a wake-up). Process context:
     /// `sched/sched_process_exec`, before the program's own code runs, so that userspace can
-    /// probe its runtime (libuv, V8) before it opens its first socket.
+    /// probe its runtime (libuv, V8) at once rather than at its next report.
     Exec = 9,
 }
 

@@ -1,6 +1,7 @@
 //! A process starting a new program (`sched/sched_process_exec`, process context, before the
 //! program's own code runs): userspace probes its runtime (libuv's uprobes, V8's layout) at
-//! once, so that a service started after sockleak has its first sockets' stacks named.
+//! once, so that a service started after sockleak has its sockets' stacks named from then on,
+//! not from its next report.
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sockleak_common::{EventKind, Hook};
 

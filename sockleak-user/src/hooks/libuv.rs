@@ -4,8 +4,8 @@
 //! own code, where the socket's own stack shows only the event loop.
 //!
 //! Processes are looked at when tracing starts, at every report, and as each starts a new
-//! program (`sched/sched_process_exec`, before the program's own code runs): a node started
-//! later has its first sockets' stacks named. Each binary is probed once, for every process
+//! program (`sched/sched_process_exec`): a node started later is ready as it starts if its
+//! binary was probed before, about half a second later if not (its symbols are read). Each binary is probed once, for every process
 //! that maps it. A distribution's `libuv.so` is mapped by the loader after exec: a process
 //! that had none then is looked at once more a moment later.
 //!
@@ -195,9 +195,12 @@ impl LibuvProbes {
 
     /// Probes the libuv of the program `exe` (the file `file`) that process `pid` runs: in the
     /// executable, or in the shared library it maps (a distribution may link libuv so; V8 is
-    /// still in the executable). The V8 layout is read and registered first: once the probes
-    /// are in, the process's next handle is walked with it, and a process just started makes
-    /// its first ones while the layout would still be read. Whether it runs libuv.
+    /// still in the executable), then reads and registers its V8 layout. Whether it runs
+    /// libuv.
+    ///
+    /// Probes first: on first sight of a node binary each step reads its symbols for about
+    /// 0.2 s, and a handle made between the two keeps native frames (`uv_tcp_init` and its
+    /// callers), where one made before the probes keeps only the event loop's.
     fn ready(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str, file: FileId) -> bool {
         let library = if exports_libuv(exe) {
             None
@@ -210,9 +213,6 @@ impl LibuvProbes {
             };
             Some((library, lib))
         };
-        let layout = read_layout(exe);
-        self.layouts.insert(file, layout.clone());
-        self.register(pid, layout);
         let probed = match library {
             None => self.probe_file(ebpf, exe, file),
             Some((library, lib)) => {
@@ -222,8 +222,10 @@ impl LibuvProbes {
                 self.libuv_files.contains(&lib)
             }
         };
-        if !probed {
-            self.layouts.remove(&file);
+        if probed {
+            let layout = read_layout(exe);
+            self.layouts.insert(file, layout.clone());
+            self.register(pid, layout);
         }
         probed
     }
