@@ -25,7 +25,10 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData},
     programs::{UProbe, uprobe::UProbeScope},
 };
-use object::{Object, ObjectSymbol, ReadCache};
+use object::{
+    Endianness, Object, ObjectSymbol, ReadCache,
+    read::elf::{Dyn, ElfFile64},
+};
 use sockleak_common::{ANY_V8_PROCESS, V8Layout};
 
 use super::program_mut;
@@ -86,8 +89,10 @@ const SECOND_LOOKS: usize = 1024;
 #[derive(Default)]
 pub struct LibuvProbes {
     loaded: bool,
-    /// Files already looked at, probed or not.
+    /// Files already looked at and settled, probed or not.
     seen: HashSet<FileId>,
+    /// Where each program looked at has its libuv, from its ELF file.
+    libuv_in: HashMap<FileId, LibuvIn>,
     /// Those that export libuv, probed.
     libuv_files: HashSet<FileId>,
     /// Processes that started a program without libuv in it, to be looked at once more once
@@ -141,20 +146,22 @@ impl LibuvProbes {
         }
         let mut running = HashSet::new();
         for pid in pids {
-            if self.look_at(ebpf, pid) == Some(true) {
+            if self.look_at(ebpf, pid) == Some(Runs::Libuv) {
                 running.insert(pid);
             }
         }
         self.forget_exited(&running);
     }
 
-    /// Process `pid` started a new program (its exec event): probed at once, before its own
-    /// code runs; one without libuv yet (its libraries are mapped next) is looked at again.
+    /// Process `pid` started a new program (its exec event): probed at once. One that asks
+    /// for a libuv shared library the loader has not mapped yet is looked at again.
     pub fn program_started(&mut self, ebpf: &mut Ebpf, pid: u32) {
         if !self.loaded {
             return;
         }
-        if self.look_at(ebpf, pid) == Some(false) && self.second_looks.len() < SECOND_LOOKS {
+        if self.look_at(ebpf, pid) == Some(Runs::NotKnownYet)
+            && self.second_looks.len() < SECOND_LOOKS
+        {
             self.second_looks.push((pid, Instant::now()));
         }
     }
@@ -169,28 +176,30 @@ impl LibuvProbes {
         let (now_due, later): (Vec<_>, Vec<_>) = self.second_looks.drain(..).partition(due);
         self.second_looks = later;
         for (pid, _) in now_due {
-            let exe = format!("/proc/{pid}/exe");
-            if let Some(file) = file_id(&exe)
-                && !self.layouts.contains_key(&file)
-            {
-                self.ready(ebpf, pid, &exe, file);
-            }
+            // Still not known: the next report's look tries again.
+            self.look_at(ebpf, pid);
         }
     }
 
     /// Probes the libuv process `pid` runs, if not done yet, and registers its V8 layout:
-    /// whether it runs libuv, `None` when it is gone.
-    fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<bool> {
+    /// whether it runs libuv, `None` when it is gone. A program is settled once (`seen`), as
+    /// soon as that is known.
+    fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Runs> {
         let exe = format!("/proc/{pid}/exe");
         let file = file_id(&exe)?;
-        if self.seen.insert(file) {
-            self.ready(ebpf, pid, &exe, file);
+        if !self.seen.contains(&file) {
+            match self.ready(ebpf, pid, &exe, file) {
+                Runs::NotKnownYet => return Some(Runs::NotKnownYet),
+                Runs::Libuv | Runs::NoLibuv => {
+                    self.seen.insert(file);
+                }
+            }
         }
         let Some(layout) = self.layouts.get(&file).cloned() else {
-            return Some(false);
+            return Some(Runs::NoLibuv);
         };
         self.register(pid, layout);
-        Some(true)
+        Some(Runs::Libuv)
     }
 
     /// Probes the libuv of the program `exe` (the file `file`) that process `pid` runs: in the
@@ -201,17 +210,21 @@ impl LibuvProbes {
     /// Probes first: on first sight of a node binary each step reads its symbols for about
     /// 0.2 s, and a handle made between the two keeps native frames (`uv_tcp_init` and its
     /// callers), where one made before the probes keeps only the event loop's.
-    fn ready(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str, file: FileId) -> bool {
-        let library = if exports_libuv(exe) {
-            None
-        } else {
-            let Some(library) = libuv_library_of(pid) else {
-                return false;
-            };
-            let Some(lib) = file_id(&library) else {
-                return false;
-            };
-            Some((library, lib))
+    fn ready(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str, file: FileId) -> Runs {
+        let wanted = *self.libuv_in.entry(file).or_insert_with(|| libuv_in(exe));
+        let library = match wanted {
+            LibuvIn::Program => None,
+            LibuvIn::Nowhere => return Runs::NoLibuv,
+            LibuvIn::SharedLibrary => {
+                // Mapped by the loader after exec: not there yet, perhaps.
+                let Some(library) = libuv_library_of(pid) else {
+                    return Runs::NotKnownYet;
+                };
+                let Some(lib) = file_id(&library) else {
+                    return Runs::NotKnownYet;
+                };
+                Some((library, lib))
+            }
         };
         let probed = match library {
             None => self.probe_file(ebpf, exe, file),
@@ -222,12 +235,13 @@ impl LibuvProbes {
                 self.libuv_files.contains(&lib)
             }
         };
-        if probed {
-            let layout = read_layout(exe);
-            self.layouts.insert(file, layout.clone());
-            self.register(pid, layout);
+        if !probed {
+            return Runs::NoLibuv;
         }
-        probed
+        let layout = read_layout(exe);
+        self.layouts.insert(file, layout.clone());
+        self.register(pid, layout);
+        Runs::Libuv
     }
 
     /// Tells the kernel walk and the symbolizer process `pid`'s layout.
@@ -324,19 +338,60 @@ fn shared_layout(mut layouts: impl Iterator<Item = Option<V8Layout>>) -> Option<
     Some(shared)
 }
 
-/// Whether the binary at `path` defines libuv's functions (node does, statically linked),
-/// from its dynamic symbols alone: asked of every program a process starts, most of which
-/// have none.
-fn exports_libuv(path: &str) -> bool {
+/// What a look at a process found of libuv.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Runs {
+    Libuv,
+    NoLibuv,
+    /// Its program asks for a libuv shared library the loader has not mapped yet.
+    NotKnownYet,
+}
+
+/// Where a program's libuv is, from its ELF file alone (read once per file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LibuvIn {
+    /// Its own symbols define it (node, statically linked).
+    Program,
+    /// It asks the loader for `libuv.so` or `libnode.so` (`DT_NEEDED`; a distribution's node).
+    SharedLibrary,
+    Nowhere,
+}
+
+/// Where the program at `path` has its libuv: asked of every program a process starts, most
+/// of which have none; a file that does not read as ELF has none either.
+fn libuv_in(path: &str) -> LibuvIn {
     let Ok(file) = std::fs::File::open(path) else {
-        return false;
+        return LibuvIn::Nowhere;
     };
     let cache = ReadCache::new(file);
-    let Ok(elf) = object::File::parse(&cache) else {
-        return false;
+    let Ok(elf) = ElfFile64::<Endianness, _>::parse(&cache) else {
+        return LibuvIn::Nowhere;
     };
-    elf.dynamic_symbols()
+    // Exported first (node's are): the full symbol table of a large binary takes longer.
+    if elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
         .any(|s| s.is_definition() && s.name() == Ok("uv_tcp_init"))
+    {
+        return LibuvIn::Program;
+    }
+    let (endian, data, sections) = (elf.endian(), elf.data(), elf.elf_section_table());
+    let Ok(Some((dynamic, strings_at))) = sections.dynamic(endian, data) else {
+        return LibuvIn::Nowhere;
+    };
+    let Ok(strings) = sections.strings(endian, data, strings_at) else {
+        return LibuvIn::Nowhere;
+    };
+    let needs_libuv = dynamic
+        .iter()
+        .filter(|d| d.tag(endian) == object::elf::DT_NEEDED)
+        .filter_map(|d| d.string(endian, strings).ok())
+        .any(|name| name.starts_with(b"libuv.so") || name.starts_with(b"libnode.so"));
+    if needs_libuv {
+        LibuvIn::SharedLibrary
+    } else {
+        LibuvIn::Nowhere
+    }
 }
 
 fn file_id(path: &str) -> Option<FileId> {
@@ -396,6 +451,16 @@ mod tests {
             native_api_call: [code, code + 0x227],
             ..V8Layout::default()
         })
+    }
+
+    #[test]
+    fn a_program_without_libuv_or_not_elf_has_it_nowhere() {
+        assert_eq!(libuv_in("/proc/self/exe"), LibuvIn::Nowhere);
+        let text = std::env::temp_dir().join(format!("sockleak-not-elf-{}", std::process::id()));
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        assert_eq!(libuv_in(text.to_str().unwrap()), LibuvIn::Nowhere);
+        let _ = std::fs::remove_file(&text);
+        assert_eq!(libuv_in("/nonexistent/node"), LibuvIn::Nowhere);
     }
 
     #[test]
