@@ -43,7 +43,15 @@ pub static WALKED_STACKS: HashMap<
 
 /// Where a walk by hand builds its stack: too large for the program's own stack.
 #[btf_map]
-pub static WALK_SCRATCH: PerCpuArray<WalkedStack, 1> = PerCpuArray::new();
+pub static WALK_SCRATCH: PerCpuArray<WalkScratch, 1> = PerCpuArray::new();
+
+/// One CPU's [`WALK_SCRATCH`]: `busy` while a walk builds its stack there (see
+/// `stacks::walk_user_stack`).
+#[repr(C)]
+pub struct WalkScratch {
+    pub stack: WalkedStack,
+    pub busy: u64,
+}
 
 /// One process's creation stacks in the current one-second window (`Config::stack_rate`).
 pub struct StackWindow {
@@ -311,10 +319,11 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         _ => return send(kind, hook, fill),
     };
     // SAFETY: this CPU's value, valid and 8-aligned for the program's run. Only programs on
-    // this CPU use it, and one that interrupts another runs to its end before the other goes
-    // on: `busy`, read and set before any other access, makes the event this program's
-    // alone until it is cleared (volatile, so neither moves across the event's volatile
-    // zeroing and copies).
+    // this CPU use it: one interrupting another (a softirq), or, where a cgroup program is
+    // preempted, another task's. `busy`, read and set before any other access, makes the
+    // event this program's alone until it is cleared (volatile, so neither moves across the
+    // event's volatile zeroing and copies); a program preempted between its read and its
+    // write is the one gap left, and it only mixes two events, within the map value.
     unsafe {
         let busy = &raw mut (*scratch).busy;
         if busy.read_volatile() != 0 {

@@ -27,6 +27,7 @@ use crate::{
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 const EFAULT: i32 = 14;
+const EBUSY: i32 = 16;
 /// FNV-1a over the frames, as the JavaScript walk hashes its own.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
@@ -67,11 +68,31 @@ pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
     let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else {
         return (StackRef::from_stackid(-i64::from(ENOMEM)), 0);
     };
+    // SAFETY: this CPU's value, valid for the program's run. A cgroup program may be
+    // preempted (it runs with migration, not preemption, disabled), and another task's
+    // `sock_create` may then run on this CPU: `busy`, read and set before the walk, makes the
+    // scratch this run's alone (the other one's stack is refused) until it is cleared.
+    let busy = unsafe { &raw mut (*scratch).busy };
+    // SAFETY: as above.
+    if unsafe { busy.read_volatile() } != 0 {
+        count(Stat::StackFailures);
+        return (StackRef::from_stackid(-i64::from(EBUSY)), 0);
+    }
+    // SAFETY: as above.
+    unsafe { busy.write_volatile(1) };
+    // SAFETY: as above, and the scratch is this run's.
+    let walked = walk_into(cfg, unsafe { &mut (*scratch).stack });
+    // SAFETY: as above.
+    unsafe { busy.write_volatile(0) };
+    walked
+}
+
+/// [`walk_user_stack`], into `stack`.
+#[inline(always)]
+fn walk_into(cfg: &Config, stack: &mut WalkedStack) -> (StackRef, u64) {
     // SAFETY: helpers on the current task, and reads through the probe helpers, which fail
     // rather than fault on an address that cannot be read (any register value may be given);
-    // what they read are plain integers. `scratch` is this CPU's value, valid for the
-    // program's run, and only `cgroup/sock_create` uses it, which nothing on this CPU
-    // interrupts with another run of itself (it runs in process context only).
+    // what they read are plain integers.
     unsafe {
         let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
         let register = |offset: u64| bpf_probe_read_kernel((regs + offset) as *const u64);
@@ -84,11 +105,15 @@ pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
             return (StackRef::from_stackid(-i64::from(EFAULT)), 0);
         };
         let sp_word = bpf_probe_read_user(sp as *const u64).unwrap_or(0);
-        let stack = &mut *scratch;
         stack.hash = FNV_OFFSET;
         stack.count = 0;
         remember(stack, 0, ip);
         for depth in 1..STACK_DEPTH {
+            // A frame is above the stack pointer (code without frame pointers may leave
+            // anything in the register), as perf's own walk requires.
+            if fp < sp {
+                break;
+            }
             // The saved frame pointer and the return address above it.
             let Ok([next, ret]) = bpf_probe_read_user(fp as *const [u64; 2]) else {
                 break;
