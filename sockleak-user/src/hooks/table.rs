@@ -263,8 +263,8 @@ pub fn choose(row: &Row, found: &Findings) -> Choice {
         match need {
             Found(feature) if !found.has(feature) => {
                 return match (&found.why_no_btf, feature) {
-                    (Some(why), Btf) => Choice::Fallback(why.clone()),
-                    (_, TaskPtRegs) => Choice::Fallback(
+                    (Some(why), Btf | TaskPtRegs) => Choice::Fallback(why.clone()),
+                    (None, TaskPtRegs) => Choice::Fallback(
                         "this kernel has no bpf_task_pt_regs (5.15+) to read the task's \
                          registers with"
                             .to_owned(),
@@ -323,6 +323,16 @@ mod tests {
         );
     }
 
+    /// With BTF but without the helper, the warning names the helper.
+    #[test]
+    fn without_the_registers_helper_the_warning_says_so() {
+        let found = Findings::new(&offsets(8, 8), Ok(()), true);
+        let Choice::Fallback(why) = choose(&TABLE[0], &found) else {
+            panic!("{:?}", choose(&TABLE[0], &found));
+        };
+        assert!(why.contains("bpf_task_pt_regs"), "{why}");
+    }
+
     /// Where a program may read the task's registers, every socket's stack is taken at its
     /// birth: neither the state program nor `socket()`'s exit takes any.
     #[test]
@@ -369,11 +379,9 @@ mod tests {
             let expected = if row.hook.is_tp_btf() {
                 Choice::Fallback("no BTF".to_owned())
             } else if row.needs.contains(&Found(TaskPtRegs)) {
-                // Its warning says what is missing: it is the one stacks at birth need.
-                match choose(row, &found) {
-                    Choice::Fallback(why) if why.contains("bpf_task_pt_regs") => continue,
-                    other => panic!("{other:?}"),
-                }
+                // Without BTF nothing says whether the kernel has the helper: the reason is
+                // the missing BTF.
+                Choice::Fallback("no BTF".to_owned())
             } else if matches!(row.needs.first(), Some(Found(FdWalk | LibuvProbes))) {
                 // Missing what was warned about, or what only attaching another row gives.
                 Choice::Skip
