@@ -93,6 +93,9 @@ pub struct LibuvProbes {
     seen: HashSet<FileId>,
     /// Where each program looked at has its libuv, from its ELF file.
     libuv_in: HashMap<FileId, LibuvIn>,
+    /// Programs found without libuv as a process started them, not yet looked at by a
+    /// report (see [`LibuvProbes::look_at`]).
+    none_at_exec: HashSet<FileId>,
     /// Those that export libuv, probed.
     libuv_files: HashSet<FileId>,
     /// Processes that started a program without libuv in it, to be looked at once more once
@@ -146,7 +149,7 @@ impl LibuvProbes {
         }
         let mut running = HashSet::new();
         for pid in pids {
-            if self.look_at(ebpf, pid) == Some(Runs::Libuv) {
+            if self.look_at(ebpf, pid, Moment::Report) == Some(Runs::Libuv) {
                 running.insert(pid);
             }
         }
@@ -159,7 +162,7 @@ impl LibuvProbes {
         if !self.loaded {
             return;
         }
-        if self.look_at(ebpf, pid) == Some(Runs::NotKnownYet)
+        if self.look_at(ebpf, pid, Moment::Exec) == Some(Runs::NotKnownYet)
             && self.second_looks.len() < SECOND_LOOKS
         {
             self.second_looks.push((pid, Instant::now()));
@@ -177,21 +180,28 @@ impl LibuvProbes {
         self.second_looks = later;
         for (pid, _) in now_due {
             // Still not known: the next report's look tries again.
-            self.look_at(ebpf, pid);
+            self.look_at(ebpf, pid, Moment::Exec);
         }
     }
 
     /// Probes the libuv process `pid` runs, if not done yet, and registers its V8 layout:
     /// whether it runs libuv, `None` when it is gone. A program is settled once (`seen`), as
-    /// soon as that is known.
-    fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32) -> Option<Runs> {
+    /// soon as that is known; one found without libuv as it started is looked at once more
+    /// by a report, in case it loads a libuv.so itself (`dlopen`).
+    fn look_at(&mut self, ebpf: &mut Ebpf, pid: u32, moment: Moment) -> Option<Runs> {
         let exe = format!("/proc/{pid}/exe");
         let file = file_id(&exe)?;
-        if !self.seen.contains(&file) {
-            match self.ready(ebpf, pid, &exe, file) {
+        let settled = self.seen.contains(&file)
+            || (moment == Moment::Exec && self.none_at_exec.contains(&file));
+        if !settled {
+            match self.ready(ebpf, pid, &exe, file, moment) {
                 Runs::NotKnownYet => return Some(Runs::NotKnownYet),
+                Runs::NoLibuv if moment == Moment::Exec => {
+                    self.none_at_exec.insert(file);
+                }
                 Runs::Libuv | Runs::NoLibuv => {
                     self.seen.insert(file);
+                    self.none_at_exec.remove(&file);
                 }
             }
         }
@@ -210,15 +220,28 @@ impl LibuvProbes {
     /// Probes first: on first sight of a node binary each step reads its symbols for about
     /// 0.2 s, and a handle made between the two keeps native frames (`uv_tcp_init` and its
     /// callers), where one made before the probes keeps only the event loop's.
-    fn ready(&mut self, ebpf: &mut Ebpf, pid: u32, exe: &str, file: FileId) -> Runs {
+    fn ready(
+        &mut self,
+        ebpf: &mut Ebpf,
+        pid: u32,
+        exe: &str,
+        file: FileId,
+        moment: Moment,
+    ) -> Runs {
         let wanted = *self.libuv_in.entry(file).or_insert_with(|| libuv_in(exe));
         let library = match wanted {
             LibuvIn::Program => None,
-            LibuvIn::Nowhere => return Runs::NoLibuv,
-            LibuvIn::SharedLibrary => {
-                // Mapped by the loader after exec: not there yet, perhaps.
+            // As it starts, a program that does not ask for libuv has none: no process read.
+            LibuvIn::Nowhere if moment == Moment::Exec => return Runs::NoLibuv,
+            LibuvIn::Nowhere | LibuvIn::SharedLibrary => {
+                // Mapped by the loader after exec (not there yet, perhaps), or loaded by the
+                // program itself.
                 let Some(library) = libuv_library_of(pid) else {
-                    return Runs::NotKnownYet;
+                    return if wanted == LibuvIn::SharedLibrary {
+                        Runs::NotKnownYet
+                    } else {
+                        Runs::NoLibuv
+                    };
                 };
                 let Some(lib) = file_id(&library) else {
                     return Runs::NotKnownYet;
@@ -336,6 +359,13 @@ fn shared_layout(mut layouts: impl Iterator<Item = Option<V8Layout>>) -> Option<
         }
     }
     Some(shared)
+}
+
+/// When a process is looked at: as it starts a program, or at a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Moment {
+    Exec,
+    Report,
 }
 
 /// What a look at a process found of libuv.
