@@ -1,10 +1,50 @@
-//! What /proc says about processes: who holds which socket inode, and process names.
+//! What /proc says about processes: who holds which socket inode, process names, and what
+//! each maps.
 //!
 //! Scanned once per report, never per event: the fd scan costs one readlink per open fd on the
 //! machine.
 use std::{fs, path::Path};
 
 use sockleak_common::Protocol;
+
+/// One line of `/proc/PID/maps`: a mapped range, its permissions, and what backs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mapping<'a> {
+    pub start: u64,
+    pub end: u64,
+    /// `r-xp` and the like.
+    pub perms: &'a str,
+    /// The file mapped (its path's first word), or `[heap]`, `[stack]`...; `None` for
+    /// anonymous memory.
+    pub path: Option<&'a str>,
+}
+
+/// The text of `/proc/PID/maps`, if it can be read (the process may be gone).
+pub fn maps_of(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/maps")).ok()
+}
+
+/// The well-formed lines of a `/proc/PID/maps` text, a range that is not empty each; any
+/// other line is skipped.
+pub fn parse_maps(maps: &str) -> impl Iterator<Item = Mapping<'_>> {
+    maps.lines().filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let perms = fields.next()?;
+        // Offset, device and inode; a path may follow.
+        fields.nth(2)?;
+        let (start, end) = (
+            u64::from_str_radix(start, 16).ok()?,
+            u64::from_str_radix(end, 16).ok()?,
+        );
+        (start < end).then_some(Mapping {
+            start,
+            end,
+            perms,
+            path: fields.next(),
+        })
+    })
+}
 
 /// Every process now (thread ids are not listed at the top of /proc).
 pub fn pids() -> impl Iterator<Item = u32> {

@@ -449,10 +449,9 @@ fn read_layout(path: &str) -> LayoutOf {
 /// The libuv shared library process `pid` maps, as a path from sockleak's view of the file
 /// system (through the process's root: it may be in a container).
 fn libuv_library_of(pid: u32) -> Option<String> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let path = maps
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
+    let maps = procfs::maps_of(pid)?;
+    let path = procfs::parse_maps(&maps)
+        .filter_map(|m| m.path)
         .find(|path| {
             Path::new(path)
                 .file_name()

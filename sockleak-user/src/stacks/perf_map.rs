@@ -364,27 +364,15 @@ fn read_map(file: File) -> io::Result<PerfMap> {
 /// runtimes put their code, and the only addresses blazesym looked up in a perf map (one in a
 /// file's mapping is named by the file's symbols or by nobody).
 pub fn anonymous_ranges(pid: u32) -> Vec<(u64, u64)> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+    procfs::maps_of(pid)
         .map(|maps| parse_anonymous_ranges(&maps))
         .unwrap_or_default()
 }
 
 fn parse_anonymous_ranges(maps: &str) -> Vec<(u64, u64)> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            perms.contains(['r', 'x']).then_some(())?;
-            // Offset, device and inode; a path (or `[heap]`, `[stack]`...) would follow.
-            fields.nth(2)?;
-            fields.next().is_none().then_some(())?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .filter(|(start, end)| start < end)
+    procfs::parse_maps(maps)
+        .filter(|m| m.perms.contains(['r', 'x']) && m.path.is_none())
+        .map(|m| (m.start, m.end))
         .collect()
 }
 

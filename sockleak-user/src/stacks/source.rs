@@ -10,6 +10,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, StackTraceMap};
 use sockleak_common::{JsStack, NO_JS_STACK, WalkedStack};
 
 use super::identity::{NativeFrames, StackKey};
+use crate::procfs;
 
 /// The kernel's stack maps: `WALKED_STACKS` and `JS_STACKS` may be absent (older kernels, no
 /// libuv uprobes).
@@ -144,24 +145,15 @@ fn leaf_caller(
 
 /// Address ranges of a process's executable mappings, from `/proc/PID/maps`.
 fn executable_ranges(pid: u32) -> Vec<(u64, u64)> {
-    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+    procfs::maps_of(pid)
         .map(|maps| parse_executable_ranges(&maps))
         .unwrap_or_default()
 }
 
 fn parse_executable_ranges(maps: &str) -> Vec<(u64, u64)> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (start, end) = fields.next()?.split_once('-')?;
-            let perms = fields.next()?;
-            perms.contains('x').then_some(())?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .filter(|(start, end)| start < end)
+    procfs::parse_maps(maps)
+        .filter(|m| m.perms.contains('x'))
+        .map(|m| (m.start, m.end))
         .collect()
 }
 
