@@ -25,10 +25,9 @@ pub struct KernelStacks {
     map: StackTraceMap<MapData>,
     walked_stacks: Option<BpfHashMap<MapData, u32, WalkedStack>>,
     js_stacks: Option<BpfHashMap<MapData, u32, JsStack>>,
-    /// Stack ids never change meaning (userspace never deletes from `STACKS`): read each once.
-    addresses: HashMap<u32, Vec<u64>>,
-    /// Nor do walked stacks' keys (nothing deletes from `WALKED_STACKS`).
-    walked: HashMap<u32, Vec<u64>>,
+    /// Stack ids and walked stacks' keys never change meaning (nothing deletes from `STACKS`
+    /// or `WALKED_STACKS`): each is read once.
+    addresses: HashMap<NativeFrames, Vec<u64>>,
     /// Nor do JavaScript stack keys (nothing deletes from `JS_STACKS`).
     js: HashMap<u32, Option<Box<JsStack>>>,
 }
@@ -40,7 +39,6 @@ impl KernelStacks {
             walked_stacks: maps.walked,
             js_stacks: maps.js,
             addresses: HashMap::new(),
-            walked: HashMap::new(),
             js: HashMap::new(),
         }
     }
@@ -49,8 +47,9 @@ impl KernelStacks {
     /// walk skipped put back; none when the stack cannot be read.
     pub fn addresses(&mut self, key: &StackKey) -> Vec<u64> {
         let mut user = match key.native {
-            NativeFrames::Stacks(id) => self.addresses_of(id),
-            NativeFrames::Walked(key) => self.walked_addresses(key),
+            in_a_map @ (NativeFrames::Stacks(_) | NativeFrames::Walked(_)) => {
+                self.addresses_of(in_a_map)
+            }
             NativeFrames::InJsStack => self
                 .js_stack(key.js)
                 .map(|stack| native_frames(&stack).to_vec())
@@ -80,32 +79,28 @@ impl KernelStacks {
             .clone()
     }
 
-    fn walked_addresses(&mut self, key: u32) -> Vec<u64> {
-        let Some(map) = self.walked_stacks.as_ref() else {
-            return Vec::new();
-        };
-        self.walked
-            .entry(key)
-            .or_insert_with(|| match map.get(&key, 0) {
-                Ok(stack) => walked_frames(&stack).to_vec(),
-                Err(err) => {
-                    log::debug!("reading walked stack {key}: {err}");
-                    Vec::new()
-                }
-            })
-            .clone()
-    }
-
-    fn addresses_of(&mut self, id: u32) -> Vec<u64> {
-        let map = &self.map;
+    /// The addresses of a stack in `STACKS` or `WALKED_STACKS`, read once.
+    fn addresses_of(&mut self, frames: NativeFrames) -> Vec<u64> {
+        let (stacks, walked) = (&self.map, &self.walked_stacks);
         self.addresses
-            .entry(id)
-            .or_insert_with(|| match map.get(&id, 0) {
-                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
-                Err(err) => {
-                    log::debug!("reading stack {id}: {err}");
+            .entry(frames)
+            .or_insert_with(|| {
+                let read = match frames {
+                    NativeFrames::Stacks(id) => stacks
+                        .get(&id, 0)
+                        .map(|trace| trace.frames().iter().map(|f| f.ip).collect()),
+                    NativeFrames::Walked(key) => match walked {
+                        Some(walked) => walked
+                            .get(&key, 0)
+                            .map(|stack| walked_frames(&stack).to_vec()),
+                        None => Ok(Vec::new()),
+                    },
+                    NativeFrames::InJsStack => Ok(Vec::new()),
+                };
+                read.unwrap_or_else(|err| {
+                    log::debug!("reading stack {frames:?}: {err}");
                     Vec::new()
-                }
+                })
             })
             .clone()
     }
