@@ -318,20 +318,48 @@ pub fn announce(kind: EventKind, hook: Hook, fill: impl FnOnce(&mut SockEvent)) 
         Some(scratch) if slots != 0 => scratch,
         _ => return send(kind, hook, fill),
     };
-    // SAFETY: this CPU's value, valid and 8-aligned for the program's run. Only programs on
-    // this CPU use it: one interrupting another (a softirq), or, where a cgroup program is
-    // preempted, another task's. `busy`, read and set before any other access, makes the
-    // event this program's alone until it is cleared (volatile, so neither moves across the
-    // event's volatile zeroing and copies); a program preempted between its read and its
-    // write is the one gap left, and it only mixes two events, within the map value.
-    unsafe {
-        let busy = &raw mut (*scratch).busy;
-        if busy.read_volatile() != 0 {
-            return send(kind, hook, fill);
+    // SAFETY: this CPU's value, valid and 8-aligned for the program's run: its `busy` word
+    // is what `Claim` asks for.
+    let Some(_claimed) = (unsafe { Claim::take(&raw mut (*scratch).busy) }) else {
+        return send(kind, hook, fill);
+    };
+    // SAFETY: as above, and the event is this program's while it holds the claim.
+    unsafe { announce_from(&raw mut (*scratch).event, kind, hook, fill) };
+}
+
+/// A per-CPU scratch value held by this program, through the value's `busy` word, until the
+/// claim is dropped. Only programs on this CPU use such a value: one interrupting another (a
+/// softirq), or, where a cgroup program is preempted (it runs with migration, not preemption,
+/// disabled), another task's. The word, read and set before any other access to the value,
+/// makes it this program's alone (volatile, so neither moves across the value's own volatile
+/// accesses); a program preempted between its read and its write is the one gap left, and it
+/// only mixes two programs' contents, within the value.
+pub struct Claim(*mut u64);
+
+impl Claim {
+    /// The claim, or `None` when another program on this CPU holds the value.
+    ///
+    /// # Safety
+    /// `busy` is the busy word of this CPU's value of a per-CPU map, valid for the program's
+    /// run, which every user of the value claims first.
+    #[inline(always)]
+    pub unsafe fn take(busy: *mut u64) -> Option<Self> {
+        // SAFETY: the caller's word.
+        unsafe {
+            if busy.read_volatile() != 0 {
+                return None;
+            }
+            busy.write_volatile(1);
         }
-        busy.write_volatile(1);
-        announce_from(&raw mut (*scratch).event, kind, hook, fill);
-        busy.write_volatile(0);
+        Some(Self(busy))
+    }
+}
+
+impl Drop for Claim {
+    #[inline(always)]
+    fn drop(&mut self) {
+        // SAFETY: the word `take` was given, valid for the program's run.
+        unsafe { self.0.write_volatile(0) };
     }
 }
 

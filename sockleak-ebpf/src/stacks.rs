@@ -18,7 +18,7 @@ use sockleak_common::{
 use crate::{
     filter::admits_task,
     maps::{
-        LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, WALK_SCRATCH,
+        Claim, LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, WALK_SCRATCH,
         WALKED_STACKS, config, count, flag_set, newborn_slot, send,
     },
     task::current_task,
@@ -68,23 +68,15 @@ pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
     let Some(scratch) = WALK_SCRATCH.get_ptr_mut(0) else {
         return (StackRef::from_stackid(-i64::from(ENOMEM)), 0);
     };
-    // SAFETY: this CPU's value, valid for the program's run. A cgroup program may be
-    // preempted (it runs with migration, not preemption, disabled), and another task's
-    // `sock_create` may then run on this CPU: `busy`, read and set before the walk, makes the
-    // scratch this run's alone (the other one's stack is refused) until it is cleared.
-    let busy = unsafe { &raw mut (*scratch).busy };
-    // SAFETY: as above.
-    if unsafe { busy.read_volatile() } != 0 {
+    // SAFETY: this CPU's value, valid for the program's run: its `busy` word is what `Claim`
+    // asks for. Another task's `sock_create` may run on this CPU while this one is preempted:
+    // its stack is then refused.
+    let Some(_claimed) = (unsafe { Claim::take(&raw mut (*scratch).busy) }) else {
         count(Stat::StackFailures);
         return (StackRef::from_stackid(-i64::from(EBUSY)), 0);
-    }
-    // SAFETY: as above.
-    unsafe { busy.write_volatile(1) };
-    // SAFETY: as above, and the scratch is this run's.
-    let walked = walk_into(cfg, unsafe { &mut (*scratch).stack });
-    // SAFETY: as above.
-    unsafe { busy.write_volatile(0) };
-    walked
+    };
+    // SAFETY: as above, and the scratch is this run's while it holds the claim.
+    walk_into(cfg, unsafe { &mut (*scratch).stack })
 }
 
 /// [`walk_user_stack`], into `stack`.
