@@ -37,13 +37,3 @@ impl SockId {
 fn is_zero(netns: &u32) -> bool {
     *netns == 0
 }
-
-impl core::fmt::Display for SockId {
-    /// `cookie` alone where the namespace is unknown, else `cookie@netns`.
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self.netns {
-            0 => write!(f, "{}", self.cookie),
-            netns => write!(f, "{}@{netns}", self.cookie),
-        }
-    }
-}
