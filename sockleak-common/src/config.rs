@@ -80,6 +80,10 @@ pub struct Config {
     /// `accept()` instead.
     pub sock_net: u64,
     pub net_ns_inum: u64,
+    /// Bytes of stack copies the kernel may send per second, all processes together (see
+    /// [`crate::StackCopyHeader`]); 0 copies none, and every stack is walked along its frame
+    /// pointers.
+    pub stack_copy_budget: u64,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an

@@ -127,6 +127,9 @@ pub enum StackStatus {
     /// Walked by hand where the program has no stack helper (`cgroup/sock_create`): in
     /// `WALKED_STACKS` at `id` (see [`crate::WalkedStack`]).
     Walked = 6,
+    /// Copied for userspace to unwind (see [`crate::StackCopyHeader`]): copy number `id` of
+    /// the event's process, in `STACK_COPIES`.
+    Copied = 7,
 }
 
 impl StackRef {
@@ -138,6 +141,11 @@ impl StackRef {
     /// A stack walked by hand, at `key` in `WALKED_STACKS`.
     pub const fn walked(key: u32) -> Self {
         Self::of(StackStatus::Walked, key)
+    }
+
+    /// A stack copied for userspace to unwind, as copy `copy` of its process.
+    pub const fn copied(copy: u32) -> Self {
+        Self::of(StackStatus::Copied, copy)
     }
 
     const fn of(status: StackStatus, id: u32) -> Self {
@@ -165,6 +173,7 @@ impl StackRef {
             4 => StackStatus::Failed,
             5 => StackStatus::InJsStack,
             6 => StackStatus::Walked,
+            7 => StackStatus::Copied,
             _ => return None,
         })
     }

@@ -5,8 +5,10 @@
 //! `EVENTS` ring buffer or, for a socket's birth, in the `NEWBORN` map ([`NEWBORN_SOCKETS`]),
 //! the release log ([`ReleasedSocket`]), the per-CPU counters in `STATS` indexed by [`Stat`], and the creation
 //! stacks in `STACKS` (and JavaScript ones in `JS_STACKS`, see [`JsStack`]) that events refer
-//! to ([`StackRef`]: an id, or why there is none). Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
-//! globals, written before the programs load, and the V8 layouts in `V8_LAYOUTS`.
+//! to ([`StackRef`]: an id, or why there is none), and the stack copies in `STACK_COPIES`
+//! ([`StackCopyHeader`]) userspace unwinds. Everything userspace tells the kernel side is the [`Config`] and [`KernelFilter`]
+//! globals, written before the programs load, the V8 layouts in `V8_LAYOUTS`
+//! and each process's [`StackUnwinder`] in `UNWINDERS`.
 //!
 //! The vocabulary: a socket's [`Family`], [`Protocol`] and [`SockType`], its state as the
 //! kernel numbers it ([`TcpState`]) and as a person reads it ([`SocketState`]), where it comes
@@ -28,6 +30,7 @@ mod maps;
 mod origin;
 mod sock_id;
 mod socket;
+mod stack_copy;
 mod v8;
 mod verdict;
 
@@ -51,5 +54,6 @@ pub use origin::{Origin, Role};
 pub use site::{Site, SiteKind, UnknownSite};
 pub use sock_id::SockId;
 pub use socket::{Family, Protocol, SockType, SocketState, TcpState};
+pub use stack_copy::*;
 pub use v8::*;
 pub use verdict::Verdict;

@@ -133,9 +133,12 @@ pub enum Stat {
     AcceptedUnowned = 11,
     /// Listeners left out of `LISTENERS` because it was full.
     ListenersFull = 12,
+    /// Stack copies not sent: over the global byte budget, or the copies' ring was full. Those
+    /// sockets have no creation stack.
+    StackCopiesLost = 13,
 }
 
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 14;
 
 /// One socket fd, as the `socket_fds` iterator writes it: reports learn who holds each socket
 /// from these instead of a readlink per fd under /proc.

@@ -8,7 +8,8 @@ use serde::{
 
 use crate::{
     AttachPoint, Config, Endpoint, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner,
-    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, V8Layout, Verdict, WalkedStack,
+    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, StackUnwinder, V8Layout,
+    Verdict, WalkedStack,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
@@ -64,6 +65,7 @@ by_name!(
     Family: "family",
     Protocol: "protocol",
     SocketState: "state",
+    StackUnwinder: "unwinder",
     Verdict: "verdict",
 );
 

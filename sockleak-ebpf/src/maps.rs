@@ -18,8 +18,9 @@ use core::ptr::read_volatile;
 use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
-    RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_DEPTH, STACK_SLOTS,
-    STAT_COUNT, SockEvent, SockId, StackRef, Stat, V8_PROCESSES, V8Layout, WalkedStack,
+    RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_COPIES_RING_BYTES,
+    STACK_COPY_BYTES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, SockId, StackCopyHeader,
+    StackRef, Stat, UNWINDER_PROCESSES, V8_PROCESSES, V8Layout, WalkedStack,
 };
 
 #[btf_map]
@@ -52,6 +53,47 @@ pub struct WalkScratch {
     pub stack: WalkedStack,
     pub busy: u64,
 }
+
+/// Stack copies for userspace to unwind (see `sockleak_common::StackCopyHeader`): a ring of
+/// their own, so that stack bytes never take an event's room.
+#[btf_map]
+pub static STACK_COPIES: RingBuf<u8, { STACK_COPIES_RING_BYTES as usize }> = RingBuf::new();
+
+/// Each process's `sockleak_common::StackUnwinder`, by process id: written by userspace when
+/// it judged the process's program, else by the kernel at the process's first stack. An LRU
+/// map: bounded, and an exited process makes room.
+#[btf_map]
+pub static UNWINDERS: LruHashMap<u32, u32, { UNWINDER_PROCESSES as usize }> = LruHashMap::new();
+
+/// A page of user memory: copies are read a page at a time, so that one ending where the
+/// stack's mapping ends keeps every page before it.
+pub const PAGE_BYTES: usize = 4096;
+
+/// Where a copy is built before it is sent: the header, then the stack's bytes. One page more
+/// than a copy holds, so that a page-sized read at any offset below a full copy fits (the
+/// verifier checks each read against the value's size).
+#[repr(C)]
+pub struct CopyScratch {
+    pub header: StackCopyHeader,
+    pub bytes: [u8; STACK_COPY_BYTES + PAGE_BYTES],
+    /// This CPU's copies so far, numbering the next.
+    pub copies: u32,
+    pub _pad: u32,
+    pub busy: u64,
+}
+
+#[btf_map]
+pub static COPY_SCRATCH: PerCpuArray<CopyScratch, 1> = PerCpuArray::new();
+
+/// Bytes of copies sent in the current one-second window, all CPUs together (racy: two CPUs
+/// may both take the window's last bytes, which only means a copy more).
+pub struct CopyWindow {
+    pub start_ns: u64,
+    pub bytes: u64,
+}
+
+#[btf_map]
+pub static COPY_BUDGET: Array<CopyWindow, 1> = Array::new();
 
 /// One process's creation stacks in the current one-second window (`Config::stack_rate`).
 pub struct StackWindow {
@@ -245,6 +287,7 @@ static CONFIG: Config = Config {
     release_log_per_cpu: 0,
     sock_net: 0,
     net_ns_inum: 0,
+    stack_copy_budget: 0,
 };
 
 /// `CONFIG`, read in place. Its value is patched into .rodata at load time, so the compiler

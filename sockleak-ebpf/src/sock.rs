@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::SockContext,
 };
 use sockleak_common::{
-    Config, EventKind, Hook, Protocol, SockEvent, SockId, StackRef, StackStatus,
+    Config, EventKind, Hook, Protocol, SockEvent, SockId, StackRef, StackStatus, StackUnwinder,
 };
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
         LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, flag_set,
         forget_newborn, send,
     },
-    stacks::{stack_budget, walk_user_stack},
+    stacks::{copy_user_stack, stack_budget, unwinder_of, walk_user_stack},
     task::current_task,
 };
 
@@ -138,12 +138,16 @@ fn created(ctx: &SockContext, capture: StackCapture) -> i32 {
     ALLOW
 }
 
-/// The creating task's stack, walked here within its process's budget, and the word at its
-/// stack pointer (see [`SockEvent::user_sp_word`]).
+/// The creating task's stack, within its process's budget: walked here along its frame
+/// pointers (with the word at its stack pointer, see [`SockEvent::user_sp_word`]), or copied
+/// for userspace to unwind, as its process's unwinder says.
 #[inline(always)]
 fn birth_stack(cfg: &Config, pid: u32) -> (StackRef, u64) {
     match stack_budget(pid, cfg.stack_rate) {
-        Ok(()) => walk_user_stack(cfg),
+        Ok(()) => match unwinder_of(cfg, pid) {
+            StackUnwinder::FramePointers => walk_user_stack(cfg),
+            StackUnwinder::Copy => (copy_user_stack(cfg, pid), 0),
+        },
         Err(refused) => (refused, 0),
     }
 }

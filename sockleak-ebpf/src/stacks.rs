@@ -6,20 +6,24 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_probe_read_kernel, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns,
+            bpf_probe_read_user as probe_read_user_bytes, bpf_task_pt_regs,
+        },
     },
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
 use sockleak_common::{
-    Config, EventKind, Hook, STACK_DEPTH, SockEvent, SockId, StackRef, StackStatus, Stat,
-    WalkedStack,
+    Config, EventKind, Hook, STACK_COPY_BYTES, STACK_COPY_HEADER_BYTES, STACK_DEPTH, SockEvent,
+    SockId, StackRef, StackStatus, StackUnwinder, Stat, WalkedStack,
 };
 
 use crate::{
     filter::admits_task,
     maps::{
-        Claim, LAST_REFUSED, STACK_BUDGET, STACKS, STACKS_AT_STATE, StackWindow, WALK_SCRATCH,
-        WALKED_STACKS, config, count, flag_set, newborn_slot, send,
+        COPY_BUDGET, COPY_SCRATCH, Claim, LAST_REFUSED, PAGE_BYTES, STACK_BUDGET, STACK_COPIES,
+        STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH, WALKED_STACKS, config,
+        count, flag_set, newborn_slot, send,
     },
     task::current_task,
 };
@@ -28,6 +32,9 @@ const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
 const EFAULT: i32 = 14;
 const EBUSY: i32 = 16;
+const ENOSPC: i32 = 28;
+/// Reads of a copy: the first up to its page's end, then whole pages.
+const COPY_READS: usize = STACK_COPY_BYTES / PAGE_BYTES + 1;
 /// FNV-1a over the frames, as the JavaScript walk hashes its own.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
@@ -77,6 +84,132 @@ pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
     };
     // SAFETY: as above, and the scratch is this run's while it holds the claim.
     walk_into(cfg, unsafe { &mut (*scratch).stack })
+}
+
+/// How process `pid`'s stacks are taken: as userspace judged its program, else copied for
+/// userspace to unwind, which is decided here for good (the process's later stacks are taken
+/// the same way, or one code path would be two groups). Copies off: walked.
+#[inline(always)]
+pub fn unwinder_of(cfg: &Config, pid: u32) -> StackUnwinder {
+    if cfg.stack_copy_budget == 0 {
+        return StackUnwinder::FramePointers;
+    }
+    // SAFETY: map values, read at once.
+    if let Some(&word) = unsafe { UNWINDERS.get(&pid) } {
+        return StackUnwinder::of(word).unwrap_or(StackUnwinder::Copy);
+    }
+    let _ = UNWINDERS.insert(&pid, &(StackUnwinder::Copy as u32), u64::from(BPF_NOEXIST));
+    // Userspace, or another thread of the process, may have decided meanwhile: its word stands.
+    // SAFETY: as above.
+    match unsafe { UNWINDERS.get(&pid) } {
+        Some(&word) => StackUnwinder::of(word).unwrap_or(StackUnwinder::Copy),
+        None => StackUnwinder::Copy,
+    }
+}
+
+/// The current task's user registers and the top of its stack, sent through `STACK_COPIES`
+/// for userspace to unwind; the event names the copy. Within the global byte budget
+/// ([`Config::stack_copy_budget`]); a copy that does not fit it or the ring is counted and
+/// the socket has no stack.
+#[inline(always)]
+pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
+    let Some(scratch) = COPY_SCRATCH.get_ptr_mut(0) else {
+        return StackRef::from_stackid(-i64::from(ENOMEM));
+    };
+    // SAFETY: this CPU's value, valid for the program's run: its `busy` word is what `Claim`
+    // asks for.
+    let Some(_claimed) = (unsafe { Claim::take(&raw mut (*scratch).busy) }) else {
+        count(Stat::StackFailures);
+        return StackRef::from_stackid(-i64::from(EBUSY));
+    };
+    // SAFETY: as above, and the scratch is this run's while it holds the claim.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: helpers on the current task, and reads through the probe helpers, which fail
+    // rather than fault on an address that cannot be read (any register value may be given);
+    // what they read are plain integers and bytes, into the scratch value's own bounds.
+    let len = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        let register = |offset: u64| bpf_probe_read_kernel((regs + offset) as *const u64);
+        let (Ok(ip), Ok(sp), Ok(bp)) = (
+            register(cfg.pt_regs_ip),
+            register(cfg.pt_regs_sp),
+            register(cfg.pt_regs_bp),
+        ) else {
+            count(Stat::StackFailures);
+            return StackRef::from_stackid(-i64::from(EFAULT));
+        };
+        scratch.header.ip = ip;
+        scratch.header.sp = sp;
+        scratch.header.bp = bp;
+        let mut len = 0usize;
+        let mut at = sp;
+        for _ in 0..COPY_READS {
+            if len >= STACK_COPY_BYTES {
+                break;
+            }
+            let to_page_end = PAGE_BYTES - (at as usize & (PAGE_BYTES - 1));
+            let wanted = to_page_end.min(STACK_COPY_BYTES - len);
+            // In [1, PAGE_BYTES] and below a full copy, in ways the verifier follows.
+            let size = ((wanted - 1) & (PAGE_BYTES - 1)) + 1;
+            let offset = len & (STACK_COPY_BYTES - 1);
+            let into = scratch.bytes.as_mut_ptr().add(offset);
+            // A page that cannot be read is the end of the stack's mapping (or an unmapped
+            // page): the copy ends there.
+            if probe_read_user_bytes(into.cast(), size as u32, at as *const _) != 0 {
+                break;
+            }
+            len += size;
+            at += size as u64;
+        }
+        len.min(STACK_COPY_BYTES)
+    };
+    scratch.copies = scratch.copies.wrapping_add(1);
+    // SAFETY: no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let copy = (cpu << 24) | (scratch.copies & 0x00ff_ffff);
+    scratch.header.pid = pid;
+    scratch.header.copy = copy;
+    scratch.header.len = len as u32;
+    let record = STACK_COPY_HEADER_BYTES + len;
+    if !within_copy_budget(cfg.stack_copy_budget, record as u64) {
+        count(Stat::StackCopiesLost);
+        return StackRef::from_stackid(-i64::from(ENOSPC));
+    }
+    // SAFETY: the header and the `len` bytes after it, inside the scratch value (`len` is at
+    // most a copy).
+    let bytes = unsafe {
+        core::slice::from_raw_parts(core::ptr::from_ref(&scratch.header).cast::<u8>(), record)
+    };
+    match STACK_COPIES.output_untyped(bytes, 0) {
+        Ok(()) => StackRef::copied(copy),
+        Err(_) => {
+            count(Stat::StackCopiesLost);
+            StackRef::from_stackid(-i64::from(ENOSPC))
+        }
+    }
+}
+
+/// Whether `bytes` more of copies fit the current second's budget, all processes together.
+#[inline(always)]
+fn within_copy_budget(budget: u64, bytes: u64) -> bool {
+    let Some(window) = COPY_BUDGET.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the map's one value, valid for the program's run; CPUs race on it, which only
+    // lets a copy more or less through at a window's edge.
+    unsafe {
+        if now.wrapping_sub((*window).start_ns) >= NS_PER_SEC {
+            (*window).start_ns = now;
+            (*window).bytes = 0;
+        }
+        if (*window).bytes + bytes > budget {
+            return false;
+        }
+        (*window).bytes += bytes;
+    }
+    true
 }
 
 /// [`walk_user_stack`], into `stack`.
