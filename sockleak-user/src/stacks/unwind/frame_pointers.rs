@@ -8,12 +8,15 @@ use object::{Object, ObjectSection};
 /// The share of FDEs (in percent) that must set the CFA from rbp for an object to count as
 /// keeping frame pointers. Built with `-fno-omit-frame-pointer`, every function that makes a
 /// frame sets up rbp; the FDEs that do not are leaves and tail-calling wrappers that need no
-/// frame, hand-written assembly and PLT stubs (a small gcc program: 92%, node 20: 66%). Built
-/// without, only functions that realign the stack or allocate a variable-sized frame do
-/// (Debian 12's python3 0.01%, libc 2.5%, libstdc++ 2.6%, bash 0.2%, a Rust test binary 3%).
-/// Half sits well between; in doubt the copy is the safer choice, as its CFI unwinding also
-/// covers the functions that do keep frame pointers.
-const THRESHOLD_PERCENT: usize = 50;
+/// frame, hand-written assembly and PLT stubs (a small gcc program: 92%). Built without, only
+/// functions that realign the stack or allocate a variable-sized frame do (Debian 12's python3
+/// 0.01%, libc 2.5%, libstdc++ 2.6%, bash 0.2%, a Rust test binary 3%). In between are objects
+/// that mix both (node 20: 66%; a Rust debug build, whose own code keeps frame pointers and
+/// whose prebuilt standard library does not): a walk breaks in their code without them. The
+/// two mistakes are not alike: a program copied that the walk would have served costs a copy
+/// per sampled socket, one walked that it cannot serve loses its callers. So only an object
+/// that keeps them nearly everywhere counts.
+const THRESHOLD_PERCENT: usize = 90;
 /// Enough for the largest binaries (node has 76k FDEs); past it the share is judged on these.
 const MAX_FDES: usize = 1 << 20;
 /// Prologues set the CFA within their first few instructions; no more of an FDE is read.
