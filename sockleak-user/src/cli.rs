@@ -186,6 +186,12 @@ pub struct TracerArgs {
     /// than this has the rest grouped as `stack not sampled`.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_STACK_RATE, conflicts_with = "no_stacks")]
     pub stack_rate: u64,
+    /// Most bytes of user stack copied per second, all processes together, for sockleak to
+    /// unwind code built without frame pointers from its call frame information (0: none;
+    /// such code then shows the frames its frame-pointer chain keeps). Copies past it are
+    /// counted, and those sockets have no stack.
+    #[arg(long, value_name = "BYTES", default_value_t = sockleak_common::STACK_COPY_BUDGET, conflicts_with = "no_stacks")]
+    pub stack_copy_budget: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -264,6 +270,7 @@ fn tracer_config(
             newborn_sockets: limits.newborn_sockets,
             without_btf: limits.without_btf,
             stack_rate: (!limits.no_stacks).then_some(limits.stack_rate),
+            stack_copy_budget: limits.stack_copy_budget,
         },
         max_sockets: limits.max_sockets,
         interval,

@@ -240,7 +240,7 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
     }
 
     let st = &report.stats;
-    let counters: [(&str, &str, u64); 13] = [
+    let counters: [(&str, &str, u64); 16] = [
         (
             "sockleak_events_sent_total",
             "Events the kernel side delivered to the ring buffer.",
@@ -290,6 +290,21 @@ pub fn exposition(report: &Report, now_unix: f64) -> String {
             "sockleak_js_stacks_lost_total",
             "JavaScript stacks of Node.js without perf maps not kept (table full or colliding).",
             st.kernel.js_stacks_lost,
+        ),
+        (
+            "sockleak_stack_copies_lost_total",
+            "Stack copies not sent (over --stack-copy-budget, or their ring was full).",
+            st.kernel.stack_copies_lost,
+        ),
+        (
+            "sockleak_stack_copies_total",
+            "Stack copies of code without frame pointers unwound from call frame information.",
+            st.stacks.stack_copies,
+        ),
+        (
+            "sockleak_stacks_truncated_total",
+            "Unwound stack copies that end before their outermost frame.",
+            st.stacks.stacks_truncated,
         ),
         (
             "sockleak_stacks_not_sampled_total",

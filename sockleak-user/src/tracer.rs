@@ -9,7 +9,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use sockleak_common::{
-    EventKind, ListenerKey, ListenerOwner, Protocol, SockEvent, SockId, Stat, TcpState,
+    AttachPoint, EventKind, ListenerKey, ListenerOwner, Protocol, SockEvent, SockId, StackUnwinder,
+    Stat, TcpState,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -23,7 +24,7 @@ use crate::{
     procfs,
     report::{KernelStats, Report, Reporter, Started},
     sockdiag::{DiagSocket, SockDiag},
-    stacks::{CreationStack, StackMaps, Stacks},
+    stacks::{CreationStack, StackMaps, Stacks, choice::UnwinderChoice},
     table::{Processes, SocketTable},
     verdict::LOOK_AGAIN,
 };
@@ -36,7 +37,9 @@ pub struct Tracer {
     /// processes start new programs (`programs_started`, from their exec events).
     libuv: hooks::libuv::LibuvProbes,
     programs_started: Vec<u32>,
-    ring: AsyncFd<RingBuf<MapData>>,
+    /// How each process's stacks are taken, judged as processes start new programs.
+    unwinders: UnwinderChoice,
+    rings: Rings,
     /// Sockets born since the last report, kept by the kernel until a report reads them.
     newborn: Newborn,
     /// Events are written without waking userspace until an eighth of the ring is waiting;
@@ -152,6 +155,29 @@ impl Tracer {
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
+        // Copies are made only where stacks are taken at birth.
+        let copying = programs.stack_copy_budget > 0
+            && programs.stack_rate.is_some()
+            && hooks.contains(&AttachPoint::CgroupSockCreateWithStacks);
+        let copies = if copying {
+            let copies = RingBuf::try_from(
+                ebpf.take_map("STACK_COPIES")
+                    .context("STACK_COPIES map missing")?,
+            )?;
+            // SAFETY: the RingBuf owns the map fd until it is dropped with the AsyncFd.
+            Some(
+                unsafe { AsyncFd::register(copies) }
+                    .map_err(|e| e.into_parts().1)
+                    .context("polling the stack copies' ring buffer")?,
+            )
+        } else {
+            None
+        };
+        if copying {
+            raise_fd_limit();
+        }
+        let mut unwinders = UnwinderChoice::new(&mut ebpf, copying);
+        unwinders.judge(hooks::libuv::candidates(&filter.pids));
         let mut newborn = Newborn::take_from(&mut ebpf, newborn_slots)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
@@ -219,13 +245,14 @@ impl Tracer {
             min_age_ms: filter.min_age_ns / 1_000_000,
             interval_ms: interval.as_millis() as u64,
             stack_rate: programs.stack_rate,
+            stack_unwinders: stack_unwinders(programs.stack_rate.is_some(), copying),
             pre_existing: table.stats.pre_existing,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             metrics: None,
         };
         let reporter = Reporter::new(filter, *thresholds, cgroups);
         // SAFETY: the RingBuf owns the map fd until it is dropped with the AsyncFd.
-        let ring = unsafe { AsyncFd::register(ring) }
+        let events = unsafe { AsyncFd::register(ring) }
             .map_err(|e| e.into_parts().1)
             .context("polling the ring buffer")?;
         let mut collect = tokio::time::interval(COLLECT_EVERY);
@@ -233,7 +260,8 @@ impl Tracer {
         Ok(Self {
             ebpf,
             libuv,
-            ring,
+            unwinders,
+            rings: Rings { events, copies },
             newborn,
             collect,
             logger,
@@ -252,21 +280,36 @@ impl Tracer {
     /// log lines to the log). Cancel-safe: for use in `select!`.
     pub async fn follow(&mut self) -> Result<()> {
         let Self {
-            ring,
+            rings,
             collect,
             logger,
             table,
             stacks,
             ebpf,
             libuv,
+            unwinders,
             programs_started: started,
             ..
         } = self;
+        let Rings { events, copies } = rings;
         tokio::select! {
-            _ = collect.tick() => drain(ring.get_mut(), table, stacks, started),
-            guard = ring.readable_mut() => {
+            _ = collect.tick() => {
+                drain_copies(copies, stacks);
+                drain(events.get_mut(), table, stacks, started);
+            }
+            guard = events.readable_mut() => {
+                drain_copies(copies, stacks);
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), table, stacks, started);
+                guard.clear_ready();
+            }
+            // Copies are unwound as they come, while their processes and mappings are there.
+            guard = async { copies.as_mut().unwrap().readable_mut().await }, if copies.is_some() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(record) = ring.next() {
+                    stacks.copy_arrived(&record);
+                }
                 guard.clear_ready();
             }
             guard = async { logger.as_mut().unwrap().readable_mut().await }, if logger.is_some() => {
@@ -275,8 +318,9 @@ impl Tracer {
                 guard.clear_ready();
             }
         }
-        // A new program is probed as soon as its exec is read: it runs on meanwhile, and its
-        // first sockets are named only if the probes are in before it opens them.
+        // A new program is judged and probed as soon as its exec is read: it runs on
+        // meanwhile, and its first sockets are named only if all is in before it opens them.
+        unwinders.judge(started.iter().copied());
         for pid in started.drain(..) {
             libuv.program_started(ebpf, pid);
         }
@@ -291,9 +335,9 @@ impl Tracer {
 
     /// The last report: nobody gets a second look at it, so pending stacks get a moment.
     pub async fn final_report(&mut self) -> Result<Report> {
+        self.rings.drain_copies(&mut self.stacks);
         take_newborn(&mut self.newborn, &mut self.table, &mut self.stacks);
-        drain(
-            self.ring.get_mut(),
+        self.rings.drain(
             &mut self.table,
             &mut self.stacks,
             &mut self.programs_started,
@@ -304,8 +348,7 @@ impl Tracer {
 
     async fn build_report(&mut self, last: bool) -> Result<Report> {
         let started = std::time::Instant::now();
-        drain(
-            self.ring.get_mut(),
+        self.rings.drain(
             &mut self.table,
             &mut self.stacks,
             &mut self.programs_started,
@@ -344,6 +387,7 @@ impl Tracer {
             short_lived: short_lived.0 + short_lived.1,
             accepted_unowned: stat(Stat::AcceptedUnowned),
             listeners_full: stat(Stat::ListenersFull),
+            stack_copies_lost: stat(Stat::StackCopiesLost),
         };
         let Self {
             table,
@@ -351,6 +395,8 @@ impl Tracer {
             reporter,
             ..
         } = self;
+        // Copied stacks by the stack their copy turned out to be: one group per code path.
+        table.resolve_stacks(|key| stacks.resolve(key));
         stacks.retain(table.sockets().filter_map(|s| s.stack.key()));
         let reconciled = started.elapsed();
         let mut report = reporter.report(table, stacks, look.now, kernel);
@@ -382,7 +428,7 @@ impl Tracer {
     async fn look(&mut self, started: std::time::Instant) -> Result<Look> {
         let Self {
             ebpf,
-            ring,
+            rings,
             newborn,
             collect,
             sock_diag,
@@ -392,9 +438,9 @@ impl Tracer {
             programs_started,
             ..
         } = self;
-        let ring = ring.get_mut();
         // The sockets born since the last report, first: their stacks are symbolized while the
-        // scans run, so a leak's first report names its code.
+        // scans run, so a leak's first report names its code. Their copies before them.
+        rings.drain_copies(stacks);
         take_newborn(newborn, table, stacks);
         let symbolized = stacks.flushed();
         let released_unseen = newborn.released();
@@ -442,7 +488,7 @@ impl Tracer {
                 dump = &mut dump, if dumped.is_none() => dumped = Some(dump),
                 scan = &mut scan, if scanned.is_none() => scanned = Some(scan),
                 _ = &mut symbolized, if !symbolized_done => symbolized_done = true,
-                _ = collect.tick() => drain(ring, table, stacks, programs_started),
+                _ = collect.tick() => rings.drain(table, stacks, programs_started),
             }
             if let Some(Ok((holders, _))) = &scanned
                 && folded < listed.len()
@@ -463,8 +509,9 @@ impl Tracer {
         // Sockets born before the scans ended, and events that raced with the scans, are applied
         // before judging what is gone: every socket in the dump is then either known or adopted
         // on a second look.
+        rings.drain_copies(stacks);
         take_newborn(newborn, table, stacks);
-        drain(ring, table, stacks, programs_started);
+        rings.drain(table, stacks, programs_started);
         let now = procfs::monotonic_ns();
         table.finish_look(&listed, &holders, now, &reporter.filter, &ProcFs);
         table.count_churn(&listed, &time_wait, &released_unseen);
@@ -494,6 +541,67 @@ struct Look {
     scanned: Duration,
     gathered_at: Duration,
     unreachable_namespaces: usize,
+}
+
+/// Raises sockleak's own soft fd limit to its hard one: unwinding copies keeps an fd open on
+/// each object it unwound through (hundreds on a busy machine), past the usual soft 1024.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid out-pointer for getrlimit, and the same struct read back for setrlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                log::debug!("raising the fd limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
+/// The ways stacks are taken: none with `--no-stacks`; copies only where stacks are taken at
+/// birth (a kernel with `bpf_task_pt_regs`).
+fn stack_unwinders(stacks: bool, copying: bool) -> Vec<StackUnwinder> {
+    let mut unwinders = Vec::new();
+    if stacks {
+        unwinders.push(StackUnwinder::FramePointers);
+    }
+    if copying {
+        unwinders.push(StackUnwinder::Copy);
+    }
+    unwinders
+}
+
+/// What the kernel sends: events, and the stack copies events name (their own ring, so that
+/// stack bytes never take an event's room; none where stacks are not copied).
+struct Rings {
+    events: AsyncFd<RingBuf<MapData>>,
+    copies: Option<AsyncFd<RingBuf<MapData>>>,
+}
+
+impl Rings {
+    /// Unwinds the copies waiting, then applies the events: an event's copy came first.
+    fn drain(&mut self, table: &mut SocketTable, stacks: &mut Stacks, started: &mut Vec<u32>) {
+        self.drain_copies(stacks);
+        drain(self.events.get_mut(), table, stacks, started);
+    }
+
+    fn drain_copies(&mut self, stacks: &mut Stacks) {
+        drain_copies(&mut self.copies, stacks);
+    }
+}
+
+/// Unwinds every stack copy waiting.
+fn drain_copies(copies: &mut Option<AsyncFd<RingBuf<MapData>>>, stacks: &mut Stacks) {
+    if let Some(copies) = copies {
+        let ring = copies.get_mut();
+        while let Some(record) = ring.next() {
+            stacks.copy_arrived(&record);
+        }
+    }
 }
 
 /// Moves the sockets the kernel kept since the last call into the table. Before the ring is

@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use sockleak_common::{
-    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SockId, SocketState, Verdict,
+    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SockId, SocketState,
+    StackUnwinder, Verdict,
 };
 use sockleak_user::{
     cgroups::Container,
@@ -29,6 +30,7 @@ fn started() -> Started {
         min_age_ms: 5000,
         interval_ms: 10_000,
         stack_rate: Some(1000),
+        stack_unwinders: vec![StackUnwinder::FramePointers, StackUnwinder::Copy],
         pre_existing: 3,
         version: "0.1.0 (abcdef123456, static)".into(),
         metrics: Some("127.0.0.1:9100".into()),
@@ -158,6 +160,7 @@ fn groups() -> Vec<Group> {
         more_endpoints: 2,
         stack_not_sampled: false,
         handle_stack: true,
+        unwinder: Some(StackUnwinder::FramePointers),
         stack_note: Some(Arc::from(
             "2 JavaScript frames unnamed: the heap did not check out",
         )),
@@ -185,6 +188,7 @@ fn groups() -> Vec<Group> {
         more_endpoints: 0,
         stack_not_sampled: true,
         handle_stack: false,
+        unwinder: None,
         stack_note: None,
         members: vec![1],
     };
@@ -215,6 +219,7 @@ fn report() -> Report {
                 short_lived: 10,
                 accepted_unowned: 11,
                 listeners_full: 12,
+                stack_copies_lost: 25,
             },
             open_sockets: 2,
             table: TableCounts {
@@ -232,6 +237,8 @@ fn report() -> Report {
             stacks: StackCounts {
                 stacks: 23,
                 stacks_incomplete: 24,
+                stack_copies: 26,
+                stacks_truncated: 27,
             },
             report_ms: 12.5,
             netns_unreachable: 1,

@@ -13,7 +13,8 @@ use std::{
 };
 
 pub use sockleak_common::{
-    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, Verdict,
+    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, StackUnwinder,
+    Verdict,
 };
 pub use sockleak_user::report::{EndpointCount, Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};

@@ -71,6 +71,9 @@ pub struct Options {
     pub without_btf: bool,
     /// Most creation stacks taken per process and second (0: every one); `None` takes none.
     pub stack_rate: Option<u64>,
+    /// Bytes of stack copies per second (see [`sockleak_common::StackCopyHeader`]); 0 copies
+    /// none.
+    pub stack_copy_budget: u64,
 }
 
 /// Enough for every socket of a typical service, a sample of a connection storm's.
@@ -83,6 +86,7 @@ impl Default for Options {
             newborn_sockets: sockleak_common::NEWBORN_SOCKETS,
             without_btf: false,
             stack_rate: Some(DEFAULT_STACK_RATE),
+            stack_copy_budget: sockleak_common::STACK_COPY_BUDGET,
         }
     }
 }
@@ -157,6 +161,7 @@ fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, b
         newborn_sockets,
         without_btf,
         stack_rate,
+        stack_copy_budget,
     } = *options;
     let creation_stacks = stack_rate.is_some();
     let tracefs = tracefs::ensure_mounted()?;
@@ -167,6 +172,11 @@ fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, b
         tp_newstate: 20,
         capture_stacks: u32::from(creation_stacks),
         stack_rate: stack_rate.unwrap_or(0),
+        stack_copy_budget: if creation_stacks {
+            stack_copy_budget
+        } else {
+            0
+        },
         // The libuv uprobes only matter for stacks.
         libuv_handles: u64::from(creation_stacks),
         // An eighth of the ring: a burst wakes userspace well before the ring fills; anything

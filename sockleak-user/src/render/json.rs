@@ -27,7 +27,9 @@ fn line(tagged: &impl Serialize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use sockleak_common::{AttachPoint, Family, Origin, Protocol, SocketState, Verdict};
+    use sockleak_common::{
+        AttachPoint, Family, Origin, Protocol, SocketState, StackUnwinder, Verdict,
+    };
 
     use super::*;
     use crate::report::{Line, Stats};
@@ -42,6 +44,7 @@ mod tests {
             min_age_ms: 5000,
             interval_ms: 10_000,
             stack_rate: Some(1000),
+            stack_unwinders: vec![StackUnwinder::FramePointers],
             pre_existing: 3,
             version: "0.1.0".into(),
             metrics: None,

@@ -2,7 +2,7 @@
 //! sockets of each group as evidence.
 use std::fmt::Write;
 
-use sockleak_common::{SiteKind, Verdict};
+use sockleak_common::{SiteKind, StackUnwinder, Verdict};
 
 use super::{escape::for_terminal, frames::plumbing_inside};
 use crate::report::{Group, Report, SocketRow, Started};
@@ -49,6 +49,19 @@ pub fn started(s: &Started) -> String {
             "creation stacks: up to {rate} per process per second (--stack-rate; 0 takes all)"
         );
     }
+    if s.stack_rate.is_some() {
+        let _ = writeln!(
+            out,
+            "{}",
+            if s.stack_unwinders.contains(&StackUnwinder::Copy) {
+                "creation stacks: walked along frame pointers where a program keeps them, else \
+                 copied and unwound from its call frame information"
+            } else {
+                "creation stacks: walked along frame pointers only (this kernel cannot copy \
+                 them): code built without them shows a frame or two"
+            }
+        );
+    }
     if let Some(url) = &s.metrics {
         let _ = writeln!(out, "serving Prometheus metrics at {url}");
     }
@@ -85,6 +98,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             "warning: {} JavaScript stacks lost to a full table: some Node.js groups show \
              native frames only",
             st.kernel.js_stacks_lost
+        );
+    }
+    if st.kernel.stack_copies_lost > 0 {
+        let _ = writeln!(
+            out,
+            "warning: {} stack copies over --stack-copy-budget or their ring: those sockets \
+             group without a creation stack",
+            st.kernel.stack_copies_lost
         );
     }
     if st.kernel.events_lost > 0 || st.table.dropped_table_full > 0 {

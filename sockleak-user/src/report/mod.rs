@@ -135,6 +135,7 @@ impl Reporter {
                         let mut group = new_group(key, place);
                         if let Some(stack_key) = s.stack.key() {
                             group.handle_stack = stack_key.handle;
+                            group.unwinder = Some(stack_key.native.unwinder());
                             group.stack_note =
                                 stacks.get(&stack_key).and_then(|st| st.note.clone());
                         }
@@ -219,6 +220,7 @@ fn new_group(key: GroupKey, place: &Placement) -> Group {
     Group {
         stack_not_sampled: key.stack == GroupStack::NotSampled,
         handle_stack: false,
+        unwinder: None,
         stack_note: None,
         key,
         cgroup: place.cgroup.clone(),
@@ -457,10 +459,13 @@ fn stack_counts(s: StackStats) -> StackCounts {
     let StackStats {
         stacks,
         stacks_incomplete,
+        copies,
     } = s;
     StackCounts {
         stacks,
         stacks_incomplete,
+        stack_copies: copies.unwound,
+        stacks_truncated: copies.truncated,
     }
 }
 

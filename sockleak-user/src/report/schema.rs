@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize, de::Error as _};
 use sockleak_common::{
-    AttachPoint, Endpoint, Family, Origin, Protocol, Site, SockId, SocketState, Verdict,
+    AttachPoint, Endpoint, Family, Origin, Protocol, Site, SockId, SocketState, StackUnwinder,
+    Verdict,
 };
 
 use crate::{cgroups::Container, holders::HolderPids, stacks::identity::StackKey};
@@ -124,6 +125,10 @@ pub struct Started {
     pub interval_ms: u64,
     /// Creation stacks per process and second (0: all); `None` with `--no-stacks`.
     pub stack_rate: Option<u64>,
+    /// The ways stacks are taken on this kernel: `frame_pointers`, and `cfi` where the
+    /// kernel copies stacks of code without frame pointers for sockleak to unwind.
+    #[serde(default)]
+    pub stack_unwinders: Vec<StackUnwinder>,
     pub pre_existing: u64,
     pub version: String,
     /// Where `--metrics` serves, once bound.
@@ -324,6 +329,10 @@ pub struct Group {
     /// `stack` is where the libuv handle these sockets were opened for was made (Node.js and
     /// other libuv programs open a handle's socket a tick after their code made the handle).
     pub handle_stack: bool,
+    /// What took `stack`: the frame-pointer walk, or the unwinding of a copy from the objects'
+    /// call frame information (`cfi`); absent without a stack.
+    #[serde(default)]
+    pub unwinder: Option<StackUnwinder>,
     /// What `stack` lacks and why: JavaScript frames of a node without perf maps that could
     /// not be named (its V8 layout is not understood, or the heap did not check out), or JIT
     /// frames whose perf map was not believed (owned by another user, writable by others...).
@@ -407,6 +416,10 @@ pub struct KernelStats {
     /// through them are found by reports' scans only (`recovered`).
     #[serde(default)]
     pub listeners_full: u64,
+    /// Stack copies the kernel did not send (over `--stack-copy-budget`, or their ring was
+    /// full): those sockets have no creation stack.
+    #[serde(default)]
+    pub stack_copies_lost: u64,
 }
 
 /// What the socket table did with events.
@@ -437,6 +450,12 @@ pub struct StackCounts {
     pub stacks: usize,
     /// Of those, stacks with frames still unnamed.
     pub stacks_incomplete: usize,
+    /// Stack copies unwound since the start, and of those, the ones whose unwinding ended
+    /// before the outermost frame (past the copied bytes, an address no object covers...).
+    #[serde(default)]
+    pub stack_copies: u64,
+    #[serde(default)]
+    pub stacks_truncated: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -1,7 +1,7 @@
 //! Which stack created a socket: the keys the table, reports and their schema name stacks by.
 //!
 //! Nothing here reads or names a stack: the table depends on this file alone.
-use sockleak_common::{NO_JS_STACK, SockEvent, StackRef, StackStatus};
+use sockleak_common::{NO_JS_STACK, SockEvent, StackRef, StackStatus, StackUnwinder};
 
 /// Which stack created a socket: where its native frames are, the process whose address space
 /// the addresses belong to, and the leaf fixup word ([`SockEvent::user_sp_word`]).
@@ -25,15 +25,30 @@ pub enum NativeFrames {
     InJsStack,
     /// In the kernel's `WALKED_STACKS` map, at this key: walked by hand at socket birth.
     Walked(u32),
+    /// Copied by the kernel at socket birth, as this copy of the process: a name for the
+    /// socket's stack until the copy's unwinding says which [`Self::Unwound`] stack it is
+    /// (see `Stacks::resolve`).
+    Copied(u32),
+    /// Unwound here from a copy: distinct stacks of a process are numbered as they come.
+    Unwound(u32),
 }
 
 impl NativeFrames {
+    /// What took the frames.
+    pub fn unwinder(self) -> StackUnwinder {
+        match self {
+            Self::Copied(_) | Self::Unwound(_) => StackUnwinder::Copy,
+            Self::Stacks(_) | Self::InJsStack | Self::Walked(_) => StackUnwinder::FramePointers,
+        }
+    }
+
     /// Where an event's stack reference says the frames are; `None` when it has none.
     fn of(stack: StackRef) -> Option<Self> {
         match stack.status()? {
             StackStatus::Taken => Some(Self::Stacks(stack.id)),
             StackStatus::InJsStack => Some(Self::InJsStack),
             StackStatus::Walked => Some(Self::Walked(stack.id)),
+            StackStatus::Copied => Some(Self::Copied(stack.id)),
             StackStatus::None
             | StackStatus::NotSampled
             | StackStatus::Pending

@@ -11,13 +11,14 @@ use std::{collections::HashMap, path::Path, sync::Arc};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
-    source::{Process, Source},
+    source::{Elf, Process, Source},
 };
 use sockleak_common::{JsStack, NO_JS_STACK};
 
 use super::{
     identity::StackKey,
     perf_map::{self, PerfMaps},
+    unwind::{MappedObject, Unwound},
 };
 use crate::v8::{self, V8Processes, heap::LineEnds};
 
@@ -65,49 +66,120 @@ impl Namer {
         user: &[u64],
         js_stack: impl FnOnce() -> Option<Box<JsStack>>,
     ) -> Named {
-        let mut named = Named::default();
-        // Every frame but the first holds a return address, which points after the call: the
-        // byte before it is inside the call instruction, on the caller's line.
-        let lookup: Vec<u64> = user
-            .iter()
-            .enumerate()
-            .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
-            .collect();
+        let lookup = looked_up_at(user);
         let process = Source::Process(Process {
             // Read by `name_jit_frames`, which first checks whose the map is.
             perf_map: false,
             ..Process::new(key.pid.into())
         });
-        let mut user_frames = self.names(&process, &lookup);
+        let mut user_frames = self.names(&process, Input::AbsAddr(&lookup));
         // Before the JavaScript frames: a frame a perf map names keeps that name.
         let perf_map_note = self.name_jit_frames(key.pid, &lookup, &mut user_frames);
-        if key.js != NO_JS_STACK || key.handle {
-            named.note = self.name_js_frames(key, js_stack, &mut user_frames);
-        }
-        named.note = match (named.note, perf_map_note) {
-            (Some(js), Some(jit)) => Some(format!("{js}; {jit}").into()),
-            (js, jit) => js.or(jit),
+        let js_note = if key.js != NO_JS_STACK || key.handle {
+            self.name_js_frames(key, js_stack, &mut user_frames)
+        } else {
+            None
         };
-        // Past code built without frame pointers the walk reads whatever is on the stack: a
-        // tail of unknown addresses that differs from call to call, or ends early. It is cut,
-        // so one call path is one group however far each walk got.
-        if let Some(last) = user_frames.iter().rposition(Option::is_some) {
-            user_frames.truncate(last + 1);
-        }
-        for (names, addr) in user_frames.into_iter().zip(user) {
-            match names {
-                Some(names) => named.frames.extend(names),
-                None => {
-                    // Kept with its address, so it stays traceable by hand; retried, since a
-                    // JIT runtime may name it later.
-                    named.unknown += 1;
-                    named.frames.push(format!("0x{addr:x} [unknown]"));
-                }
-            }
-        }
-        named
+        finish(user_frames, user, joined(js_note, perf_map_note))
     }
 
+    /// Names a stack unwound from a copy: each frame in a file through the file the process
+    /// mapped ([`MappedObject::fd_path`], open since the unwinding: a library unloaded since
+    /// still names its frames), JIT code from the perf map. A frame in a file that has no
+    /// symbol for it is named by the file and offset, which is all there is to know.
+    pub fn name_unwound(&mut self, key: &StackKey, unwound: &Unwound) -> Named {
+        let frames = &unwound.frames;
+        let user: Vec<u64> = frames.iter().map(|f| f.address).collect();
+        let lookup = looked_up_at(&user);
+        let mut user_frames: Vec<Option<Vec<String>>> = vec![None; frames.len()];
+        let mut by_object: HashMap<*const MappedObject, (&Arc<MappedObject>, Vec<usize>)> =
+            HashMap::new();
+        for (i, frame) in frames.iter().enumerate() {
+            if let Some(object) = &frame.object {
+                by_object
+                    .entry(Arc::as_ptr(object))
+                    .or_insert_with(|| (object, Vec::new()))
+                    .1
+                    .push(i);
+            }
+        }
+        for (object, at) in by_object.into_values() {
+            // As for addresses: a return address is looked up a byte before.
+            let offsets: Vec<u64> = at
+                .iter()
+                .map(|&i| frames[i].file_offset.saturating_sub(u64::from(i > 0)))
+                .collect();
+            let source = Source::Elf(Elf::new(object.fd_path()));
+            let names = self.names(&source, Input::FileOffset(&offsets));
+            for ((&i, names), offset) in at.iter().zip(names).zip(&offsets) {
+                user_frames[i] =
+                    Some(names.unwrap_or_else(|| {
+                        vec![format!("{}+0x{offset:x}", file_name(object.path()))]
+                    }));
+            }
+        }
+        let perf_map_note = self.name_jit_frames(key.pid, &lookup, &mut user_frames);
+        let truncated = unwound
+            .truncated
+            .as_ref()
+            .map(|why| Arc::<str>::from(format!("the stack ends early: {why}")));
+        finish(user_frames, &user, joined(truncated, perf_map_note))
+    }
+}
+
+/// Where each frame is named: every frame but the first holds a return address, which points
+/// after the call; the byte before it is inside the call instruction, on the caller's line.
+fn looked_up_at(user: &[u64]) -> Vec<u64> {
+    user.iter()
+        .enumerate()
+        .map(|(i, &a)| if i == 0 { a } else { a.saturating_sub(1) })
+        .collect()
+}
+
+/// Two notes as one.
+fn joined(first: Option<Arc<str>>, second: Option<Arc<str>>) -> Option<Arc<str>> {
+    match (first, second) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}").into()),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The last component of `path`.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The named frames of a stack at `user`'s addresses, each unnamed one kept as its address.
+fn finish(
+    mut user_frames: Vec<Option<Vec<String>>>,
+    user: &[u64],
+    note: Option<Arc<str>>,
+) -> Named {
+    let mut named = Named {
+        note,
+        ..Named::default()
+    };
+    // Past code built without frame pointers the walk reads whatever is on the stack: a
+    // tail of unknown addresses that differs from call to call, or ends early. It is cut,
+    // so one call path is one group however far each walk got.
+    if let Some(last) = user_frames.iter().rposition(Option::is_some) {
+        user_frames.truncate(last + 1);
+    }
+    for (names, addr) in user_frames.into_iter().zip(user) {
+        match names {
+            Some(names) => named.frames.extend(names),
+            None => {
+                // Kept with its address, so it stays traceable by hand; retried, since a
+                // JIT runtime may name it later.
+                named.unknown += 1;
+                named.frames.push(format!("0x{addr:x} [unknown]"));
+            }
+        }
+    }
+    named
+}
+
+impl Namer {
     /// Puts the names of the JavaScript frames of `key` in place of the native frames at the
     /// same depth (V8's code, unnamed or named after a builtin such as the interpreter's
     /// trampoline). A frame a perf map named keeps that name: the runtime's own word comes
@@ -194,15 +266,18 @@ impl Namer {
 
     /// The frames at each of `lookup`'s addresses, innermost first (a function and the ones
     /// inlined into it), or `None` when unknown.
-    fn names(&self, source: &Source, lookup: &[u64]) -> Vec<Option<Vec<String>>> {
-        if lookup.is_empty() {
+    fn names(&self, source: &Source, lookup: Input<&[u64]>) -> Vec<Option<Vec<String>>> {
+        let count = match lookup {
+            Input::AbsAddr(a) | Input::VirtOffset(a) | Input::FileOffset(a) => a.len(),
+        };
+        if count == 0 {
             return Vec::new();
         }
-        let symbolized = match self.symbolizer.symbolize(source, Input::AbsAddr(lookup)) {
+        let symbolized = match self.symbolizer.symbolize(source, lookup) {
             Ok(s) => s,
             Err(err) => {
-                log::debug!("symbolizing {} addresses: {err}", lookup.len());
-                return vec![None; lookup.len()];
+                log::debug!("symbolizing {count} addresses: {err}");
+                return vec![None; count];
             }
         };
         symbolized

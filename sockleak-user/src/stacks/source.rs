@@ -54,6 +54,8 @@ impl KernelStacks {
                 .js_stack(key.js)
                 .map(|stack| native_frames(&stack).to_vec())
                 .unwrap_or_default(),
+            // Not the kernel's: unwound from copies (`super::copies`).
+            NativeFrames::Copied(_) | NativeFrames::Unwound(_) => Vec::new(),
         };
         if let Some(word) = leaf_caller(&user, key.sp_word, || executable_ranges(key.pid)) {
             user.insert(1, word);
@@ -95,7 +97,9 @@ impl KernelStacks {
                             .map(|stack| walked_frames(&stack).to_vec()),
                         None => Ok(Vec::new()),
                     },
-                    NativeFrames::InJsStack => Ok(Vec::new()),
+                    NativeFrames::InJsStack
+                    | NativeFrames::Copied(_)
+                    | NativeFrames::Unwound(_) => Ok(Vec::new()),
                 };
                 read.unwrap_or_else(|err| {
                     log::debug!("reading stack {frames:?}: {err}");

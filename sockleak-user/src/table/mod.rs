@@ -29,6 +29,7 @@ pub use self::{
     socket::{Evidence, Owner, Socket, kernel_clock_ns},
 };
 use self::{ingest::Unowned, socket::Owners};
+use crate::stacks::identity::{CreationStack, StackKey};
 
 /// Marks a table key made from a socket's address where no cookie was known; real cookies
 /// count up from 1 and never reach it.
@@ -146,6 +147,18 @@ impl SocketTable {
 
     pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
         self.sockets.values()
+    }
+
+    /// Names each socket's creation stack by what `resolve` makes of it (a copied stack by
+    /// the unwound stack it turned out to be), so that one code path's sockets share one key.
+    pub fn resolve_stacks(&mut self, mut resolve: impl FnMut(StackKey) -> Option<StackKey>) {
+        for socket in self.sockets.values_mut() {
+            if let CreationStack::Taken(key) = socket.stack
+                && let Some(resolved) = resolve(key)
+            {
+                socket.stack = CreationStack::Taken(resolved);
+            }
+        }
     }
 
     /// A cookie, when the event has one, is the only identity that counts: `struct sock`
