@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 
 use sockleak_tests::{
     AttachPoint, EndpointCount, Family, Origin, Protocol, Reading, Role, Scenario, Site, SocketRow,
-    SocketState, Trace, count_by, states,
+    SocketState, StackUnwinder, Trace, count_by, states,
 };
 
 #[test]
@@ -233,6 +233,21 @@ fn a_udp_sockets_creation_stack_starts_at_socket() {
         "innermost the C library's socket(), then its callers: {:#?}",
         udp[0]
     );
+    // Where stacks can be unwound from CFI, a Rust program's reach its main, however it was
+    // built.
+    if tracer
+        .started
+        .stack_unwinders
+        .contains(&StackUnwinder::Copy)
+    {
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.starts_with("sockleak_scenario::main")),
+            "{:#?}",
+            udp[0]
+        );
+    }
 }
 
 #[test]
