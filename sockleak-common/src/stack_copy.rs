@@ -13,12 +13,17 @@
 pub const STACK_COPY_BYTES: usize = 16 << 10;
 
 /// The ring copies travel in, apart from the events' (`EVENTS`): stack bytes never take the
-/// room of a socket's event. 64 full copies.
-pub const STACK_COPIES_RING_BYTES: u32 = 1 << 20;
+/// room of a socket's event. Half a second of the default budget ([`STACK_COPY_BUDGET`]);
+/// every copy wakes userspace, which hands it to a thread of its own at once.
+pub const STACK_COPIES_RING_BYTES: u32 = 2 << 20;
 
 /// Bytes of stack copies sent per second, over all processes, unless `--stack-copy-budget`
 /// says otherwise: copies past it are counted ([`crate::Stat::StackCopiesLost`]), not sent.
 pub const STACK_COPY_BUDGET: u64 = 4 << 20;
+
+/// CPUs a machine may have for stacks to be copied: a copy's number holds the CPU that made
+/// it, so that CPUs need not share a counter.
+pub const COPY_CPUS: u32 = 4096;
 
 /// Processes whose unwinder the kernel knows (an LRU map: one that exited makes room).
 pub const UNWINDER_PROCESSES: u32 = 16384;
@@ -83,3 +88,4 @@ pub const STACK_COPY_HEADER_BYTES: usize = core::mem::size_of::<StackCopyHeader>
 
 const _: () = assert!(STACK_COPY_HEADER_BYTES == 40);
 const _: () = assert!(STACK_COPY_BYTES.is_power_of_two());
+const _: () = assert!(COPY_CPUS.is_power_of_two());

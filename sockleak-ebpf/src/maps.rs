@@ -85,8 +85,8 @@ pub struct CopyScratch {
 #[btf_map]
 pub static COPY_SCRATCH: PerCpuArray<CopyScratch, 1> = PerCpuArray::new();
 
-/// Bytes of copies sent in the current one-second window, all CPUs together (racy: two CPUs
-/// may both take the window's last bytes, which only means a copy more).
+/// Bytes of copies sent in the current one-second window, all CPUs together (see
+/// `stacks::copy_window`).
 pub struct CopyWindow {
     pub start_ns: u64,
     pub bytes: u64,

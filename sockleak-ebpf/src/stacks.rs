@@ -21,9 +21,9 @@ use sockleak_common::{
 use crate::{
     filter::admits_task,
     maps::{
-        COPY_BUDGET, COPY_SCRATCH, Claim, LAST_REFUSED, PAGE_BYTES, STACK_BUDGET, STACK_COPIES,
-        STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH, WALKED_STACKS, config,
-        count, flag_set, newborn_slot, send,
+        COPY_BUDGET, COPY_SCRATCH, Claim, CopyWindow, LAST_REFUSED, PAGE_BYTES, STACK_BUDGET,
+        STACK_COPIES, STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH, WALKED_STACKS,
+        config, count, flag_set, newborn_slot, send,
     },
     task::current_task,
 };
@@ -33,6 +33,8 @@ const ENOMEM: i32 = 12;
 const EFAULT: i32 = 14;
 const EBUSY: i32 = 16;
 const ENOSPC: i32 = 28;
+/// Low bits of a copy's number that say which CPU made it (see `COPY_CPUS`).
+const COPY_CPU_BITS: u32 = sockleak_common::COPY_CPUS.trailing_zeros();
 /// Reads of a copy: the first up to its page's end, then whole pages.
 const COPY_READS: usize = STACK_COPY_BYTES / PAGE_BYTES + 1;
 /// FNV-1a over the frames, as the JavaScript walk hashes its own.
@@ -116,6 +118,10 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
     let Some(scratch) = COPY_SCRATCH.get_ptr_mut(0) else {
         return StackRef::from_stackid(-i64::from(ENOMEM));
     };
+    let Some(window) = copy_window(cfg.stack_copy_budget) else {
+        count(Stat::StackCopiesLost);
+        return StackRef::from_stackid(-i64::from(ENOSPC));
+    };
     // SAFETY: this CPU's value, valid for the program's run: its `busy` word is what `Claim`
     // asks for.
     let Some(_claimed) = (unsafe { Claim::take(&raw mut (*scratch).busy) }) else {
@@ -166,20 +172,18 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
     scratch.copies = scratch.copies.wrapping_add(1);
     // SAFETY: no preconditions.
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let copy = (cpu << 24) | (scratch.copies & 0x00ff_ffff);
+    // Unique per CPU up to `COPY_CPUS` CPUs (userspace copies nothing on more), and per
+    // process for a million copies of one CPU: far more than a report's worth.
+    let copy = (scratch.copies << COPY_CPU_BITS) | (cpu & ((1 << COPY_CPU_BITS) - 1));
     scratch.header.pid = pid;
     scratch.header.copy = copy;
     scratch.header.len = len as u32;
     let record = STACK_COPY_HEADER_BYTES + len;
-    if !within_copy_budget(cfg.stack_copy_budget, record as u64) {
-        count(Stat::StackCopiesLost);
-        return StackRef::from_stackid(-i64::from(ENOSPC));
-    }
-    // SAFETY: the header and the `len` bytes after it, inside the scratch value (`len` is at
-    // most a copy).
-    let bytes = unsafe {
-        core::slice::from_raw_parts(core::ptr::from_ref(&scratch.header).cast::<u8>(), record)
-    };
+    charge_copy(window, record as u64);
+    // SAFETY: the header (the value's first field, `repr(C)`) and the `len` bytes after it,
+    // inside the scratch value (`len` is at most a copy).
+    let bytes =
+        unsafe { core::slice::from_raw_parts(core::ptr::from_ref(scratch).cast::<u8>(), record) };
     match STACK_COPIES.output_untyped(bytes, 0) {
         Ok(()) => StackRef::copied(copy),
         Err(_) => {
@@ -189,27 +193,31 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
     }
 }
 
-/// Whether `bytes` more of copies fit the current second's budget, all processes together.
+/// This second's window of the copies' byte budget, all processes together, when a whole copy
+/// still fits it (it is charged what it took once made: [`charge_copy`]). Checked before the
+/// stack is read, so that a refused copy costs its socket nothing. CPUs race on the window
+/// without atomics: a few copies more or less get through than the budget says, never
+/// without bound, as each window starts from zero.
 #[inline(always)]
-fn within_copy_budget(budget: u64, bytes: u64) -> bool {
-    let Some(window) = COPY_BUDGET.get_ptr_mut(0) else {
-        return false;
-    };
+fn copy_window(budget: u64) -> Option<*mut CopyWindow> {
+    let window = COPY_BUDGET.get_ptr_mut(0)?;
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the map's one value, valid for the program's run; CPUs race on it, which only
-    // lets a copy more or less through at a window's edge.
+    // SAFETY: the map's one value, valid for the program's run.
     unsafe {
         if now.wrapping_sub((*window).start_ns) >= NS_PER_SEC {
             (*window).start_ns = now;
             (*window).bytes = 0;
         }
-        if (*window).bytes + bytes > budget {
-            return false;
-        }
-        (*window).bytes += bytes;
+        ((*window).bytes + (STACK_COPY_HEADER_BYTES + STACK_COPY_BYTES) as u64 <= budget)
+            .then_some(window)
     }
-    true
+}
+
+#[inline(always)]
+fn charge_copy(window: *mut CopyWindow, bytes: u64) {
+    // SAFETY: the value `copy_window` gave, valid for the program's run.
+    unsafe { (*window).bytes += bytes };
 }
 
 /// [`walk_user_stack`], into `stack`.

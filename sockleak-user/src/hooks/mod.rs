@@ -172,7 +172,7 @@ fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, b
         tp_newstate: 20,
         capture_stacks: u32::from(creation_stacks),
         stack_rate: stack_rate.unwrap_or(0),
-        stack_copy_budget: if creation_stacks {
+        stack_copy_budget: if creation_stacks && copies_fit(warnings) {
             stack_copy_budget
         } else {
             0
@@ -218,6 +218,22 @@ fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, b
     }
     config.release_log_per_cpu = release_log_per_cpu();
     Ok((config, has_btf))
+}
+
+/// Whether this machine's CPUs can number stack copies (see [`sockleak_common::COPY_CPUS`]);
+/// if not, the warning says what is lost.
+fn copies_fit(warnings: &mut Vec<String>) -> bool {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+    let fit = cpus <= sockleak_common::COPY_CPUS;
+    if !fit {
+        warnings.push(format!(
+            "{cpus} possible CPUs, more than stack copies can number \
+             ({}): code built without frame pointers shows the frames its frame-pointer \
+             chain keeps",
+            sockleak_common::COPY_CPUS
+        ));
+    }
+    fit
 }
 
 /// Where the classic tracepoints' records keep their fields, where tracefs says (the defaults
