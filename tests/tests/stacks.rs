@@ -6,7 +6,7 @@ use std::{
     process::Command,
 };
 
-use sockleak_tests::{Reading, Scenario, Site, Trace, frames, line_of};
+use sockleak_tests::{Reading, Scenario, Site, StackUnwinder, Trace, frames, line_of};
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
@@ -74,6 +74,13 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     assert!(
         leak_frames[0].contains("socket"),
         "innermost is the C library's socket() wrapper (no kernel frames): {leak_frames:#?}"
+    );
+    // A program that keeps frame pointers and links the C library alone is walked by the
+    // kernel, not copied.
+    assert_eq!(
+        leak_group.unwinder,
+        Some(StackUnwinder::FramePointers),
+        "{leak_group:#?}"
     );
     // A UDP socket's stack is taken where a TCP socket's is, at its birth.
     let udp_group = leak

@@ -24,10 +24,13 @@ use super::unwind::keeps_frame_pointers;
 /// over and over. Past it the judgements are forgotten and made again.
 const PROGRAMS_KEPT: usize = 4096;
 
-/// Libraries that do not break a frame-pointer walk of the program calling them, though
-/// built without frame pointers: the C runtime's system call wrappers are leaves that keep the
-/// caller's frame pointer (the word at the stack pointer names their caller), and nothing in
-/// them calls back into the program on the way to a socket.
+/// Libraries a program walked along its frame pointers may link, though they are built
+/// without them: a socket made directly by the program goes through their system call
+/// wrappers, leaves that keep the caller's frame pointer (the word at the stack pointer names
+/// their caller). A socket the C library makes on its own behalf (`getaddrinfo`'s DNS
+/// queries, an NSS module it loads) is walked through code that uses rbp as it likes: that
+/// stack can end a frame or two in; and a library the program loads with `dlopen` is not
+/// judged at all. Both are rare on the way to a leak, and cost a copy per stack to cover.
 const C_RUNTIME: &[&[u8]] = &[
     b"libc.so",
     b"libm.so",
@@ -40,49 +43,66 @@ const C_RUNTIME: &[&[u8]] = &[
 ];
 
 pub struct UnwinderChoice {
-    /// `None` when copies are off: every stack is walked.
-    map: Option<BpfHashMap<MapData, u32, u32>>,
-    by_program: HashMap<(u64, u64), StackUnwinder>,
+    map: BpfHashMap<MapData, u32, u32>,
+    by_program: HashMap<ProgramId, StackUnwinder>,
 }
 
 impl UnwinderChoice {
-    /// Takes the kernel's `UNWINDERS` map, when stacks may be copied (`copies`).
-    pub fn new(ebpf: &mut Ebpf, copies: bool) -> Self {
-        let map = copies
-            .then(|| ebpf.take_map("UNWINDERS"))
-            .flatten()
-            .and_then(|map| BpfHashMap::try_from(map).ok());
-        Self {
+    /// Takes the kernel's `UNWINDERS` map; `None` without it.
+    pub fn new(ebpf: &mut Ebpf) -> Option<Self> {
+        let map = BpfHashMap::try_from(ebpf.take_map("UNWINDERS")?).ok()?;
+        Some(Self {
             map,
             by_program: HashMap::new(),
-        }
+        })
     }
 
     /// Judges the program each of `pids` runs and tells the kernel, unless it already decided.
     pub fn judge(&mut self, pids: impl IntoIterator<Item = u32>) {
         const BPF_NOEXIST: u64 = 1;
-        let Some(map) = &mut self.map else {
-            return;
-        };
         for pid in pids {
-            let Ok(exe) = File::open(format!("/proc/{pid}/exe")) else {
+            let Some((program, exe)) = program_of(pid) else {
                 continue; // gone, or a kernel thread
-            };
-            let Ok(meta) = exe.metadata() else {
-                continue;
             };
             if self.by_program.len() >= PROGRAMS_KEPT {
                 self.by_program.clear();
             }
             let unwinder = *self
                 .by_program
-                .entry((meta.dev(), meta.ino()))
+                .entry(program)
                 .or_insert_with(|| program_unwinder(exe));
             // The kernel's word stands where it spoke first (the process's first stack came
             // before this judgement).
-            let _ = map.insert(&pid, &(unwinder as u32), BPF_NOEXIST);
+            if self
+                .map
+                .insert(&pid, &(unwinder as u32), BPF_NOEXIST)
+                .is_ok()
+                && program_of(pid).is_none_or(|(now, _)| now != program)
+            {
+                // It started another program meanwhile, whose exec removed the kernel's word
+                // before this one went in: that program is judged at its own exec event.
+                let _ = self.map.remove(&pid);
+            }
         }
     }
+}
+
+/// A program file: device, inode, size and modification time (an inode number is reused once
+/// its file is gone, as a rebuilt binary's often is).
+type ProgramId = (u64, u64, u64, i64, i64);
+
+/// The program process `pid` runs, opened through its `/proc/PID/exe`.
+fn program_of(pid: u32) -> Option<(ProgramId, File)> {
+    let exe = File::open(format!("/proc/{pid}/exe")).ok()?;
+    let meta = exe.metadata().ok()?;
+    let id = (
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+    );
+    Some((id, exe))
 }
 
 /// How a program's stacks are best taken: along the frame pointers where its code keeps them

@@ -21,6 +21,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
+        atomic::AtomicUsize,
         mpsc::{self, Receiver, Sender},
     },
     thread,
@@ -28,7 +29,8 @@ use std::{
 };
 
 use self::{
-    copies::{CopiedStacks, CopyCounts},
+    choice::UnwinderChoice,
+    copies::{CopyCounts, CopyIndex, CopyRequest, CopyThread},
     naming::Namer,
     source::KernelStacks,
     unwind::Unwound,
@@ -62,13 +64,14 @@ impl Stack {
     }
 }
 
-enum Request {
+pub(crate) enum Request {
     Symbolize(StackKey),
     /// A stack unwound from a copy, first seen: named at once, while the objects it ran in are
     /// open (a library unloaded right after still names its frames).
     Unwound(StackKey, Box<Unwound>),
-    /// The unwound stacks still in use; the others' objects are let go.
-    Retain(Arc<HashSet<StackKey>>),
+    /// The stacks unwound from copies still in use (sent by the copies' thread): the others
+    /// and their objects are let go.
+    Retain(HashSet<StackKey>),
     /// Answered once every request sent before it has been handled.
     Flush(mpsc::SyncSender<()>),
 }
@@ -90,13 +93,22 @@ pub struct Stacks {
     cache: Arc<Mutex<HashMap<StackKey, Arc<Stack>>>>,
     /// Keys already sent, so a busy socket factory costs one hash lookup per socket.
     noted: HashSet<StackKey, foldhash::fast::RandomState>,
-    copied: CopiedStacks,
+    /// The copies' thread, the copies it has yet to unwind, and what each copy became.
+    copies: Sender<CopyRequest>,
+    copies_queued: Arc<AtomicUsize>,
+    copy_index: Arc<Mutex<CopyIndex>>,
 }
 
 impl Stacks {
     /// Starts the symbolizer thread over the kernel's stack maps (`JS_STACKS` may be absent,
-    /// with the libuv uprobes), naming JavaScript frames with the layouts in `v8`.
-    pub fn start(maps: StackMaps, v8: V8Processes) -> std::io::Result<Self> {
+    /// with the libuv uprobes), naming JavaScript frames with the layouts in `v8`, and the
+    /// thread that unwinds the kernel's stack copies and judges processes with `choice`
+    /// (absent where stacks are not copied).
+    pub fn start(
+        maps: StackMaps,
+        v8: V8Processes,
+        choice: Option<UnwinderChoice>,
+    ) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let worker_cache = Arc::clone(&cache);
@@ -112,41 +124,68 @@ impl Stacks {
                 }
                 .run(rx)
             })?;
+        let (copies, copies_rx) = mpsc::channel();
+        let copy_index = Arc::new(Mutex::new(CopyIndex::default()));
+        let copies_queued = Arc::new(AtomicUsize::new(0));
+        let copy_thread = CopyThread::new(
+            choice,
+            Arc::clone(&copy_index),
+            Arc::clone(&copies_queued),
+            requests.clone(),
+        );
+        thread::Builder::new()
+            .name("unwind".into())
+            .spawn(move || copy_thread.run(copies_rx))?;
         Ok(Self {
             requests,
             cache,
             noted: HashSet::default(),
-            copied: CopiedStacks::new(),
+            copies,
+            copies_queued,
+            copy_index,
         })
     }
 
     /// Called for every event that carries a stack; queues stacks never seen before. A copied
-    /// stack is queued as its copy arrives ([`Self::copy_arrived`]).
+    /// stack is queued as its copy is unwound ([`Self::copy_arrived`]).
     pub fn note(&mut self, key: StackKey) {
         if !matches!(key.native, NativeFrames::Copied(_)) && self.noted.insert(key) {
             let _ = self.requests.send(Request::Symbolize(key));
         }
     }
 
-    /// Unwinds a stack the kernel copied (a `STACK_COPIES` record), now, while its process
-    /// and mappings are there; a stack the process had not had before is named at once.
+    /// A stack the kernel copied (a `STACK_COPIES` record), to be unwound at once, while its
+    /// process and mappings are there; a stack the process had not had before is named then.
     pub fn copy_arrived(&mut self, record: &[u8]) {
-        if let Some((key, Some(unwound))) = self.copied.arrived(record) {
-            self.noted.insert(key);
-            let _ = self.requests.send(Request::Unwound(key, Box::new(unwound)));
-        }
+        copies::send_copy(&self.copies, &self.copies_queued, &self.copy_index, record);
     }
 
-    /// The stack a key stands for: a copied stack's is the unwound stack its copy turned out
-    /// to be, once it arrived; `None` where the key is final.
-    pub fn resolve(&self, key: StackKey) -> Option<StackKey> {
-        self.copied.resolve(key)
+    /// Judges how the stacks of each of `pids` are to be taken (see [`choice`]).
+    pub fn judge(&self, pids: Vec<u32>) {
+        let _ = self.copies.send(CopyRequest::Judge(pids));
+    }
+
+    /// Process `pid` started a new program: what was known of its code is the old one's,
+    /// and the new one is judged.
+    pub fn program_started(&self, pid: u32) {
+        let _ = self.copies.send(CopyRequest::Exec(pid));
+        self.judge(vec![pid]);
+    }
+
+    /// What a socket's creation stack stands for, to keep in its place: a copied stack's is
+    /// the unwound stack its copy turned out to be (or none, if the copy was dropped), once
+    /// the copy was unwound; `None` where the stack is final or still to be unwound.
+    pub fn resolve(&self, key: StackKey) -> Option<CreationStack> {
+        copies::lock(&self.copy_index).resolve(key)
     }
 
     /// The stack of `key` as far as it is known, queueing another attempt when frames are
     /// missing.
     pub fn get(&self, key: &StackKey) -> Option<Arc<Stack>> {
-        let key = &self.resolve(*key).unwrap_or(*key);
+        let key = &match copies::lock(&self.copy_index).resolve(*key) {
+            Some(resolved) => resolved.key()?,
+            None => *key,
+        };
         let stack = self.cache.lock().ok()?.get(key).cloned();
         if stack.as_ref().is_some_and(|s| s.worth_retrying()) {
             let _ = self.requests.send(Request::Symbolize(*key));
@@ -160,35 +199,41 @@ impl Stacks {
         let _ = self.flushed().recv_timeout(timeout);
     }
 
-    /// Hears once everything queued so far is symbolized (or at once, disconnected, if the
-    /// symbolizer is gone): for waiting on a blocking thread while the caller goes on.
+    /// Hears once everything queued so far is unwound and symbolized (or at once,
+    /// disconnected, if a thread is gone): for waiting on a blocking thread while the caller
+    /// goes on. Through the copies' thread, which passes it on once the copies before it are
+    /// unwound.
     pub fn flushed(&self) -> mpsc::Receiver<()> {
         let (tx, rx) = mpsc::sync_channel(1);
-        let _ = self.requests.send(Request::Flush(tx));
+        let _ = self.copies.send(CopyRequest::Flush(tx));
         rx
     }
 
     /// Forgets stacks no open socket refers to any more, so a long trace of short-lived
     /// processes does not accumulate them; one seen again is simply symbolized again.
-    /// Copied stacks are kept while a recent copy names them (its socket may not be in the
-    /// table yet).
+    /// Stacks unwound from copies are the copies' thread's to forget: a recent copy may name
+    /// one whose socket is not in the table yet.
     pub fn retain(&mut self, in_use: impl IntoIterator<Item = StackKey>) {
-        let mut in_use: HashSet<StackKey> = in_use.into_iter().collect();
-        self.copied.retain(&in_use);
-        in_use.extend(self.copied.kept());
+        let in_use: HashSet<StackKey> = in_use.into_iter().collect();
+        let unwound = |k: &StackKey| matches!(k.native, NativeFrames::Unwound(_));
         self.noted.retain(|k| in_use.contains(k));
         if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|k, _| in_use.contains(k));
+            cache.retain(|k, _| in_use.contains(k) || unwound(k));
         }
-        let _ = self.requests.send(Request::Retain(Arc::new(in_use)));
+        let _ = self.copies.send(CopyRequest::Retain(Arc::new(in_use)));
     }
 
     pub fn stats(&self) -> StackStats {
         let cache = self.cache.lock();
+        let unwound = cache.as_ref().map_or(0, |c| {
+            c.keys()
+                .filter(|k| matches!(k.native, NativeFrames::Unwound(_)))
+                .count()
+        });
         StackStats {
-            stacks: self.noted.len(),
+            stacks: self.noted.len() + unwound,
             stacks_incomplete: cache.map_or(0, |c| c.values().filter(|s| s.unknown > 0).count()),
-            copies: self.copied.counts,
+            copies: copies::lock(&self.copy_index).counts,
         }
     }
 }
@@ -210,7 +255,14 @@ impl Worker {
                     self.unwound.insert(key, unwound);
                     self.symbolize(key);
                 }
-                Request::Retain(in_use) => self.unwound.retain(|k, _| in_use.contains(k)),
+                Request::Retain(kept) => {
+                    self.unwound.retain(|k, _| kept.contains(k));
+                    if let Ok(mut cache) = self.cache.lock() {
+                        cache.retain(|k, _| {
+                            !matches!(k.native, NativeFrames::Unwound(_)) || kept.contains(k)
+                        });
+                    }
+                }
                 Request::Flush(done) => {
                     let _ = done.send(());
                 }

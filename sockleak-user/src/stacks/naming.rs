@@ -7,7 +7,11 @@
 //! blazesym, which believes whoever wrote them. Where node runs without perf maps, the
 //! JavaScript frames the kernel walk found (`JS_STACKS`) are named from the process's heap
 //! ([`crate::v8`]) and take the place of the native frames V8's code has there.
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
@@ -45,7 +49,12 @@ pub struct Namer {
     /// Scripts' line ends, by process (a few processes' worth).
     lines: HashMap<u32, LineEnds>,
     perf_maps: PerfMaps,
+    /// Files named through an unwinding's open objects since the symbolizer was made.
+    elf_paths: HashSet<PathBuf>,
 }
+
+/// Files the symbolizer may keep open for unwound stacks before it is made anew.
+const ELF_PATHS_KEPT: usize = 256;
 
 impl Namer {
     /// Names JavaScript frames with the layouts in `v8`.
@@ -55,6 +64,7 @@ impl Namer {
             v8,
             lines: HashMap::new(),
             perf_maps: PerfMaps::default(),
+            elf_paths: HashSet::new(),
         }
     }
 
@@ -109,7 +119,13 @@ impl Namer {
                 .iter()
                 .map(|&i| frames[i].file_offset.saturating_sub(u64::from(i > 0)))
                 .collect();
-            let source = Source::Elf(Elf::new(object.fd_path()));
+            let path = object.fd_path();
+            if self.elf_paths.insert(path.clone()) && self.elf_paths.len() > ELF_PATHS_KEPT {
+                // blazesym keeps every file it read open: let them go now and then.
+                self.symbolizer = Symbolizer::new();
+                self.elf_paths.clear();
+            }
+            let source = Source::Elf(Elf::new(path));
             let names = self.names(&source, Input::FileOffset(&offsets));
             for ((&i, names), offset) in at.iter().zip(names).zip(&offsets) {
                 user_frames[i] =

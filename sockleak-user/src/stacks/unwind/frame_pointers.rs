@@ -8,7 +8,7 @@ use object::{Object, ObjectSection};
 /// The share of FDEs (in percent) that must set the CFA from rbp for an object to count as
 /// keeping frame pointers. Built with `-fno-omit-frame-pointer`, every function that makes a
 /// frame sets up rbp; the FDEs that do not are leaves and tail-calling wrappers that need no
-/// frame, hand-written assembly and PLT stubs (a small gcc program: 92%). Built without, only
+/// frame and hand-written assembly (a small gcc program: 100%). Built without, only
 /// functions that realign the stack or allocate a variable-sized frame do (Debian 12's python3
 /// 0.01%, libc 2.5%, libstdc++ 2.6%, bash 0.2%, a Rust test binary 3%). In between are objects
 /// that mix both (node 20: 66%; a Rust debug build, whose own code keeps frame pointers and
@@ -19,6 +19,8 @@ use object::{Object, ObjectSection};
 const THRESHOLD_PERCENT: usize = 90;
 /// Enough for the largest binaries (node has 76k FDEs); past it the share is judged on these.
 const MAX_FDES: usize = 1 << 20;
+/// Largest CFI section read to judge an object (node's `.eh_frame` is 2.6 MiB).
+const MAX_SECTION: u64 = 64 << 20;
 /// Prologues set the CFA within their first few instructions; no more of an FDE is read.
 const MAX_INSTRUCTIONS: usize = 4096;
 
@@ -39,18 +41,32 @@ pub(super) struct Sections<'a> {
 /// 16 KiB copy per sampled socket). Judged from its CFI: the share of FDEs whose rules at some
 /// point define the CFA from rbp (DWARF register 6), against [`THRESHOLD_PERCENT`]. A Go binary
 /// (a `.gopclntab` or `.go.buildinfo` section) always keeps them, whatever its CFI says. An
-/// object without CFI, or that cannot be read: true, as nothing better than the walk exists.
+/// object whose CFI covers no function of its own, or that cannot be read: false, as the copy
+/// still unwinds through its libraries' CFI, and walks the rest by frame pointer.
 /// `elf` is the file's bytes, or a reader of them (`object::ReadCache`, which reads the
 /// sections asked for and no more).
 pub fn keeps_frame_pointers<'data, R: object::ReadRef<'data>>(elf: R) -> bool {
     let Ok(file) = object::read::elf::ElfFile64::<object::Endianness, R>::parse(elf) else {
-        return true;
+        return false;
     };
     let address = |name| Some(file.section_by_name(name)?.address());
-    let data = |name| file.section_by_name(name)?.data().ok();
+    // Only sections of a size real objects have are read: the file may be anyone's, and
+    // state a section of gigabytes.
+    let data = |name| {
+        let section = file.section_by_name(name)?;
+        if section.size() > MAX_SECTION {
+            return None;
+        }
+        section.data().ok()
+    };
+    let eh_frame = data(".eh_frame").zip(address(".eh_frame"));
     judge(Sections {
-        eh_frame: data(".eh_frame").zip(address(".eh_frame")),
-        debug_frame: data(".debug_frame"),
+        debug_frame: if eh_frame.is_none() {
+            data(".debug_frame")
+        } else {
+            None
+        },
+        eh_frame,
         text: address(".text"),
         got: address(".got"),
         go: address(".gopclntab").is_some() || address(".go.buildinfo").is_some(),
@@ -79,10 +95,14 @@ pub(super) fn judge(sections: Sections) -> bool {
     } else {
         (0, 0)
     };
-    fdes == 0 || rbp * 100 >= fdes * THRESHOLD_PERCENT
+    fdes > 0 && rbp * 100 >= fdes * THRESHOLD_PERCENT
 }
 
 /// (FDEs that at some point set the CFA from rbp, FDEs read); a malformed entry ends the count.
+/// What is not a function of the program's own is not counted: PLT stubs (their CFA is an
+/// expression), the outermost frame (`_start`, whose return address is undefined), and code
+/// whose CFA never moves (stubs and leaves that make no frame either way), which would
+/// otherwise outweigh the few functions of a small program.
 fn rbp_fdes<'a, S>(section: S, bases: &BaseAddresses) -> (usize, usize)
 where
     S: UnwindSection<EndianSlice<'a, LittleEndian>>,
@@ -96,17 +116,32 @@ where
             Ok(None) | Err(_) => break,
         };
         let Ok(fde) = fde else { continue };
-        fdes += 1;
+        let (mut from_rbp, mut not_a_function, mut moves) = (false, false, false);
         let mut instructions = fde.instructions(&section, bases);
         for _ in 0..MAX_INSTRUCTIONS {
             match instructions.next() {
-                Ok(Some(instruction)) if sets_cfa_from_rbp(&instruction) => {
-                    rbp += 1;
-                    break;
+                Ok(Some(instruction)) => {
+                    from_rbp |= sets_cfa_from_rbp(&instruction);
+                    moves |= !matches!(
+                        instruction,
+                        CallFrameInstruction::Nop
+                            | CallFrameInstruction::AdvanceLoc { .. }
+                            | CallFrameInstruction::SetLoc { .. }
+                    );
+                    not_a_function |= matches!(
+                        instruction,
+                        CallFrameInstruction::DefCfaExpression { .. }
+                            | CallFrameInstruction::Undefined {
+                                register: X86_64::RA
+                            }
+                    );
                 }
-                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }
+        }
+        if moves && !not_a_function {
+            fdes += 1;
+            rbp += usize::from(from_rbp);
         }
     }
     (rbp, fdes)

@@ -118,12 +118,18 @@ pub struct Unwinders {
     processes: HashMap<u32, Process>,
     objects: Objects,
     /// framehop's rule cache, shared by every process: its entries are keyed by each
-    /// unwinder's module generation. That is a u16 counted over all unwinders, so after 65536
-    /// modules added a stale rule could in theory be taken for the same address; the checks of
-    /// `Process::walk` still hold whatever the rule.
+    /// unwinder's module generation, a u16 counted over all unwinders. It is replaced before
+    /// that count wraps ([`MODULES_PER_CACHE`]), or a rule of another process's module could
+    /// be taken for the same address.
     cache: CacheX86_64,
+    /// Modules added since the cache was made.
+    modules_added: usize,
     clock: u64,
 }
+
+/// Modules added to unwinders (over all processes) before the rule cache is made anew: below
+/// framehop's u16 module generation, which would otherwise wrap.
+const MODULES_PER_CACHE: usize = 60_000;
 
 impl Default for Unwinders {
     fn default() -> Self {
@@ -137,7 +143,18 @@ impl Unwinders {
             processes: HashMap::new(),
             objects: Objects::default(),
             cache: CacheX86_64::new(),
+            modules_added: 0,
             clock: 0,
+        }
+    }
+
+    /// Counts modules about to be added, and makes the rule cache anew before framehop's
+    /// generation count could wrap.
+    fn adding_modules(&mut self, count: usize) {
+        self.modules_added += count;
+        if self.modules_added >= MODULES_PER_CACHE {
+            self.cache = CacheX86_64::new();
+            self.modules_added = count;
         }
     }
 
@@ -151,6 +168,7 @@ impl Unwinders {
             let Some(process) = Process::load(copy.pid, &mut self.objects, None) else {
                 return Unwound::gone(copy.ip);
             };
+            self.adding_modules(process.modules);
             self.insert(copy.pid, process);
             fresh = true;
         }
@@ -163,7 +181,9 @@ impl Unwinders {
             if walk.stale && !fresh {
                 fresh = true;
                 if let Some(reloaded) = Process::load(copy.pid, &mut self.objects, Some(process)) {
+                    let modules = reloaded.modules;
                     *process = reloaded;
+                    self.adding_modules(modules);
                     continue;
                 }
             }
@@ -171,7 +191,8 @@ impl Unwinders {
         }
     }
 
-    /// A process exited: drops its modules, and the objects no other process maps.
+    /// A process exited or started a new program: drops its modules, and the objects no
+    /// other process maps.
     pub fn forget(&mut self, pid: u32) {
         if self.processes.remove(&pid).is_some() {
             self.objects.purge_unused();
@@ -222,6 +243,8 @@ struct Process {
     /// Sorted by start, as the kernel lists them.
     regions: Vec<Region>,
     unwinder: UnwinderX86_64<Bytes>,
+    /// Modules added to `unwinder`.
+    modules: usize,
     used: u64,
 }
 
@@ -241,6 +264,7 @@ impl Process {
         let maps = procfs::maps_of(pid)?;
         let mut regions = Vec::new();
         let mut unwinder = UnwinderX86_64::new();
+        let mut modules = 0;
         let mut opened = 0;
         for line in maps.lines() {
             let (Some(mapping), Some((offset, inode, path))) =
@@ -264,6 +288,7 @@ impl Process {
                     .or_else(|| objects.open(pid, region.start, region.end, path));
                 if let Some(module) = module_of(&region) {
                     unwinder.add_module(module);
+                    modules += 1;
                     region.unwind_info = true;
                 }
             }
@@ -276,6 +301,7 @@ impl Process {
         Some(Process {
             regions,
             unwinder,
+            modules,
             used: previous.map_or(0, |p| p.used),
         })
     }
@@ -308,6 +334,11 @@ impl Process {
                 .unwinder
                 .unwind_frame(address, &mut regs, cache, &mut read_stack)
             {
+                // An end found by the frame-pointer fallback (a frame pointer of 0 in code
+                // without CFI, which may hold anything there) is not the program's start.
+                Ok(None) if !self.ends_here(address.address_for_lookup()) => {
+                    break Some(Truncation::NoUnwindInfo { address: here });
+                }
                 Ok(None) => break None,
                 Ok(Some(return_address)) => {
                     let Some(next) = FrameAddress::from_return_address(return_address) else {
@@ -353,6 +384,22 @@ impl Process {
             truncated,
             stale,
         }
+    }
+
+    /// Whether a stack may end at `address` (the outermost frame's CFI says so): an end found
+    /// by framehop's frame-pointer fallback, in code without CFI (a frame pointer of 0 there
+    /// may be anything), is no end.
+    fn ends_here(&self, address: u64) -> bool {
+        let Some(region) = self.region(address) else {
+            return false;
+        };
+        let Some(object) = region.object.as_ref().filter(|_| region.unwind_info) else {
+            return false;
+        };
+        object
+            .bias(region.start, region.offset, region.exec)
+            .and_then(|base| address.checked_sub(base))
+            .is_some_and(|svma| object.has_cfi_for(svma))
     }
 
     /// Whether `address` lies in the stack mapping `sp` is in.

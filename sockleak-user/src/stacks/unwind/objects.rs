@@ -35,9 +35,14 @@ const MAX_BUILD_ID: usize = 64;
 /// x86-64 pages: a mapping starts at a segment's offset and address rounded down to one.
 const PAGE: u64 = 4096;
 
-/// One section's bytes, read once per object and shared by every process's module of it.
+/// One section's bytes, read once per object and shared by every process's module of it,
+/// with their share of what all objects may hold.
 #[derive(Clone)]
-pub(super) struct Bytes(Arc<[u8]>);
+pub(super) struct Bytes(
+    Arc<[u8]>,
+    #[expect(dead_code, reason = "held for its Drop, which gives the share back")]
+    Arc<SectionBytes>,
+);
 
 impl Deref for Bytes {
     type Target = [u8];
@@ -134,6 +139,39 @@ impl MappedObject {
             got: cfi.got.as_ref().map(|range| range.start),
             go: self.go,
         })
+    }
+
+    /// Whether the object's CFI has an entry for the code at `svma` (an address as the object
+    /// states it): where it has none, an unwinding that ends there ended on a guess (the frame
+    /// pointer), not at the program's outermost frame.
+    pub(super) fn has_cfi_for(&self, svma: u64) -> bool {
+        use gimli::{BaseAddresses, EhFrame, EhFrameHdr, LittleEndian, UnwindSection};
+        let cfi = &self.cfi;
+        let Some((eh_range, eh_bytes)) = &cfi.eh_frame else {
+            return false;
+        };
+        let mut bases = BaseAddresses::default().set_eh_frame(eh_range.start);
+        if let Some(text) = &cfi.text {
+            bases = bases.set_text(text.start);
+        }
+        if let Some(got) = &cfi.got {
+            bases = bases.set_got(got.start);
+        }
+        let mut eh_frame = EhFrame::new(eh_bytes, LittleEndian);
+        eh_frame.set_address_size(8);
+        if let Some((hdr_range, hdr_bytes)) = &cfi.eh_frame_hdr {
+            let bases = bases.clone().set_eh_frame_hdr(hdr_range.start);
+            if let Ok(hdr) = EhFrameHdr::new(hdr_bytes, LittleEndian).parse(&bases, 8)
+                && let Some(table) = hdr.table()
+            {
+                return table
+                    .fde_for_address(&eh_frame, &bases, svma, EhFrame::cie_from_offset)
+                    .is_ok();
+            }
+        }
+        eh_frame
+            .fde_for_address(&bases, svma, EhFrame::cie_from_offset)
+            .is_ok()
     }
 
     /// Where the object's address 0 lies in a process that maps its file offset `offset` at
@@ -403,7 +441,38 @@ fn read_section(file: &File, file_len: u64, section: &Found) -> Option<Bytes> {
     if !section.readable || section.size > MAX_SECTION || end > file_len {
         return None;
     }
+    let reserved = SectionBytes::reserve(section.size)?;
     let mut bytes = vec![0; usize::try_from(section.size).ok()?];
     file.read_exact_at(&mut bytes, section.offset).ok()?;
-    Some(Bytes(bytes.into()))
+    Some(Bytes(bytes.into(), Arc::new(reserved)))
+}
+
+/// Bytes of unwind sections held at once, every object together: a process that maps many
+/// files stating huge (sparse) sections would otherwise have the tracer hold gigabytes. Past
+/// it, an object's frames are walked by frame pointer. Real machines hold a few tens of
+/// megabytes (node's sections are 3.3 MB, libc's 183 kB).
+const MAX_SECTION_BYTES: u64 = 512 << 20;
+
+static SECTION_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A share of [`MAX_SECTION_BYTES`], given back when the section's bytes are dropped.
+#[derive(Debug)]
+pub(super) struct SectionBytes(u64);
+
+impl SectionBytes {
+    fn reserve(size: u64) -> Option<Self> {
+        use std::sync::atomic::Ordering::Relaxed;
+        SECTION_BYTES
+            .try_update(Relaxed, Relaxed, |held| {
+                held.checked_add(size).filter(|&h| h <= MAX_SECTION_BYTES)
+            })
+            .ok()
+            .map(|_| Self(size))
+    }
+}
+
+impl Drop for SectionBytes {
+    fn drop(&mut self) {
+        SECTION_BYTES.fetch_sub(self.0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
