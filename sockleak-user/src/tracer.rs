@@ -37,8 +37,6 @@ pub struct Tracer {
     /// processes start new programs (`programs_started`, from their exec events).
     libuv: hooks::libuv::LibuvProbes,
     programs_started: Vec<u32>,
-    /// How each process's stacks are taken, judged as processes start new programs.
-    unwinders: UnwinderChoice,
     rings: Rings,
     /// Sockets born since the last report, kept by the kernel until a report reads them.
     newborn: Newborn,
@@ -176,8 +174,8 @@ impl Tracer {
         if copying {
             raise_fd_limit();
         }
-        let mut unwinders = UnwinderChoice::new(&mut ebpf, copying);
-        unwinders.judge(hooks::libuv::candidates(&filter.pids));
+        // Judged on the copies' thread: at once, then as processes start new programs.
+        let choice = copying.then(|| UnwinderChoice::new(&mut ebpf));
         let mut newborn = Newborn::take_from(&mut ebpf, newborn_slots)?;
         let kernel_stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(ebpf.take_map("STATS").context("STATS map missing")?)?;
@@ -196,8 +194,9 @@ impl Tracer {
             walked,
             js: js_stacks,
         };
-        let mut stacks = Stacks::start(maps, libuv.processes.clone())
+        let mut stacks = Stacks::start(maps, libuv.processes.clone(), choice.flatten())
             .context("starting the symbolizer thread")?;
+        stacks.judge(hooks::libuv::candidates(&filter.pids));
         // After every program is loaded: init takes the log map out of `ebpf`.
         let logger = aya_log::EbpfLogger::init(&mut ebpf)
             .inspect_err(|err| log::debug!("eBPF logging unavailable: {err}"))
@@ -260,7 +259,6 @@ impl Tracer {
         Ok(Self {
             ebpf,
             libuv,
-            unwinders,
             rings: Rings { events, copies },
             newborn,
             collect,
@@ -287,7 +285,6 @@ impl Tracer {
             stacks,
             ebpf,
             libuv,
-            unwinders,
             programs_started: started,
             ..
         } = self;
@@ -320,7 +317,9 @@ impl Tracer {
         }
         // A new program is judged and probed as soon as its exec is read: it runs on
         // meanwhile, and its first sockets are named only if all is in before it opens them.
-        unwinders.judge(started.iter().copied());
+        for &pid in started.iter() {
+            stacks.program_started(pid);
+        }
         for pid in started.drain(..) {
             libuv.program_started(ebpf, pid);
         }

@@ -57,8 +57,9 @@ pub fn started(s: &Started) -> String {
                 "creation stacks: walked along frame pointers where a program keeps them, else \
                  copied and unwound from its call frame information"
             } else {
-                "creation stacks: walked along frame pointers only (this kernel cannot copy \
-                 them): code built without them shows a frame or two"
+                "creation stacks: walked along frame pointers only (--stack-copy-budget 0, or \
+                 this kernel cannot read a task's registers): code built without them shows a \
+                 frame or two"
             }
         );
     }

@@ -28,7 +28,7 @@ use crate::{
     filter::{Candidate, Filter},
     prefetch,
     sockdiag::{SkMem, TcpInfo},
-    stacks::{CreationStack, StackKey, StackStats, Stacks},
+    stacks::{CreationStack, NativeFrames, StackKey, StackStats, Stacks},
     table::{Socket, SocketTable, TableStats},
     verdict::{Thresholds, socket_flags},
 };
@@ -83,6 +83,14 @@ impl Reporter {
                 .entry(key)
                 .or_insert_with(|| match stacks.get(&key) {
                     Some(stack) => GroupStack::Frames(Arc::clone(&stack.frames)),
+                    // Copies still being unwound are one group of their process, not one
+                    // each.
+                    None if matches!(key.native, NativeFrames::Copied(_)) => {
+                        GroupStack::Pending(StackKey {
+                            native: NativeFrames::Copied(0),
+                            ..key
+                        })
+                    }
                     None => GroupStack::Pending(key),
                 })
                 .clone(),

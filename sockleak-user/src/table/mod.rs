@@ -151,12 +151,12 @@ impl SocketTable {
 
     /// Names each socket's creation stack by what `resolve` makes of it (a copied stack by
     /// the unwound stack it turned out to be), so that one code path's sockets share one key.
-    pub fn resolve_stacks(&mut self, mut resolve: impl FnMut(StackKey) -> Option<StackKey>) {
+    pub fn resolve_stacks(&mut self, mut resolve: impl FnMut(StackKey) -> Option<CreationStack>) {
         for socket in self.sockets.values_mut() {
             if let CreationStack::Taken(key) = socket.stack
                 && let Some(resolved) = resolve(key)
             {
-                socket.stack = CreationStack::Taken(resolved);
+                socket.stack = resolved;
             }
         }
     }
