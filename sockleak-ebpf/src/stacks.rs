@@ -155,9 +155,11 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
             }
             let to_page_end = PAGE_BYTES - (at as usize & (PAGE_BYTES - 1));
             let wanted = to_page_end.min(STACK_COPY_BYTES - len);
-            // In [1, PAGE_BYTES] and below a full copy, in ways the verifier follows.
-            let size = ((wanted - 1) & (PAGE_BYTES - 1)) + 1;
-            let offset = len & (STACK_COPY_BYTES - 1);
+            // In [1, PAGE_BYTES] and below a full copy, in ways the verifier follows: the
+            // compiler, which knows the bounds already, would drop the masks otherwise, and
+            // older verifiers (6.1) do not follow the `min` it leaves.
+            let size = ((opaque(wanted) - 1) & (PAGE_BYTES - 1)) + 1;
+            let offset = opaque(len) & (STACK_COPY_BYTES - 1);
             let into = scratch.bytes.as_mut_ptr().add(offset);
             // A page that cannot be read is the end of the stack's mapping (or an unmapped
             // page): the copy ends there.
@@ -167,7 +169,7 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
             len += size;
             at += size as u64;
         }
-        len.min(STACK_COPY_BYTES)
+        opaque(len).min(STACK_COPY_BYTES)
     };
     scratch.copies = scratch.copies.wrapping_add(1);
     // SAFETY: no preconditions.
@@ -301,6 +303,13 @@ fn keep_walked(stack: &WalkedStack) -> StackRef {
             StackRef::from_stackid(-i64::from(ENOMEM))
         }
     }
+}
+
+/// `value`, with what the compiler knows of it forgotten: the bounds a verifier must see are
+/// then computed where they are written.
+#[inline(always)]
+fn opaque(value: usize) -> usize {
+    core::hint::black_box(value)
 }
 
 /// Whether process `pid` may have one more creation stack in the second that is running at

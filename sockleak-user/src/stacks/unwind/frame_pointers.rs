@@ -120,8 +120,12 @@ where
         let mut instructions = fde.instructions(&section, bases);
         for _ in 0..MAX_INSTRUCTIONS {
             match instructions.next() {
+                // A function that sets up rbp is one of the program's: nothing more to read.
+                Ok(Some(instruction)) if sets_cfa_from_rbp(&instruction) => {
+                    (from_rbp, moves) = (true, true);
+                    break;
+                }
                 Ok(Some(instruction)) => {
-                    from_rbp |= sets_cfa_from_rbp(&instruction);
                     moves |= !matches!(
                         instruction,
                         CallFrameInstruction::Nop
