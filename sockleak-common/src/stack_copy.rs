@@ -14,7 +14,8 @@ pub const STACK_COPY_BYTES: usize = 16 << 10;
 
 /// The ring copies travel in, apart from the events' (`EVENTS`): stack bytes never take the
 /// room of a socket's event. Half a second of the default budget ([`STACK_COPY_BUDGET`]);
-/// every copy wakes userspace, which hands it to a thread of its own at once.
+/// userspace collects copies every 50 ms, or at once when an eighth of the ring waits, and
+/// hands them to a thread of its own.
 pub const STACK_COPIES_RING_BYTES: u32 = 2 << 20;
 
 /// Bytes of stack copies sent per second, over all processes, unless `--stack-copy-budget`

@@ -578,6 +578,21 @@ unsafe fn prepare(
     }
 }
 
+/// Wakes userspace for stack copies only once an eighth of their ring is waiting: it collects
+/// the rest on its 50 ms timer, which is soon enough to unwind a copy while its process still
+/// maps what it ran (a wake-up per copy cost more than the unwinding).
+#[inline(always)]
+pub fn copies_wakeup_flag() -> u64 {
+    let ring = core::ptr::from_ref(&STACK_COPIES).cast_mut().cast();
+    // SAFETY: the helper only reads the ring's positions.
+    let waiting = unsafe { bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) };
+    if waiting >= u64::from(STACK_COPIES_RING_BYTES / 8) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Wakes userspace only once `wakeup_bytes` are waiting (see `Config::wakeup_bytes`).
 #[inline(always)]
 fn wakeup_flag() -> u64 {

@@ -23,7 +23,7 @@ use crate::{
     maps::{
         COPY_BUDGET, COPY_SCRATCH, Claim, CopyWindow, LAST_REFUSED, PAGE_BYTES, STACK_BUDGET,
         STACK_COPIES, STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH, WALKED_STACKS,
-        config, count, flag_set, newborn_slot, send,
+        config, copies_wakeup_flag, count, flag_set, newborn_slot, send,
     },
     task::current_task,
 };
@@ -186,7 +186,7 @@ pub fn copy_user_stack(cfg: &Config, pid: u32) -> StackRef {
     // inside the scratch value (`len` is at most a copy).
     let bytes =
         unsafe { core::slice::from_raw_parts(core::ptr::from_ref(scratch).cast::<u8>(), record) };
-    match STACK_COPIES.output_untyped(bytes, 0) {
+    match STACK_COPIES.output_untyped(bytes, copies_wakeup_flag()) {
         Ok(()) => StackRef::copied(copy),
         Err(_) => {
             count(Stat::StackCopiesLost);
