@@ -18,6 +18,7 @@
 //! asked to do.
 pub mod cgroups;
 pub mod config;
+mod elf_symbols;
 pub mod filter;
 pub mod holders;
 pub mod hooks;

@@ -57,10 +57,10 @@ fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
             .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
             .args([port.as_str(), "5"]),
     );
-    // A second after it started (readying a node binary sockleak never saw takes about half
-    // of that: its symbols are read twice), and before the first report, which would ready
-    // it too.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // 200 ms after it started, as a service opens its pool: readying a node binary sockleak
+    // never saw (its symbol tables read for the probes and the V8 layout) must take less, and
+    // no report comes before the first, which would ready it too.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     service.run("go");
 
     let report = tracer.report_when(|r| {

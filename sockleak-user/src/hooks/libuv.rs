@@ -5,14 +5,16 @@
 //!
 //! Processes are looked at when tracing starts, at every report, and as each starts a new
 //! program (`sched/sched_process_exec`): a node started later is ready as it starts if its
-//! binary was probed before, about half a second later if not (its symbols are read). Each binary is probed once, for every process
-//! that maps it. A distribution's `libuv.so` is mapped by the loader after exec: a process
+//! binary was probed before, about a tenth of a second later if not (its symbol tables are
+//! read: [`crate::elf_symbols`]), while node itself starts. Each binary is probed once, for
+//! every process that maps it. A distribution's `libuv.so` is mapped by the loader after exec: a process
 //! that had none then is looked at once more a moment later.
 //!
 //! The same scans read each node binary's V8 layout (once per binary) and tell the kernel walk
 //! and the symbolizer which process runs which (see [`crate::v8`]).
 use std::{
     collections::{HashMap, HashSet},
+    ops::ControlFlow,
     os::unix::fs::MetadataExt,
     path::Path,
     sync::Arc,
@@ -26,13 +28,14 @@ use aya::{
     programs::{UProbe, uprobe::UProbeScope},
 };
 use object::{
-    Endianness, Object, ObjectSymbol, ReadCache,
+    Endianness, ReadCache,
     read::elf::{Dyn, ElfFile64},
 };
 use sockleak_common::{ANY_V8_PROCESS, V8Layout};
 
 use super::program_mut;
 use crate::{
+    elf_symbols::{self, Table},
     procfs,
     v8::{LayoutOf, V8Processes, layout::Layout},
 };
@@ -194,7 +197,10 @@ impl LibuvProbes {
         let settled = self.seen.contains(&file)
             || (moment == Moment::Exec && self.none_at_exec.contains(&file));
         if !settled {
-            match self.ready(ebpf, pid, &exe, file, moment) {
+            let began = Instant::now();
+            let runs = self.ready(ebpf, pid, &exe, file, moment);
+            log::debug!("pid {pid}: {runs:?}, found in {:?}", began.elapsed());
+            match runs {
                 Runs::NotKnownYet => return Some(Runs::NotKnownYet),
                 Runs::NoLibuv if moment == Moment::Exec => {
                     self.none_at_exec.insert(file);
@@ -217,9 +223,9 @@ impl LibuvProbes {
     /// still in the executable), then reads and registers its V8 layout. Whether it runs
     /// libuv.
     ///
-    /// Probes first: on first sight of a node binary each step reads its symbols for about
-    /// 0.2 s, and a handle made between the two keeps native frames (`uv_tcp_init` and its
-    /// callers), where one made before the probes keeps only the event loop's.
+    /// Probes first: on first sight of a node binary each step reads its symbol tables (tens
+    /// of milliseconds), and a handle made between the two keeps native frames (`uv_tcp_init`
+    /// and its callers), where one made before the probes keeps only the event loop's.
     fn ready(
         &mut self,
         ebpf: &mut Ebpf,
@@ -313,15 +319,18 @@ impl LibuvProbes {
 
     /// Attaches every probe to `path`, the file `file`; false if it does not export libuv.
     fn probe_file(&mut self, ebpf: &mut Ebpf, path: &str, file: FileId) -> bool {
+        let offsets = probe_offsets(path);
         for (program, functions) in PROBES {
+            let at: Option<Vec<u64>> = functions.iter().map(|f| offsets.get(f).copied()).collect();
             let attached = program_mut::<UProbe>(ebpf, program).and_then(|uprobe| {
-                uprobe
-                    .attach(
-                        functions.iter().copied(),
-                        Path::new(path),
-                        UProbeScope::AllProcesses,
-                    )
-                    .map_err(anyhow::Error::from)
+                let (path, scope) = (Path::new(path), UProbeScope::AllProcesses);
+                match at {
+                    Some(at) => uprobe.attach(at, path, scope),
+                    // Not all where one read found them (a debug link's file has them, say):
+                    // aya's own search, a read of the file per program.
+                    None => uprobe.attach(functions.iter().copied(), path, scope),
+                }
+                .map_err(anyhow::Error::from)
             });
             if let Err(err) = attached {
                 // Most binaries have no libuv: the first program's symbols are not there.
@@ -398,11 +407,14 @@ fn libuv_in(path: &str) -> LibuvIn {
         return LibuvIn::Nowhere;
     };
     // Exported first (node's are): the full symbol table of a large binary takes longer.
-    if elf
-        .dynamic_symbols()
-        .chain(elf.symbols())
-        .any(|s| s.is_definition() && s.name() == Ok("uv_tcp_init"))
-    {
+    let defines = |table| {
+        elf_symbols::each_defined(&elf, table, |s| match s.name {
+            "uv_tcp_init" => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        })
+        .is_break()
+    };
+    if defines(Table::Dynamic) || defines(Table::Full) {
         return LibuvIn::Program;
     }
     let (endian, data, sections) = (elf.endian(), elf.data(), elf.elf_section_table());
@@ -422,6 +434,38 @@ fn libuv_in(path: &str) -> LibuvIn {
     } else {
         LibuvIn::Nowhere
     }
+}
+
+/// Where in the file at `path` each function the probes want starts, as far as its symbol
+/// tables say, read once for all of them.
+fn probe_offsets(path: &str) -> HashMap<&'static str, u64> {
+    let mut found = HashMap::new();
+    let Ok(file) = std::fs::File::open(path) else {
+        return found;
+    };
+    let cache = ReadCache::new(file);
+    let Ok(elf) = ElfFile64::<Endianness, _>::parse(&cache) else {
+        return found;
+    };
+    let wanted: HashSet<&'static str> =
+        PROBES.iter().flat_map(|(_, f)| f.iter().copied()).collect();
+    for table in [Table::Dynamic, Table::Full] {
+        if found.len() == wanted.len() {
+            break;
+        }
+        let _ = elf_symbols::each_defined(&elf, table, |symbol| {
+            if let Some(&name) = wanted.get(symbol.name)
+                && let Some(at) = elf_symbols::file_offset(&elf, &symbol)
+            {
+                found.entry(name).or_insert(at);
+            }
+            match found.len() == wanted.len() {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
+        });
+    }
+    found
 }
 
 fn file_id(path: &str) -> Option<FileId> {

@@ -3,11 +3,13 @@
 //! type of each offset. Where a V8 release dropped a symbol, the fallback is the offset that
 //! release is known to use (as the OpenTelemetry profiler's `nodev8` does); a symbol with
 //! neither is an error that says which, and that binary's frames stay native.
-use std::{collections::HashMap, fs::File, path::Path};
+use std::{collections::HashMap, fs::File, ops::ControlFlow, path::Path};
 
 use anyhow::{Context, Result, bail};
-use object::{Object, ObjectKind, ObjectSection, ObjectSymbol, ReadCache};
+use object::{Endianness, Object, ObjectKind, ObjectSection, ReadCache, read::elf::ElfFile64};
 use sockleak_common::{V8_FP_BYTECODE_OFFSET, V8_FP_CONTEXT, V8_FP_FUNCTION, V8Layout};
+
+use crate::elf_symbols::{Table, each_defined};
 
 /// What userspace reads of a V8 heap, beside what the kernel walk reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,41 +231,39 @@ const INVOKE_API_FUNCTION: &str = "_ZN2v88internal8Builtins17InvokeApiFunction";
 /// The symbols of the ELF file at `path`. Read in place: node is a hundred megabytes.
 fn read_symbols(path: &Path) -> Result<Symbols> {
     let cache = ReadCache::new(File::open(path).context("opening it")?);
-    let elf = object::File::parse(&cache).context("reading it as ELF")?;
+    let elf = ElfFile64::<Endianness, _>::parse(&cache).context("reading it as ELF")?;
     let linked_in_place = elf.kind() == ObjectKind::Executable;
     let mut values = HashMap::new();
     let mut native_api_call = None;
-    for table in [elf.dynamic_symbols(), elf.symbols()] {
-        for symbol in table {
-            let Ok(name) = symbol.name() else { continue };
-            if name.starts_with(INVOKE_API_FUNCTION) && symbol.size() > 0 && linked_in_place {
-                native_api_call.get_or_insert([symbol.address(), symbol.address() + symbol.size()]);
-                continue;
+    for table in [Table::Dynamic, Table::Full] {
+        let _ = each_defined(&elf, table, |symbol| {
+            let name = symbol.name;
+            if name.starts_with(INVOKE_API_FUNCTION) && symbol.size > 0 && linked_in_place {
+                native_api_call.get_or_insert([symbol.address, symbol.address + symbol.size]);
+                return ControlFlow::Continue(());
             }
             let key = match name {
                 "_ZN2v88internal7Version6major_E" => "version_major".to_owned(),
                 "_ZN2v88internal7Version6minor_E" => "version_minor".to_owned(),
                 _ => match name.strip_prefix("v8dbg_") {
                     Some(rest) => rest.to_owned(),
-                    None => continue,
+                    None => return ControlFlow::Continue(()),
                 },
             };
             if values.contains_key(&key) {
-                continue;
+                return ControlFlow::Continue(());
             }
-            let Some(section) = symbol
-                .section_index()
-                .and_then(|i| elf.section_by_index(i).ok())
-            else {
-                continue;
+            let Ok(section) = elf.section_by_index(symbol.section) else {
+                return ControlFlow::Continue(());
             };
             // A symbol in .bss (no file data) is an int whose value is zero.
-            let value = match section.data_range(symbol.address(), 4) {
-                Ok(Some(bytes)) => i64::from(i32::from_le_bytes(bytes.try_into()?)),
+            let value = match section.data_range(symbol.address, 4) {
+                Ok(Some(&[a, b, c, d])) => i64::from(i32::from_le_bytes([a, b, c, d])),
                 _ => 0,
             };
             values.insert(key, value);
-        }
+            ControlFlow::Continue(())
+        });
         if values.contains_key("off_fp_function") {
             break;
         }
