@@ -22,8 +22,11 @@
 //!    (`http`).
 //! 10. Profile: the share of the machine's CPU samples a tracer's kernel work and process take
 //!     under churn (`perf`), which the machine's drifting speed does not move (`profile`).
+//! 11. Creation stacks a second and their cost for each unwinder: a C program's sockets, built
+//!     with frame pointers and without, every stack asked for (`stacks`).
 //!
-//! With `--baseline`, only a comparison of two sockleak builds runs (`compare`). Each section's
+//! With `--baseline`, only a comparison of two sockleak builds runs (`compare`); with
+//! `--only stacks`, only the stacks. Each section's
 //! measurement and its part of the printed table live in the module named; this file is the
 //! command line and the order they run in.
 mod attribution;
@@ -38,6 +41,7 @@ mod probe;
 mod profile;
 mod rounds;
 mod scale;
+mod stacks;
 mod time_wait;
 
 use std::path::PathBuf;
@@ -88,6 +92,14 @@ pub(crate) struct Args {
     /// run-time statistics per connection, then `--scale`): only that comparison runs.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Only this section.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    Stacks,
 }
 
 #[derive(Serialize)]
@@ -101,6 +113,7 @@ struct Results {
     linking: Vec<LinkingResult>,
     node_stacks: Option<node::NodeStacks>,
     node_http: Vec<http::HttpRow>,
+    stacks: Vec<stacks::StackRow>,
 }
 
 fn main() {
@@ -118,6 +131,15 @@ fn run(args: Args) -> Result<()> {
         let comparison = compare::compare(&args, baseline)?;
         std::fs::write(&args.json, serde_json::to_string_pretty(&comparison)?)?;
         print!("{}", compare::table(&comparison));
+        println!("(written to {})", args.json.display());
+        return Ok(());
+    }
+    if args.only == Some(Section::Stacks) {
+        let rows = stacks::measure(&args)?;
+        std::fs::write(&args.json, serde_json::to_string_pretty(&rows)?)?;
+        let mut out = String::new();
+        stacks::write_table(&mut out, &rows);
+        print!("{out}");
         println!("(written to {})", args.json.display());
         return Ok(());
     }
@@ -173,6 +195,10 @@ fn run(args: Args) -> Result<()> {
         .inspect_err(|err| eprintln!("bench: node stacks: {err:#}"))
         .ok();
 
+    let stacks = stacks::measure(&args)
+        .inspect_err(|err| eprintln!("bench: stacks: {err:#}"))
+        .unwrap_or_default();
+
     let linking = match &args.sockleak_dynamic {
         Some(dynamic) => linking::linking(&args, dynamic)
             .inspect_err(|err| eprintln!("bench: linking: {err:#}"))
@@ -190,6 +216,7 @@ fn run(args: Args) -> Result<()> {
         linking,
         node_stacks,
         node_http,
+        stacks,
     };
     std::fs::write(&args.json, serde_json::to_string_pretty(&results)?)?;
     print!("{}", table(&results, &args));
@@ -212,6 +239,9 @@ fn table(r: &Results, args: &Args) -> String {
     }
     if let Some(n) = &r.node_stacks {
         node::write_table(&mut out, n);
+    }
+    if !r.stacks.is_empty() {
+        stacks::write_table(&mut out, &r.stacks);
     }
     if let Some(a) = &r.attribution {
         attribution::write_table(&mut out, a, &r.churn);

@@ -84,6 +84,14 @@ pub struct Config {
     /// [`crate::StackCopyHeader`]); 0 copies none, and every stack is walked along its frame
     /// pointers.
     pub stack_copy_budget: u64,
+    /// `task_struct.mm`, `mm_struct.exe_file`, `inode.i_sb`, `inode.i_size` and
+    /// `super_block.s_dev`: the program a process runs, as [`crate::ProgramFile`] names it, for
+    /// the unwinder its program was judged to need. `task_mm` is 0 when BTF does not say.
+    pub task_mm: u64,
+    pub mm_exe_file: u64,
+    pub inode_sb: u64,
+    pub inode_size: u64,
+    pub sb_dev: u64,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an

@@ -29,9 +29,26 @@ pub const COPY_CPUS: u32 = 4096;
 /// Processes whose unwinder the kernel knows (an LRU map: one that exited makes room).
 pub const UNWINDER_PROCESSES: u32 = 16384;
 
+/// Programs whose unwinder the kernel knows (an LRU map), for the processes that start them
+/// later or are forked from them.
+pub const UNWINDER_PROGRAMS: u32 = 4096;
+
+/// A program file as the kernel sees the one a process runs (`mm->exe_file`): its device in
+/// the kernel's encoding (major << 20 | minor), inode and size. The size tells a rebuilt
+/// binary from the one whose inode number it reuses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProgramFile {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+    pub size: u64,
+}
+
 /// How a process's creation stacks are taken. Chosen once per process, before its first
 /// stack (by userspace at its exec or at sockleak's start, else by the kernel at that first
-/// stack): one code path walked two ways would be two groups.
+/// stack, as its program was judged for an earlier process, or copied if it never was): one
+/// code path walked two ways would be two groups.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StackUnwinder {

@@ -8,8 +8,8 @@ use serde::{
 
 use crate::{
     AttachPoint, Config, Endpoint, Family, JsStack, KernelFilter, ListenerKey, ListenerOwner,
-    Origin, Protocol, ReleasedSocket, Site, SockEvent, SocketState, StackUnwinder, V8Layout,
-    Verdict, WalkedStack,
+    Origin, ProgramFile, Protocol, ReleasedSocket, Site, SockEvent, SocketState, StackUnwinder,
+    V8Layout, Verdict, WalkedStack,
 };
 
 // SAFETY: plain #[repr(C)] integers and arrays of them, padded by explicit fields where
@@ -31,6 +31,8 @@ unsafe impl aya::Pod for WalkedStack {}
 unsafe impl aya::Pod for ListenerKey {}
 // SAFETY: as said above, plain #[repr(C)] integers without implicit padding.
 unsafe impl aya::Pod for ListenerOwner {}
+// SAFETY: `#[repr(C)]`, integers only, padding spelled out.
+unsafe impl aya::Pod for ProgramFile {}
 
 /// Serialized as its `name()`, read back by `from_name()`.
 macro_rules! by_name {

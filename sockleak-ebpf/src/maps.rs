@@ -18,9 +18,10 @@ use core::ptr::read_volatile;
 use sockleak_common::{
     COMM_LEN, Config, EVENTS_RING_BYTES, EventKind, Hook, JS_STACK_SLOTS, JsStack, LIBUV_HANDLES,
     LIBUV_THREADS, LISTENER_SLOTS, ListenerKey, ListenerOwner, NEWBORN_SOCKETS, NO_JS_STACK,
-    RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES, STACK_COPIES_RING_BYTES,
-    STACK_COPY_BYTES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent, SockId, StackCopyHeader,
-    StackRef, Stat, UNWINDER_PROCESSES, V8_PROCESSES, V8Layout, WalkedStack,
+    ProgramFile, RELEASE_LOG_SLOTS, ReleasedSocket, STACK_BUDGET_PROCESSES,
+    STACK_COPIES_RING_BYTES, STACK_COPY_BYTES, STACK_DEPTH, STACK_SLOTS, STAT_COUNT, SockEvent,
+    SockId, StackCopyHeader, StackRef, Stat, UNWINDER_PROCESSES, UNWINDER_PROGRAMS, V8_PROCESSES,
+    V8Layout, WalkedStack,
 };
 
 #[btf_map]
@@ -64,6 +65,13 @@ pub static STACK_COPIES: RingBuf<u8, { STACK_COPIES_RING_BYTES as usize }> = Rin
 /// map: bounded, and an exited process makes room.
 #[btf_map]
 pub static UNWINDERS: LruHashMap<u32, u32, { UNWINDER_PROCESSES as usize }> = LruHashMap::new();
+
+/// Each judged program's `sockleak_common::StackUnwinder`, by `ProgramFile`: written by
+/// userspace as it judges a program, read by the kernel at the first stack of a process
+/// nobody judged (forked from a judged one, or started again) before it decides `Copy`.
+#[btf_map]
+pub static PROGRAM_UNWINDERS: LruHashMap<ProgramFile, u32, { UNWINDER_PROGRAMS as usize }> =
+    LruHashMap::new();
 
 /// A page of user memory: copies are read a page at a time, so that one ending where the
 /// stack's mapping ends keeps every page before it.
@@ -288,6 +296,11 @@ static CONFIG: Config = Config {
     sock_net: 0,
     net_ns_inum: 0,
     stack_copy_budget: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    inode_sb: 0,
+    inode_size: 0,
+    sb_dev: 0,
 };
 
 /// `CONFIG`, read in place. Its value is patched into .rodata at load time, so the compiler

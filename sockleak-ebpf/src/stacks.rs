@@ -14,16 +14,16 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, tracing::StackIdContext},
 };
 use sockleak_common::{
-    Config, EventKind, Hook, STACK_COPY_BYTES, STACK_COPY_HEADER_BYTES, STACK_DEPTH, SockEvent,
-    SockId, StackRef, StackStatus, StackUnwinder, Stat, WalkedStack,
+    Config, EventKind, Hook, ProgramFile, STACK_COPY_BYTES, STACK_COPY_HEADER_BYTES, STACK_DEPTH,
+    SockEvent, SockId, StackRef, StackStatus, StackUnwinder, Stat, WalkedStack,
 };
 
 use crate::{
     filter::admits_task,
     maps::{
-        COPY_BUDGET, COPY_SCRATCH, Claim, CopyWindow, LAST_REFUSED, PAGE_BYTES, STACK_BUDGET,
-        STACK_COPIES, STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH, WALKED_STACKS,
-        config, copies_wakeup_flag, count, flag_set, newborn_slot, send,
+        COPY_BUDGET, COPY_SCRATCH, Claim, CopyWindow, LAST_REFUSED, PAGE_BYTES, PROGRAM_UNWINDERS,
+        STACK_BUDGET, STACK_COPIES, STACKS, STACKS_AT_STATE, StackWindow, UNWINDERS, WALK_SCRATCH,
+        WALKED_STACKS, config, copies_wakeup_flag, count, flag_set, newborn_slot, send,
     },
     task::current_task,
 };
@@ -88,9 +88,10 @@ pub fn walk_user_stack(cfg: &Config) -> (StackRef, u64) {
     walk_into(cfg, unsafe { &mut (*scratch).stack })
 }
 
-/// How process `pid`'s stacks are taken: as userspace judged its program, else copied for
-/// userspace to unwind, which is decided here for good (the process's later stacks are taken
-/// the same way, or one code path would be two groups). Copies off: walked.
+/// How process `pid`'s stacks are taken: as userspace judged its program, else as its
+/// program was judged when another process ran it (a forked worker, the same program started
+/// again), else copied for userspace to unwind. Decided here for good: the process's later
+/// stacks are taken the same way, or one code path would be two groups. Copies off: walked.
 #[inline(always)]
 pub fn unwinder_of(cfg: &Config, pid: u32) -> StackUnwinder {
     if cfg.stack_copy_budget == 0 {
@@ -100,12 +101,45 @@ pub fn unwinder_of(cfg: &Config, pid: u32) -> StackUnwinder {
     if let Some(&word) = unsafe { UNWINDERS.get(&pid) } {
         return StackUnwinder::of(word).unwrap_or(StackUnwinder::Copy);
     }
-    let _ = UNWINDERS.insert(&pid, &(StackUnwinder::Copy as u32), u64::from(BPF_NOEXIST));
+    // SAFETY: as above.
+    let judged = current_program(cfg)
+        .and_then(|program| unsafe { PROGRAM_UNWINDERS.get(&program).copied() });
+    let word = judged.unwrap_or(StackUnwinder::Copy as u32);
+    let _ = UNWINDERS.insert(&pid, &word, u64::from(BPF_NOEXIST));
     // Userspace, or another thread of the process, may have decided meanwhile: its word stands.
     // SAFETY: as above.
     match unsafe { UNWINDERS.get(&pid) } {
         Some(&word) => StackUnwinder::of(word).unwrap_or(StackUnwinder::Copy),
         None => StackUnwinder::Copy,
+    }
+}
+
+/// The program file the current task runs (`current->mm->exe_file`), when BTF gave the
+/// offsets and every pointer on the way reads.
+#[inline(always)]
+fn current_program(cfg: &Config) -> Option<ProgramFile> {
+    if cfg.task_mm == 0 {
+        return None;
+    }
+    // SAFETY: kernel pointers read through the probe helper, which fails rather than faults;
+    // the offsets are the running kernel's (BTF).
+    unsafe {
+        let read = |at: u64| {
+            bpf_probe_read_kernel(at as *const u64)
+                .ok()
+                .filter(|&p| p != 0)
+        };
+        let task = bpf_get_current_task_btf() as u64;
+        let mm = read(task + cfg.task_mm)?;
+        let exe = read(mm + cfg.mm_exe_file)?;
+        let inode = read(exe + cfg.file_inode)?;
+        let sb = read(inode + cfg.inode_sb)?;
+        Some(ProgramFile {
+            dev: bpf_probe_read_kernel((sb + cfg.sb_dev) as *const u32).ok()?,
+            _pad: 0,
+            ino: bpf_probe_read_kernel((inode + cfg.inode_ino) as *const u64).ok()?,
+            size: bpf_probe_read_kernel((inode + cfg.inode_size) as *const u64).ok()?,
+        })
     }
 }
 

@@ -150,6 +150,57 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
 
 /// `--no-stacks` (for the busiest hosts) keeps everything but the stacks: the same sockets,
 /// grouped by process and site only, and the started line says so.
+/// A prefork server's workers are forked, never exec'd: nobody judges them, and each takes the
+/// way its program was judged for the parent (frame pointers), not the copies the kernel
+/// falls back on for a process it knows nothing of.
+#[test]
+fn forked_workers_take_their_programs_unwinder() {
+    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prefork");
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(Path::new(PROGRAMS).join("prefork.c"))
+        .status()
+        .expect("running gcc (setup.sh installs it)");
+    assert!(status.success(), "gcc failed: {status}");
+    // Started before the server, which is judged at its exec.
+    let tracer = Trace::start_also(&[], &["--comm", "prefork"]);
+    let mut server = Scenario::spawn_program(Command::new(&bin).args(["2", "3"]));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let workers: Vec<u32> = server
+        .run("go")
+        .iter()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2);
+    let site = format!(
+        "open_worker_sockets (prefork.c:{})",
+        line_of("prefork.c", "WORKER LEAK SITE")
+    );
+    let report = tracer.report_when(|r| {
+        workers
+            .iter()
+            .all(|&w| r.groups_at(w, &Site::socket()).iter().any(|g| g.count == 3))
+    });
+    for worker in workers {
+        let groups = report.groups_at(worker, &Site::socket());
+        assert_eq!(groups.len(), 1, "{groups:#?}");
+        let group = &groups[0];
+        assert_eq!(group.count, 3, "{group:#?}");
+        assert_eq!(
+            group.unwinder,
+            Some(StackUnwinder::FramePointers),
+            "{group:#?}"
+        );
+        let frames = frames(group);
+        assert!(
+            frames.contains(&site.as_str())
+                && frames.iter().any(|f| f.starts_with("main (prefork.c:")),
+            "{site} and main in {frames:#?}"
+        );
+    }
+}
+
 #[test]
 fn without_stacks_sockets_group_by_process_and_site() {
     let leaker_bin = build_native_leaker();

@@ -65,6 +65,21 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
         config.pt_regs_bp = bp;
         config.have_task_pt_regs = 1;
     }
+    // Optional: without them, a process nobody judged is copied even where its program was
+    // judged for another (a forked worker).
+    if let (Ok(mm), Ok(exe), Ok(sb), Ok(size), Ok(dev)) = (
+        off("task_struct", "mm"),
+        off("mm_struct", "exe_file"),
+        off("inode", "i_sb"),
+        off("inode", "i_size"),
+        off("super_block", "s_dev"),
+    ) {
+        config.task_mm = mm;
+        config.mm_exe_file = exe;
+        config.inode_sb = sb;
+        config.inode_size = size;
+        config.sb_dev = dev;
+    }
     Ok(())
 }
 
@@ -88,6 +103,10 @@ mod tests {
             "{c:?}"
         );
         assert!(c.sock_net > 0 && c.net_ns_inum > 0, "{c:?}");
+        assert!(
+            c.task_mm > 0 && c.mm_exe_file > 0 && c.inode_sb > 0,
+            "{c:?}"
+        );
         // The inode follows the `struct socket` (128 bytes on this one).
         assert!(
             c.socket_inode >= 64 && c.socket_inode.is_multiple_of(8),

@@ -3,9 +3,11 @@
 //!
 //! Judged once per process before its first stack, at sockleak's start and at each exec,
 //! from the program the process runs (read through `/proc/PID/exe`, the process's own view of
-//! the file), and told to the kernel (`UNWINDERS`). A process nobody judged in time is
-//! copied: the kernel decides that at its first stack and keeps it, so one code path is never
-//! taken two ways.
+//! the file), and told to the kernel (`UNWINDERS`), with the program's judgement by file
+//! (`PROGRAM_UNWINDERS`). A process nobody judged in time (forked, or whose first socket came
+//! before its exec was read) takes its program's judgement, or is copied if it never had one:
+//! the kernel decides that at its first stack and keeps it, so one code path is never taken
+//! two ways.
 use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt};
 
 use aya::{
@@ -16,7 +18,7 @@ use object::{
     Endianness, ReadCache, ReadRef,
     read::elf::{Dyn, ElfFile64},
 };
-use sockleak_common::StackUnwinder;
+use sockleak_common::{ProgramFile, StackUnwinder};
 
 use super::unwind::keeps_frame_pointers;
 
@@ -44,15 +46,18 @@ const C_RUNTIME: &[&[u8]] = &[
 
 pub struct UnwinderChoice {
     map: BpfHashMap<MapData, u32, u32>,
+    programs: BpfHashMap<MapData, ProgramFile, u32>,
     by_program: HashMap<ProgramId, StackUnwinder>,
 }
 
 impl UnwinderChoice {
-    /// Takes the kernel's `UNWINDERS` map; `None` without it.
+    /// Takes the kernel's `UNWINDERS` and `PROGRAM_UNWINDERS` maps; `None` without them.
     pub fn new(ebpf: &mut Ebpf) -> Option<Self> {
         let map = BpfHashMap::try_from(ebpf.take_map("UNWINDERS")?).ok()?;
+        let programs = BpfHashMap::try_from(ebpf.take_map("PROGRAM_UNWINDERS")?).ok()?;
         Some(Self {
             map,
+            programs,
             by_program: HashMap::new(),
         })
     }
@@ -67,10 +72,19 @@ impl UnwinderChoice {
             if self.by_program.len() >= PROGRAMS_KEPT {
                 self.by_program.clear();
             }
-            let unwinder = *self
-                .by_program
-                .entry(program)
-                .or_insert_with(|| program_unwinder(exe));
+            let unwinder = match self.by_program.get(&program) {
+                Some(&unwinder) => unwinder,
+                None => {
+                    let unwinder = program_unwinder(exe);
+                    self.by_program.insert(program, unwinder);
+                    // For the processes that run it without an exec of their own (forked) or
+                    // open a socket before theirs is read.
+                    let _ =
+                        self.programs
+                            .insert(&kernel_program_file(program), &(unwinder as u32), 0);
+                    unwinder
+                }
+            };
             // The kernel's word stands where it spoke first (the process's first stack came
             // before this judgement).
             if self
@@ -90,6 +104,18 @@ impl UnwinderChoice {
 /// A program file: device, inode, size and modification time (an inode number is reused once
 /// its file is gone, as a rebuilt binary's often is).
 type ProgramId = (u64, u64, u64, i64, i64);
+
+/// The kernel's name for a program file ([`ProgramFile`]): stat's device number re-encoded
+/// as the kernel's `s_dev` (major << 20 | minor).
+fn kernel_program_file((dev, ino, size, ..): ProgramId) -> ProgramFile {
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    ProgramFile {
+        dev: (major << 20) | minor,
+        _pad: 0,
+        ino,
+        size,
+    }
+}
 
 /// The program process `pid` runs, opened through its `/proc/PID/exe`.
 fn program_of(pid: u32) -> Option<(ProgramId, File)> {
