@@ -239,6 +239,7 @@ fn report() -> Report {
                 stacks_incomplete: 24,
                 stack_copies: 26,
                 stacks_truncated: 27,
+                made_before_ready: 28,
             },
             report_ms: 12.5,
             netns_unreachable: 1,

@@ -79,3 +79,50 @@ fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
         "the function that opened them, named from the heap: {group:#?}"
     );
 }
+
+/// A node that opens its sockets before sockleak has probed it (here sockleak is made slow to
+/// ready it, as a loaded machine would be): those sockets keep native frames only, and the
+/// report counts them and says so on their group rather than leaving them silently unnamed.
+#[test]
+fn sockets_a_node_made_before_it_was_probed_are_counted_and_their_group_says_so() {
+    let node = a_node_of_its_own();
+    let mut upstream = Scenario::spawn();
+    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
+    upstream.run("serve-keep");
+    let tracer = Trace::start_in_env(
+        &[],
+        &[
+            "--comm",
+            "node-later",
+            "--interval",
+            "1s",
+            "--min-age",
+            "0s",
+        ],
+        &[("SOCKLEAK_TEST_SLOW_READINESS_MS", "2000")],
+    );
+    let mut service = Scenario::spawn_program(
+        Command::new(&node)
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
+            .args([port.as_str(), "5"]),
+    );
+    service.run("go");
+    let report = tracer.report_when(|r| {
+        r.groups_at(service.pid(), &Site::socket())
+            .iter()
+            .any(|g| g.count == 5 && g.stack_note.is_some())
+    });
+    let group = report.group_at(service.pid(), &Site::socket());
+    assert!(!group.handle_stack, "{group:#?}");
+    let note = group.stack_note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("5 made before sockleak had this process's runtime probed"),
+        "{group:#?}"
+    );
+    assert_eq!(
+        report.stats.stacks.made_before_ready, 5,
+        "{:#?}",
+        report.stats
+    );
+}

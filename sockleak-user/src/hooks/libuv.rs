@@ -78,6 +78,10 @@ const PROBES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Test hook: readying a process at its exec first waits this many milliseconds, as a slow
+/// machine's would take, so that a test can open sockets before it is done.
+pub const TEST_SLOW_READINESS: &str = "SOCKLEAK_TEST_SLOW_READINESS_MS";
+
 /// A file by device and inode.
 type FileId = (u64, u64);
 
@@ -234,6 +238,13 @@ impl LibuvProbes {
         file: FileId,
         moment: Moment,
     ) -> Runs {
+        if moment == Moment::Exec
+            && let Some(ms) = std::env::var(TEST_SLOW_READINESS)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let wanted = *self.libuv_in.entry(file).or_insert_with(|| libuv_in(exe));
         let library = match wanted {
             LibuvIn::Program => None,

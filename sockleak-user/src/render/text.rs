@@ -109,6 +109,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
             st.kernel.stack_copies_lost
         );
     }
+    if st.stacks.made_before_ready > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} sockets made by a node before sockleak had probed it (its first moments): \
+             their groups show native frames only",
+            st.stacks.made_before_ready
+        );
+    }
     if st.kernel.events_lost > 0 || st.table.dropped_table_full > 0 {
         let _ = writeln!(
             out,

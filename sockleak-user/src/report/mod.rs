@@ -123,6 +123,9 @@ impl Reporter {
         let mut group_of_key: HashMap<GroupKey, usize> = HashMap::new();
         let mut group_of_origin: PerSocket<GroupOrigin, usize> = PerSocket::default();
         let mut endpoints: Vec<PerSocket<SocketAddr, usize>> = Vec::new();
+        // Per group, its sockets made before their process's runtime was ready for them.
+        let mut before_ready: Vec<u32> = Vec::new();
+        let mut ready_since: PerSocket<u32, Option<u64>> = PerSocket::default();
         for (at, &(_, _, place, s)) in admitted.iter().enumerate() {
             // Oldest first is a jump to a random place in the table for each socket.
             if let Some(&(.., ahead)) = admitted.get(at + prefetch::AHEAD) {
@@ -153,6 +156,19 @@ impl Reporter {
                 });
             let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
             add_to_group(&mut groups[group], &row, rows.len());
+            // A socket it made itself, with a stack but no handle's, before sockleak had its
+            // libuv probes and V8 layout: a node that opened it in its first moments.
+            let ready = *ready_since
+                .entry(s.owner.pid)
+                .or_insert_with(|| stacks.runtime_ready_since(s.owner.pid));
+            if let (Some(ready), CreationStack::Taken(key)) = (ready, s.stack)
+                && !key.handle
+                && s.origin == Origin::Socket
+                && s.created_ns < ready
+            {
+                before_ready.resize(groups.len(), 0);
+                before_ready[group] += 1;
+            }
             if let Some(endpoint) = client_endpoint(s) {
                 endpoints.resize_with(groups.len(), PerSocket::default);
                 *endpoints[group].entry(endpoint).or_default() += 1;
@@ -161,6 +177,18 @@ impl Reporter {
         }
         for (group, counts) in groups.iter_mut().zip(endpoints) {
             (group.endpoints, group.more_endpoints) = most_common(counts);
+        }
+        for (group, &early) in groups.iter_mut().zip(&before_ready) {
+            if early > 0 {
+                let why = format!(
+                    "{early} made before sockleak had this process's runtime probed (libuv, V8): \
+                     no handle or JavaScript frames for them"
+                );
+                group.stack_note = Some(match &group.stack_note {
+                    Some(also) => format!("{why}; {also}").into(),
+                    None => why.into(),
+                });
+            }
         }
         let owners = processes.observe(groups.iter().map(|g| g.key.pid));
         for g in &mut groups {
@@ -189,7 +217,10 @@ impl Reporter {
             kernel,
             open_sockets: table.len(),
             table: table_counts(&table.stats),
-            stacks: stack_counts(stacks.stats()),
+            stacks: StackCounts {
+                made_before_ready: before_ready.iter().map(|&n| u64::from(n)).sum(),
+                ..stack_counts(stacks.stats())
+            },
             report_ms: 0.0,
             netns_unreachable: 0,
         };
@@ -474,6 +505,7 @@ fn stack_counts(s: StackStats) -> StackCounts {
         stacks_incomplete,
         stack_copies: copies.unwound,
         stacks_truncated: copies.truncated,
+        made_before_ready: 0,
     }
 }
 

@@ -456,6 +456,11 @@ pub struct StackCounts {
     pub stack_copies: u64,
     #[serde(default)]
     pub stacks_truncated: u64,
+    /// Sockets in this report that a process made before sockleak had its runtime probed
+    /// (a node started after sockleak, in its first tenth of a second): their stacks have no
+    /// handle or JavaScript frames, and their group says so.
+    #[serde(default)]
+    pub made_before_ready: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

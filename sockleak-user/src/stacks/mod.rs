@@ -95,6 +95,8 @@ pub struct Stacks {
     noted: HashSet<StackKey, foldhash::fast::RandomState>,
     /// The copies' thread, the copies it has yet to unwind, and what each copy became.
     copies: Sender<CopyRequest>,
+    /// Node processes and since when sockleak has been ready for them (see [`V8Processes`]).
+    runtimes: V8Processes,
     copies_queued: Arc<AtomicUsize>,
     copy_index: Arc<Mutex<CopyIndex>>,
 }
@@ -110,6 +112,7 @@ impl Stacks {
         choice: Option<UnwinderChoice>,
     ) -> std::io::Result<Self> {
         let (requests, rx) = mpsc::channel();
+        let runtimes = v8.clone();
         let cache = Arc::new(Mutex::new(HashMap::new()));
         let worker_cache = Arc::clone(&cache);
         thread::Builder::new()
@@ -140,6 +143,7 @@ impl Stacks {
             requests,
             cache,
             noted: HashSet::default(),
+            runtimes,
             copies,
             copies_queued,
             copy_index,
@@ -191,6 +195,12 @@ impl Stacks {
             let _ = self.requests.send(Request::Symbolize(*key));
         }
         stack
+    }
+
+    /// Since when (CLOCK_MONOTONIC ns) process `pid`'s runtime has been ready: its libuv probes
+    /// and V8 layout in place. `None` for a process that runs none sockleak knows.
+    pub fn runtime_ready_since(&self, pid: u32) -> Option<u64> {
+        self.runtimes.ready_since(pid)
     }
 
     /// Waits (at most `timeout`) until everything queued so far is symbolized: for the last

@@ -29,20 +29,32 @@ pub const TEST_UNSUPPORTED: &str = "SOCKLEAK_TEST_V8_UNSUPPORTED";
 /// A binary's layout, or why it could not be read (said per group in reports).
 pub type LayoutOf = Arc<Result<Layout, String>>;
 
-/// The V8 layout of each process found running node, by pid: written by the scans, read by
-/// the symbolizer's thread.
+/// The V8 layout of each process found running node, by pid, and since when (CLOCK_MONOTONIC
+/// ns) sockleak had it: written by the scans, read by the symbolizer's thread and by reports
+/// (a socket made before then has neither JavaScript frames nor its handle's stack).
 #[derive(Clone, Default)]
-pub struct V8Processes(Arc<Mutex<HashMap<u32, LayoutOf>>>);
+pub struct V8Processes(Arc<Mutex<HashMap<u32, (LayoutOf, u64)>>>);
 
 impl V8Processes {
     pub fn set(&self, pid: u32, layout: LayoutOf) {
         if let Ok(mut map) = self.0.lock() {
-            map.insert(pid, layout);
+            map.entry(pid)
+                .and_modify(|(known, _)| *known = Arc::clone(&layout))
+                .or_insert_with(|| (layout, crate::procfs::monotonic_ns()));
         }
     }
 
     pub fn get(&self, pid: u32) -> Option<LayoutOf> {
-        self.0.lock().ok()?.get(&pid).cloned()
+        self.0
+            .lock()
+            .ok()?
+            .get(&pid)
+            .map(|(layout, _)| Arc::clone(layout))
+    }
+
+    /// Since when process `pid` has been ready: its probes and layout in place.
+    pub fn ready_since(&self, pid: u32) -> Option<u64> {
+        self.0.lock().ok()?.get(&pid).map(|&(_, since)| since)
     }
 
     /// Forgets the processes `keep` says are gone.
