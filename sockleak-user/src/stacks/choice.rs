@@ -72,19 +72,16 @@ impl UnwinderChoice {
             if self.by_program.len() >= PROGRAMS_KEPT {
                 self.by_program.clear();
             }
-            let unwinder = match self.by_program.get(&program) {
-                Some(&unwinder) => unwinder,
-                None => {
-                    let unwinder = program_unwinder(exe);
-                    self.by_program.insert(program, unwinder);
-                    // For the processes that run it without an exec of their own (forked) or
-                    // open a socket before theirs is read.
-                    let _ =
-                        self.programs
-                            .insert(&kernel_program_file(program), &(unwinder as u32), 0);
-                    unwinder
-                }
-            };
+            let unwinder = *self
+                .by_program
+                .entry(program)
+                .or_insert_with(|| program_unwinder(exe));
+            // For the processes that run it without an exec of their own (forked) or open a
+            // socket before theirs is read; told at every judging, as the kernel's LRU may
+            // have let it go.
+            let _ = self
+                .programs
+                .insert(&kernel_program_file(program), &(unwinder as u32), 0);
             // The kernel's word stands where it spoke first (the process's first stack came
             // before this judgement).
             if self
