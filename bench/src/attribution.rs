@@ -1,7 +1,7 @@
 //! Where sockleak's cost goes under churn: each of its programs' kernel time, from the
 //! kernel's own BPF run-time statistics (switched on for this one run only: they cost two
 //! clock reads per program run), and its userspace CPU, all per connection.
-use std::{collections::HashSet, path::Path};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
@@ -40,13 +40,7 @@ pub struct Attribution {
 
 /// One churn run under the `sockleak` binary with BPF run-time statistics on.
 pub fn measure(args: &Args, sockleak: &Path) -> Result<Attribution> {
-    let ids = || -> HashSet<u32> {
-        loaded_programs()
-            .filter_map(Result::ok)
-            .map(|p| p.id())
-            .collect()
-    };
-    let before = ids();
+    let before = probe::loaded_program_ids();
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let tracer = Tracer::start(TracerKind::Sockleak, sockleak, &args.work, CHURN_ARGS)?
         .context("sockleak tracer")?;

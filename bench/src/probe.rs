@@ -157,6 +157,15 @@ pub fn machine() -> Value {
     })
 }
 
+/// The ids of the BPF programs loaded now: taken before a tracer starts, so that its own
+/// programs are the ones loaded since.
+pub fn loaded_program_ids() -> std::collections::HashSet<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| p.id())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,7 @@
 //! with frame pointers (sockleak walks them in the kernel) and without (sockleak copies the
 //! stack and unwinds it from the program's CFI), each under `sockleak trace --stack-rate 0`
 //! (every socket's stack) with BPF run-time statistics on, and untraced for its rate.
-use std::{collections::HashSet, path::Path, process::Command};
+use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 use aya::{
@@ -17,7 +17,7 @@ use crate::{
     Args,
     churn::TRACER_SETTLE,
     peers::{Tracer, TracerKind},
-    probe::cpu_seconds,
+    probe::{self, cpu_seconds},
 };
 
 const SOURCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs/stack_churn.c");
@@ -118,13 +118,7 @@ fn traced(
     extra: &[&str],
     untraced: (u64, f64),
 ) -> Result<StackRow> {
-    let ids = || -> HashSet<u32> {
-        loaded_programs()
-            .filter_map(Result::ok)
-            .map(|p| p.id())
-            .collect()
-    };
-    let before = ids();
+    let before = probe::loaded_program_ids();
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
     let mut tracer_args = vec!["--interval", "1h", "--min-age", "0s"];
     tracer_args.extend_from_slice(extra);

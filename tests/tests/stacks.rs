@@ -10,18 +10,22 @@ use sockleak_tests::{Reading, Scenario, Site, StackUnwinder, Trace, frames, line
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
-/// gcc builds the native leaker the way a service built for profiling is built: frame
-/// pointers and debug info.
-fn build_native_leaker() -> PathBuf {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("leaky_native");
+/// gcc builds `source` (of tests/programs) the way a service built for profiling is built:
+/// frame pointers and debug info.
+fn build_with_frame_pointers(source: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(source.trim_end_matches(".c"));
     let status = Command::new("gcc")
         .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
         .arg(&out)
-        .arg(Path::new(PROGRAMS).join("leaky_native.c"))
+        .arg(Path::new(PROGRAMS).join(source))
         .status()
         .expect("running gcc (setup.sh installs it)");
     assert!(status.success(), "gcc failed: {status}");
     out
+}
+
+fn build_native_leaker() -> PathBuf {
+    build_with_frame_pointers("leaky_native.c")
 }
 
 #[test]
@@ -148,21 +152,12 @@ fn a_native_function_that_leaks_connections_is_named_in_its_group_and_flame_grap
     );
 }
 
-/// `--no-stacks` (for the busiest hosts) keeps everything but the stacks: the same sockets,
-/// grouped by process and site only, and the started line says so.
 /// A prefork server's workers are forked, never exec'd: nobody judges them, and each takes the
 /// way its program was judged for the parent (frame pointers), not the copies the kernel
 /// falls back on for a process it knows nothing of.
 #[test]
 fn forked_workers_take_their_programs_unwinder() {
-    let bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("prefork");
-    let status = Command::new("gcc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(Path::new(PROGRAMS).join("prefork.c"))
-        .status()
-        .expect("running gcc (setup.sh installs it)");
-    assert!(status.success(), "gcc failed: {status}");
+    let bin = build_with_frame_pointers("prefork.c");
     // Started before the server, which is judged at its exec.
     let tracer = Trace::start_also(&[], &["--comm", "prefork"]);
     let mut server = Scenario::spawn_program(Command::new(&bin).args(["2", "3"]));
@@ -201,6 +196,8 @@ fn forked_workers_take_their_programs_unwinder() {
     }
 }
 
+/// `--no-stacks` (for the busiest hosts) keeps everything but the stacks: the same sockets,
+/// grouped by process and site only, and the started line says so.
 #[test]
 fn without_stacks_sockets_group_by_process_and_site() {
     let leaker_bin = build_native_leaker();

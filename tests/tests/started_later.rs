@@ -23,27 +23,41 @@ fn a_node_of_its_own(name: &str) -> std::path::PathBuf {
     copy
 }
 
-#[test]
-fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
-    let node = a_node_of_its_own("node-later");
+/// An upstream that accepts connections and keeps them, and its port.
+fn an_upstream() -> (Scenario, String) {
     let mut upstream = Scenario::spawn();
     let port = upstream.run("listen 127.0.0.1:0")[0].clone();
     upstream.run("serve-keep");
+    (upstream, port)
+}
+
+/// sockleak following the processes named `comm` only, a report every `interval`.
+fn trace_comm(comm: &str, interval: &str, env: &[(&str, &str)]) -> Trace {
+    Trace::start_in_env(
+        &[],
+        &["--comm", comm, "--interval", interval, "--min-age", "0s"],
+        env,
+    )
+}
+
+/// `upstream_leak.js` run by `node`: five connections to `port` on "go", kept.
+fn a_service(node: &Path, port: &str) -> Scenario {
+    Scenario::spawn_program(
+        Command::new(node)
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
+            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
+            .args([port, "5"]),
+    )
+}
+
+#[test]
+fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
+    let node = a_node_of_its_own("node-later");
+    let (_upstream, port) = an_upstream();
     // No report comes before the service has opened its upstreams (the first is a second and
     // a half after start), and a socket's stack is the one taken as it was made: only its
     // exec can have readied it.
-    let tracer = Trace::start_in_env(
-        &[],
-        &[
-            "--comm",
-            "node-later",
-            "--interval",
-            "2s",
-            "--min-age",
-            "0s",
-        ],
-        &[],
-    );
+    let tracer = trace_comm("node-later", "2s", &[]);
     assert!(
         tracer
             .started
@@ -52,12 +66,7 @@ fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
         "{:?}",
         tracer.started
     );
-    let mut service = Scenario::spawn_program(
-        Command::new(&node)
-            .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
-            .args([port.as_str(), "5"]),
-    );
+    let mut service = a_service(&node, &port);
     // 200 ms after it started, as a service opens its pool: readying a node binary sockleak
     // never saw (its symbol tables read for the probes and the V8 layout) must take less, and
     // no report comes before the first, which would ready it too.
@@ -87,27 +96,13 @@ fn a_node_service_started_after_sockleak_has_its_first_upstreams_named() {
 #[test]
 fn sockets_a_node_made_before_it_was_probed_are_counted_and_their_group_says_so() {
     let node = a_node_of_its_own("node-early");
-    let mut upstream = Scenario::spawn();
-    let port = upstream.run("listen 127.0.0.1:0")[0].clone();
-    upstream.run("serve-keep");
-    let tracer = Trace::start_in_env(
-        &[],
-        &[
-            "--comm",
-            "node-early",
-            "--interval",
-            "1s",
-            "--min-age",
-            "0s",
-        ],
+    let (_upstream, port) = an_upstream();
+    let tracer = trace_comm(
+        "node-early",
+        "1s",
         &[("SOCKLEAK_TEST_SLOW_READINESS_MS", "2000")],
     );
-    let mut service = Scenario::spawn_program(
-        Command::new(&node)
-            .current_dir(env!("CARGO_TARGET_TMPDIR"))
-            .arg(Path::new(PROGRAMS).join("upstream_leak.js"))
-            .args([port.as_str(), "5"]),
-    );
+    let mut service = a_service(&node, &port);
     service.run("go");
     let report = tracer.report_when(|r| {
         r.groups_at(service.pid(), &Site::socket())
