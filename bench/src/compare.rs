@@ -4,17 +4,19 @@
 //! than most changes are worth: only two runs side by side in the same minutes tell them apart.
 //! Each round runs both with BPF run-time statistics (what each program costs), then both
 //! without, each between two untraced runs (all the CPU each adds, the statistics' blind spots
-//! included).
+//! included), and a Node.js service and client under each.
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
     Args, attribution,
     attribution::Attribution,
-    churn::{ChurnRun, churn_beside, churn_run},
-    peers::TracerKind,
+    churn::{CHURN_ARGS, ChurnRun, churn_beside, churn_run},
+    http::{self, Service},
+    node::{self, NodeStacks},
+    peers::{Tracer, TracerKind},
     probe,
     rounds::{Flanked, median, median_by},
     scale::{ScaleResult, scale_run},
@@ -28,6 +30,18 @@ pub struct Comparison {
     pub rounds: Vec<Round>,
     /// Per size in `--scale`: one run of each per round.
     pub scale: Vec<ScalePair>,
+    /// A Node.js service and client under each, per round.
+    pub node: Vec<NodeRound>,
+}
+
+/// The Node.js rows of the full bench, paired: the HTTP service's rate under each build as a
+/// share of its untraced neighbours', and what a node handle's stack costs in the kernel.
+#[derive(Serialize)]
+pub struct NodeRound {
+    pub baseline_http_vs_untraced: f64,
+    pub candidate_http_vs_untraced: f64,
+    pub baseline: NodeStacks,
+    pub candidate: NodeStacks,
 }
 
 /// One churn under each, BPF run-time statistics on, and one untraced in the same minutes:
@@ -161,11 +175,65 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
         }
         scale.push(pair);
     }
+    let mut node = Vec::new();
+    for round in 0..args.rounds {
+        let (mut base_http, mut cand_http) = (0.0, 0.0);
+        {
+            let (_service, url) = Service::start()?;
+            let _no_time_wait = NoTimeWait::new()?;
+            let mut before = http::wrk(&url, args.seconds)?;
+            for (is_baseline, binary) in in_order(round).1 {
+                eprintln!(
+                    "bench: compare round {} of {}, node http, {}",
+                    round + 1,
+                    args.rounds,
+                    binary.display()
+                );
+                let tracer = Tracer::start(TracerKind::Sockleak, binary, &args.work, CHURN_ARGS)?
+                    .context("sockleak tracer")?;
+                let run = http::wrk(&url, args.seconds)?;
+                tracer.stop()?;
+                let after = http::wrk(&url, args.seconds)?;
+                let flanked = Flanked {
+                    run,
+                    before: std::mem::replace(&mut before, after),
+                    after,
+                };
+                *(if is_baseline {
+                    &mut base_http
+                } else {
+                    &mut cand_http
+                }) = flanked.against_untraced(|r| *r, |t, n| t / n);
+            }
+        }
+        let (mut base_stacks, mut cand_stacks) = (None, None);
+        for (is_baseline, binary) in in_order(round).1 {
+            eprintln!(
+                "bench: compare round {} of {}, node stacks, {}",
+                round + 1,
+                args.rounds,
+                binary.display()
+            );
+            let measured = node::measure_with(args, binary)?;
+            *(if is_baseline {
+                &mut base_stacks
+            } else {
+                &mut cand_stacks
+            }) = Some(measured);
+        }
+        node.push(NodeRound {
+            baseline_http_vs_untraced: base_http,
+            candidate_http_vs_untraced: cand_http,
+            baseline: base_stacks.expect("measured above"),
+            candidate: cand_stacks.expect("measured above"),
+        });
+    }
     Ok(Comparison {
         baseline: baseline.display().to_string(),
         candidate: candidate.display().to_string(),
         rounds,
         scale,
+        node,
     })
 }
 
@@ -323,6 +391,44 @@ pub fn table(c: &Comparison) -> String {
                 of(|r| &r.candidate, |p| p.ns_per_run),
                 of(|r| &r.candidate, |p| p.runs_per_connection)
             ),
+        );
+    }
+
+    if !c.node.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nNode.js, per round: the HTTP service under wrk (a connection per request) as a share \
+             of its untraced neighbours,\nand a node client's handle stacks (--stack-rate 0): ns per \
+             uv_handle_init run, with JavaScript frames and native only"
+        );
+        let _ = writeln!(
+            out,
+            "{:>6} {:>10} {:>10}   {:>10} {:>10}   {:>10} {:>10}",
+            "round", "base http", "cand http", "base js", "cand js", "base nat", "cand nat"
+        );
+        for (i, r) in c.node.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{:>6} {:>9.1}% {:>9.1}%   {:>10.0} {:>10.0}   {:>10.0} {:>10.0}",
+                i + 1,
+                r.baseline_http_vs_untraced * 100.0,
+                r.candidate_http_vs_untraced * 100.0,
+                r.baseline.ns_per_stack_with_js,
+                r.candidate.ns_per_stack_with_js,
+                r.baseline.ns_per_stack_native_only,
+                r.candidate.ns_per_stack_native_only,
+            );
+        }
+        let of = |f: &dyn Fn(&NodeRound) -> f64| median_by(&c.node, f);
+        let _ = writeln!(
+            out,
+            "median {:>9.1}% {:>9.1}%   {:>10.0} {:>10.0}   {:>10.0} {:>10.0}",
+            of(&|r| r.baseline_http_vs_untraced) * 100.0,
+            of(&|r| r.candidate_http_vs_untraced) * 100.0,
+            of(&|r| r.baseline.ns_per_stack_with_js),
+            of(&|r| r.candidate.ns_per_stack_with_js),
+            of(&|r| r.baseline.ns_per_stack_native_only),
+            of(&|r| r.candidate.ns_per_stack_native_only),
         );
     }
 

@@ -37,7 +37,7 @@ const TRACERS: [TracerKind; 3] = [
 ];
 
 /// The service, killed however the measurement ends.
-struct Service(Child);
+pub(crate) struct Service(Child);
 
 impl Drop for Service {
     fn drop(&mut self) {
@@ -46,22 +46,29 @@ impl Drop for Service {
     }
 }
 
-pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
-    let port = free_port()?;
-    let mut service = Service(
-        Command::new("node")
-            .arg(Path::new(SCRIPT))
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .context("starting node")?,
-    );
-    let mut line = String::new();
-    BufReader::new(service.0.stdout.take().context("node's stdout")?).read_line(&mut line)?;
-    if line.trim() != "ready" {
-        bail!("the node service said {line:?}");
+impl Service {
+    /// The service, started and answering: it and its URL.
+    pub(crate) fn start() -> Result<(Self, String)> {
+        let port = free_port()?;
+        let mut service = Service(
+            Command::new("node")
+                .arg(Path::new(SCRIPT))
+                .arg(port.to_string())
+                .stdout(Stdio::piped())
+                .spawn()
+                .context("starting node")?,
+        );
+        let mut line = String::new();
+        BufReader::new(service.0.stdout.take().context("node's stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!("the node service said {line:?}");
+        }
+        Ok((service, format!("http://127.0.0.1:{port}/")))
     }
-    let url = format!("http://127.0.0.1:{port}/");
+}
+
+pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
+    let (_service, url) = Service::start()?;
     let _no_time_wait = NoTimeWait::new()?;
     let measured = rounds::flanked(args.rounds, &TRACERS, |round, kind| {
         eprintln!(
@@ -102,7 +109,7 @@ pub fn measure(args: &Args) -> Result<Vec<HttpRow>> {
 }
 
 /// Requests per second `wrk` reaches against `url`, each request on a new connection.
-fn wrk(url: &str, seconds: f64) -> Result<f64> {
+pub(crate) fn wrk(url: &str, seconds: f64) -> Result<f64> {
     let out = Command::new("wrk")
         .args(["-t", "1", "-c", "16", "-d"])
         .arg(format!("{}s", seconds.ceil() as u64))

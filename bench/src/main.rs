@@ -89,7 +89,8 @@ pub(crate) struct Args {
     #[arg(long)]
     pub work: PathBuf,
     /// Another build of sockleak to compare `--sockleak` with, in alternating rounds (BPF
-    /// run-time statistics per connection, then `--scale`): only that comparison runs.
+    /// run-time statistics per connection, then `--scale`, then the Node.js rows): only that
+    /// comparison runs.
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Only this section.

@@ -42,6 +42,11 @@ const CONNECTIONS: u64 = 3000;
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs/connect_loop.js");
 
 pub fn measure(args: &Args) -> Result<NodeStacks> {
+    measure_with(args, &args.sockleak)
+}
+
+/// The same, of the sockleak build `sockleak`.
+pub(crate) fn measure_with(args: &Args, sockleak: &Path) -> Result<NodeStacks> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     let stop = Arc::new(AtomicBool::new(false));
@@ -57,8 +62,13 @@ pub fn measure(args: &Args) -> Result<NodeStacks> {
         })
     };
     let _stats = enable_stats(Stats::RunTime).context("enabling BPF run-time statistics")?;
-    let with_js = run(args, port, &[])?;
-    let native_only = run(args, port, &[("SOCKLEAK_TEST_V8_UNSUPPORTED", "1")])?;
+    let with_js = run(args, sockleak, port, &[])?;
+    let native_only = run(
+        args,
+        sockleak,
+        port,
+        &[("SOCKLEAK_TEST_V8_UNSUPPORTED", "1")],
+    )?;
     stop.store(true, Ordering::Relaxed);
     let _ = std::net::TcpStream::connect(("127.0.0.1", port));
     let _ = accepting.join();
@@ -72,7 +82,7 @@ pub fn measure(args: &Args) -> Result<NodeStacks> {
 }
 
 /// One run: (`uv_handle_init` ns per run, the client's connections per second).
-fn run(args: &Args, port: u16, env: &[(&str, &str)]) -> Result<(f64, f64)> {
+fn run(args: &Args, sockleak: &Path, port: u16, env: &[(&str, &str)]) -> Result<(f64, f64)> {
     // Started first, as services are: sockleak probes its binary and reads its layout at
     // start. It waits for a line before it connects.
     let mut client = Command::new("node")
@@ -85,7 +95,7 @@ fn run(args: &Args, port: u16, env: &[(&str, &str)]) -> Result<(f64, f64)> {
         .context("starting node")?;
     let tracer = Tracer::start_in_env(
         TracerKind::Sockleak,
-        &args.sockleak,
+        sockleak,
         &args.work,
         &["--stack-rate", "0", "--interval", "1h", "--min-age", "0s"],
         env,
