@@ -1,12 +1,15 @@
-//! A program's symbol tables read whole, one read per table and per string table: finding a
-//! few names among node's 180,000 symbols takes milliseconds, where a read per name took a
-//! large part of a second between a node's exec and its first socket.
+//! What a program's ELF file says of itself: its symbol tables read whole, one read per table
+//! and per string table (finding a few names among node's 180,000 symbols takes milliseconds,
+//! where a read per name took a large part of a second between a node's exec and its first
+//! socket), and what it asks of the loader.
 use std::ops::ControlFlow;
 
 use object::{
     Endianness, Object, ObjectKind, ReadRef, SectionIndex, StringTable,
-    elf::{SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_FILE, STT_SECTION},
-    read::elf::{ElfFile64, SectionHeader, Sym},
+    elf::{
+        DT_NEEDED, DT_RPATH, DT_RUNPATH, SHT_DYNSYM, SHT_NOBITS, SHT_SYMTAB, STT_FILE, STT_SECTION,
+    },
+    read::elf::{Dyn, ElfFile64, SectionHeader, Sym},
 };
 
 /// The largest symbol or string table read (node 20's string table is 7.5 MB): a file that
@@ -111,6 +114,39 @@ pub fn file_offset<'data, R: ReadRef<'data>>(
         .checked_add(section.sh_offset(endian))
 }
 
+/// What an object asks of the loader (its dynamic section): empty for a static program.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LoaderRequests {
+    /// Its `DT_NEEDED` libraries, in order; `None` for a name its string table does not hold.
+    pub needed: Vec<Option<Vec<u8>>>,
+    /// Where it asks them looked for first (`DT_RPATH`), or after `LD_LIBRARY_PATH`
+    /// (`DT_RUNPATH`, which switches `DT_RPATH` off): colon-separated, `$ORIGIN` unexpanded.
+    pub rpath: Option<Vec<u8>>,
+    pub runpath: Option<Vec<u8>>,
+}
+
+/// What `elf` asks of the loader; `None` if its dynamic section does not read.
+pub fn loader_requests<'data, R: ReadRef<'data>>(
+    elf: &ElfFile64<'data, Endianness, R>,
+) -> Option<LoaderRequests> {
+    let (endian, data, sections) = (elf.endian(), elf.data(), elf.elf_section_table());
+    let Some((dynamic, strings_at)) = sections.dynamic(endian, data).ok()? else {
+        return Some(LoaderRequests::default());
+    };
+    let strings = sections.strings(endian, data, strings_at).ok()?;
+    let mut requests = LoaderRequests::default();
+    for entry in dynamic {
+        let string = || entry.string(endian, strings).ok().map(<[u8]>::to_vec);
+        match entry.tag(endian) {
+            DT_NEEDED => requests.needed.push(string()),
+            DT_RPATH => requests.rpath = string(),
+            DT_RUNPATH => requests.runpath = string(),
+            _ => {}
+        }
+    }
+    Some(requests)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +174,20 @@ mod tests {
             .map(|s| object::ObjectSymbol::address(&s));
         assert_eq!(found.map(|f| f.0), expected);
         assert!(found.unwrap().1.is_some());
+    }
+
+    #[test]
+    fn reads_what_a_program_asks_of_the_loader() {
+        let bytes = own_binary();
+        let elf = ElfFile64::<Endianness, _>::parse(&bytes[..]).unwrap();
+        let requests = loader_requests(&elf).unwrap();
+        assert!(
+            requests
+                .needed
+                .iter()
+                .any(|n| n.as_deref().is_some_and(|n| n.starts_with(b"libc.so"))),
+            "{requests:?}"
+        );
     }
 
     #[test]

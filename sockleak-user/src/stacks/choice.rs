@@ -14,13 +14,11 @@ use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
 };
-use object::{
-    Endianness, ReadCache, ReadRef,
-    read::elf::{Dyn, ElfFile64},
-};
+use object::{Endianness, ReadCache, ReadRef, read::elf::ElfFile64};
 use sockleak_common::{ProgramFile, StackUnwinder};
 
 use super::unwind::keeps_frame_pointers;
+use crate::elf_symbols;
 
 /// Programs judged, by file (device and inode): a busy machine starts the same few programs
 /// over and over. Past it the judgements are forgotten and made again.
@@ -147,23 +145,12 @@ fn links_only_the_c_runtime<'data, R: ReadRef<'data>>(data: R) -> bool {
     let Ok(elf) = ElfFile64::<Endianness, R>::parse(data) else {
         return false;
     };
-    let (endian, sections) = (elf.endian(), elf.elf_section_table());
-    let Ok(dynamic) = sections.dynamic(endian, data) else {
-        return false;
-    };
-    let Some((dynamic, strings_at)) = dynamic else {
-        return true; // static
-    };
-    let Ok(strings) = sections.strings(endian, data, strings_at) else {
-        return false;
-    };
-    dynamic
-        .iter()
-        .filter(|d| d.tag(endian) == object::elf::DT_NEEDED)
-        .all(|d| {
-            d.string(endian, strings)
-                .is_ok_and(|name| C_RUNTIME.iter().any(|lib| name.starts_with(lib)))
+    elf_symbols::loader_requests(&elf).is_some_and(|requests| {
+        requests.needed.iter().all(|name| {
+            name.as_deref()
+                .is_some_and(|name| C_RUNTIME.iter().any(|lib| name.starts_with(lib)))
         })
+    })
 }
 
 #[cfg(test)]
