@@ -30,7 +30,8 @@ fi
 # node (the stack tests build a native and a Go leaker and run a Node.js one), tmux (drives
 # `sockleak top` in a test), file (a test checks the release binary is static), prometheus
 # (scrapes `--metrics` in a test; only the binary is used, the tests start their own server),
-# Debian's python3 and strip (the unwinding tests run the one and strip a leaker with the other).
+# Debian's python3 and strip (the unwinding tests run the one and strip a leaker with the other),
+# libuv1-dev (a test links a program with the distribution's libuv.so).
 need=()
 command -v bpftool >/dev/null || [[ -x /usr/sbin/bpftool ]] || need+=(bpftool)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
@@ -41,6 +42,7 @@ command -v tmux >/dev/null || need+=(tmux)
 command -v prometheus >/dev/null || need+=(prometheus)
 [[ -x /usr/bin/python3 ]] || need+=(python3)
 command -v strip >/dev/null || need+=(binutils)
+[[ -e /usr/include/uv.h ]] || need+=(libuv1-dev)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq

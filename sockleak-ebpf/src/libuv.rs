@@ -17,7 +17,10 @@ use sockleak_common::{NO_JS_STACK, StackRef, StackStatus, Stat};
 
 use crate::{
     filter::admits_task,
-    maps::{HANDLE_STACKS, HandleKey, HandleStacks, JS_SCRATCH, OPENING_HANDLE, config, count},
+    maps::{
+        HANDLE_STACKS, HandleKey, HandleStacks, JS_SCRATCH, LIBUV_HANDLE_MADE, OPENING_HANDLE,
+        config, count,
+    },
     stacks::{recently_refused, stack_id, within_stack_budget},
     task::current_task,
     v8::{javascript_caller, js_stack, v8_layout},
@@ -34,6 +37,14 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     let Some(handle) = ctx.arg::<u64>(1) else {
         return 0;
     };
+    if let Some(made) = LIBUV_HANDLE_MADE.get_ptr_mut(0) {
+        // SAFETY: the map's one value; a racing writer writes the same.
+        unsafe {
+            if *made == 0 {
+                *made = 1;
+            }
+        }
+    }
     // Within the process's budget, as a socket's own stack would be. A server's every accepted
     // connection makes a handle: once the budget is spent, the refusal is known from the pid
     // alone, before the task's other details are read.
@@ -59,10 +70,12 @@ pub fn uv_handle_init(ctx: ProbeContext) -> u32 {
     // any read of a stack slot nothing wrote.
     let found = v8_layout(pid);
     let has_layout = found.is_some();
-    let layout = found.unwrap_or_default();
+    let (layout, own_layout) = found.unwrap_or_default();
     let caller = if has_layout {
         match javascript_caller(&ctx, &layout, scratch) {
-            None => return 0,
+            // Only a process known to run node: a C program that links libuv, not looked at
+            // yet, has no JavaScript either, and its handles are all its own code's.
+            None if own_layout => return 0,
             caller => caller,
         }
     } else {

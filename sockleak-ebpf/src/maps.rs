@@ -126,10 +126,12 @@ pub struct Refused {
 #[btf_map]
 pub static LAST_REFUSED: PerCpuArray<Refused, 1> = PerCpuArray::new();
 
-/// Non-zero once userspace attached the libuv uprobes to some binary: until then no thread can
-/// be opening a socket for a libuv handle, and `sock_create` skips looking.
+/// Non-zero once the libuv uprobe saw a handle made: until then no thread can be opening a
+/// socket for a libuv handle, and `sock_create` skips looking. Set by the kernel, not when
+/// userspace attaches the probes: a library probed ahead of its use (a distribution's
+/// `libuv.so`, probed at start) costs the machine's other sockets nothing until it is used.
 #[btf_map]
-pub static LIBUV_PROBED: Array<u32, 1> = Array::new();
+pub static LIBUV_HANDLE_MADE: Array<u32, 1> = Array::new();
 
 /// Non-zero once userspace attached the state program where it takes the creation stacks of
 /// TCP sockets (at connect()'s SYN_SENT and listen()'s LISTEN, in process context) and no
@@ -138,7 +140,7 @@ pub static LIBUV_PROBED: Array<u32, 1> = Array::new();
 #[btf_map]
 pub static STACKS_AT_STATE: Array<u32, 1> = Array::new();
 
-/// Whether userspace set a one-slot flag map (`LIBUV_PROBED`, `STACKS_AT_STATE`).
+/// Whether a one-slot flag map is set (`LIBUV_HANDLE_MADE`, `STACKS_AT_STATE`).
 #[inline(always)]
 pub fn flag_set(flag: &Array<u32, 1>) -> bool {
     flag.get(0).is_some_and(|&set| set != 0)

@@ -16,7 +16,7 @@ use crate::{
     libuv::handle_stacks,
     maps::HandleStacks,
     maps::{
-        LIBUV_PROBED, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, flag_set,
+        LIBUV_HANDLE_MADE, STACK_PENDING_TID, STACKS_AT_STATE, announce, config, flag_set,
         forget_newborn, send,
     },
     stacks::{copy_user_stack, stack_budget, unwinder_of, walk_user_stack},
@@ -62,7 +62,7 @@ fn created(ctx: &SockContext, capture: StackCapture) -> i32 {
     if admits_task(&task) && admits_socket(sock.family, sock.protocol) {
         let inet = sock.protocol == TCP || sock.protocol == UDP;
         // A socket opened for a libuv handle has the handle's stack, which says more.
-        let made = if cfg.libuv_handles != 0 && flag_set(&LIBUV_PROBED) {
+        let made = if cfg.libuv_handles != 0 && flag_set(&LIBUV_HANDLE_MADE) {
             handle_stacks(task.pid, task.tid)
         } else {
             HandleStacks::NONE

@@ -34,16 +34,18 @@ const RETURN_ADDRESS: usize = 7;
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x100_0000_01b3;
 
-/// The V8 layout of process `pid`, if it runs a V8 build userspace understands.
+/// The V8 layout of process `pid`, if it runs a V8 build userspace understands, and whether
+/// userspace read it from the process's own binary (rather than the layout every node seen
+/// shares, assumed for a process not looked at yet, which may not run V8 at all).
 #[inline(always)]
-pub fn v8_layout(pid: u32) -> Option<V8Layout> {
+pub fn v8_layout(pid: u32) -> Option<(V8Layout, bool)> {
     // SAFETY: map values, valid for the program's run.
     unsafe {
-        V8_LAYOUTS
-            .get(&pid)
-            .or_else(|| V8_LAYOUTS.get(&ANY_V8_PROCESS))
+        match V8_LAYOUTS.get(&pid) {
+            Some(own) => Some((*own, true)),
+            None => V8_LAYOUTS.get(&ANY_V8_PROCESS).map(|any| (*any, false)),
+        }
     }
-    .copied()
 }
 
 /// The first JavaScript frame above the probed call, as the walk keeps it, and where the frame

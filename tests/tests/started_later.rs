@@ -1,6 +1,7 @@
 //! A Node.js service started after sockleak: its exec is seen and its runtime probed at once,
 //! not at the next report, so the first report names the functions that opened its sockets
-//! (root required; a real node, started after the tracer).
+//! (root required; a real node, started after the tracer). The same for a program that links
+//! the distribution's libuv.so, which the loader maps after exec.
 use std::{path::Path, process::Command};
 
 use sockleak_tests::{Reading, Scenario, Site, Trace};
@@ -129,4 +130,48 @@ fn sockets_a_node_made_before_it_was_probed_are_counted_and_their_group_says_so(
         "{:#?}",
         report.groups
     );
+}
+
+/// A program linked with the machine's libuv.so (Debian's libuv1), started after sockleak,
+/// makes its handles within a millisecond of its start, before its loader's work could have
+/// been watched, and opens their sockets later from its event loop: the library was probed
+/// as tracing started, so each socket has its handle's stack (made in `main`), not the event
+/// loop's timer.
+#[test]
+fn a_program_linking_libuv_so_has_its_handles_stacks_from_its_first_moment() {
+    let program = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uv-client");
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&program)
+        .arg(Path::new(PROGRAMS).join("uv_client.c"))
+        .arg("-luv")
+        .status()
+        .expect("running gcc (setup.sh installs it, and libuv1-dev)");
+    assert!(status.success(), "gcc failed: {status}");
+    let (_upstream, port) = an_upstream();
+    let tracer = trace_comm("uv-client", "1s", &[]);
+    let client = Scenario::spawn_program(Command::new(&program).args([port.as_str(), "4"]));
+    let report = tracer.report_when(|r| {
+        r.groups_at(client.pid(), &Site::socket())
+            .iter()
+            .any(|g| g.count == 4)
+    });
+    let group = report.group_at(client.pid(), &Site::socket());
+    let frames = group.key.stack.frames();
+    assert!(group.handle_stack, "{group:#?}");
+    // Its innermost frame is libuv's init (`uv_tcp_init` calls `uv_tcp_init_ex`, which may
+    // take its name); the probe at a function's first instruction loses its immediate
+    // caller (`main` here) to the frame-pointer walk.
+    assert!(
+        frames.first().is_some_and(|f| f.starts_with("uv_tcp_init")),
+        "the handle's stack, innermost first: {group:#?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.contains("uv_run")
+            || f.contains("timer")
+            || f.contains("connect_upstreams")),
+        "made as main started, not in the event loop's timer: {group:#?}"
+    );
+    // A C program: no V8 to name, and nothing to say about it.
+    assert_eq!(group.stack_note, None, "{group:#?}");
 }

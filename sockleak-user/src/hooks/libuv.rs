@@ -7,8 +7,11 @@
 //! program (`sched/sched_process_exec`): a node started later is ready as it starts if its
 //! binary was probed before, about a tenth of a second later if not (its symbol tables are
 //! read: [`crate::elf_symbols`]), while node itself starts. Each binary is probed once, for
-//! every process that maps it. A distribution's `libuv.so` is mapped by the loader after exec: a process
-//! that had none then is looked at once more a moment later.
+//! every process that maps it. A distribution's `libuv.so` is mapped by the loader after
+//! exec, but uprobes belong to the file, not to a mapping: the libuv.so in the machine's
+//! library directories is probed as tracing starts, and the one a program started later will
+//! be given (found as the loader would, in its own root) as it starts; the process is looked
+//! at once more a moment later, when the loader has mapped it.
 //!
 //! The same scans read each node binary's V8 layout (once per binary) and tell the kernel walk
 //! and the symbolizer which process runs which (see [`crate::v8`]).
@@ -24,20 +27,20 @@ use std::{
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData},
     programs::{UProbe, uprobe::UProbeScope},
 };
-use object::{
-    Endianness, ReadCache,
-    read::elf::{Dyn, ElfFile64},
-};
+use object::{Endianness, ReadCache, read::elf::ElfFile64};
 use sockleak_common::{ANY_V8_PROCESS, V8Layout};
 
 use super::program_mut;
 use crate::{
     elf_symbols::{self, Table},
     procfs,
-    v8::{LayoutOf, V8Processes, layout::Layout},
+    v8::{
+        LayoutOf, V8Processes,
+        layout::{Layout, NoV8Symbols},
+    },
 };
 
 /// The programs and the libuv functions each is attached to. Every one of these functions is
@@ -110,13 +113,13 @@ pub struct LibuvProbes {
     second_looks: Vec<(u32, Instant)>,
     /// How many of them export libuv and are probed.
     pub probed: usize,
-    /// The V8 layout of each executable that exports libuv (node), read once.
-    layouts: HashMap<FileId, LayoutOf>,
+    /// The V8 layout of each executable that exports libuv (node), read once; `None` for one
+    /// that is not V8 at all (a C program).
+    layouts: HashMap<FileId, Option<LayoutOf>>,
     /// The kernel's `V8_LAYOUTS`, and what it holds by pid.
     kernel_layouts: Option<BpfHashMap<MapData, u32, V8Layout>>,
-    /// The kernel's `LIBUV_PROBED`: set once some binary is probed, so that `sock_create`
-    /// looks for a handle's stack only from then on.
-    probed_flag: Option<Array<MapData, u32>>,
+    /// Whether the machine's own libuv.so files were probed.
+    installed_probed: bool,
     registered: HashMap<u32, V8Layout>,
     /// The symbolizer's view of the same.
     pub processes: V8Processes,
@@ -135,14 +138,9 @@ impl LibuvProbes {
             .take_map("V8_LAYOUTS")
             .context("V8_LAYOUTS map missing")?
             .try_into()?;
-        let probed_flag = ebpf
-            .take_map("LIBUV_PROBED")
-            .context("LIBUV_PROBED map missing")?
-            .try_into()?;
         Ok(Self {
             loaded: true,
             kernel_layouts: Some(kernel_layouts),
-            probed_flag: Some(probed_flag),
             ..Self::default()
         })
     }
@@ -153,6 +151,10 @@ impl LibuvProbes {
     pub fn probe(&mut self, ebpf: &mut Ebpf, pids: impl IntoIterator<Item = u32>) {
         if !self.loaded {
             return;
+        }
+        if !self.installed_probed {
+            self.installed_probed = true;
+            self.probe_installed(ebpf);
         }
         let mut running = HashSet::new();
         for pid in pids {
@@ -173,6 +175,28 @@ impl LibuvProbes {
             && self.second_looks.len() < SECOND_LOOKS
         {
             self.second_looks.push((pid, Instant::now()));
+        }
+    }
+
+    /// Probes the libuv.so files in the machine's library directories: a program started
+    /// later that links one has its probes before its first instruction.
+    fn probe_installed(&mut self, ebpf: &mut Ebpf) {
+        for dir in LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !name.as_encoded_bytes().starts_with(b"libuv.so") {
+                    continue;
+                }
+                let path = entry.path().display().to_string();
+                if let Some(file) = file_id(&path)
+                    && self.seen.insert(file)
+                {
+                    self.probe_file(ebpf, &path, file);
+                }
+            }
         }
     }
 
@@ -218,7 +242,9 @@ impl LibuvProbes {
         let Some(layout) = self.layouts.get(&file).cloned() else {
             return Some(Runs::NoLibuv);
         };
-        self.register(pid, layout);
+        if let Some(layout) = layout {
+            self.register(pid, layout);
+        }
         Some(Runs::Libuv)
     }
 
@@ -250,11 +276,20 @@ impl LibuvProbes {
             LibuvIn::Program => None,
             // As it starts, a program that does not ask for libuv has none: no process read.
             LibuvIn::Nowhere if moment == Moment::Exec => return Runs::NoLibuv,
-            LibuvIn::Nowhere | LibuvIn::SharedLibrary => {
+            LibuvIn::Nowhere | LibuvIn::SharedLibrary { .. } => {
                 // Mapped by the loader after exec (not there yet, perhaps), or loaded by the
                 // program itself.
+                let shared = matches!(wanted, LibuvIn::SharedLibrary { .. });
                 let Some(library) = libuv_library_of(pid) else {
-                    return if wanted == LibuvIn::SharedLibrary {
+                    if shared
+                        && let Some(library) = library_to_be_mapped(pid, exe)
+                        && let Some(lib) = file_id(&library)
+                        && self.seen.insert(lib)
+                    {
+                        // Probed before the loader maps it: the probes are the file's.
+                        self.probe_file(ebpf, &library, lib);
+                    }
+                    return if shared {
                         Runs::NotKnownYet
                     } else {
                         Runs::NoLibuv
@@ -278,9 +313,13 @@ impl LibuvProbes {
         if !probed {
             return Runs::NoLibuv;
         }
-        let layout = read_layout(exe);
+        // A program that asks for a libnode.so has V8 there, which is not read (yet): its
+        // groups say why they have no JavaScript names.
+        let layout = read_layout(exe, wanted == LibuvIn::SharedLibrary { node: true });
         self.layouts.insert(file, layout.clone());
-        self.register(pid, layout);
+        if let Some(layout) = layout {
+            self.register(pid, layout);
+        }
         Runs::Libuv
     }
 
@@ -321,6 +360,7 @@ impl LibuvProbes {
         let kernels = self
             .layouts
             .values()
+            .flatten()
             .map(|l| l.as_ref().as_ref().ok().map(|l| l.kernel));
         let _ = match shared_layout(kernels) {
             Some(layout) => map.insert(&ANY_V8_PROCESS, &layout, 0),
@@ -351,11 +391,6 @@ impl LibuvProbes {
         }
         self.probed += 1;
         self.libuv_files.insert(file);
-        if let Some(flag) = &mut self.probed_flag
-            && let Err(err) = flag.set(0, &1, 0)
-        {
-            log::warn!("telling the kernel side libuv is probed: {err}");
-        }
         log::info!("libuv uprobes on {path}");
         true
     }
@@ -402,8 +437,11 @@ enum Runs {
 enum LibuvIn {
     /// Its own symbols define it (node, statically linked).
     Program,
-    /// It asks the loader for `libuv.so` or `libnode.so` (`DT_NEEDED`; a distribution's node).
-    SharedLibrary,
+    /// It asks the loader for `libuv.so` or `libnode.so` (`DT_NEEDED`; a distribution's node,
+    /// whose V8 is in that libnode).
+    SharedLibrary {
+        node: bool,
+    },
     Nowhere,
 }
 
@@ -428,23 +466,118 @@ fn libuv_in(path: &str) -> LibuvIn {
     if defines(Table::Dynamic) || defines(Table::Full) {
         return LibuvIn::Program;
     }
-    let (endian, data, sections) = (elf.endian(), elf.data(), elf.elf_section_table());
-    let Ok(Some((dynamic, strings_at))) = sections.dynamic(endian, data) else {
+    let Some(requests) = elf_symbols::loader_requests(&elf) else {
         return LibuvIn::Nowhere;
     };
-    let Ok(strings) = sections.strings(endian, data, strings_at) else {
-        return LibuvIn::Nowhere;
+    let needs = |library: &[u8]| {
+        requests
+            .needed
+            .iter()
+            .flatten()
+            .any(|n| n.starts_with(library))
     };
-    let needs_libuv = dynamic
-        .iter()
-        .filter(|d| d.tag(endian) == object::elf::DT_NEEDED)
-        .filter_map(|d| d.string(endian, strings).ok())
-        .any(|name| name.starts_with(b"libuv.so") || name.starts_with(b"libnode.so"));
-    if needs_libuv {
-        LibuvIn::SharedLibrary
-    } else {
-        LibuvIn::Nowhere
+    match (needs(b"libuv.so"), needs(b"libnode.so")) {
+        (_, true) => LibuvIn::SharedLibrary { node: true },
+        (true, false) => LibuvIn::SharedLibrary { node: false },
+        (false, false) => LibuvIn::Nowhere,
     }
+}
+
+/// Where the loader looks for a library no search path names, for this machine's
+/// architecture and the usual others (the loader's cache lists these too).
+const LIBRARY_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// The libuv.so the loader will map for process `pid`, which just started the program `exe`
+/// that asks for one (or for a libnode.so, which asks for `libuv.so.1`): found as the loader
+/// finds it (`DT_RPATH`, `LD_LIBRARY_PATH`, `DT_RUNPATH`, the usual directories), in the
+/// process's own root, as a path from sockleak's view.
+fn library_to_be_mapped(pid: u32, exe: &str) -> Option<String> {
+    let file = std::fs::File::open(exe).ok()?;
+    let cache = ReadCache::new(file);
+    let elf = ElfFile64::<Endianness, _>::parse(&cache).ok()?;
+    let requests = elf_symbols::loader_requests(&elf)?;
+    let name = requests
+        .needed
+        .iter()
+        .flatten()
+        .find(|n| n.starts_with(b"libuv.so"))
+        .map_or_else(|| b"libuv.so.1".to_vec(), Clone::clone);
+    // Where the process found its program, for `$ORIGIN`.
+    let program = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let origin = program.parent()?.as_os_str().as_encoded_bytes().to_vec();
+    let environment = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let library_path = environment
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"LD_LIBRARY_PATH="));
+    let root = format!("/proc/{pid}/root");
+    search_order(&requests, library_path, &origin)
+        .into_iter()
+        .map(|dir| {
+            let mut path = root.as_bytes().to_vec();
+            path.extend_from_slice(&dir);
+            path.push(b'/');
+            path.extend_from_slice(&name);
+            path
+        })
+        .filter_map(|path| String::from_utf8(path).ok())
+        .find(|path| Path::new(path).is_file())
+}
+
+/// The directories the loader searches, in its order, each absolute (as the process sees its
+/// file system): relative ones (searched from the process's working directory) are left out.
+fn search_order(
+    requests: &elf_symbols::LoaderRequests,
+    library_path: Option<&[u8]>,
+    origin: &[u8],
+) -> Vec<Vec<u8>> {
+    let split = |paths: &[u8]| -> Vec<Vec<u8>> {
+        paths
+            .split(|&b| b == b':')
+            .map(|dir| expand_origin(dir, origin))
+            .filter(|dir| dir.starts_with(b"/"))
+            .collect()
+    };
+    let mut dirs = Vec::new();
+    if requests.runpath.is_none()
+        && let Some(rpath) = &requests.rpath
+    {
+        dirs.extend(split(rpath));
+    }
+    if let Some(paths) = library_path {
+        dirs.extend(split(paths));
+    }
+    if let Some(runpath) = &requests.runpath {
+        dirs.extend(split(runpath));
+    }
+    dirs.extend(LIBRARY_DIRS.iter().map(|d| d.as_bytes().to_vec()));
+    dirs
+}
+
+/// `dir` with `$ORIGIN` (or `${ORIGIN}`) replaced by the program's directory.
+fn expand_origin(dir: &[u8], origin: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(dir.len());
+    let mut rest = dir;
+    while !rest.is_empty() {
+        if let Some(after) = rest
+            .strip_prefix(b"${ORIGIN}")
+            .or_else(|| rest.strip_prefix(b"$ORIGIN"))
+        {
+            out.extend_from_slice(origin);
+            rest = after;
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
 }
 
 /// Where in the file at `path` each function the probes want starts, as far as its symbol
@@ -484,12 +617,20 @@ fn file_id(path: &str) -> Option<FileId> {
 }
 
 /// The V8 layout of the binary at `path` (a process's `exe` link), or why there is none,
-/// naming the binary (logged once per binary).
-fn read_layout(path: &str) -> LayoutOf {
+/// naming the binary (logged once per binary); `None` for a binary with no V8 at all, unless
+/// it is `expected` to have one.
+fn read_layout(path: &str, expected: bool) -> Option<LayoutOf> {
     let shown =
         std::fs::read_link(path).map_or_else(|_| path.to_owned(), |p| p.display().to_string());
-    let layout = Layout::of_binary(Path::new(path))
-        .map_err(|err| format!("the V8 layout of {shown} is not understood: {err:#}"));
+    let layout = match Layout::of_binary(Path::new(path)) {
+        Err(err) if !expected && err.downcast_ref::<NoV8Symbols>().is_some() => {
+            log::info!("{shown} runs libuv without V8");
+            return None;
+        }
+        layout => {
+            layout.map_err(|err| format!("the V8 layout of {shown} is not understood: {err:#}"))
+        }
+    };
     match &layout {
         Ok(l) => log::info!(
             "V8 {}.{} layout read from {shown}",
@@ -498,7 +639,7 @@ fn read_layout(path: &str) -> LayoutOf {
         ),
         Err(err) => log::info!("{err}"),
     }
-    Arc::new(layout)
+    Some(Arc::new(layout))
 }
 
 /// The libuv shared library process `pid` maps, as a path from sockleak's view of the file
@@ -545,6 +686,39 @@ mod tests {
         assert_eq!(libuv_in(text.to_str().unwrap()), LibuvIn::Nowhere);
         let _ = std::fs::remove_file(&text);
         assert_eq!(libuv_in("/nonexistent/node"), LibuvIn::Nowhere);
+    }
+
+    #[test]
+    fn libraries_are_looked_for_in_the_loaders_order() {
+        let requests = |rpath: Option<&[u8]>, runpath: Option<&[u8]>| elf_symbols::LoaderRequests {
+            needed: vec![Some(b"libuv.so.1".to_vec())],
+            rpath: rpath.map(<[u8]>::to_vec),
+            runpath: runpath.map(<[u8]>::to_vec),
+        };
+        let first = |dirs: Vec<Vec<u8>>| {
+            dirs.into_iter()
+                .take(3)
+                .map(|d| String::from_utf8(d).unwrap())
+                .collect::<Vec<_>>()
+        };
+        // DT_RPATH before LD_LIBRARY_PATH, `$ORIGIN` the program's directory.
+        assert_eq!(
+            first(search_order(
+                &requests(Some(b"$ORIGIN/../lib:relative"), None),
+                Some(b"/env/lib"),
+                b"/opt/app/bin",
+            )),
+            ["/opt/app/bin/../lib", "/env/lib", "/lib/x86_64-linux-gnu"]
+        );
+        // DT_RUNPATH after it, and DT_RPATH ignored beside it.
+        assert_eq!(
+            first(search_order(
+                &requests(Some(b"/ignored"), Some(b"${ORIGIN}/lib")),
+                Some(b"/env/lib"),
+                b"/app",
+            )),
+            ["/env/lib", "/app/lib", "/lib/x86_64-linux-gnu"]
+        );
     }
 
     #[test]

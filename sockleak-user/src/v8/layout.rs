@@ -269,13 +269,26 @@ fn read_symbols(path: &Path) -> Result<Symbols> {
         }
     }
     if values.is_empty() {
-        bail!("no V8 postmortem symbols (v8dbg_*)");
+        return Err(NoV8Symbols.into());
     }
     Ok(Symbols {
         values,
         native_api_call,
     })
 }
+
+/// A binary without a single `v8dbg_` symbol: not V8 at all (a C program that links libuv),
+/// or V8 elsewhere (a distribution's node, in `libnode.so`).
+#[derive(Debug)]
+pub struct NoV8Symbols;
+
+impl std::fmt::Display for NoV8Symbols {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no V8 postmortem symbols (v8dbg_*)")
+    }
+}
+
+impl std::error::Error for NoV8Symbols {}
 
 #[cfg(test)]
 pub(crate) mod tests {
