@@ -27,6 +27,12 @@ impl Endpoint {
         }
     }
 
+    /// Whether it is a UNIX socket's end without a name (unbound, or a socketpair's).
+    #[inline]
+    pub fn is_unnamed(&self) -> bool {
+        matches!(self, Self::Unix(name) if name.0.is_empty())
+    }
+
     /// The port of an inet endpoint (0 where unbound or unconnected).
     #[inline]
     pub fn port(&self) -> Option<u16> {

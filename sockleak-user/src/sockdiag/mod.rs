@@ -1,6 +1,7 @@
-//! A snapshot of every TCP and UDP socket from the kernel's sock_diag netlink interface
+//! A snapshot of every TCP, UDP and UNIX socket from the kernel's sock_diag netlink interface
 //! (what `ss` uses). One dump per family and protocol gives, per socket cookie: state,
-//! addresses, queue sizes, inode, uid, socket memory and, for TCP, `tcp_info`.
+//! addresses (a UNIX socket's names), queue sizes, inode, uid, socket memory and, for TCP,
+//! `tcp_info`; for a UNIX socket, its peer's inode.
 //!
 //! Why sock_diag rather than a bpf iterator for the evidence: it is sampled every interval
 //! whether or not the application touches the socket (a leaked socket is precisely one nobody
@@ -19,7 +20,7 @@ use anyhow::Result;
 use sockleak_common::SockId;
 
 use self::netns::{Namespace, netns_of, network_namespaces};
-pub use self::wire::{DiagSocket, SkMem, TcpInfo};
+pub use self::wire::{DiagSocket, SkMem, TcpInfo, UnixDiag};
 
 /// What one round of dumps saw.
 #[derive(Debug, Default)]
@@ -75,7 +76,24 @@ impl SockDiag {
         listed: &mut impl FnMut(DiagSocket),
     ) -> Result<Vec<SockId>> {
         let mut time_wait_ids = Vec::new();
-        self.own.dump(time_wait, listed, &mut time_wait_ids)?;
+        self.in_each_namespace(|ns| ns.dump(time_wait, listed, &mut time_wait_ids))?;
+        Ok(time_wait_ids)
+    }
+
+    /// Every UNIX socket, in every network namespace a process is in.
+    pub fn dump_unix(&mut self) -> Result<Vec<DiagSocket>> {
+        let mut sockets = Vec::new();
+        self.in_each_namespace(|ns| {
+            sockets.extend(ns.dump_unix()?);
+            Ok(())
+        })?;
+        Ok(sockets)
+    }
+
+    /// Runs `dump` in sockleak's own namespace (its error is the caller's), then in every
+    /// other namespace a process is in (an error there counts the namespace unreachable).
+    fn in_each_namespace(&mut self, mut dump: impl FnMut(&Namespace) -> Result<()>) -> Result<()> {
+        dump(&self.own)?;
         let namespaces = network_namespaces();
         self.others.retain(|ns, _| namespaces.contains_key(ns));
         self.unreachable_namespaces = 0;
@@ -97,12 +115,12 @@ impl SockDiag {
                 }
             };
             // A namespace torn down between the listing and the dump just has no sockets.
-            if let Err(err) = socket.dump(time_wait, listed, &mut time_wait_ids) {
+            if let Err(err) = dump(socket) {
                 log::debug!("sock_diag in the network namespace of pid {pid}: {err:#}");
                 self.unreachable_namespaces += 1;
             }
         }
-        Ok(time_wait_ids)
+        Ok(())
     }
 }
 
@@ -110,7 +128,7 @@ impl SockDiag {
 mod tests {
     use std::io;
 
-    use sockleak_common::TcpState;
+    use sockleak_common::{Endpoint, Protocol, TcpState, UnixName};
 
     use super::*;
 
@@ -133,6 +151,97 @@ mod tests {
                 && s.inode != 0),
             "listener on port {port} not in the dump"
         );
+    }
+
+    /// The UNIX sockets of sockleak's own namespace.
+    fn dump_unix() -> Vec<DiagSocket> {
+        Namespace::open(true).unwrap().dump_unix().unwrap()
+    }
+
+    fn inode_of(fd: &impl std::os::fd::AsRawFd) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .unwrap()
+            .ino() as u32
+    }
+
+    /// A listener bound to a path with a connection waiting, and the connection's two ends
+    /// once accepted: names, peers, the listener's backlog, queued bytes.
+    #[test]
+    fn dumps_unix_stream_sockets_with_their_names_peers_and_queues() {
+        use std::{
+            io::Write,
+            os::unix::net::{UnixListener, UnixStream},
+        };
+        let dir = std::env::temp_dir().join(format!("sockleak-unix-diag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("app.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        let waiting = UnixStream::connect(&path).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client.write_all(b"unread").unwrap();
+        let all = dump_unix();
+        let find = |inode: u32| {
+            all.iter()
+                .find(|d| d.inode == inode)
+                .unwrap_or_else(|| panic!("inode {inode} not dumped"))
+        };
+        let name = path.to_str().unwrap();
+        let l = find(inode_of(&listener));
+        assert_eq!(
+            (l.state, l.local.to_string()),
+            (TcpState::LISTEN, name.into())
+        );
+        let lu = l.unix.as_deref().unwrap();
+        // The connection not accepted yet waits in the backlog, by its server end.
+        assert_eq!(lu.pending.len(), 1, "{l:?}");
+        assert!(lu.backlog_limit > 0);
+        assert!(lu.bound_file.is_some());
+        let c = find(inode_of(&client));
+        let s = find(inode_of(&server));
+        assert_eq!(c.unix.as_ref().unwrap().peer_inode, s.inode);
+        assert_eq!(s.unix.as_ref().unwrap().peer_inode, c.inode);
+        // The client's remote name is its peer's: the path; the server end carries it too.
+        assert_eq!(
+            (c.local.to_string(), c.remote.to_string()),
+            (String::new(), name.into())
+        );
+        assert_eq!(s.local.to_string(), name);
+        assert_eq!(
+            (c.protocol, c.state),
+            (Protocol::UnixStream, TcpState::ESTABLISHED)
+        );
+        assert_eq!(s.rx_queue, 6, "the bytes written and not read: {s:?}");
+        assert!(c.id.is_known() && c.netns != 0);
+        drop(waiting);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A socketpair of datagram sockets with one datagram unread, and an abstract name with a
+    /// byte that is not printable.
+    #[test]
+    fn dumps_unix_datagram_pairs_and_abstract_names() {
+        use std::os::{
+            linux::net::SocketAddrExt,
+            unix::net::{SocketAddr, UnixDatagram, UnixListener},
+        };
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.send(b"0123456789").unwrap();
+        let name = format!("sockleak-test\x01{}", std::process::id());
+        let listener =
+            UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap())
+                .unwrap();
+        let all = dump_unix();
+        let find = |inode: u32| all.iter().find(|d| d.inode == inode).unwrap();
+        let (da, db) = (find(inode_of(&a)), find(inode_of(&b)));
+        assert_eq!(da.protocol, Protocol::UnixDgram);
+        assert_eq!(da.unix.as_ref().unwrap().peer_inode, db.inode);
+        assert_eq!(db.rx_queue, 10, "{db:?}");
+        let l = find(inode_of(&listener));
+        let expected = [&[0u8][..], name.as_bytes()].concat();
+        assert_eq!(l.local, Endpoint::Unix(UnixName(expected.into())));
     }
 
     /// TIME_WAIT comes from its own dump, beside the living sockets of the other.

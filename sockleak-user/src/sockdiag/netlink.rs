@@ -84,6 +84,12 @@ impl NetlinkSocket {
         Ok(())
     }
 
+    /// Every UNIX socket, one at a time to `each`; their remote names are not filled in.
+    pub fn dump_unix(&self, each: &mut impl FnMut(DiagSocket)) -> Result<()> {
+        self.dump(&wire::unix_dump_request(), Protocol::UnixStream, each)
+            .map_err(|err| explain(err.into(), None, Protocol::UnixStream))
+    }
+
     /// Sends `request` and hands each socket of the answer to `each`. `Refused` only when
     /// nothing was handed on: an error after part of an answer is an I/O error, never a reason
     /// to ask again in another form.
@@ -163,24 +169,25 @@ fn explain(err: anyhow::Error, family: Option<Family>, protocol: Protocol) -> an
     let (proto, module) = match protocol {
         Protocol::Tcp => ("TCP", "tcp_diag"),
         Protocol::Udp => ("UDP", "udp_diag"),
-        // No Part asks for them (yet): one handler answers for every type.
+        // One handler answers for every type.
         Protocol::UnixStream | Protocol::UnixDgram | Protocol::UnixSeqpacket => {
             ("UNIX", "unix_diag")
         }
     };
-    let ip = match family {
-        Some(Family::Ipv6) => "IPv6",
-        Some(_) => "IPv4",
-        None => "IPv4 and IPv6",
+    let over = match (protocol.ip(), family) {
+        (None, _) => "",
+        (Some(_), Some(Family::Ipv6)) => " over IPv6",
+        (Some(_), Some(_)) => " over IPv4",
+        (Some(_), None) => " over IPv4 and IPv6",
     };
     match err
         .downcast_ref::<io::Error>()
         .and_then(io::Error::raw_os_error)
     {
         Some(libc::ENOENT) => anyhow::anyhow!(
-            "the kernel cannot list {proto} sockets over {ip} (sock_diag has no handler): load \
-             the module with `modprobe {module}`"
+            "the kernel cannot list {proto} sockets{over} (sock_diag has no handler): load the \
+             module with `modprobe {module}`"
         ),
-        _ => err.context(format!("sock_diag dump of {proto} over {ip}")),
+        _ => err.context(format!("sock_diag dump of {proto}{over}")),
     }
 }

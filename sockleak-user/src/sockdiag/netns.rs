@@ -91,6 +91,36 @@ impl Namespace {
     }
 }
 
+impl Namespace {
+    /// Every UNIX socket in the namespace, each with its peer's name as its remote one (both
+    /// ends of a connection live in the namespace of the side that connected, so its peer is
+    /// in the same answer; a name a peer does not have stays empty).
+    pub fn dump_unix(&self) -> Result<Vec<DiagSocket>> {
+        let id_netns = if self.in_ids { self.inode } else { 0 };
+        let mut sockets = Vec::new();
+        self.living.dump_unix(&mut |d: DiagSocket| {
+            sockets.push(DiagSocket {
+                netns: self.inode,
+                id: SockId::new(d.id.cookie, id_netns),
+                ..d
+            })
+        })?;
+        let names: HashMap<u32, usize> = sockets
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| !d.local.is_unnamed())
+            .map(|(at, d)| (d.inode, at))
+            .collect();
+        for at in 0..sockets.len() {
+            let peer = sockets[at].unix.as_ref().map_or(0, |u| u.peer_inode);
+            if let Some(&named) = names.get(&peer).filter(|_| peer != 0) {
+                sockets[at].remote = sockets[named].local.clone();
+            }
+        }
+        Ok(sockets)
+    }
+}
+
 /// Network namespaces by inode, each with one process in it.
 pub fn network_namespaces() -> HashMap<u32, u32> {
     let mut found = HashMap::new();

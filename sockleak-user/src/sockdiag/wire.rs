@@ -1,9 +1,10 @@
-//! sock_diag's wire format: the dump request sockleak sends, and the messages it gets back
-//! parsed into [`DiagSocket`]s. No I/O here; `netlink` moves the bytes.
+//! sock_diag's wire format: the dump requests sockleak sends (inet_diag's and unix_diag's),
+//! and the messages it gets back parsed into [`DiagSocket`]s. No I/O here; `netlink` moves
+//! the bytes.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use anyhow::{Result, bail};
-use sockleak_common::{Endpoint, Family, Protocol, SockId, TcpState};
+use sockleak_common::{Endpoint, Family, Protocol, SockId, SockType, TcpState, UnixName};
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// The request that predates SOCK_DIAG_BY_FAMILY: TCP only, and both families in one answer.
@@ -17,6 +18,19 @@ const NLMSG_HDRLEN: usize = 16;
 const INET_DIAG_MSG_LEN: usize = 72;
 const INET_DIAG_INFO: u16 = 2;
 const INET_DIAG_SKMEMINFO: u16 = 7;
+/// struct unix_diag_msg without attributes.
+const UNIX_DIAG_MSG_LEN: usize = 16;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_VFS: u16 = 1;
+const UNIX_DIAG_PEER: u16 = 2;
+const UNIX_DIAG_ICONS: u16 = 3;
+const UNIX_DIAG_RQLEN: u16 = 4;
+const UNIX_DIAG_MEMINFO: u16 = 5;
+const UNIX_DIAG_SHUTDOWN: u16 = 6;
+const UNIX_DIAG_UID: u16 = 7;
+/// `udiag_show`: name, bound file, peer, pending connections, queues, memory, owner. The
+/// shutdown state comes with the memory.
+const UDIAG_SHOW: u32 = 0x01 | 0x02 | 0x04 | 0x08 | 0x10 | 0x20 | 0x40;
 
 /// One socket as sock_diag reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +57,26 @@ pub struct DiagSocket {
     /// The network namespace it lives in (its inode), which ports are local to; 0 until the
     /// dump that found it says.
     pub netns: u32,
+    /// What only a UNIX socket has.
+    pub unix: Option<Box<UnixDiag>>,
+}
+
+/// A UNIX socket's part of unix_diag's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnixDiag {
+    /// The inode of the socket at the other end; 0 for none (a listener, an unconnected
+    /// datagram socket, or a peer already released).
+    pub peer_inode: u32,
+    /// The file a path-bound socket is (its device, as the kernel numbers it, and inode):
+    /// what a path names whatever the mount it is seen through.
+    pub bound_file: Option<(u32, u32)>,
+    /// A listener's connections not accepted yet, by the inodes of their server ends.
+    pub pending: Vec<u32>,
+    /// A listener's backlog limit; 0 for other sockets.
+    pub backlog_limit: u32,
+    /// `shutdown()` so far: bit 0 no more receiving, bit 1 no more sending (`RCV_SHUTDOWN`,
+    /// `SEND_SHUTDOWN`), as this end or its peer left them.
+    pub shutdown: u8,
 }
 
 /// Socket memory (`INET_DIAG_SKMEMINFO`, what `ss -m` shows), in bytes.
@@ -103,6 +137,17 @@ pub fn tcp_dump_request(states: u32) -> Vec<u8> {
     request(TCPDIAG_GETSOCK, &body)
 }
 
+/// A dump request for every UNIX socket, in every state, with everything unix_diag tells.
+pub fn unix_dump_request() -> Vec<u8> {
+    // struct unix_diag_req: family, protocol, pad, states, ino, show, cookie[2].
+    let mut body = vec![libc::AF_UNIX as u8, 0, 0, 0];
+    body.extend_from_slice(&u32::MAX.to_ne_bytes());
+    body.extend_from_slice(&0u32.to_ne_bytes());
+    body.extend_from_slice(&UDIAG_SHOW.to_ne_bytes());
+    body.extend_from_slice(&[0u8; 8]);
+    request(SOCK_DIAG_BY_FAMILY, &body)
+}
+
 /// Extensions are requested by bit (1 << (attribute - 1)); UDP ignores INET_DIAG_INFO.
 const EXTENSIONS: u8 = (1 << (INET_DIAG_INFO - 1)) | (1 << (INET_DIAG_SKMEMINFO - 1));
 
@@ -154,6 +199,11 @@ pub fn parse_messages(
                 return Ok(Parsed::Done);
             }
             // Answers carry the request's type.
+            SOCK_DIAG_BY_FAMILY if payload.first() == Some(&(libc::AF_UNIX as u8)) => {
+                if let Some(sock) = parse_unix_diag_msg(payload) {
+                    out.push(sock);
+                }
+            }
             SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => {
                 if let Some(sock) = parse_inet_diag_msg(payload, protocol) {
                     out.push(sock);
@@ -212,7 +262,85 @@ fn parse_inet_diag_msg(p: &[u8], protocol: Protocol) -> Option<DiagSocket> {
         mem,
         tcp,
         netns: 0,
+        unix: None,
     })
+}
+
+/// A UNIX socket. Its remote name is not in the message: the dump that found it knows its
+/// peer's name, if the peer is in the same answer ([`super::SockDiag`] fills it in).
+fn parse_unix_diag_msg(p: &[u8]) -> Option<DiagSocket> {
+    if p.len() < UNIX_DIAG_MSG_LEN {
+        return None;
+    }
+    let u32_at = |off: usize| u32::from_ne_bytes(p[off..off + 4].try_into().unwrap());
+    let protocol = Protocol::unix(SockType::from_kernel(p[1].into())?);
+    let state = TcpState(p[2]);
+    let inode = u32_at(4);
+    let cookie = u64::from(u32_at(8)) | (u64::from(u32_at(12)) << 32);
+    let mut unix = UnixDiag::default();
+    let (mut name, mut queues, mut uid, mut mem) = (Vec::new(), (0, 0), 0, None);
+    for (kind, payload) in attributes(&p[UNIX_DIAG_MSG_LEN..]) {
+        let word = |i: usize| -> Option<u32> {
+            Some(u32::from_ne_bytes(
+                payload.get(i * 4..i * 4 + 4)?.try_into().ok()?,
+            ))
+        };
+        match kind {
+            UNIX_DIAG_NAME => name = unix_name(payload),
+            UNIX_DIAG_VFS => unix.bound_file = word(1).zip(word(0)),
+            UNIX_DIAG_PEER => unix.peer_inode = word(0).unwrap_or(0),
+            UNIX_DIAG_ICONS => {
+                unix.pending = payload
+                    .as_chunks::<4>()
+                    .0
+                    .iter()
+                    .map(|&w| u32::from_ne_bytes(w))
+                    .collect();
+            }
+            UNIX_DIAG_RQLEN => queues = (word(0).unwrap_or(0), word(1).unwrap_or(0)),
+            UNIX_DIAG_MEMINFO => mem = parse_skmeminfo(payload),
+            UNIX_DIAG_SHUTDOWN => unix.shutdown = payload.first().copied().unwrap_or(0),
+            UNIX_DIAG_UID => uid = word(0).unwrap_or(0),
+            _ => {}
+        }
+    }
+    // A listener's queue fields are its pending connections and their limit: connections,
+    // not bytes, kept apart as for a TCP listener.
+    let (rx_queue, tx_queue) = if state == TcpState::LISTEN {
+        unix.backlog_limit = queues.1;
+        (0, 0)
+    } else {
+        queues
+    };
+    Some(DiagSocket {
+        id: SockId::new(cookie, 0),
+        family: Family::Unix,
+        protocol,
+        state,
+        local: Endpoint::Unix(UnixName(name.into_boxed_slice())),
+        remote: Endpoint::Unix(UnixName(Box::default())),
+        rx_queue,
+        tx_queue,
+        uid,
+        inode,
+        mem,
+        tcp: None,
+        netns: 0,
+        unix: Some(Box::new(unix)),
+    })
+}
+
+/// The name in `UNIX_DIAG_NAME`: an abstract name exactly (its first byte NUL, any bytes
+/// after it), a path up to its terminating NUL, which the kernel counts in.
+fn unix_name(payload: &[u8]) -> Vec<u8> {
+    match payload.first() {
+        Some(0) => payload.to_vec(),
+        _ => payload
+            .split(|&b| b == 0)
+            .next()
+            .unwrap_or_default()
+            .to_vec(),
+    }
 }
 
 /// Netlink attributes (`struct rtattr`: u16 length including the header, u16 type, payload,
@@ -377,10 +505,72 @@ mod tests {
         assert_eq!(out[0].family, Family::Ipv6);
     }
 
+    #[test]
+    fn parses_a_unix_listener_and_a_connected_socket() {
+        let attr = |p: &mut Vec<u8>, kind: u16, payload: &[u8]| {
+            p.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+            p.extend_from_slice(&kind.to_ne_bytes());
+            p.extend_from_slice(payload);
+            while !p.len().is_multiple_of(4) {
+                p.push(0);
+            }
+        };
+        let header = |sock_type: u8, state: TcpState, inode: u32| {
+            let mut p = vec![libc::AF_UNIX as u8, sock_type, state.0, 0];
+            p.extend_from_slice(&inode.to_ne_bytes());
+            p.extend_from_slice(&9u32.to_ne_bytes());
+            p.extend_from_slice(&0u32.to_ne_bytes());
+            p
+        };
+        let words = |w: &[u32]| w.iter().flat_map(|w| w.to_ne_bytes()).collect::<Vec<u8>>();
+        let mut listener = header(1, TcpState::LISTEN, 100);
+        attr(&mut listener, UNIX_DIAG_NAME, b"/run/app.sock\0");
+        attr(&mut listener, UNIX_DIAG_VFS, &words(&[555, 0x803]));
+        attr(&mut listener, UNIX_DIAG_ICONS, &words(&[201, 202]));
+        attr(&mut listener, UNIX_DIAG_RQLEN, &words(&[2, 128]));
+        let mut connected = header(5, TcpState::ESTABLISHED, 101);
+        attr(&mut connected, UNIX_DIAG_NAME, b"\0bus\x01\0x");
+        attr(&mut connected, UNIX_DIAG_PEER, &words(&[102]));
+        attr(&mut connected, UNIX_DIAG_RQLEN, &words(&[7, 3]));
+        attr(&mut connected, UNIX_DIAG_SHUTDOWN, &[2]);
+        attr(&mut connected, UNIX_DIAG_UID, &words(&[1000]));
+        let mut buf = message(SOCK_DIAG_BY_FAMILY, &listener);
+        buf.extend(message(SOCK_DIAG_BY_FAMILY, &connected));
+        buf.extend(message(NLMSG_DONE, &[0; 4]));
+        let mut out = Vec::new();
+        parse_messages(&buf, Protocol::UnixStream, &mut out).unwrap();
+        let [listener, connected] = &out[..] else {
+            panic!("{out:?}")
+        };
+        let unix = listener.unix.as_deref().unwrap();
+        assert_eq!(listener.protocol, Protocol::UnixStream);
+        assert_eq!(listener.local.to_string(), "/run/app.sock");
+        assert_eq!(listener.id, SockId::new(9, 0));
+        assert_eq!((listener.rx_queue, listener.tx_queue), (0, 0));
+        assert_eq!(unix.pending, [201, 202]);
+        assert_eq!(unix.backlog_limit, 128);
+        assert_eq!(unix.bound_file, Some((0x803, 555)));
+        let unix = connected.unix.as_deref().unwrap();
+        assert_eq!(connected.protocol, Protocol::UnixSeqpacket);
+        // An abstract name keeps every byte, NULs included.
+        assert_eq!(
+            connected.local,
+            Endpoint::Unix(UnixName(b"\0bus\x01\0x".to_vec().into()))
+        );
+        assert_eq!((connected.rx_queue, connected.tx_queue), (7, 3));
+        assert_eq!((unix.peer_inode, unix.shutdown), (102, 2));
+        assert_eq!(connected.uid, 1000);
+    }
+
     proptest::proptest! {
         #[test]
         fn parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = parse_messages(&bytes, Protocol::Tcp, &mut Vec::new());
+        }
+
+        #[test]
+        fn unix_parser_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = parse_unix_diag_msg(&bytes);
         }
     }
 }

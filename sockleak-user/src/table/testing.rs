@@ -76,6 +76,7 @@ pub(crate) fn diag(cookie: u64, state: TcpState, inode: u32) -> DiagSocket {
         mem: None,
         tcp: None,
         netns: 1,
+        unix: None,
     }
 }
 
