@@ -19,7 +19,7 @@
 //! | `pressure.rs`  | `sock_rcvqueue_full`, `sock_exceed_buf_limit` | tp_btf         | any      | memory pressure on one socket |
 //! | `libuv.rs`     | `uv_handle_init`         | uprobes on libuv's `uv_*_init`      | process  | the stack that made a handle, and its JavaScript frames (`v8.rs`) |
 //! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |
-//! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each inet socket |
+//! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each socket (UNIX ones too) |
 //! | `exec.rs`      | `sched_process_exec`     | tracepoint sched/sched_process_exec | process  | a new program started, for userspace to probe its runtime at once |
 //!
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`

@@ -1,5 +1,5 @@
-//! `socket_fds`: a `task_file` iterator that writes one [`HeldSocket`] per inet socket fd of
-//! every process. Userspace runs it once per report to learn who holds each socket, instead of
+//! `socket_fds`: a `task_file` iterator that writes one [`HeldSocket`] per socket fd of every
+//! process. Userspace runs it once per report to learn who holds each socket, instead of
 //! one readlink per fd under /proc, which is slow over many sockets.
 //!
 //! The kernel visits each process once (threads sharing the file table are skipped) and calls
@@ -11,10 +11,7 @@ use aya_ebpf::{
 };
 use sockleak_common::{Config, HeldSocket};
 
-use crate::{
-    fdwalk::{read_ptr, socket_of_file},
-    maps::config,
-};
+use crate::{fdwalk::read_ptr, maps::config};
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -60,7 +57,8 @@ pub extern "C" fn socket_fds(ctx: *mut TaskFileContext) -> i32 {
 }
 
 /// The socket `file` holds, and the process `task` that holds it; `None` for a file that is
-/// no inet socket.
+/// no socket. Every family: UNIX sockets are held as inet ones are, and the /proc scan this
+/// replaces lists them all too.
 ///
 /// # Safety
 /// Memory-safe for any `task` and `file` (every read goes through the probe helper); they
@@ -68,20 +66,17 @@ pub extern "C" fn socket_fds(ctx: *mut TaskFileContext) -> i32 {
 #[inline(always)]
 unsafe fn held_socket(cfg: &Config, task: u64, file: u64) -> Result<Option<HeldSocket>, i32> {
     // SAFETY: reads through `read_ptr` and the probe helper, which fail rather than fault on
-    // an unreadable address, of plain integers, valid for any bits; `socket_of_file` is called
-    // only once the inode's mode says `file` is a socket, as it asks.
+    // an unreadable address, of plain integers, valid for any bits.
     unsafe {
         let inode = read_ptr(file, cfg.file_inode)?;
         let mode: u16 = bpf_probe_read_kernel((inode + cfg.inode_mode) as *const u16)?;
         if mode & S_IFMT != S_IFSOCK {
             return Ok(None);
         }
-        let Some(socket) = socket_of_file(cfg, file)? else {
-            return Ok(None);
-        };
+        let ino = read_ptr(inode, cfg.inode_ino)?;
         let pid: u32 = bpf_probe_read_kernel((task + cfg.task_tgid) as *const u32)?;
         Ok(Some(HeldSocket {
-            inode: socket.inode,
+            inode: ino,
             pid,
             _pad: 0,
         }))

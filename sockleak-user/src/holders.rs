@@ -1,4 +1,4 @@
-//! Who holds which socket: for every inet socket inode, the processes with an fd to it.
+//! Who holds which socket: for every socket inode, the processes with an fd to it.
 //!
 //! Reports need it to tell a socket its owner still holds from one it closed (and to find
 //! sockets no event announced). The `socket_fds` BPF iterator lists every process's socket fds
