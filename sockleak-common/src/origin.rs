@@ -13,6 +13,9 @@ pub enum Origin {
     /// Found open and held by a reconciliation although no event announced it (its creation
     /// event was lost); what it is, as far as the kernel's view tells.
     Recovered(Role),
+    /// Found by a look at the kernel's list, of a kind no hook sees being made (UNIX sockets,
+    /// for now): nothing was lost, there was nothing to see.
+    Listed(Role),
 }
 
 /// What a socket sockleak did not see being made turns out to be.
@@ -47,33 +50,40 @@ impl Origin {
     /// traced ones, whose site says it.
     pub const fn role(self) -> Option<Role> {
         match self {
-            Self::PreExisting(role) | Self::Recovered(role) => Some(role),
+            Self::PreExisting(role) | Self::Recovered(role) | Self::Listed(role) => Some(role),
             Self::Socket | Self::Accept => None,
         }
     }
 
-    /// The `origin` field: `traced`, `pre-existing` or `recovered`.
+    /// The `origin` field: `traced`, `pre-existing`, `recovered` or `listed`.
     pub const fn origin_name(self) -> &'static str {
         match self {
             Self::Socket | Self::Accept => "traced",
             Self::PreExisting(_) => "pre-existing",
             Self::Recovered(_) => "recovered",
+            Self::Listed(_) => "listed",
         }
     }
 
     /// The `site` field: `socket` or `accept` where seen; `accept`, `connect` or `listen`
-    /// where found open and the kernel's view tells which; else `pre-existing` or
-    /// `recovered`.
+    /// where found open and the kernel's view tells which; else `pre-existing`,
+    /// `recovered` or `listed`.
     pub const fn site_name(self) -> &'static str {
         match self {
             Self::Socket => "socket",
-            Self::Accept | Self::PreExisting(Role::Accepted) | Self::Recovered(Role::Accepted) => {
-                "accept"
-            }
-            Self::PreExisting(Role::Connected) | Self::Recovered(Role::Connected) => "connect",
-            Self::PreExisting(Role::Listening) | Self::Recovered(Role::Listening) => "listen",
+            Self::Accept
+            | Self::PreExisting(Role::Accepted)
+            | Self::Recovered(Role::Accepted)
+            | Self::Listed(Role::Accepted) => "accept",
+            Self::PreExisting(Role::Connected)
+            | Self::Recovered(Role::Connected)
+            | Self::Listed(Role::Connected) => "connect",
+            Self::PreExisting(Role::Listening)
+            | Self::Recovered(Role::Listening)
+            | Self::Listed(Role::Listening) => "listen",
             Self::PreExisting(Role::Unknown) => "pre-existing",
             Self::Recovered(Role::Unknown) => "recovered",
+            Self::Listed(Role::Unknown) => "listed",
         }
     }
 
@@ -83,6 +93,7 @@ impl Origin {
             .into_iter()
             .chain(Role::ALL.into_iter().map(Self::PreExisting))
             .chain(Role::ALL.into_iter().map(Self::Recovered))
+            .chain(Role::ALL.into_iter().map(Self::Listed))
     }
 
     /// The origin whose two fields read so.
@@ -103,7 +114,7 @@ mod tests {
                 Some(origin)
             );
         }
-        assert_eq!(Origin::all().count(), 10);
+        assert_eq!(Origin::all().count(), 14);
         assert_eq!(Origin::from_names("traced", "pre-existing"), None);
     }
 }

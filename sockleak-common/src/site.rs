@@ -19,6 +19,9 @@ pub enum SiteKind {
     Connect,
     /// Found open, and nothing tells what it is (an unconnected or UDP socket).
     FoundOpen,
+    /// Found by a look, of a kind no hook sees made, and nothing tells what it is (a UNIX
+    /// socketpair's end, an unbound datagram socket).
+    Listed,
 }
 
 /// Where a group's sockets come from.
@@ -94,6 +97,7 @@ impl Site {
             (SiteKind::Listen, Some(endpoint)) => on("listen()", endpoint),
             (SiteKind::Connect, Some(peer)) => format!("connect() to {peer}"),
             (SiteKind::Accept, None) => "accept()".into(),
+            (SiteKind::Listed, _) => "listed".into(),
             (SiteKind::FoundOpen | SiteKind::Listen | SiteKind::Connect, _) => {
                 if self.creation_lost {
                     "recovered"
@@ -147,7 +151,8 @@ impl fmt::Display for UnknownSite {
     }
 }
 
-/// Reads back what [`Site`]'s `Display` wrote (inet endpoints; a UNIX name's text is lossy).
+/// Reads back what [`Site`]'s `Display` wrote (a UNIX name's text is lossy: see
+/// [`Endpoint`]'s `FromStr`).
 impl FromStr for Site {
     type Err = UnknownSite;
 
@@ -157,19 +162,33 @@ impl FromStr for Site {
             Some(rest) => (rest, true),
             None => (text, false),
         };
-        let port = |p: &str| p.strip_prefix(':')?.parse::<u16>().ok();
+        // A port (`:8080`), or a UNIX socket's name, which never begins with a colon here:
+        // sockleak prints a listener's name only where it has one.
+        let on = |kind, p: &str| match p.strip_prefix(':') {
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .map(|port| Site::new(kind, Some(port_only(port)))),
+            None if !p.is_empty() => {
+                let Ok(name) = p.parse::<Endpoint>();
+                matches!(name, Endpoint::Unix(_)).then(|| Site::new(kind, Some(name)))
+            }
+            None => None,
+        };
         let site = match rest {
             "socket()" => Site::socket(),
             "accept()" => Site::new(SiteKind::Accept, None),
             "pre-existing" if !lost => Site::new(SiteKind::FoundOpen, None),
             "recovered" if lost => Site::new(SiteKind::FoundOpen, None),
+            "listed" if !lost => Site::new(SiteKind::Listed, None),
             _ => {
                 if let Some(p) = rest.strip_prefix("accept() on ") {
-                    Site::accept_on(port(p).ok_or_else(unknown)?)
+                    on(SiteKind::Accept, p).ok_or_else(unknown)?
                 } else if let Some(p) = rest.strip_prefix("listen() on ") {
-                    Site::listen_on(port(p).ok_or_else(unknown)?)
+                    on(SiteKind::Listen, p).ok_or_else(unknown)?
                 } else if let Some(peer) = rest.strip_prefix("connect() to ") {
-                    Site::connect_to(peer.parse::<SocketAddr>().map_err(|_| unknown())?)
+                    let Ok(peer) = peer.parse::<Endpoint>();
+                    Site::connect_to(peer)
                 } else {
                     return Err(unknown());
                 }
@@ -203,6 +222,19 @@ mod tests {
                 Site::accept_on(8080).lost(),
                 "accept() on :8080 (creation event lost)",
             ),
+            (
+                Site::new(SiteKind::Accept, Some("/run/app.sock".parse().unwrap())),
+                "accept() on /run/app.sock",
+            ),
+            (
+                Site::new(SiteKind::Listen, Some("@bus".parse().unwrap())),
+                "listen() on @bus",
+            ),
+            (
+                Site::connect_to("/run/docker.sock".parse::<Endpoint>().unwrap()),
+                "connect() to /run/docker.sock",
+            ),
+            (Site::new(SiteKind::Listed, None), "listed"),
         ];
         for (site, text) in sites {
             assert_eq!(site.to_string(), text);

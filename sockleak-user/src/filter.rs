@@ -90,6 +90,12 @@ impl Filter {
     }
 
     /// Whether the kernel follows sockets of this family and protocol.
+    /// Whether UNIX sockets are followed: only where asked for (`--family unix`, a UNIX
+    /// `--protocol`) while no hook sees them made; they are found by each report's dump.
+    pub fn follows_unix(&self) -> bool {
+        self.family == Some(Family::Unix) || self.protocol.is_some_and(|p| p.ip().is_none())
+    }
+
     pub fn follows_kind(&self, family: Family, protocol: Protocol) -> bool {
         self.family.is_none_or(|f| f == family) && self.protocol.is_none_or(|p| p == protocol)
     }

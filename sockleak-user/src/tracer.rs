@@ -152,6 +152,14 @@ impl Tracer {
         // stack.
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
+        if filter.follows_unix() {
+            warnings.push(
+                "UNIX sockets are found by each report's look at the kernel's list (unix_diag): \
+                 no hook sees them made yet, so they have no creation stacks, and one opened and \
+                 closed between two reports is not seen"
+                    .to_owned(),
+            );
+        }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         // Copies are made only where stacks are taken at birth.
         let copying = programs.stack_copy_budget > 0
@@ -210,7 +218,7 @@ impl Tracer {
         }
         // The programs are attached: every socket born from now on arrives as an event, so one
         // snapshot now catches all the ones born before.
-        let mut diag_source = SockDiag::new(namespaces_in_ids)?;
+        let mut diag_source = SockDiag::new(namespaces_in_ids, filter.follows_unix())?;
         // Nothing was released yet: no TIME_WAIT socket could be attributed.
         let diag = diag_source.dump(false)?;
         let holders = HolderScan::start(&mut ebpf).run();

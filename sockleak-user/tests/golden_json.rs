@@ -230,6 +230,7 @@ fn report() -> Report {
                 reconciled: 17,
                 pre_existing: 18,
                 recovered: 19,
+                listed: 29,
                 dropped_table_full: 20,
                 dropped_unowned: 21,
                 ignored: 22,

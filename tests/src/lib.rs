@@ -13,8 +13,8 @@ use std::{
 };
 
 pub use sockleak_common::{
-    AttachPoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState, StackUnwinder,
-    Verdict,
+    AttachPoint, Endpoint, Family, Origin, Protocol, Role, Site, SiteKind, SocketState,
+    StackUnwinder, UnixName, Verdict,
 };
 pub use sockleak_user::report::{EndpointCount, Group, Report, SocketRow, Started};
 use sockleak_user::report::{Line, ReportLine};

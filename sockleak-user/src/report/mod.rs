@@ -355,17 +355,32 @@ fn site_of(s: &Socket) -> Site {
             None => Site::new(SiteKind::Accept, None),
         },
         Origin::PreExisting(role) => found_open_site(role, s),
+        Origin::Listed(role) => match found_open_site(role, s) {
+            site if site.kind == SiteKind::FoundOpen => Site::new(SiteKind::Listed, None),
+            site => site,
+        },
         Origin::Recovered(role) => found_open_site(role, s).lost(),
     }
 }
 
 /// What a socket found open is, as a site: as a traced accept's for accepted connections,
-/// the listening port for listeners, the endpoint for client connections.
+/// the listening port for listeners (a UNIX listener's name), the endpoint for client
+/// connections.
 fn found_open_site(role: Role, s: &Socket) -> Site {
     let local_port = || s.local.as_ref().and_then(Endpoint::port);
+    let unix_name = |kind| {
+        s.local
+            .clone()
+            .filter(|l| matches!(l, Endpoint::Unix(_)) && !l.is_unnamed())
+            .map(|l| Site::new(kind, Some(l)))
+    };
     let known = match role {
-        Role::Accepted => local_port().map(Site::accept_on),
-        Role::Listening => local_port().map(Site::listen_on),
+        Role::Accepted => local_port()
+            .map(Site::accept_on)
+            .or_else(|| unix_name(SiteKind::Accept)),
+        Role::Listening => local_port()
+            .map(Site::listen_on)
+            .or_else(|| unix_name(SiteKind::Listen)),
         Role::Connected => s.remote.clone().map(Site::connect_to),
         Role::Unknown => None,
     };
@@ -475,6 +490,7 @@ fn table_counts(t: &TableStats) -> TableCounts {
         reconciled,
         pre_existing,
         recovered,
+        listed,
         dropped_table_full,
         dropped_unowned,
         ignored,
@@ -488,6 +504,7 @@ fn table_counts(t: &TableStats) -> TableCounts {
         reconciled,
         pre_existing,
         recovered,
+        listed,
         dropped_table_full,
         dropped_unowned,
         ignored,

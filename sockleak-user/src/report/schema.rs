@@ -168,8 +168,8 @@ pub struct SocketRow {
     pub age_ms: u64,
     pub rx_queue: u32,
     pub tx_queue: u32,
-    /// `origin` (`traced`, `pre-existing`, `recovered`) and `site` (how the owner got it:
-    /// `socket`, `accept`, `pre-existing`, `recovered`).
+    /// `origin` (`traced`, `pre-existing`, `recovered`, `listed`) and `site` (how the owner
+    /// got it: `socket`, `accept`, `connect`, `listen`, `pre-existing`, `recovered`, `listed`).
     #[serde(flatten)]
     pub origin: Origin,
     /// Pids holding an fd to it at the last scan.
@@ -435,6 +435,9 @@ pub struct TableCounts {
     pub pre_existing: u64,
     /// Found by reconciliation after their creation event was lost.
     pub recovered: u64,
+    /// Found by a look, of a kind no hook sees made (UNIX sockets, with `--family unix`).
+    #[serde(default)]
+    pub listed: u64,
     /// Sockets not tracked because the table was full.
     pub dropped_table_full: u64,
     /// Unowned TCP sockets forgotten because that list was full.

@@ -42,6 +42,8 @@ pub struct SockDiag {
     /// By namespace inode.
     others: HashMap<u32, Namespace>,
     namespaces_in_ids: bool,
+    /// Whether dumps list UNIX sockets too.
+    unix: bool,
     /// Namespaces that could not be entered (a process gone meanwhile, a denied setns).
     pub unreachable_namespaces: usize,
 }
@@ -49,19 +51,21 @@ pub struct SockDiag {
 impl SockDiag {
     /// `namespaces_in_ids`: whether the kernel side names sockets with their namespace
     /// (`SockId::netns`), which the identities of the sockets dumped then do too; where it
-    /// cannot, they leave it out, so that both name a socket the same way.
-    pub fn new(namespaces_in_ids: bool) -> Result<Self> {
+    /// cannot, they leave it out, so that both name a socket the same way. `unix`: whether
+    /// dumps list UNIX sockets after the inet ones.
+    pub fn new(namespaces_in_ids: bool, unix: bool) -> Result<Self> {
         Ok(Self {
             own: Namespace::open(namespaces_in_ids)?,
             own_netns: netns_of("self").unwrap_or(0),
             others: HashMap::new(),
             namespaces_in_ids,
+            unix,
             unreachable_namespaces: 0,
         })
     }
 
-    /// Every TCP and UDP socket, in every network namespace a process is in; TIME_WAIT ones
-    /// only if `time_wait`.
+    /// Every TCP and UDP socket (and UNIX socket, if asked for at `new`), in every network
+    /// namespace a process is in; TIME_WAIT ones only if `time_wait`.
     pub fn dump(&mut self, time_wait: bool) -> Result<Snapshot> {
         let mut sockets = Vec::new();
         let time_wait = self.dump_each(time_wait, &mut |d| sockets.push(d))?;
@@ -76,7 +80,14 @@ impl SockDiag {
         listed: &mut impl FnMut(DiagSocket),
     ) -> Result<Vec<SockId>> {
         let mut time_wait_ids = Vec::new();
-        self.in_each_namespace(|ns| ns.dump(time_wait, listed, &mut time_wait_ids))?;
+        let unix = self.unix;
+        self.in_each_namespace(|ns| {
+            ns.dump(time_wait, listed, &mut time_wait_ids)?;
+            if unix {
+                ns.dump_unix()?.into_iter().for_each(&mut *listed);
+            }
+            Ok(())
+        })?;
         Ok(time_wait_ids)
     }
 

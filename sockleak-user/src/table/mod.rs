@@ -68,6 +68,8 @@ pub struct TableStats {
     pub pre_existing: u64,
     /// Found by reconciliation after their creation event was lost.
     pub recovered: u64,
+    /// Found by a look, of a kind no hook sees made (UNIX sockets, with `--family unix`).
+    pub listed: u64,
     /// Sockets not tracked because the table was full.
     pub dropped_table_full: u64,
     /// Unowned TCP sockets forgotten because that list was full.

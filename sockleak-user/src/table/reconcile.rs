@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use sockleak_common::{Origin, Protocol, Role, SockId, TcpState};
+use sockleak_common::{Endpoint, Family, Origin, Protocol, Role, SockId, TcpState, UnixName};
 
 use super::{
     KernelKeyed, Processes, SocketTable, is_synthetic,
@@ -104,7 +104,7 @@ impl SocketTable {
         let Self { sockets, look, .. } = self;
         for (at, d) in listed.iter().enumerate().skip(from) {
             let at = at as u32;
-            if d.protocol == Protocol::Tcp && d.state == TcpState::LISTEN {
+            if d.state == TcpState::LISTEN {
                 look.listeners.push(at);
             }
             match sockets.get_mut(&d.id) {
@@ -180,8 +180,13 @@ impl SocketTable {
             }
         }
         for (id, at) in std::mem::take(&mut self.look.ghosts) {
+            // A UNIX socket leaves the table only this way: no event was missed.
+            let listed_only = self
+                .sockets
+                .get(&id)
+                .is_some_and(|s| s.family == Family::Unix);
             if self.remove(id) {
-                self.stats.reconciled += 1;
+                self.stats.reconciled += u64::from(!listed_only);
                 // Listed yet unheld: the next look may find a holder for it, as for any
                 // listed socket the table does not know.
                 candidates.extend(at);
@@ -197,6 +202,23 @@ impl SocketTable {
         // In the dump's order, as a look in one go adopts them.
         candidates.sort_unstable();
         let listeners = Listeners::of(self.look.listeners.iter().map(|&at| &listed[at as usize]));
+        // UNIX sockets have no event to wait for: each look adopts the ones it finds.
+        let (unix, candidates): (Vec<u32>, Vec<u32>) = candidates
+            .into_iter()
+            .partition(|&at| listed[at as usize].family == Family::Unix);
+        self.stats.listed += self
+            .adopt_held(
+                unix.iter().map(|&at| &listed[at as usize]),
+                (holders, &listeners),
+                now_ns,
+                Origin::Listed,
+                (filter, processes),
+                |_| true,
+            )
+            .0;
+        if candidates.is_empty() {
+            return;
+        }
         let (recovered, seen_now) = self.adopt_held(
             candidates.iter().map(|&at| &listed[at as usize]),
             (holders, &listeners),
@@ -257,9 +279,13 @@ impl SocketTable {
             let pids = holders.of(u64::from(d.inode));
             let listener = listeners.accepted_from(d);
             let role = match d.state {
-                TcpState::LISTEN if d.protocol == Protocol::Tcp => Role::Listening,
+                TcpState::LISTEN => Role::Listening,
                 _ if listener.is_some() => Role::Accepted,
                 _ if d.remote.port().is_some_and(|port| port != 0) => Role::Connected,
+                // A UNIX client: its peer has the name it connected to.
+                _ if matches!(d.remote, Endpoint::Unix(_)) && !d.remote.is_unnamed() => {
+                    Role::Connected
+                }
                 _ => Role::Unknown,
             };
             let acceptor = listener.and_then(|inode| first_followed(holders.of(inode)));
@@ -388,36 +414,55 @@ impl SocketTable {
 }
 
 /// The TCP listeners of one scan, by network namespace and port (ports are per namespace).
-struct Listeners(HashMap<(u32, u16), Vec<(IpAddr, u64)>>);
+#[derive(Default)]
+struct Listeners {
+    /// TCP: by namespace and port, each address's listener.
+    by_port: HashMap<(u32, u16), Vec<(IpAddr, u64)>>,
+    /// UNIX: by namespace and name.
+    by_name: HashMap<(u32, UnixName), u64>,
+}
 
 impl Listeners {
     fn of<'d>(diag: impl Iterator<Item = &'d DiagSocket>) -> Self {
-        let mut by_port: HashMap<(u32, u16), Vec<(IpAddr, u64)>> = HashMap::new();
+        let mut listeners = Self::default();
         for d in diag {
-            if d.protocol == Protocol::Tcp
-                && d.state == TcpState::LISTEN
-                && d.inode != 0
-                && let Some(local) = d.local.inet()
-            {
-                by_port
+            if d.state != TcpState::LISTEN || d.inode == 0 {
+                continue;
+            }
+            match &d.local {
+                Endpoint::Inet(local) if d.protocol == Protocol::Tcp => listeners
+                    .by_port
                     .entry((d.netns, local.port()))
                     .or_default()
-                    .push((local.ip(), u64::from(d.inode)));
+                    .push((local.ip(), u64::from(d.inode))),
+                Endpoint::Unix(name) if !name.0.is_empty() => {
+                    listeners
+                        .by_name
+                        .insert((d.netns, name.clone()), u64::from(d.inode));
+                }
+                _ => {}
             }
         }
-        Self(by_port)
+        listeners
     }
 
-    /// The inode of the listener a TCP connection was accepted from: one on its local port
-    /// and address (or on every address), in its network namespace.
+    /// The inode of the listener a connection was accepted from: for TCP, one on its local
+    /// port and address (or on every address), in its network namespace; for UNIX, the one
+    /// whose name its server end carries.
     fn accepted_from(&self, d: &DiagSocket) -> Option<u64> {
+        if d.state == TcpState::LISTEN {
+            return None;
+        }
+        if let Endpoint::Unix(name) = &d.local {
+            return self.by_name.get(&(d.netns, name.clone())).copied();
+        }
         let (Some(local), Some(remote)) = (d.local.inet(), d.remote.inet()) else {
             return None;
         };
-        if d.protocol != Protocol::Tcp || d.state == TcpState::LISTEN || remote.port() == 0 {
+        if d.protocol != Protocol::Tcp || remote.port() == 0 {
             return None;
         }
-        let on_port = self.0.get(&(d.netns, local.port()))?;
+        let on_port = self.by_port.get(&(d.netns, local.port()))?;
         on_port
             .iter()
             .find(|(ip, _)| *ip == local.ip())
