@@ -9,6 +9,8 @@ pub enum Verdict {
     CloseWait,
     /// Reset or timed out by the kernel while the owner still holds the fd.
     ResetHeld,
+    /// A UNIX socket whose peer is gone while the owner still holds it: the UNIX CLOSE_WAIT.
+    PeerClosed,
     /// Received data nobody reads.
     Unread,
     /// Queued data the peer does not acknowledge.
@@ -20,9 +22,10 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 6] = [
+    pub const ALL: [Verdict; 7] = [
         Self::CloseWait,
         Self::ResetHeld,
+        Self::PeerClosed,
         Self::Unread,
         Self::SendStuck,
         Self::Idle,
@@ -34,6 +37,7 @@ impl Verdict {
         match self {
             Self::CloseWait => "close_wait",
             Self::ResetHeld => "reset_held",
+            Self::PeerClosed => "peer_closed",
             Self::Unread => "unread",
             Self::SendStuck => "send_stuck",
             Self::Idle => "idle",

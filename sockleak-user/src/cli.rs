@@ -136,8 +136,9 @@ pub struct SelectArgs {
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Verdicts")]
 pub struct VerdictArgs {
-    /// Flag `close_wait` (peer closed, owner has not) and `reset_held` (reset by the kernel,
-    /// fd still held) after this long in that state.
+    /// Flag `close_wait` (peer closed, owner has not), `reset_held` (reset by the kernel, fd
+    /// still held) and `peer_closed` (a UNIX socket's other end released, this one held) after
+    /// this long in that state.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub close_wait_after: Duration,
     /// Flag `unread` when received data sits unconsumed this long (a reader making progress,

@@ -53,6 +53,13 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
     if tcp && s.state == TcpState::CLOSE && e.was_connected && in_state >= t.close_wait {
         flags.push(Verdict::ResetHeld);
     }
+    // A UNIX socket's peer released, this end still held: the same leak as CLOSE_WAIT (a
+    // server keeping connections its clients left, a parent keeping a dead child's pipe).
+    if e.peer_gone_since_ns
+        .is_some_and(|gone| since(gone) >= t.close_wait)
+    {
+        flags.push(Verdict::PeerClosed);
+    }
     // Data waiting that the owner has not consumed any of for the whole threshold, and two
     // looks far enough apart to tell a slow reader from one that stopped.
     if s.unread_bytes() > 0

@@ -3,7 +3,7 @@
 use std::{path::Path, process::Command};
 
 use sockleak_tests::{
-    Endpoint, Family, Origin, Reading, Scenario, Site, SiteKind, Trace, UnixName,
+    Endpoint, Family, Origin, Reading, Scenario, Site, SiteKind, Trace, UnixName, Verdict,
 };
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
@@ -16,7 +16,8 @@ fn unix_peer() -> Scenario {
 
 /// A client leaks 20 stream connections to a server's path: exactly 20 for the client,
 /// grouped by the path they go to, and 20 accepted ones for the server, under its listener's
-/// path; the client closing 5 leaves 15, while the server still holds all 20 of its ends.
+/// path; the client closing 5 leaves 15, while the server still holds all 20 of its ends, the
+/// 5 whose clients left flagged `peer_closed` (the UNIX CLOSE_WAIT), the 15 busy ones not.
 #[test]
 fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("unix-{}", std::process::id()));
@@ -27,7 +28,10 @@ fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
     let mut server = unix_peer();
     server.run(&format!("serve {path}"));
     let mut client = unix_peer();
-    let tracer = Trace::start_also(&[server.pid(), client.pid()], &["--family", "unix"]);
+    let tracer = Trace::start_also(
+        &[server.pid(), client.pid()],
+        &["--family", "unix", "--close-wait-after", "500ms"],
+    );
     client.run(&format!("connect {path} 20"));
 
     let name = Endpoint::Unix(UnixName(path.as_bytes().into()));
@@ -63,19 +67,39 @@ fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
     );
     assert!(report.stats.table.listed >= 40, "{:#?}", report.stats);
 
+    assert!(
+        report.sockets.iter().all(|s| s.flags.is_empty()),
+        "{:#?}",
+        report.sockets
+    );
+
     client.run("close 5");
-    let report = tracer.report_when(|r| count(r, client.pid(), &connected) == 15);
+    let peer_closed = |r: &sockleak_tests::Report| {
+        r.sockets
+            .iter()
+            .filter(|s| s.pid == server.pid() && s.flags.contains(&Verdict::PeerClosed))
+            .count()
+    };
+    let report =
+        tracer.report_when(|r| count(r, client.pid(), &connected) == 15 && peer_closed(r) == 5);
     assert_eq!(
         report.group_at(client.pid(), &connected).count,
         15,
         "{:#?}",
         report.groups
     );
-    assert_eq!(
-        report.group_at(server.pid(), &accepted).count,
-        20,
+    let server_ends = report.group_at(server.pid(), &accepted);
+    assert_eq!(server_ends.count, 20, "{:#?}", report.groups);
+    assert_eq!(peer_closed(&report), 5, "{:#?}", report.sockets);
+    assert!(server_ends.flags.contains(&Verdict::PeerClosed));
+    assert!(
+        report
+            .sockets
+            .iter()
+            .filter(|s| s.pid == client.pid())
+            .all(|s| s.flags.is_empty()),
         "{:#?}",
-        report.groups
+        report.sockets
     );
     assert_eq!(
         report.stats.table.reconciled, 0,

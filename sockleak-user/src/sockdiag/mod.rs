@@ -212,8 +212,8 @@ mod tests {
         assert!(lu.bound_file.is_some());
         let c = find(inode_of(&client));
         let s = find(inode_of(&server));
-        assert_eq!(c.unix.as_ref().unwrap().peer_inode, s.inode);
-        assert_eq!(s.unix.as_ref().unwrap().peer_inode, c.inode);
+        assert_eq!(c.unix.as_ref().unwrap().peer_inode, Some(s.inode));
+        assert_eq!(s.unix.as_ref().unwrap().peer_inode, Some(c.inode));
         // The client's remote name is its peer's: the path; the server end carries it too.
         assert_eq!(
             (c.local.to_string(), c.remote.to_string()),
@@ -225,6 +225,12 @@ mod tests {
             (Protocol::UnixStream, TcpState::ESTABLISHED)
         );
         assert_eq!(s.rx_queue, 6, "the bytes written and not read: {s:?}");
+        // The client gone, the server's end still points at it: a released peer.
+        let server_inode = s.inode;
+        drop(client);
+        let again = dump_unix();
+        let s = again.iter().find(|d| d.inode == server_inode).unwrap();
+        assert_eq!(s.unix.as_ref().unwrap().peer_inode, Some(0), "{s:?}");
         assert!(c.id.is_known() && c.netns != 0);
         drop(waiting);
         let _ = std::fs::remove_dir_all(&dir);
@@ -248,7 +254,7 @@ mod tests {
         let find = |inode: u32| all.iter().find(|d| d.inode == inode).unwrap();
         let (da, db) = (find(inode_of(&a)), find(inode_of(&b)));
         assert_eq!(da.protocol, Protocol::UnixDgram);
-        assert_eq!(da.unix.as_ref().unwrap().peer_inode, db.inode);
+        assert_eq!(da.unix.as_ref().unwrap().peer_inode, Some(db.inode));
         assert_eq!(db.rx_queue, 10, "{db:?}");
         let l = find(inode_of(&listener));
         let expected = [&[0u8][..], name.as_bytes()].concat();

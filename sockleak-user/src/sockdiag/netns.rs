@@ -112,8 +112,8 @@ impl Namespace {
             .map(|(at, d)| (d.inode, at))
             .collect();
         for at in 0..sockets.len() {
-            let peer = sockets[at].unix.as_ref().map_or(0, |u| u.peer_inode);
-            if let Some(&named) = names.get(&peer).filter(|_| peer != 0) {
+            let peer = sockets[at].unix.as_ref().and_then(|u| u.peer_inode);
+            if let Some(&named) = peer.filter(|&p| p != 0).and_then(|p| names.get(&p)) {
                 sockets[at].remote = sockets[named].local.clone();
             }
         }

@@ -64,9 +64,10 @@ pub struct DiagSocket {
 /// A UNIX socket's part of unix_diag's answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnixDiag {
-    /// The inode of the socket at the other end; 0 for none (a listener, an unconnected
-    /// datagram socket, or a peer already released).
-    pub peer_inode: u32,
+    /// The inode of the socket at the other end: `None` for none (a listener, an unconnected
+    /// datagram socket), `Some(0)` for a peer already released (this end still points at
+    /// it: the UNIX CLOSE_WAIT).
+    pub peer_inode: Option<u32>,
     /// The file a path-bound socket is (its device, as the kernel numbers it, and inode):
     /// what a path names whatever the mount it is seen through.
     pub bound_file: Option<(u32, u32)>,
@@ -288,7 +289,7 @@ fn parse_unix_diag_msg(p: &[u8]) -> Option<DiagSocket> {
         match kind {
             UNIX_DIAG_NAME => name = unix_name(payload),
             UNIX_DIAG_VFS => unix.bound_file = word(1).zip(word(0)),
-            UNIX_DIAG_PEER => unix.peer_inode = word(0).unwrap_or(0),
+            UNIX_DIAG_PEER => unix.peer_inode = word(0),
             UNIX_DIAG_ICONS => {
                 unix.pending = payload
                     .as_chunks::<4>()
@@ -558,7 +559,7 @@ mod tests {
             Endpoint::Unix(UnixName(b"\0bus\x01\0x".to_vec().into()))
         );
         assert_eq!((connected.rx_queue, connected.tx_queue), (7, 3));
-        assert_eq!((unix.peer_inode, unix.shutdown), (102, 2));
+        assert_eq!((unix.peer_inode, unix.shutdown), (Some(102), 2));
         assert_eq!(connected.uid, 1000);
     }
 

@@ -166,6 +166,9 @@ pub struct Evidence {
     state_checked_ns: u64,
     /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
     pub was_connected: bool,
+    /// The first sample that found a UNIX socket's peer released (`None` while it is not):
+    /// no clock of the kernel's says since when, so the verdict counts from there.
+    pub peer_gone_since_ns: Option<u64>,
     /// Last moment the owner is known to have had nothing unread or to have read something:
     /// a sample that saw it, or, at the first look at a socket holding unread data, when
     /// that data came in at the latest (tcp_info's time since data last arrived).
@@ -318,6 +321,12 @@ impl Socket {
         let e = &mut self.evidence;
         e.mem = d.mem;
         e.tcp = d.tcp;
+        if let Some(unix) = &d.unix {
+            e.peer_gone_since_ns = match unix.peer_inode {
+                Some(0) => Some(e.peer_gone_since_ns.unwrap_or(now_ns)),
+                _ => None,
+            };
+        }
         match d.tcp {
             Some(info) if self.protocol == Protocol::Tcp => {
                 // Bytes the owner consumed = bytes received - bytes still queued.
