@@ -413,7 +413,8 @@ impl SocketTable {
     }
 }
 
-/// The TCP listeners of one scan, by network namespace and port (ports are per namespace).
+/// The listeners of one scan: TCP ones by network namespace and port (ports are per
+/// namespace), UNIX ones by namespace and name.
 #[derive(Default)]
 struct Listeners {
     /// TCP: by namespace and port, each address's listener.
