@@ -55,7 +55,9 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
     }
     // A UNIX socket's peer released, this end still held: the same leak as CLOSE_WAIT (a
     // server keeping connections its clients left, a parent keeping a dead child's pipe).
-    if e.peer_gone_since_ns
+    if e.unix
+        .as_ref()
+        .and_then(|u| u.peer_gone_since_ns)
         .is_some_and(|gone| since(gone) >= t.close_wait)
     {
         flags.push(Verdict::PeerClosed);

@@ -8,6 +8,16 @@ use sockleak_tests::{
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
+/// The `site` field of a group's sockets.
+fn site_name(group: &sockleak_tests::Group) -> &'static str {
+    match group.key.site.kind {
+        SiteKind::Accept => "accept",
+        SiteKind::Connect => "connect",
+        SiteKind::Listen => "listen",
+        _ => "listed",
+    }
+}
+
 fn unix_peer() -> Scenario {
     Scenario::spawn_program(
         Command::new("/usr/bin/python3").arg(Path::new(PROGRAMS).join("unix_peers.py")),
@@ -72,6 +82,23 @@ fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
         "{:#?}",
         report.sockets
     );
+    // Each end names the process holding the other: the server for the client's, and back.
+    let peer_holders = |r: &sockleak_tests::Report, pid, site: &Site| -> Vec<Vec<u32>> {
+        let group = r.group_at(pid, site);
+        r.sockets
+            .iter()
+            .filter(|s| s.pid == pid && s.origin.site_name() == site_name(group))
+            .map(|s| s.peer.as_ref().map_or_else(Vec::new, |p| p.holders.clone()))
+            .collect()
+    };
+    assert_eq!(
+        peer_holders(&report, client.pid(), &connected),
+        vec![vec![server.pid()]; 20]
+    );
+    assert_eq!(
+        peer_holders(&report, server.pid(), &accepted),
+        vec![vec![client.pid()]; 20]
+    );
 
     client.run("close 5");
     let peer_closed = |r: &sockleak_tests::Report| {
@@ -91,6 +118,14 @@ fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
     let server_ends = report.group_at(server.pid(), &accepted);
     assert_eq!(server_ends.count, 20, "{:#?}", report.groups);
     assert_eq!(peer_closed(&report), 5, "{:#?}", report.sockets);
+    // Their peers are released: inode 0, nobody holds them.
+    let released: Vec<_> = report
+        .sockets
+        .iter()
+        .filter(|s| s.flags.contains(&Verdict::PeerClosed))
+        .map(|s| s.peer.as_ref().map(|p| (p.inode, p.holders.len())))
+        .collect();
+    assert_eq!(released, vec![Some((0, 0)); 5]);
     assert!(server_ends.flags.contains(&Verdict::PeerClosed));
     assert!(
         report

@@ -324,11 +324,12 @@ pub fn members_worst_first<'r>(r: &'r Report, g: &Group) -> Vec<&'r SocketRow> {
     members
 }
 
-/// One socket as evidence: addresses, state and for how long, queues, verdicts, and the other
-/// processes holding it. A UNIX socket's name, chosen by whoever bound it, is shown escaped.
+/// One socket as evidence: addresses, state and for how long, queues, verdicts, the other
+/// processes holding it, and who holds a UNIX socket's other end. A UNIX socket's name,
+/// chosen by whoever bound it, is shown escaped.
 pub fn socket_line(s: &SocketRow) -> String {
     format!(
-        "{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}",
+        "{} {} {} -> {}  {} for {}  age {}  rx {} tx {}{}{}{}",
         s.protocol.name(),
         s.family.name(),
         for_terminal(&s.local.to_string()),
@@ -347,6 +348,13 @@ pub fn socket_line(s: &SocketRow) -> String {
             String::new()
         } else {
             format!("  held by {}", pid_list(&s.holders, ","))
+        },
+        match &s.peer {
+            Some(peer) if peer.inode == 0 => "  peer released".to_owned(),
+            Some(peer) if !peer.holders.is_empty() => {
+                format!("  peer held by {}", pid_list(&peer.holders, ","))
+            }
+            _ => String::new(),
         }
     )
 }
@@ -511,6 +519,7 @@ mod tests {
             tx_queue: 0,
             origin: Origin::Socket,
             holders: [1][..].into(),
+            peer: None,
             flags: Vec::new(),
             state_age_ms,
             state_age_max_ms,

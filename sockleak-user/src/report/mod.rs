@@ -19,8 +19,8 @@ use sockleak_common::{
 
 pub use self::schema::{
     ChurnRow, EndpointCount, Group, GroupKey, GroupStack, Growth, KernelStats, Line, OtherLine,
-    Process, Report, ReportLine, SocketMemory, SocketRow, StackCounts, Started, Stats, TableCounts,
-    TcpEvidence,
+    Peer, Process, Report, ReportLine, SocketMemory, SocketRow, StackCounts, Started, Stats,
+    TableCounts, TcpEvidence,
 };
 use self::{growth::GrowthTracker, process::ProcessTracker};
 use crate::{
@@ -414,6 +414,12 @@ fn row(
         origin: s.origin,
         // Inline, as in the table: no heap block per row.
         holders: s.holders.clone(),
+        peer: s.evidence.unix.as_ref().and_then(|u| {
+            u.peer_inode.map(|inode| Peer {
+                inode,
+                holders: u.peer_holders.to_vec(),
+            })
+        }),
         flags: socket_flags(s, now_ns, thresholds),
         state_age_ms: now_ns.saturating_sub(s.evidence.state_since_ns) / 1_000_000,
         state_age_max_ms: s

@@ -143,6 +143,15 @@ pub struct Report {
     pub stats: Stats,
 }
 
+/// A UNIX socket's other end: its inode (0 once released while this end is held, the UNIX
+/// CLOSE_WAIT) and the pids holding it at the last scan (the daemon a client connected to,
+/// the child holding a socketpair's twin).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub inode: u32,
+    pub holders: Vec<u32>,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct SocketRow {
     /// `cookie`, and `netns` (the inode of its network namespace) where the kernel side
@@ -174,6 +183,9 @@ pub struct SocketRow {
     pub origin: Origin,
     /// Pids holding an fd to it at the last scan.
     pub holders: HolderPids,
+    /// A connected UNIX socket's other end; absent for others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Peer>,
     pub flags: Vec<Verdict>,
     /// How long the socket has been in its current state: at least `state_age_ms`, at most
     /// `state_age_max_ms`. Most transitions are learned from the samples taken every

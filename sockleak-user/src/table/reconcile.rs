@@ -327,6 +327,7 @@ impl SocketTable {
             };
             // Its first look, as every later one: queues, and what the kernel's clocks say.
             socket.observe(d, now_ns);
+            update_holders(&mut socket, holders);
             self.insert(socket);
         }
         (adopted, refused)
@@ -507,6 +508,17 @@ fn update_holders(s: &mut Socket, holders: &Holders) {
     // over many sockets.
     if *s.holders != *pids {
         s.holders = pids.into();
+    }
+    // A UNIX socket's peer: who holds the other end (a socketpair's child, the daemon a
+    // client connected to).
+    if let Some(unix) = &mut s.evidence.unix {
+        let peer = match unix.peer_inode {
+            Some(inode) if inode != 0 => holders.of(u64::from(inode)),
+            _ => &[][..],
+        };
+        if *unix.peer_holders != *peer {
+            unix.peer_holders = peer.into();
+        }
     }
 }
 

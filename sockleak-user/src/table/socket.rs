@@ -145,6 +145,18 @@ pub(super) struct Looked {
     pub(super) listed_in: u32,
 }
 
+/// A UNIX socket's other end.
+#[derive(Clone, Debug, Default)]
+pub struct UnixEvidence {
+    /// Its inode: `None` for no peer, `Some(0)` for one already released.
+    pub peer_inode: Option<u32>,
+    /// Who held it at the last look.
+    pub peer_holders: HolderPids,
+    /// The first sample that found the peer released (`None` while it is not): no clock of
+    /// the kernel's says since when, so the verdict counts from there.
+    pub peer_gone_since_ns: Option<u64>,
+}
+
 /// What the kernel said about a socket over time: the raw material of verdicts.
 #[derive(Clone, Debug, Default)]
 pub struct Evidence {
@@ -166,9 +178,8 @@ pub struct Evidence {
     state_checked_ns: u64,
     /// Ever past CLOSE (connecting or connected), as opposed to a fresh unconnected socket.
     pub was_connected: bool,
-    /// The first sample that found a UNIX socket's peer released (`None` while it is not):
-    /// no clock of the kernel's says since when, so the verdict counts from there.
-    pub peer_gone_since_ns: Option<u64>,
+    /// What only a UNIX socket has (boxed: inet sockets, most of a table, pay a pointer).
+    pub unix: Option<Box<UnixEvidence>>,
     /// Last moment the owner is known to have had nothing unread or to have read something:
     /// a sample that saw it, or, at the first look at a socket holding unread data, when
     /// that data came in at the latest (tcp_info's time since data last arrived).
@@ -322,8 +333,10 @@ impl Socket {
         e.mem = d.mem;
         e.tcp = d.tcp;
         if let Some(unix) = &d.unix {
-            e.peer_gone_since_ns = match unix.peer_inode {
-                Some(0) => Some(e.peer_gone_since_ns.unwrap_or(now_ns)),
+            let u = e.unix.get_or_insert_default();
+            u.peer_inode = unix.peer_inode;
+            u.peer_gone_since_ns = match unix.peer_inode {
+                Some(0) => Some(u.peer_gone_since_ns.unwrap_or(now_ns)),
                 _ => None,
             };
         }
