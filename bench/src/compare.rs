@@ -101,6 +101,14 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
     let mut rounds = Vec::new();
     for round in 0..args.rounds {
         let (baseline_first, both) = in_order(round);
+        let saying = |what: &str, binary: &Path| {
+            eprintln!(
+                "bench: compare round {} of {}, {}{what}",
+                round + 1,
+                args.rounds,
+                binary.display()
+            );
+        };
         eprintln!(
             "bench: compare round {} of {}, untraced",
             round + 1,
@@ -108,47 +116,26 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
         );
         let untraced = churn_beside(None, args)?;
         let untraced_syscall_ns = probe::syscall_ns();
-        let (mut base, mut cand) = (None, None);
-        for (is_baseline, binary) in both {
-            eprintln!(
-                "bench: compare round {} of {}, {}",
-                round + 1,
-                args.rounds,
-                binary.display()
-            );
-            let measured = attribution::measure(args, binary)?;
-            *(if is_baseline { &mut base } else { &mut cand }) = Some(measured);
-        }
-        let (mut base_whole, mut cand_whole) = (None, None);
-        let mut before = churn_run(TracerKind::None, candidate, args)?;
-        for (is_baseline, binary) in both {
-            eprintln!(
-                "bench: compare round {} of {}, {} without statistics",
-                round + 1,
-                args.rounds,
-                binary.display()
-            );
-            let run = churn_run(TracerKind::Sockleak, binary, args)?;
-            let after = churn_run(TracerKind::None, candidate, args)?;
-            let flanked = Flanked {
-                run,
-                before: std::mem::replace(&mut before, after.clone()),
-                after,
-            };
-            *(if is_baseline {
-                &mut base_whole
-            } else {
-                &mut cand_whole
-            }) = Some(Whole::of(&flanked));
-        }
+        let (base, cand) = each_build(both, |binary| {
+            saying("", binary);
+            attribution::measure(args, binary)
+        })?;
+        let (base_whole, cand_whole) = flanked_builds(
+            both,
+            || churn_run(TracerKind::None, candidate, args),
+            |binary| {
+                saying(" without statistics", binary);
+                churn_run(TracerKind::Sockleak, binary, args)
+            },
+        )?;
         rounds.push(Round {
             baseline_first,
-            baseline: base.expect("measured above"),
-            candidate: cand.expect("measured above"),
+            baseline: base,
+            candidate: cand,
             untraced_connections_per_second: untraced.connections as f64 / untraced.seconds,
             untraced_syscall_ns,
-            baseline_whole: base_whole.expect("measured above"),
-            candidate_whole: cand_whole.expect("measured above"),
+            baseline_whole: Whole::of(&base_whole),
+            candidate_whole: Whole::of(&cand_whole),
         });
     }
     drop(no_time_wait);
@@ -160,72 +147,56 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
             candidate: Vec::new(),
         };
         for round in 0..args.rounds {
-            for (is_baseline, binary) in in_order(round).1 {
+            let (base, cand) = each_build(in_order(round).1, |binary| {
                 eprintln!(
                     "bench: compare, {sockets} sockets open, {}",
                     binary.display()
                 );
-                let measured = scale_run(args, binary, sockets)?;
-                if is_baseline {
-                    pair.baseline.push(measured);
-                } else {
-                    pair.candidate.push(measured);
-                }
-            }
+                scale_run(args, binary, sockets)
+            })?;
+            pair.baseline.push(base);
+            pair.candidate.push(cand);
         }
         scale.push(pair);
     }
     let mut node = Vec::new();
     for round in 0..args.rounds {
-        let (mut base_http, mut cand_http) = (0.0, 0.0);
-        {
-            let (_service, url) = Service::start()?;
-            let _no_time_wait = NoTimeWait::new()?;
-            let mut before = http::wrk(&url, args.seconds)?;
-            for (is_baseline, binary) in in_order(round).1 {
-                eprintln!(
-                    "bench: compare round {} of {}, node http, {}",
-                    round + 1,
-                    args.rounds,
-                    binary.display()
-                );
-                let tracer = Tracer::start(TracerKind::Sockleak, binary, &args.work, CHURN_ARGS)?
-                    .context("sockleak tracer")?;
-                let run = http::wrk(&url, args.seconds)?;
-                tracer.stop()?;
-                let after = http::wrk(&url, args.seconds)?;
-                let flanked = Flanked {
-                    run,
-                    before: std::mem::replace(&mut before, after),
-                    after,
-                };
-                *(if is_baseline {
-                    &mut base_http
-                } else {
-                    &mut cand_http
-                }) = flanked.against_untraced(|r| *r, |t, n| t / n);
-            }
-        }
-        let (mut base_stacks, mut cand_stacks) = (None, None);
-        for (is_baseline, binary) in in_order(round).1 {
+        let both = in_order(round).1;
+        let saying = |what: &str, binary: &Path| {
             eprintln!(
-                "bench: compare round {} of {}, node stacks, {}",
+                "bench: compare round {} of {}, {what}, {}",
                 round + 1,
                 args.rounds,
                 binary.display()
             );
-            let measured = node::measure_with(args, binary)?;
-            *(if is_baseline {
-                &mut base_stacks
-            } else {
-                &mut cand_stacks
-            }) = Some(measured);
-        }
+        };
+        let (base_http, cand_http) = {
+            let (_service, url) = Service::start()?;
+            let _no_time_wait = NoTimeWait::new()?;
+            flanked_builds(
+                both,
+                || http::wrk(&url, args.seconds),
+                |binary| {
+                    saying("node http", binary);
+                    let tracer =
+                        Tracer::start(TracerKind::Sockleak, binary, &args.work, CHURN_ARGS)?
+                            .context("sockleak tracer")?;
+                    let run = http::wrk(&url, args.seconds)?;
+                    tracer.stop()?;
+                    Ok(run)
+                },
+            )?
+        };
+        let (base_stacks, cand_stacks) = each_build(both, |binary| {
+            saying("node stacks", binary);
+            node::measure_with(args, binary)
+        })?;
+        let vs_untraced = |runs: &Flanked<f64>| runs.against_untraced(|r| *r, |t, n| t / n);
         node.push(NodeRound {
-            baseline_http_vs_untraced: base_http,
-            candidate_http_vs_untraced: cand_http,
-            baseline: base_stacks.expect("measured above"),
-            candidate: cand_stacks.expect("measured above"),
+            baseline_http_vs_untraced: vs_untraced(&base_http),
+            candidate_http_vs_untraced: vs_untraced(&cand_http),
+            baseline: base_stacks,
+            candidate: cand_stacks,
         });
     }
     Ok(Comparison {
@@ -234,6 +205,41 @@ pub fn compare(args: &Args, baseline: &Path) -> Result<Comparison> {
         rounds,
         scale,
         node,
+    })
+}
+
+/// The two builds of a round, in the order they run: (is it the baseline, its binary).
+type Both<'p> = [(bool, &'p Path); 2];
+
+/// `measure` of each build in the round's order, as (the baseline's, the candidate's).
+fn each_build<'p, T>(
+    both: Both<'p>,
+    mut measure: impl FnMut(&'p Path) -> Result<T>,
+) -> Result<(T, T)> {
+    let (mut base, mut cand) = (None, None);
+    for (is_baseline, binary) in both {
+        let measured = measure(binary)?;
+        *(if is_baseline { &mut base } else { &mut cand }) = Some(measured);
+    }
+    Ok((base.expect("measured above"), cand.expect("measured above")))
+}
+
+/// Each build's `traced` run between two `untraced` ones, in the round's order: the untraced
+/// run after the first build is the one before the second.
+fn flanked_builds<'p, T: Clone>(
+    both: Both<'p>,
+    mut untraced: impl FnMut() -> Result<T>,
+    mut traced: impl FnMut(&'p Path) -> Result<T>,
+) -> Result<(Flanked<T>, Flanked<T>)> {
+    let mut before = untraced()?;
+    each_build(both, |binary| {
+        let run = traced(binary)?;
+        let after = untraced()?;
+        Ok(Flanked {
+            run,
+            before: std::mem::replace(&mut before, after.clone()),
+            after,
+        })
     })
 }
 
