@@ -470,6 +470,19 @@ pub fn line_of(file: &str, marker: &str) -> usize {
         + 1
 }
 
+/// gcc builds `source` (of tests/programs) into `out` the way a service built for profiling
+/// is built: frame pointers and debug info; `libraries` are linked after it (`-luv`).
+pub fn build_with_frame_pointers(source: &str, out: &Path, libraries: &[&str]) {
+    let status = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(out)
+        .arg(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs")).join(source))
+        .args(libraries)
+        .status()
+        .expect("running gcc (setup.sh installs it, and the libraries' -dev packages)");
+    assert!(status.success(), "gcc failed: {status}");
+}
+
 /// A Debian package's program the tests need; its absence fails the test (`./setup.sh`
 /// installs it), never skips it.
 pub fn require_program(name: &str) -> PathBuf {

@@ -10,17 +10,10 @@ use sockleak_tests::{Reading, Scenario, Site, StackUnwinder, Trace, frames, line
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
 
-/// gcc builds `source` (of tests/programs) the way a service built for profiling is built:
-/// frame pointers and debug info.
+/// `source` (of tests/programs) built with frame pointers, named after it.
 fn build_with_frame_pointers(source: &str) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(source.trim_end_matches(".c"));
-    let status = Command::new("gcc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
-        .arg(Path::new(PROGRAMS).join(source))
-        .status()
-        .expect("running gcc (setup.sh installs it)");
-    assert!(status.success(), "gcc failed: {status}");
+    sockleak_tests::build_with_frame_pointers(source, &out, &[]);
     out
 }
 

@@ -140,14 +140,7 @@ fn sockets_a_node_made_before_it_was_probed_are_counted_and_their_group_says_so(
 #[test]
 fn a_program_linking_libuv_so_has_its_handles_stacks_from_its_first_moment() {
     let program = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uv-client");
-    let status = Command::new("gcc")
-        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&program)
-        .arg(Path::new(PROGRAMS).join("uv_client.c"))
-        .arg("-luv")
-        .status()
-        .expect("running gcc (setup.sh installs it, and libuv1-dev)");
-    assert!(status.success(), "gcc failed: {status}");
+    sockleak_tests::build_with_frame_pointers("uv_client.c", &program, &["-luv"]);
     let (_upstream, port) = an_upstream();
     let tracer = trace_comm("uv-client", "1s", &[]);
     let client = Scenario::spawn_program(Command::new(&program).args([port.as_str(), "4"]));

@@ -3,20 +3,10 @@
 use std::{path::Path, process::Command};
 
 use sockleak_tests::{
-    Endpoint, Family, Origin, Reading, Scenario, Site, SiteKind, Trace, UnixName, Verdict,
+    Endpoint, Family, Origin, Reading, Role, Scenario, Site, SiteKind, Trace, UnixName, Verdict,
 };
 
 const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
-
-/// The `site` field of a group's sockets.
-fn site_name(group: &sockleak_tests::Group) -> &'static str {
-    match group.key.site.kind {
-        SiteKind::Accept => "accept",
-        SiteKind::Connect => "connect",
-        SiteKind::Listen => "listen",
-        _ => "listed",
-    }
-}
 
 fn unix_peer() -> Scenario {
     Scenario::spawn_program(
@@ -83,20 +73,19 @@ fn connections_to_a_path_are_counted_for_the_client_and_the_server() {
         report.sockets
     );
     // Each end names the process holding the other: the server for the client's, and back.
-    let peer_holders = |r: &sockleak_tests::Report, pid, site: &Site| -> Vec<Vec<u32>> {
-        let group = r.group_at(pid, site);
+    let peer_holders = |r: &sockleak_tests::Report, pid, role| -> Vec<Vec<u32>> {
         r.sockets
             .iter()
-            .filter(|s| s.pid == pid && s.origin.site_name() == site_name(group))
+            .filter(|s| s.pid == pid && s.origin.role() == Some(role))
             .map(|s| s.peer.as_ref().map_or_else(Vec::new, |p| p.holders.clone()))
             .collect()
     };
     assert_eq!(
-        peer_holders(&report, client.pid(), &connected),
+        peer_holders(&report, client.pid(), Role::Connected),
         vec![vec![server.pid()]; 20]
     );
     assert_eq!(
-        peer_holders(&report, server.pid(), &accepted),
+        peer_holders(&report, server.pid(), Role::Accepted),
         vec![vec![client.pid()]; 20]
     );
 
