@@ -89,9 +89,7 @@ impl Namespace {
             living.and(lingering)
         })
     }
-}
 
-impl Namespace {
     /// Every UNIX socket in the namespace, each with its peer's name as its remote one (both
     /// ends of a connection live in the namespace of the side that connected, so its peer is
     /// in the same answer; a name a peer does not have stays empty).
