@@ -31,10 +31,14 @@ pub enum AttachPoint {
     UprobeLibuv,
     /// A process starting a new program: its runtime is probed before its code runs.
     SchedProcessExec,
+    /// UNIX sockets connecting, on the cgroup v2 root, walking the connecting task's stack.
+    CgroupConnectUnixWithStacks,
+    /// UNIX sockets connecting, on the cgroup v2 root.
+    CgroupConnectUnix,
 }
 
 impl AttachPoint {
-    pub const ALL: [AttachPoint; 13] = [
+    pub const ALL: [AttachPoint; 15] = [
         Self::CgroupSockCreateWithStacks,
         Self::CgroupSockCreate,
         Self::CgroupSockRelease,
@@ -48,6 +52,8 @@ impl AttachPoint {
         Self::IterTaskFile,
         Self::UprobeLibuv,
         Self::SchedProcessExec,
+        Self::CgroupConnectUnixWithStacks,
+        Self::CgroupConnectUnix,
     ];
 
     /// As the `started` line (JSON and text) spells it.
@@ -66,6 +72,8 @@ impl AttachPoint {
             Self::IterTaskFile => "iter/task_file",
             Self::UprobeLibuv => "uprobe/libuv",
             Self::SchedProcessExec => "tracepoint/sched/sched_process_exec",
+            Self::CgroupConnectUnixWithStacks => "cgroup/connect_unix (with stacks)",
+            Self::CgroupConnectUnix => "cgroup/connect_unix",
         }
     }
 

@@ -92,6 +92,10 @@ pub struct Config {
     pub inode_sb: u64,
     pub inode_size: u64,
     pub sb_dev: u64,
+    /// `bpf_sock_addr_kern.sk`: where a cgroup sock_addr program's context keeps its socket.
+    /// The verifier allows no arithmetic on the `sk` the context hands out, so the UNIX
+    /// connect program reads the pointer, as a number, from the context itself.
+    pub sock_addr_sk: u64,
 }
 
 /// Most `--pid`, `--comm` and `--cgroup` values the kernel side can filter on; more is an
@@ -112,7 +116,7 @@ pub struct KernelFilter {
     pub cgroup_count: u32,
     /// A [`crate::Family`] number; 0 for any.
     pub family: u16,
-    /// A [`crate::Protocol`]'s IPPROTO number; 0 for any.
+    /// A [`crate::Protocol`]'s [`crate::Protocol::kernel_number`]; 0 for any.
     pub protocol: u16,
     pub pids: [u32; FILTER_PIDS],
     pub comms: [[u8; COMM_LEN]; FILTER_COMMS],
@@ -120,4 +124,13 @@ pub struct KernelFilter {
     /// cgroup at `cgroup_levels[i]` is `cgroup_ids[i]`".
     pub cgroup_ids: [u64; FILTER_CGROUPS],
     pub cgroup_levels: [u32; FILTER_CGROUPS],
+}
+
+impl KernelFilter {
+    /// Whether UNIX sockets are followed: only where asked for (`--family unix`, a UNIX
+    /// `--protocol`), for now.
+    pub const fn follows_unix(&self) -> bool {
+        self.family == crate::Family::Unix.af()
+            || self.protocol & crate::Protocol::UNIX_TYPE_BIT != 0
+    }
 }

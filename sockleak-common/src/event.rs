@@ -67,6 +67,12 @@ pub enum EventKind {
     /// `sched/sched_process_exec`, before the program's own code runs, so that userspace can
     /// probe its runtime (libuv, V8) at once rather than at its next report.
     Exec = 9,
+    /// A UNIX socket is connecting (`connect()`, before the connection is made), with its
+    /// owner, inode and the connecting task's stack. Process context:
+    /// `cgroup/connect_unix`. No hook sees a UNIX socket's `socket()`: this is the first
+    /// word of it, and its absence from a later sock_diag look, with no holder left, its
+    /// last (no release hook either).
+    Connecting = 10,
 }
 
 impl EventKind {
@@ -81,6 +87,7 @@ impl EventKind {
             7 => Self::Accepted,
             8 => Self::CreationCompleted,
             9 => Self::Exec,
+            10 => Self::Connecting,
             _ => return None,
         })
     }
@@ -203,6 +210,7 @@ pub enum Hook {
     TpBtfSockRcvqueueFull = 8,
     TpBtfSockExceedBufLimit = 9,
     SchedProcessExec = 10,
+    CgroupConnectUnix = 11,
 }
 
 /// One event, fixed size so the kernel side can reserve it in the ring buffer without branching.
@@ -230,12 +238,12 @@ pub struct SockEvent {
     pub inode: u64,
     /// The new fd ([`EventKind::AcceptReturned`]).
     pub fd: i32,
-    /// A [`crate::Family`] number ([`EventKind::Created`], [`EventKind::AcceptReturned`], and
-    /// [`EventKind::StateChanged`] where addresses were read).
+    /// A [`crate::Family`] number ([`EventKind::Created`], [`EventKind::AcceptReturned`],
+    /// [`EventKind::Connecting`], and [`EventKind::StateChanged`] where addresses were read).
     pub family: u16,
     /// A [`crate::Protocol`] number, or another `IPPROTO_*` ([`EventKind::Created`]).
     pub protocol: u16,
-    /// A [`crate::SockType`] number ([`EventKind::Created`]).
+    /// A [`crate::SockType`] number ([`EventKind::Created`], [`EventKind::Connecting`]).
     pub sock_type: u16,
     /// [`crate::TcpState`] numbers, for [`EventKind::StateChanged`].
     pub old_state: u16,
@@ -362,6 +370,7 @@ mod tests {
             EventKind::Accepted,
             EventKind::CreationCompleted,
             EventKind::Exec,
+            EventKind::Connecting,
         ] {
             assert_eq!(EventKind::from_u16(kind as u16), Some(kind));
         }

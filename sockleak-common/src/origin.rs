@@ -8,6 +8,8 @@ pub enum Origin {
     Socket,
     /// Seen being accepted by `accept()` or `accept4()`.
     Accept,
+    /// Seen connecting by `connect()`: a UNIX socket, whose `socket()` no hook sees.
+    Connect,
     /// Already open when sockleak started; what it is, as far as the kernel's view tells.
     PreExisting(Role),
     /// Found open and held by a reconciliation although no event announced it (its creation
@@ -41,9 +43,9 @@ impl Role {
 }
 
 impl Origin {
-    /// Whether sockleak saw the socket being created or accepted.
+    /// Whether sockleak saw the socket being created, accepted or connecting.
     pub const fn traced(self) -> bool {
-        matches!(self, Self::Socket | Self::Accept)
+        matches!(self, Self::Socket | Self::Accept | Self::Connect)
     }
 
     /// What the kernel's view says a socket sockleak did not see being made is; `None` for
@@ -51,14 +53,14 @@ impl Origin {
     pub const fn role(self) -> Option<Role> {
         match self {
             Self::PreExisting(role) | Self::Recovered(role) | Self::Listed(role) => Some(role),
-            Self::Socket | Self::Accept => None,
+            Self::Socket | Self::Accept | Self::Connect => None,
         }
     }
 
     /// The `origin` field: `traced`, `pre-existing`, `recovered` or `listed`.
     pub const fn origin_name(self) -> &'static str {
         match self {
-            Self::Socket | Self::Accept => "traced",
+            Self::Socket | Self::Accept | Self::Connect => "traced",
             Self::PreExisting(_) => "pre-existing",
             Self::Recovered(_) => "recovered",
             Self::Listed(_) => "listed",
@@ -75,7 +77,8 @@ impl Origin {
             | Self::PreExisting(Role::Accepted)
             | Self::Recovered(Role::Accepted)
             | Self::Listed(Role::Accepted) => "accept",
-            Self::PreExisting(Role::Connected)
+            Self::Connect
+            | Self::PreExisting(Role::Connected)
             | Self::Recovered(Role::Connected)
             | Self::Listed(Role::Connected) => "connect",
             Self::PreExisting(Role::Listening)
@@ -89,7 +92,7 @@ impl Origin {
 
     /// Every origin, for reading one back by its names.
     pub fn all() -> impl Iterator<Item = Origin> {
-        [Self::Socket, Self::Accept]
+        [Self::Socket, Self::Accept, Self::Connect]
             .into_iter()
             .chain(Role::ALL.into_iter().map(Self::PreExisting))
             .chain(Role::ALL.into_iter().map(Self::Recovered))
@@ -114,7 +117,7 @@ mod tests {
                 Some(origin)
             );
         }
-        assert_eq!(Origin::all().count(), 14);
+        assert_eq!(Origin::all().count(), 15);
         assert_eq!(Origin::from_names("traced", "pre-existing"), None);
     }
 }

@@ -15,7 +15,8 @@ pub enum SiteKind {
     Accept,
     /// Found open listening.
     Listen,
-    /// Found open connected to a peer, the client end.
+    /// The client end of a connection: a UNIX socket seen connecting, or any socket found
+    /// open connected to a peer.
     Connect,
     /// Found open, and nothing tells what it is (an unconnected or UDP socket).
     FoundOpen,

@@ -110,6 +110,23 @@ impl Protocol {
         }
     }
 
+    /// The kernel filter's word for it: an inet protocol's IPPROTO number; a UNIX one's
+    /// socket type with [`Self::UNIX_TYPE_BIT`] set. No IPPROTO number is that large, so the
+    /// inet programs admit no socket when a UNIX protocol is asked for, and the UNIX program
+    /// compares the type.
+    pub const fn kernel_number(self) -> u16 {
+        match self {
+            Self::Tcp => IPPROTO_TCP as u16,
+            Self::Udp => IPPROTO_UDP as u16,
+            Self::UnixStream => Self::UNIX_TYPE_BIT | SockType::Stream as u16,
+            Self::UnixDgram => Self::UNIX_TYPE_BIT | SockType::Dgram as u16,
+            Self::UnixSeqpacket => Self::UNIX_TYPE_BIT | SockType::Seqpacket as u16,
+        }
+    }
+
+    /// See [`Self::kernel_number`].
+    pub const UNIX_TYPE_BIT: u16 = 0x100;
+
     /// [`Self::ip`] of an inet protocol, for constants (the eBPF programs' own): evaluated in
     /// a const context, a UNIX protocol fails the build rather than yield a number.
     ///

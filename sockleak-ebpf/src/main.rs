@@ -21,6 +21,7 @@
 //! | `libuv.rs`     | `uv_opening_*`, `uv_opened` | uprobes on libuv's connect/bind calls, and their return | process | which handle a thread is opening a socket for |
 //! | `socket_fds.rs`| `socket_fds`             | iter/task_file (run by userspace)   | -        | who holds each socket (UNIX ones too) |
 //! | `exec.rs`      | `sched_process_exec`     | tracepoint sched/sched_process_exec | process  | a new program started, for userspace to probe its runtime at once |
+//! | `unix.rs`      | `unix_connect_with_stacks`, `unix_connect` | cgroup/connect_unix (cgroup v2 root; loaded by userspace itself) | process | a UNIX socket connecting: owner, inode, and its stack where the walk is allowed |
 //!
 //! Beside them: `task.rs` (the current task), `stacks.rs` (stack budget and capture), `v8.rs`
 //! (the JavaScript frames of a Node.js stack), `fdwalk.rs` (fd to socket), `filter.rs` (the
@@ -51,6 +52,7 @@ mod socket_fds;
 mod stacks;
 mod state;
 mod task;
+mod unix;
 mod v8;
 
 #[cfg(not(test))]

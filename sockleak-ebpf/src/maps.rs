@@ -303,6 +303,7 @@ static CONFIG: Config = Config {
     inode_sb: 0,
     inode_size: 0,
     sb_dev: 0,
+    sock_addr_sk: 0,
 };
 
 /// `CONFIG`, read in place. Its value is patched into .rodata at load time, so the compiler

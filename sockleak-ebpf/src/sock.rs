@@ -142,7 +142,7 @@ fn created(ctx: &SockContext, capture: StackCapture) -> i32 {
 /// pointers (with the word at its stack pointer, see [`SockEvent::user_sp_word`]), or copied
 /// for userspace to unwind, as its process's unwinder says.
 #[inline(always)]
-fn birth_stack(cfg: &Config, pid: u32) -> (StackRef, u64) {
+pub fn birth_stack(cfg: &Config, pid: u32) -> (StackRef, u64) {
     match stack_budget(pid, cfg.stack_rate) {
         Ok(()) => match unwinder_of(cfg, pid) {
             StackUnwinder::FramePointers => walk_user_stack(cfg),
@@ -154,7 +154,7 @@ fn birth_stack(cfg: &Config, pid: u32) -> (StackRef, u64) {
 
 /// `sk->sk_socket`, then the inode beside that `struct socket` (`socket_alloc`).
 #[inline(always)]
-fn inode_of_sock(cfg: &Config, sk: u64) -> Result<u64, i32> {
+pub fn inode_of_sock(cfg: &Config, sk: u64) -> Result<u64, i32> {
     // SAFETY: reads through the probe helper; a fault only makes them fail.
     unsafe {
         let socket = read_ptr(sk, cfg.sock_socket)?;

@@ -205,8 +205,8 @@ pub enum FormatArg {
 pub enum FamilyFilter {
     Ipv4,
     Ipv6,
-    /// UNIX domain sockets: found by each report's look (no hook sees them made yet), so
-    /// without creation stacks; only where asked for.
+    /// UNIX domain sockets, only where asked for: found by each report's look; clients seen
+    /// connecting, with their stacks, where the kernel has the hook (6.7+).
     Unix,
 }
 

@@ -56,7 +56,7 @@ impl Filter {
             comm_count: self.comms.len() as u32,
             cgroup_count: self.cgroups.len() as u32,
             family: self.family.map_or(0, Family::af),
-            protocol: self.protocol.map_or(0, kernel_protocol),
+            protocol: self.protocol.map_or(0, Protocol::kernel_number),
             ..KernelFilter::default()
         };
         kernel.pids[..self.pids.len()].copy_from_slice(&self.pids);
@@ -89,13 +89,14 @@ impl Filter {
             && (self.cgroups.is_empty() || cgroup().is_some_and(|path| self.within_cgroups(&path)))
     }
 
-    /// Whether the kernel follows sockets of this family and protocol.
     /// Whether UNIX sockets are followed: only where asked for (`--family unix`, a UNIX
-    /// `--protocol`) while no hook sees them made; they are found by each report's dump.
+    /// `--protocol`), for now; each report's dump finds them, and where the kernel has the
+    /// hook, they are seen connecting.
     pub fn follows_unix(&self) -> bool {
         self.family == Some(Family::Unix) || self.protocol.is_some_and(|p| p.ip().is_none())
     }
 
+    /// Whether the kernel follows sockets of this family and protocol.
     pub fn follows_kind(&self, family: Family, protocol: Protocol) -> bool {
         self.family.is_none_or(|f| f == family) && self.protocol.is_none_or(|p| p == protocol)
     }
@@ -112,12 +113,6 @@ impl Filter {
             && (self.states.is_empty() || self.states.contains(&s.state))
             && s.age_ns >= self.min_age_ns
     }
-}
-
-/// The kernel filter's word for `protocol`: its IPPROTO number. The kernel side sees only
-/// inet sockets, so a UNIX protocol is a number no socket there has (0 would admit all).
-fn kernel_protocol(protocol: Protocol) -> u16 {
-    protocol.ip().map_or(u16::MAX, u16::from)
 }
 
 /// What a report knows of a socket when it decides whether to show it.
@@ -162,9 +157,8 @@ mod tests {
         };
         let k = unix.kernel_filter(&root).unwrap();
         assert_eq!(
-            k.protocol,
-            u16::MAX,
-            "no inet socket's protocol, not 0 (any)"
+            k.protocol, 0x101,
+            "the stream type, beyond every inet protocol's number; not 0 (any)"
         );
     }
 

@@ -33,6 +33,8 @@ pub struct Tracer {
     /// Owns the attached programs (they detach when it drops) and runs the `socket_fds`
     /// iterator for each report.
     ebpf: Ebpf,
+    /// The programs loaded without aya: attached while these live.
+    _raw_links: Vec<hooks::raw::CgroupLink>,
     /// The libuv binaries probed so far; more are looked for at every report, and as
     /// processes start new programs (`programs_started`, from their exec events).
     libuv: hooks::libuv::LibuvProbes,
@@ -141,6 +143,7 @@ impl Tracer {
         let kernel_filter = filter.kernel_filter(&cgroup_root)?;
         let hooks::Attached {
             mut ebpf,
+            raw_links,
             hooks,
             mut warnings,
             mut libuv,
@@ -153,12 +156,24 @@ impl Tracer {
         libuv.probe(&mut ebpf, hooks::libuv::candidates(&filter.pids));
         warnings.extend(cgroup_warning);
         if filter.follows_unix() {
-            warnings.push(
+            let seen_connecting = hooks.iter().any(|h| {
+                matches!(
+                    h,
+                    AttachPoint::CgroupConnectUnixWithStacks | AttachPoint::CgroupConnectUnix
+                )
+            });
+            warnings.push(if seen_connecting {
+                "UNIX sockets: clients are seen connecting, with their owner and stack; \
+                 listeners, accepted sockets and socketpairs are found by each report's look at \
+                 the kernel's list (unix_diag), with their holders but no stack, and one of \
+                 those opened and closed between two reports is not seen"
+                    .to_owned()
+            } else {
                 "UNIX sockets are found by each report's look at the kernel's list (unix_diag): \
-                 no hook sees them made yet, so they have no creation stacks, and one opened and \
-                 closed between two reports is not seen"
-                    .to_owned(),
-            );
+                 no hook sees them made here, so they have no creation stacks, and one opened \
+                 and closed between two reports is not seen"
+                    .to_owned()
+            });
         }
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").context("EVENTS map missing")?)?;
         // Copies are made only where stacks are taken at birth.
@@ -266,6 +281,7 @@ impl Tracer {
         collect.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Self {
             ebpf,
+            _raw_links: raw_links,
             libuv,
             rings: Rings { events, copies },
             newborn,

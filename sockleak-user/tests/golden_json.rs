@@ -233,6 +233,7 @@ fn report() -> Report {
                 pre_existing: 18,
                 recovered: 19,
                 listed: 29,
+                connected: 30,
                 dropped_table_full: 20,
                 dropped_unowned: 21,
                 ignored: 22,

@@ -483,6 +483,37 @@ pub fn build_with_frame_pointers(source: &str, out: &Path, libraries: &[&str]) {
     assert!(status.success(), "gcc failed: {status}");
 }
 
+/// Whether the running kernel is at least `major.minor`: for what a test expects of a hook only
+/// some kernels have (sockleak itself decides by loading, never by version).
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    found >= (major, minor)
+}
+
+/// Debian's Go builds `source` (of tests/programs) into `out`, with its caches beside it.
+pub fn build_go(source: &str, out: &Path) {
+    let go = require_program("go");
+    let dir = out.parent().expect("a file's path");
+    let built = Command::new(go)
+        .args(["build", "-o"])
+        .arg(out)
+        .arg(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/programs")).join(source))
+        .env("GOCACHE", dir.join("go-cache"))
+        .env("GOPATH", dir.join("go-path"))
+        .env("GOFLAGS", "-mod=mod")
+        .output()
+        .expect("running go (setup.sh installs it)");
+    assert!(
+        built.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// A Debian package's program the tests need; its absence fails the test (`./setup.sh`
 /// installs it), never skips it.
 pub fn require_program(name: &str) -> PathBuf {

@@ -8,8 +8,6 @@ use std::{
 
 use sockleak_tests::{Reading, Scenario, Site, StackUnwinder, Trace, frames, line_of};
 
-const PROGRAMS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/programs");
-
 /// `source` (of tests/programs) built with frame pointers, named after it.
 fn build_with_frame_pointers(source: &str) -> PathBuf {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(source.trim_end_matches(".c"));
@@ -289,23 +287,8 @@ fn over_the_stack_rate_sockets_are_kept_and_marked_not_sampled() {
 /// folded into one line.
 #[test]
 fn a_go_methods_stack_keeps_its_receiver_and_leads_with_the_programs_own_frames() {
-    let go = sockleak_tests::require_program("go");
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let leaker_bin = dir.join("leaky_go");
-    let built = Command::new(go)
-        .args(["build", "-o"])
-        .arg(&leaker_bin)
-        .arg(Path::new(PROGRAMS).join("leaky.go"))
-        .env("GOCACHE", dir.join("go-cache"))
-        .env("GOPATH", dir.join("go-path"))
-        .env("GOFLAGS", "-mod=mod")
-        .output()
-        .expect("running go (setup.sh installs it)");
-    assert!(
-        built.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let leaker_bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("leaky_go");
+    sockleak_tests::build_go("leaky.go", &leaker_bin);
     let mut leaker = Scenario::spawn_program(Command::new(&leaker_bin).arg("5"));
     let text = sockleak_tests::trace_text(
         &[leaker.pid()],

@@ -16,6 +16,7 @@ mod btf;
 pub mod libuv;
 pub mod offsets;
 mod programs;
+pub mod raw;
 pub mod table;
 pub mod tracefs;
 
@@ -42,6 +43,8 @@ pub const SOCKET_FDS: &str = "socket_fds";
 /// The loaded programs (they stay attached while this lives) and the names of the hooks in use.
 pub struct Attached {
     pub ebpf: Ebpf,
+    /// The programs aya cannot load (`raw.rs`), linked while these live.
+    pub raw_links: Vec<raw::CgroupLink>,
     pub hooks: Vec<AttachPoint>,
     pub warnings: Vec<String>,
     /// Loaded, attached to binaries as they are found.
@@ -132,6 +135,9 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         btf.as_ref().map(|_| ()).map_err(Clone::clone),
         creation_stacks,
     );
+    if filter.follows_unix() {
+        findings.follow_unix_sockets();
+    }
     let mut programs = Programs {
         ebpf: &mut ebpf,
         btf: &btf,
@@ -139,11 +145,14 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         cgroup_root,
         libuv: libuv::LibuvProbes::default(),
         replaced_failure: String::new(),
+        raw_links: Vec::new(),
     };
     let hooks = programs.attach_table(&mut findings, &mut warnings)?;
     let libuv = programs.libuv;
+    let raw_links = programs.raw_links;
     Ok(Attached {
         ebpf,
+        raw_links,
         hooks,
         warnings,
         libuv,

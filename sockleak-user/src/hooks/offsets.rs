@@ -38,6 +38,11 @@ pub fn fill_from_btf(config: &mut Config, path: &str) -> Result<()> {
     config.task_tgid = off("task_struct", "tgid")?;
     config.inode_mode = off("inode", "i_mode")?;
     config.have_offsets = 1;
+    // Optional: without it, the UNIX connect program reads the context's first word, where
+    // every kernel with the hook keeps the socket.
+    if let Ok(sk) = off("bpf_sock_addr_kern", "sk") {
+        config.sock_addr_sk = sk;
+    }
     // Optional: without them, accepted sockets are announced at `accept()`'s exit.
     if let (Ok(net), Ok(ns), Ok(inum)) = (
         off("sock_common", "skc_net"),

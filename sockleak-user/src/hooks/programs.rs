@@ -9,7 +9,7 @@ use aya::{
 use sockleak_common::AttachPoint;
 
 use super::{
-    SOCKET_FDS, libuv, program_mut,
+    EBPF_OBJECT, SOCKET_FDS, libuv, program_mut, raw,
     table::{Choice, Fallback, Feature, Findings, TABLE, choose},
 };
 
@@ -25,6 +25,8 @@ pub struct Programs<'a> {
     pub libuv: libuv::LibuvProbes,
     /// Why the last program with another in its place failed: that one's error says it.
     pub replaced_failure: String,
+    /// The programs loaded without aya, attached while these live.
+    pub raw_links: Vec<raw::CgroupLink>,
 }
 
 impl Programs<'_> {
@@ -90,7 +92,18 @@ impl Programs<'_> {
             AttachPoint::SchedProcessExec => {
                 self.tracepoint("sched_process_exec", "sched", "sched_process_exec")
             }
+            AttachPoint::CgroupConnectUnixWithStacks => {
+                self.unix_connect("unix_connect_with_stacks", hook)
+            }
+            AttachPoint::CgroupConnectUnix => self.unix_connect("unix_connect", hook),
         }
+    }
+
+    fn unix_connect(&mut self, name: &str, hook: AttachPoint) -> Result<()> {
+        let link = raw::link_unix_connect(self.ebpf, EBPF_OBJECT, name, self.cgroup)
+            .with_context(|| format!("{hook} on {}", self.cgroup_root.display()))?;
+        self.raw_links.push(link);
+        Ok(())
     }
 
     fn cgroup_sock(&mut self, name: &str, hook: AttachPoint) -> Result<()> {

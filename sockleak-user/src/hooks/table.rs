@@ -33,6 +33,10 @@ pub enum Feature {
     StacksAtBirth,
     /// The libuv uprobes are loaded: binaries are probed as processes are found.
     LibuvProbes,
+    /// UNIX sockets are followed (`--family unix`, a UNIX `--protocol`).
+    UnixSockets,
+    /// The UNIX connect program walks the connecting task's stack.
+    UnixStacksAtConnect,
 }
 
 /// What a row needs found, or found missing (it stands in for that feature).
@@ -180,6 +184,29 @@ pub const TABLE: &[Row] = &[
              has its sockets' handle stacks from the report after it started",
         ),
     },
+    // UNIX sockets as they connect, in the connecting task (Linux 6.7+): no hook sees their
+    // birth, and without this one a look at sock_diag finds them, with holders, no stack.
+    Row {
+        hook: AttachPoint::CgroupConnectUnixWithStacks,
+        needs: &[
+            Found(UnixSockets),
+            Found(CreationStacks),
+            Found(TaskPtRegs),
+            Found(InodeAtCreation),
+        ],
+        fallback: Fallback::Hook(
+            AttachPoint::CgroupConnectUnix,
+            "UNIX sockets' stacks not taken where they connect",
+        ),
+    },
+    Row {
+        hook: AttachPoint::CgroupConnectUnix,
+        needs: &[Found(UnixSockets), Missing(UnixStacksAtConnect)],
+        fallback: Fallback::Without(
+            "cgroup/connect_unix unavailable (Linux 6.7+ has it): UNIX sockets are found by \
+             each report's look, with their holders but no owner at connect and no stack",
+        ),
+    },
 ];
 
 /// What was found so far: features up front from BTF and the options, more as programs attach.
@@ -224,6 +251,11 @@ impl Findings {
         found
     }
 
+    /// UNIX sockets are followed: their rows are wanted.
+    pub fn follow_unix_sockets(&mut self) {
+        self.features.push(UnixSockets);
+    }
+
     pub fn has(&self, feature: Feature) -> bool {
         self.features.contains(&feature)
     }
@@ -233,6 +265,7 @@ impl Findings {
         match hook {
             AttachPoint::CgroupSockCreateWithStacks => self.features.push(StacksAtBirth),
             AttachPoint::UprobeLibuv => self.features.push(LibuvProbes),
+            AttachPoint::CgroupConnectUnixWithStacks => self.features.push(UnixStacksAtConnect),
             AttachPoint::TpBtfInetSockSetState => {
                 self.features.push(TypedStates);
                 if self.sock_net {
@@ -323,6 +356,42 @@ mod tests {
         );
     }
 
+    /// UNIX sockets followed: their connect program comes last, with stacks where the
+    /// registers can be read, else without; not followed, neither is tried.
+    #[test]
+    fn following_unix_sockets_adds_their_connect_program() {
+        let unix_rows = |config: &Config, unix: bool| -> Vec<AttachPoint> {
+            let mut found = Findings::new(config, Ok(()), true);
+            if unix {
+                found.follow_unix_sockets();
+            }
+            let mut hooks = Vec::new();
+            for row in TABLE {
+                if choose(row, &found) == Choice::Try {
+                    found.attached(row.hook);
+                    hooks.push(row.hook);
+                }
+            }
+            hooks
+                .into_iter()
+                .filter(|h| h.name().starts_with("cgroup/connect_unix"))
+                .collect()
+        };
+        let registers = Config {
+            have_task_pt_regs: 1,
+            ..offsets(8, 8)
+        };
+        assert_eq!(
+            unix_rows(&registers, true),
+            [AttachPoint::CgroupConnectUnixWithStacks]
+        );
+        assert_eq!(
+            unix_rows(&offsets(8, 8), true),
+            [AttachPoint::CgroupConnectUnix]
+        );
+        assert_eq!(unix_rows(&registers, false), []);
+    }
+
     /// With BTF but without the helper, the warning names the helper.
     #[test]
     fn without_the_registers_helper_the_warning_says_so() {
@@ -378,6 +447,9 @@ mod tests {
         for row in TABLE {
             let expected = if row.hook.is_tp_btf() {
                 Choice::Fallback("no BTF".to_owned())
+            } else if row.needs.first() == Some(&Found(UnixSockets)) {
+                // Not asked for.
+                Choice::Skip
             } else if row.needs.contains(&Found(TaskPtRegs)) {
                 // Without BTF nothing says whether the kernel has the helper: the reason is
                 // the missing BTF.

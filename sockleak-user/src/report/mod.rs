@@ -298,7 +298,7 @@ fn add_to_group(group: &mut Group, row: &SocketRow, index: usize) {
 /// (accepted sockets' remote ends are their clients, not endpoints).
 fn client_endpoint(s: &Socket) -> Option<SocketAddr> {
     let client = match s.origin.role() {
-        None => s.origin == Origin::Socket,
+        None => matches!(s.origin, Origin::Socket | Origin::Connect),
         Some(role) => role == Role::Connected,
     };
     s.remote
@@ -349,6 +349,11 @@ fn churn_rows(table: &SocketTable, filter: &Filter) -> Vec<ChurnRow> {
 fn site_of(s: &Socket) -> Site {
     match s.origin {
         Origin::Socket => Site::socket(),
+        // A UNIX client: the name it connected to, once a look has read it.
+        Origin::Connect => Site::new(
+            SiteKind::Connect,
+            s.remote.clone().filter(|r| !r.is_unnamed()),
+        ),
         // The listening port ties accepted sockets to the server that accepts them.
         Origin::Accept => match s.local.as_ref().and_then(Endpoint::port) {
             Some(port) => Site::accept_on(port),
@@ -497,6 +502,7 @@ fn table_counts(t: &TableStats) -> TableCounts {
         pre_existing,
         recovered,
         listed,
+        connected,
         dropped_table_full,
         dropped_unowned,
         ignored,
@@ -511,6 +517,7 @@ fn table_counts(t: &TableStats) -> TableCounts {
         pre_existing,
         recovered,
         listed,
+        connected,
         dropped_table_full,
         dropped_unowned,
         ignored,

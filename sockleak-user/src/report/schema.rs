@@ -450,6 +450,9 @@ pub struct TableCounts {
     /// Found by a look, of a kind no hook sees made (UNIX sockets, with `--family unix`).
     #[serde(default)]
     pub listed: u64,
+    /// UNIX sockets first seen connecting (no hook sees their birth).
+    #[serde(default)]
+    pub connected: u64,
     /// Sockets not tracked because the table was full.
     pub dropped_table_full: u64,
     /// Unowned TCP sockets forgotten because that list was full.

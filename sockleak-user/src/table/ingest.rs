@@ -2,7 +2,9 @@
 //! and the births a report takes from the kernel's newborn array (`adopt_newborn`).
 use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
-use sockleak_common::{Endpoint, EventKind, Family, Origin, Protocol, SockEvent, SockId, TcpState};
+use sockleak_common::{
+    Endpoint, EventKind, Family, Origin, Protocol, SockEvent, SockId, SockType, TcpState,
+};
 
 use super::{
     SocketTable,
@@ -99,6 +101,7 @@ impl SocketTable {
             }
             // About a process, not a socket: the tracer's (see `Tracer::follow`).
             Some(EventKind::Exec) => {}
+            Some(EventKind::Connecting) => self.on_connecting(ev),
             None => self.stats.malformed += 1,
         }
     }
@@ -126,6 +129,47 @@ impl SocketTable {
             owner,
             family,
             protocol,
+            created_ns: ev.ts_ns,
+            state: TcpState::CLOSE,
+            skaddr: ev.skaddr,
+            inode: ev.inode,
+            local: None,
+            remote: None,
+            rx_queue: 0,
+            tx_queue: 0,
+            holders: HolderPids::default(),
+            stack: CreationStack::of(ev),
+            looked: Looked::default(),
+            evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
+        });
+    }
+
+    /// A UNIX socket connecting: its first word (no hook sees its `socket()`), or, for one a
+    /// look found first, its owner and stack. Its name, peer and queues come from the next
+    /// look; its end, from a look that no longer finds it held.
+    fn on_connecting(&mut self, ev: &SockEvent) {
+        let Some(sock_type) = SockType::from_kernel(ev.sock_type) else {
+            self.stats.ignored += 1;
+            return;
+        };
+        let owner = self.owners.of_task(&ev.task);
+        if let Some(existing) = self.sockets.get_mut(&ev.id()) {
+            // A socket connects once; a datagram socket may connect again, keeping what its
+            // first connect said.
+            if !existing.origin.traced() {
+                existing.origin = Origin::Connect;
+                existing.owner = owner;
+                existing.stack = CreationStack::of(ev);
+            }
+            return;
+        }
+        self.stats.connected += 1;
+        self.insert(Socket {
+            id: ev.id(),
+            origin: Origin::Connect,
+            owner,
+            family: Family::Unix,
+            protocol: Protocol::unix(sock_type),
             created_ns: ev.ts_ns,
             state: TcpState::CLOSE,
             skaddr: ev.skaddr,

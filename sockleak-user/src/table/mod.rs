@@ -70,6 +70,8 @@ pub struct TableStats {
     pub recovered: u64,
     /// Found by a look, of a kind no hook sees made (UNIX sockets, with `--family unix`).
     pub listed: u64,
+    /// UNIX sockets first seen connecting (no hook sees their birth).
+    pub connected: u64,
     /// Sockets not tracked because the table was full.
     pub dropped_table_full: u64,
     /// Unowned TCP sockets forgotten because that list was full.

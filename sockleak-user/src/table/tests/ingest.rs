@@ -449,3 +449,98 @@ fn a_socket_opened_for_a_libuv_handle_has_the_stack_that_made_the_handle() {
     let key = t.get(6).unwrap().stack.key().unwrap();
     assert_eq!((key.native, key.handle), (NativeFrames::Stacks(3), false));
 }
+
+/// A UNIX client's connect, as `cgroup/connect_unix` sends it.
+fn unix_connecting(cookie: u64, pid: u32, inode: u64) -> sockleak_common::SockEvent {
+    let mut e = event(EventKind::Connecting, Hook::CgroupConnectUnix);
+    e.cookie = cookie;
+    e.family = sockleak_common::Family::Unix.af();
+    e.protocol = 0;
+    e.sock_type = sockleak_common::SockType::Dgram as u16;
+    e.inode = inode;
+    e.task = task(pid, "client");
+    e
+}
+
+/// A UNIX socket's first word is its connect (no hook sees its `socket()`): one socket, its
+/// owner, counted as connected; a datagram socket connecting again stays that one socket. A
+/// look then fills in what the connect could not say, and the socket leaves once looks find
+/// it no longer held, with no release event and nothing counted as lost.
+#[test]
+fn a_unix_socket_seen_connecting_is_one_socket_until_looks_find_it_gone() {
+    use sockleak_common::{Endpoint, Family, Protocol, UnixName};
+
+    use crate::sockdiag::{DiagSocket, UnixDiag};
+
+    let mut t = SocketTable::new(16);
+    let me = std::process::id();
+    t.apply(&unix_connecting(5, me, 700));
+    t.apply(&unix_connecting(5, me, 700));
+    let s = t.get(5).unwrap();
+    assert_eq!(
+        (s.origin, s.family, s.protocol, s.owner.pid, s.inode),
+        (Origin::Connect, Family::Unix, Protocol::UnixDgram, me, 700)
+    );
+    assert_eq!((t.len(), t.stats.connected), (1, 1));
+
+    let listed = DiagSocket {
+        family: Family::Unix,
+        protocol: Protocol::UnixDgram,
+        local: Endpoint::Unix(UnixName(Box::default())),
+        remote: Endpoint::Unix(UnixName((*b"/run/log").into())),
+        unix: Some(Box::new(UnixDiag {
+            peer_inode: Some(701),
+            ..UnixDiag::default()
+        })),
+        ..diag(5, TcpState::ESTABLISHED, 700)
+    };
+    let held = Holders::from_pairs(vec![(700, me)]);
+    let filter = Filter::default();
+    t.reconcile(&[listed], &held, 10, &filter, &nobody_holds());
+    let s = t.get(5).unwrap();
+    assert_eq!(s.state, TcpState::ESTABLISHED);
+    assert_eq!(
+        s.remote,
+        Some(Endpoint::Unix(UnixName((*b"/run/log").into())))
+    );
+    assert_eq!(s.origin, Origin::Connect, "a look does not make it listed");
+
+    // Closed: no longer listed, nobody holds it. Two looks past the grace period drop it.
+    let second = 2_000_000_000;
+    for now in [second, 2 * second] {
+        t.reconcile(&[], &Holders::default(), now, &filter, &nobody_holds());
+    }
+    assert!(t.is_empty());
+    assert_eq!(
+        t.stats.reconciled, 0,
+        "a UNIX socket's going is no lost event"
+    );
+}
+
+/// A UNIX socket a look found before its connect came (a socket connecting while the look
+/// ran) takes the owner and stack its connect names, once.
+#[test]
+fn a_listed_unix_socket_takes_its_connects_owner() {
+    use sockleak_common::{Endpoint, Family, Protocol, Role, UnixName};
+
+    use crate::sockdiag::DiagSocket;
+
+    let mut t = SocketTable::new(16);
+    let me = std::process::id();
+    let listed = DiagSocket {
+        family: Family::Unix,
+        protocol: Protocol::UnixStream,
+        local: Endpoint::Unix(UnixName(Box::default())),
+        remote: Endpoint::Unix(UnixName((*b"/run/app.sock").into())),
+        ..diag(9, TcpState::ESTABLISHED, 900)
+    };
+    let held = Holders::from_pairs(vec![(900, me)]);
+    t.reconcile(&[listed], &held, 10, &Filter::default(), &nobody_holds());
+    assert_eq!(t.get(9).unwrap().origin, Origin::Listed(Role::Connected));
+    let mut connect = unix_connecting(9, 4321, 900);
+    connect.user_stack = StackRef::NOT_SAMPLED;
+    t.apply(&connect);
+    let s = t.get(9).unwrap();
+    assert_eq!((s.origin, s.owner.pid), (Origin::Connect, 4321));
+    assert_eq!(t.stats.connected, 0, "counted once, as listed");
+}
