@@ -74,6 +74,51 @@ impl FromStr for Endpoint {
     }
 }
 
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+impl UnixName {
+    /// The name's exact bytes in base64 (RFC 4648, padded): what JSON carries beside the lossy
+    /// text, for names that are not UTF-8 or hold bytes a terminal must not see.
+    pub fn to_base64(&self) -> std::string::String {
+        let mut out = std::string::String::with_capacity(self.0.len().div_ceil(3) * 4);
+        for chunk in self.0.chunks(3) {
+            let word = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |w, (i, &b)| w | u32::from(b) << (16 - 8 * i));
+            for i in 0..4 {
+                out.push(if i <= chunk.len() {
+                    char::from(BASE64[(word >> (18 - 6 * i) & 63) as usize])
+                } else {
+                    '='
+                });
+            }
+        }
+        out
+    }
+
+    /// Reads back [`Self::to_base64`]; `None` for text that is not padded base64.
+    pub fn from_base64(text: &str) -> Option<Self> {
+        if !text.len().is_multiple_of(4) {
+            return None;
+        }
+        let mut bytes = std::vec::Vec::with_capacity(text.len() / 4 * 3);
+        for quad in text.as_bytes().chunks(4) {
+            let padding = quad.iter().rev().take_while(|&&c| c == b'=').count();
+            if padding > 2 {
+                return None;
+            }
+            let mut word = 0u32;
+            for (i, &c) in quad[..4 - padding].iter().enumerate() {
+                let value = BASE64.iter().position(|&b| b == c)? as u32;
+                word |= value << (18 - 6 * i);
+            }
+            bytes.extend_from_slice(&word.to_be_bytes()[1..4 - padding]);
+        }
+        Some(Self(bytes.into_boxed_slice()))
+    }
+}
+
 impl fmt::Display for UnixName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (abstract_name, bytes) = match self.0.split_first() {
@@ -127,6 +172,24 @@ mod tests {
         assert_eq!(Endpoint::Inet(addr).port(), Some(5432));
         assert_eq!(unix(b"/tmp/.X11-unix/X0").inet(), None);
         assert_eq!(unix(b"\0:5432").port(), None);
+    }
+
+    #[test]
+    fn base64_carries_every_byte_of_a_name() {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"\0sock\x1b[31m\xff", "AHNvY2sbWzMxbf8="),
+        ] {
+            let name = UnixName(bytes.into());
+            assert_eq!(name.to_base64(), text);
+            assert_eq!(UnixName::from_base64(text), Some(name));
+        }
+        assert_eq!(UnixName::from_base64("Zg="), None);
+        assert_eq!(UnixName::from_base64("Z==="), None);
+        assert_eq!(UnixName::from_base64("Zg!="), None);
     }
 
     #[test]

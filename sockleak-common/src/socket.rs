@@ -140,15 +140,15 @@ impl Protocol {
         }
     }
 
-    /// As reports, metrics and `--protocol` spell it (`--protocol` takes the inet ones only,
-    /// while UNIX sockets are not followed).
+    /// As reports, metrics and `--protocol` spell it: a UNIX socket's by its type (its family
+    /// says it is UNIX).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
-            Self::UnixStream => "unix_stream",
-            Self::UnixDgram => "unix_dgram",
-            Self::UnixSeqpacket => "unix_seqpacket",
+            Self::UnixStream => SockType::Stream.name(),
+            Self::UnixDgram => SockType::Dgram.name(),
+            Self::UnixSeqpacket => SockType::Seqpacket.name(),
         }
     }
 
@@ -366,9 +366,10 @@ mod tests {
         for sock_type in [SockType::Stream, SockType::Dgram, SockType::Seqpacket] {
             let protocol = Protocol::unix(sock_type);
             assert_eq!(protocol.ip(), None, "{protocol:?}");
+            assert_eq!(protocol.name(), sock_type.name());
             assert_eq!(
-                protocol.name().strip_prefix("unix_"),
-                Some(sock_type.name())
+                protocol.kernel_number(),
+                Protocol::UNIX_TYPE_BIT | sock_type as u16
             );
         }
         assert_eq!(SockType::from_kernel(2).map(SockType::name), Some("dgram"));

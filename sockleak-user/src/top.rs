@@ -277,7 +277,7 @@ impl View {
                 g.count,
                 for_terminal(&g.key.comm),
                 g.key.pid,
-                g.key.site
+                for_terminal(&g.key.site.to_string())
             ))
             .bold(),
         ];
@@ -343,7 +343,7 @@ fn group_table(groups: &[&Group]) -> Table<'static> {
             Cell::from(g.count.to_string()),
             Cell::from(g.key.pid.to_string()),
             Cell::from(for_terminal(&g.key.comm)),
-            Cell::from(g.key.site.to_string()),
+            Cell::from(for_terminal(&g.key.site.to_string())),
             Cell::from(human_ms(g.oldest_age_ms)),
             Cell::from(g.rx_queue.to_string()),
             Cell::from(g.tx_queue.to_string()),

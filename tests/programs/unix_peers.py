@@ -3,6 +3,7 @@ suite's scenario protocol), run by Debian's python3:
   serve PATH        listen on PATH, accept every connection and keep it
   connect PATH N    open N stream connections to PATH and keep them
   close N           close N of the connections opened
+A PATH of the form @HEX is the abstract name of those bytes (any byte may follow the NUL).
 """
 import socket
 import sys
@@ -10,6 +11,12 @@ import threading
 
 kept = []
 clients = []
+
+
+def address(path):
+    if path.startswith("@"):
+        return b"\0" + bytes.fromhex(path[1:])
+    return path
 
 
 def accept_all(listener):
@@ -22,13 +29,13 @@ for line in sys.stdin:
     words = line.split()
     if words[0] == "serve":
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(words[1])
+        listener.bind(address(words[1]))
         listener.listen(128)
         threading.Thread(target=accept_all, args=(listener,), daemon=True).start()
     elif words[0] == "connect":
         for _ in range(int(words[2])):
             client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            client.connect(words[1])
+            client.connect(address(words[1]))
             clients.append(client)
     elif words[0] == "close":
         for _ in range(int(words[1])):

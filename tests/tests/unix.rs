@@ -252,3 +252,59 @@ fn clients_leaking_connections_to_a_path_name_their_function() {
     assert_eq!(report.stats.table.connected, 27, "{:#?}", report.stats);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An abstract name may hold any byte: a terminal sees it escaped in the text report, a script
+/// gets it byte for byte in JSON (base64 beside the lossy text), on the listener, the accepted
+/// ends and the clients connected to it.
+#[test]
+fn abstract_names_with_unprintable_bytes_are_escaped_in_text_and_exact_in_json() {
+    let name: &[u8] = b"sockleak-test\x1b[31m\x07\xff";
+    let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+    let exact = UnixName([&[0u8][..], name].concat().into());
+    let mut server = unix_peer();
+    server.run(&format!("serve @{hex}"));
+    let mut client = unix_peer();
+    let tracer = Trace::start_also(&[server.pid(), client.pid()], &["--family", "unix"]);
+    client.run(&format!("connect @{hex} 3"));
+
+    let named = |r: &sockleak_tests::Report| -> usize {
+        r.sockets
+            .iter()
+            .filter(|s| {
+                let base64 = if s.pid == client.pid() {
+                    &s.remote_base64
+                } else {
+                    &s.local_base64
+                };
+                base64.as_deref() == Some(exact.to_base64().as_str())
+            })
+            .count()
+    };
+    let report = tracer.report_when(|r| named(r) == 1 + 3 + 3);
+    assert_eq!(named(&report), 7, "{:#?}", report.sockets);
+    let listener = report
+        .sockets
+        .iter()
+        .find(|s| s.state == sockleak_tests::SocketState::Listen)
+        .unwrap();
+    assert_eq!(
+        listener.local.to_string(),
+        "@sockleak-test\u{1b}[31m\u{7}\u{fffd}",
+        "the text in JSON is lossy only where the bytes are not UTF-8"
+    );
+    drop(tracer.stop());
+
+    let text = sockleak_tests::trace_text(
+        &[server.pid(), client.pid()],
+        &["--family", "unix", "--min-age", "0s", "--duration", "1s"],
+        || {},
+    );
+    assert!(
+        !text.contains('\u{1b}') && !text.contains('\u{7}'),
+        "raw control bytes reached the terminal:\n{text}"
+    );
+    assert!(
+        text.contains(r"@sockleak-test\x1b[31m\x07"),
+        "the name, escaped, not in:\n{text}"
+    );
+}

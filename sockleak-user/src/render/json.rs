@@ -129,6 +129,32 @@ mod tests {
         assert_eq!(back.report.stats.open_sockets, 1);
     }
 
+    /// A UNIX socket: family `unix`, protocol its type, its names as text (an abstract one
+    /// `@` first, JSON escaping its control bytes, a byte that is not UTF-8 lost) and byte for
+    /// byte in base64, its peer.
+    #[test]
+    fn a_unix_row_carries_its_names_exactly_and_its_peer() {
+        let json = serde_json::json!({
+            "cookie": 9, "pid": 7, "tid": 7, "comm": "node", "uid": 0, "cgroup_id": 0,
+            "cgroup": null, "container_id": null, "pod_uid": null, "family": "unix",
+            "protocol": "stream", "state": "ESTABLISHED", "local": "",
+            "remote": "@sock\u{1b}[31m\u{fffd}", "remote_base64": "AHNvY2sbWzMxbf8=",
+            "age_ms": 1, "rx_queue": 0, "tx_queue": 0, "origin": "traced",
+            "site": "connect", "holders": [7], "peer": {"inode": 12, "holders": [3]},
+            "flags": [], "state_age_ms": 1, "state_age_max_ms": null, "memory": null,
+            "tcp": null, "rcvqueue_full": 0, "exceed_buf_limit": 0
+        });
+        let row: crate::report::SocketRow = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(
+            (row.family, row.protocol, row.origin),
+            (Family::Unix, Protocol::UnixStream, Origin::Connect)
+        );
+        let exact = sockleak_common::UnixName::from_base64(row.remote_base64.as_deref().unwrap());
+        assert_eq!(&*exact.unwrap().0, b"\0sock\x1b[31m\xff");
+        assert_eq!(row.local_base64, None, "an unnamed end has none");
+        assert_eq!(serde_json::to_value(&row).unwrap(), json, "field for field");
+    }
+
     /// A newer sockleak's line types reach an older reader as they came, not as an error; a
     /// known type that does not read is one.
     #[test]

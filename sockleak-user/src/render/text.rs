@@ -146,12 +146,17 @@ pub fn report(r: &Report, final_report: bool) -> String {
         churn(&mut out, r);
         return out;
     }
-    // Wide enough for the longest site (`connect() to [2001:db8::1]:5432`), so the columns
-    // after it stay aligned.
-    let site = r
+    // A site may hold a UNIX name, which comes from whoever bound the socket.
+    let sites: Vec<String> = r
         .groups
         .iter()
-        .map(|g| g.key.site.text().chars().count())
+        .map(|g| for_terminal(&g.key.site.text()))
+        .collect();
+    // Wide enough for the longest site (`connect() to [2001:db8::1]:5432`), so the columns
+    // after it stay aligned.
+    let site = sites
+        .iter()
+        .map(|s| s.chars().count())
         .max()
         .unwrap_or(0)
         .clamp(20, 56);
@@ -160,14 +165,14 @@ pub fn report(r: &Report, final_report: bool) -> String {
         "{:>6}  {:>7}  {:<16}  {:<site$}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  STATES",
         "COUNT", "PID", "COMM", "SITE", "OLDEST", "RX_Q", "TX_Q", "MEM", "FLAGS"
     );
-    for g in &r.groups {
+    for (g, site_text) in r.groups.iter().zip(&sites) {
         let _ = writeln!(
             out,
             "{:>6}  {:>7}  {:<16}  {:<site$}  {:>8}  {:>8}  {:>8}  {:>8}  {:<24}  {}",
             g.count,
             g.key.pid,
             for_terminal(&g.key.comm),
-            g.key.site,
+            site_text,
             human_ms(g.oldest_age_ms),
             g.rx_queue,
             g.tx_queue,
@@ -514,6 +519,8 @@ mod tests {
             state: SocketState::Established,
             local: "127.0.0.1:1".parse().unwrap(),
             remote: "127.0.0.1:2".parse().unwrap(),
+            local_base64: None,
+            remote_base64: None,
             age_ms: 3_000,
             rx_queue: 0,
             tx_queue: 0,

@@ -392,6 +392,14 @@ fn found_open_site(role: Role, s: &Socket) -> Site {
     known.unwrap_or(Site::new(SiteKind::FoundOpen, None))
 }
 
+/// A UNIX name's exact bytes, for JSON; `None` for an inet end or no name.
+fn name_in_base64(end: Option<&Endpoint>) -> Option<String> {
+    match end? {
+        Endpoint::Unix(name) if !name.0.is_empty() => Some(name.to_base64()),
+        _ => None,
+    }
+}
+
 fn row(
     s: &Socket,
     place: Placement,
@@ -413,6 +421,8 @@ fn row(
         state: SocketState::of(s.protocol, s.state),
         local: end_or_unset(s.local.as_ref(), s.family),
         remote: end_or_unset(s.remote.as_ref(), s.family),
+        local_base64: name_in_base64(s.local.as_ref()),
+        remote_base64: name_in_base64(s.remote.as_ref()),
         age_ms,
         rx_queue: s.unread_bytes(),
         tx_queue: s.tx_queue,

@@ -174,6 +174,12 @@ pub struct SocketRow {
     /// socket's name (`@` first for an abstract one), empty while it has none.
     pub local: Endpoint,
     pub remote: Endpoint,
+    /// A UNIX socket's names byte for byte, in base64 (the text above is lossy for bytes that
+    /// are not UTF-8); absent for inet sockets and unnamed ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_base64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_base64: Option<String>,
     pub age_ms: u64,
     pub rx_queue: u32,
     pub tx_queue: u32,
