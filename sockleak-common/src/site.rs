@@ -2,7 +2,7 @@
 //! together (a server's listening port, a client's peer). Reports print and serialize it as
 //! one string, as they always have (`accept() on :8080`).
 use core::{fmt, net::SocketAddr, str::FromStr};
-use std::{format, string::String};
+use std::{format, string::String, sync::Arc};
 
 use crate::Endpoint;
 
@@ -20,9 +20,13 @@ pub enum SiteKind {
     Connect,
     /// Found open, and nothing tells what it is (an unconnected or UDP socket).
     FoundOpen,
-    /// Found by a look, of a kind no hook sees made, and nothing tells what it is (a UNIX
-    /// socketpair's end, an unbound datagram socket).
+    /// Found by a look, of a kind no hook sees made, and nothing tells what it is (an unbound
+    /// UNIX datagram socket).
     Listed,
+    /// A UNIX socketpair's end (neither end has a name, and each has a peer): what holds the
+    /// other end ties them together, by its command (a service spawning a hundred children
+    /// with piped stdio is one group).
+    Socketpair,
 }
 
 /// Where a group's sockets come from.
@@ -33,6 +37,9 @@ pub struct Site {
     /// with no address: every address of the port is one server), the peer of
     /// [`SiteKind::Connect`]; none for the others, or where it was not known.
     pub endpoint: Option<Endpoint>,
+    /// The command of the process holding a [`SiteKind::Socketpair`]'s other end (the last
+    /// one seen, after it exits); none for the others, or where none was seen.
+    pub twin: Option<Arc<str>>,
     /// Found open by a reconciliation after its creation event was lost.
     pub creation_lost: bool,
 }
@@ -63,7 +70,16 @@ impl Site {
         Self {
             kind,
             endpoint,
+            twin: None,
             creation_lost: false,
+        }
+    }
+
+    /// A socketpair's end whose other end `twin` holds (a command), where one was seen.
+    pub fn socketpair_with(twin: Option<Arc<str>>) -> Self {
+        Self {
+            twin,
+            ..Self::new(SiteKind::Socketpair, None)
         }
     }
 
@@ -99,6 +115,10 @@ impl Site {
             (SiteKind::Connect, Some(peer)) => format!("connect() to {peer}"),
             (SiteKind::Accept, None) => "accept()".into(),
             (SiteKind::Listed, _) => "listed".into(),
+            (SiteKind::Socketpair, _) => match &self.twin {
+                Some(twin) => format!("socketpair() with {twin}"),
+                None => "socketpair()".into(),
+            },
             (SiteKind::FoundOpen | SiteKind::Listen | SiteKind::Connect, _) => {
                 if self.creation_lost {
                     "recovered"
@@ -127,9 +147,10 @@ impl fmt::Display for Site {
 impl Ord for Site {
     fn cmp(&self, other: &Self) -> core::cmp::Ordering {
         self.text().cmp(&other.text()).then_with(|| {
-            (self.kind, &self.endpoint, self.creation_lost).cmp(&(
+            (self.kind, &self.endpoint, &self.twin, self.creation_lost).cmp(&(
                 other.kind,
                 &other.endpoint,
+                &other.twin,
                 other.creation_lost,
             ))
         })
@@ -182,6 +203,7 @@ impl FromStr for Site {
             "pre-existing" if !lost => Site::new(SiteKind::FoundOpen, None),
             "recovered" if lost => Site::new(SiteKind::FoundOpen, None),
             "listed" if !lost => Site::new(SiteKind::Listed, None),
+            "socketpair()" => Site::socketpair_with(None),
             _ => {
                 if let Some(p) = rest.strip_prefix("accept() on ") {
                     on(SiteKind::Accept, p).ok_or_else(unknown)?
@@ -190,6 +212,8 @@ impl FromStr for Site {
                 } else if let Some(peer) = rest.strip_prefix("connect() to ") {
                     let Ok(peer) = peer.parse::<Endpoint>();
                     Site::connect_to(peer)
+                } else if let Some(twin) = rest.strip_prefix("socketpair() with ") {
+                    Site::socketpair_with(Some(Arc::from(twin)))
                 } else {
                     return Err(unknown());
                 }
@@ -236,6 +260,11 @@ mod tests {
                 "connect() to /run/docker.sock",
             ),
             (Site::new(SiteKind::Listed, None), "listed"),
+            (Site::socketpair_with(None), "socketpair()"),
+            (
+                Site::socketpair_with(Some(Arc::from("node worker"))),
+                "socketpair() with node worker",
+            ),
         ];
         for (site, text) in sites {
             assert_eq!(site.to_string(), text);

@@ -3,14 +3,30 @@ suite's scenario protocol), run by Debian's python3:
   serve PATH        listen on PATH, accept every connection and keep it
   connect PATH N    open N stream connections to PATH and keep them
   close N           close N of the connections opened
+  spawn N           N children (sleep), each holding one end of a socketpair whose other end
+                    this process keeps (as a service spawning children with piped stdio)
+  reap N            kill N of those children and wait for them: their ends are released
 A PATH of the form @HEX is the abstract name of those bytes (any byte may follow the NUL).
 """
+import ctypes
+import signal
 import socket
+import subprocess
 import sys
 import threading
 
+PR_SET_PDEATHSIG = 1
+libc = ctypes.CDLL(None)
+
+
+def die_with_parent():
+    # A test kills this process; its children must not outlive it (nor hold the test's pipes).
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 kept = []
 clients = []
+children = []
 
 
 def address(path):
@@ -40,4 +56,23 @@ for line in sys.stdin:
     elif words[0] == "close":
         for _ in range(int(words[1])):
             clients.pop().close()
+    elif words[0] == "spawn":
+        for _ in range(int(words[1])):
+            ours, theirs = socket.socketpair()
+            child = subprocess.Popen(
+                ["sleep", "1000"],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                preexec_fn=die_with_parent,
+            )
+            theirs.close()
+            kept.append(ours)
+            children.append(child)
+    elif words[0] == "reap":
+        for _ in range(int(words[1])):
+            child = children.pop()
+            child.kill()
+            child.wait()
     print("ok", flush=True)

@@ -308,3 +308,62 @@ fn abstract_names_with_unprintable_bytes_are_escaped_in_text_and_exact_in_json()
         "the name, escaped, not in:\n{text}"
     );
 }
+
+/// A service spawning children, each holding one end of a socketpair (piped stdio), keeps its
+/// ends: they are one group, named by the children's command, each socket naming its child. A
+/// child that exits leaves its parent's end flagged `peer_closed`, still in that group, while
+/// the ends whose children run are not flagged.
+#[test]
+fn socketpairs_group_by_the_command_holding_their_other_ends() {
+    let mut service = unix_peer();
+    let tracer = Trace::start_also(
+        &[service.pid()],
+        &["--family", "unix", "--close-wait-after", "500ms"],
+    );
+    service.run("spawn 6");
+    let pid = service.pid();
+    let with_sleep = Site::socketpair_with(Some("sleep".into()));
+    let count = |r: &sockleak_tests::Report| -> usize {
+        r.groups_at(pid, &with_sleep).iter().map(|g| g.count).sum()
+    };
+    let report = tracer.report_when(|r| count(r) == 6);
+    let group = report.group_at(service.pid(), &with_sleep);
+    assert_eq!(group.count, 6, "{:#?}", report.groups);
+    assert!(group.flags.is_empty(), "{:#?}", group);
+    // Each end names its own child, a different one.
+    let mut children: Vec<u32> = report
+        .sockets
+        .iter()
+        .filter(|s| s.pid == service.pid())
+        .map(|s| {
+            let peer = s.peer.as_ref().expect("a peer");
+            assert_eq!(peer.command.as_deref(), Some("sleep"), "{s:#?}");
+            assert_eq!(peer.holders.len(), 1, "{s:#?}");
+            peer.holders[0]
+        })
+        .collect();
+    children.sort_unstable();
+    children.dedup();
+    assert_eq!(children.len(), 6);
+
+    service.run("reap 2");
+    let peer_closed = |r: &sockleak_tests::Report| {
+        r.sockets
+            .iter()
+            .filter(|s| s.pid == pid && s.flags.contains(&Verdict::PeerClosed))
+            .count()
+    };
+    let report = tracer.report_when(|r| peer_closed(r) == 2 && count(r) == 6);
+    assert_eq!(peer_closed(&report), 2, "{:#?}", report.sockets);
+    let group = report.group_at(service.pid(), &with_sleep);
+    assert_eq!(group.count, 6, "the reaped children's ends still name them");
+    assert!(group.flags.contains(&Verdict::PeerClosed));
+    for s in report.sockets.iter().filter(|s| s.pid == service.pid()) {
+        let peer = s.peer.as_ref().unwrap();
+        assert_eq!(
+            s.flags.contains(&Verdict::PeerClosed),
+            peer.inode == 0,
+            "{s:#?}"
+        );
+    }
+}

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use sockleak_common::{SiteKind, StackUnwinder, Verdict};
 
 use super::{escape::for_terminal, frames::plumbing_inside};
-use crate::report::{Group, Report, SocketRow, Started};
+use crate::report::{Group, Peer, Report, SocketRow, Started};
 
 /// Sockets listed under each group; the JSON output has all of them.
 const SOCKETS_PER_GROUP: usize = 5;
@@ -355,13 +355,27 @@ pub fn socket_line(s: &SocketRow) -> String {
             format!("  held by {}", pid_list(&s.holders, ","))
         },
         match &s.peer {
-            Some(peer) if peer.inode == 0 => "  peer released".to_owned(),
-            Some(peer) if !peer.holders.is_empty() => {
-                format!("  peer held by {}", pid_list(&peer.holders, ","))
-            }
-            _ => String::new(),
+            Some(peer) => peer_text(peer),
+            None => String::new(),
         }
     )
+}
+
+/// A UNIX socket's other end: who holds it (by pid, and command), or that it was released
+/// (by whom it was last held).
+fn peer_text(peer: &Peer) -> String {
+    let command = peer
+        .command
+        .as_deref()
+        .map(|c| format!(" ({})", for_terminal(c)))
+        .unwrap_or_default();
+    if peer.inode == 0 {
+        format!("  peer released{command}")
+    } else if !peer.holders.is_empty() {
+        format!("  peer held by {}{command}", pid_list(&peer.holders, ","))
+    } else {
+        String::new()
+    }
 }
 
 /// Verdicts as a comma-separated list.

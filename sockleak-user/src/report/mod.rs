@@ -1,8 +1,9 @@
 //! A report: the open sockets older than `--min-age` (the rows), grouped by owner and creation
 //! site, biggest groups first. Built from the table with the verdicts on each socket; rendered
 //! by `render`. `schema` says what a report holds, `growth` judges groups over time,
-//! `process` reads their owners.
+//! `process` reads their owners, `peers` what holds UNIX sockets' other ends.
 pub mod growth;
+pub mod peers;
 pub mod process;
 pub mod schema;
 
@@ -22,7 +23,7 @@ pub use self::schema::{
     Peer, Process, Report, ReportLine, SocketMemory, SocketRow, StackCounts, Started, Stats,
     TableCounts, TcpEvidence,
 };
-use self::{growth::GrowthTracker, process::ProcessTracker};
+use self::{growth::GrowthTracker, peers::PeerCommands, process::ProcessTracker};
 use crate::{
     cgroups::{Cgroups, Container, container_of},
     filter::{Candidate, Filter},
@@ -40,6 +41,7 @@ pub struct Reporter {
     growth: GrowthTracker,
     processes: ProcessTracker,
     cgroups: Cgroups,
+    peers: PeerCommands,
 }
 
 /// Where a socket's owner runs.
@@ -57,6 +59,7 @@ impl Reporter {
             growth: GrowthTracker::default(),
             processes: ProcessTracker::default(),
             cgroups,
+            peers: PeerCommands::default(),
         }
     }
 
@@ -73,6 +76,7 @@ impl Reporter {
             growth,
             processes,
             cgroups,
+            peers,
         } = self;
         // One cache lookup per distinct stack, not per socket.
         let mut resolved: HashMap<StackKey, GroupStack> = HashMap::new();
@@ -102,6 +106,9 @@ impl Reporter {
         let age_ms = |s: &Socket| now_ns.saturating_sub(s.created_ns) / 1_000_000;
         let mut admitted: Vec<(std::cmp::Reverse<u64>, SockId, usize, &Socket)> = Vec::new();
         for s in table.sockets().filter(|s| !s.awaiting_accept()) {
+            // Before the filters: a socket too young to show still learns its peer's holder,
+            // which may be gone by the time it is shown.
+            peers.observe(s);
             let id = s.owner.cgroup_id;
             let key = (id, if id == 0 { s.owner.pid } else { 0 });
             let place = *placement_of.entry(key).or_insert_with(|| {
@@ -132,7 +139,12 @@ impl Reporter {
                 prefetch::prefetch(ahead);
             }
             let place = &placements[place];
-            let origin = (s.owner.pid, Arc::clone(&s.owner.comm), site_of(s), s.stack);
+            let origin = (
+                s.owner.pid,
+                Arc::clone(&s.owner.comm),
+                site_of(s, peers),
+                s.stack,
+            );
             let group = *group_of_origin
                 .entry(origin)
                 .or_insert_with_key(|(.., site, _)| {
@@ -154,7 +166,7 @@ impl Reporter {
                         groups.len() - 1
                     })
                 });
-            let row = row(s, place.clone(), age_ms(s), now_ns, thresholds);
+            let row = row(s, place.clone(), age_ms(s), now_ns, thresholds, peers);
             add_to_group(&mut groups[group], &row, rows.len());
             // A socket it made itself, with a stack but no handle's, before sockleak had its
             // libuv probes and V8 layout: a node that opened it in its first moments.
@@ -224,6 +236,7 @@ impl Reporter {
             report_ms: 0.0,
             netns_unreachable: 0,
         };
+        peers.end_report(|id| table.contains(id));
         Report {
             sockets: rows,
             groups,
@@ -346,7 +359,10 @@ fn churn_rows(table: &SocketTable, filter: &Filter) -> Vec<ChurnRow> {
 /// How the socket's owner got it, with the endpoint that ties it to its group: the listening
 /// port of accepted sockets and listeners, the peer of client connections found open (which
 /// are grouped by it, having no stack).
-fn site_of(s: &Socket) -> Site {
+fn site_of(s: &Socket, peers: &PeerCommands) -> Site {
+    if is_socketpair_end(s) {
+        return Site::socketpair_with(peers.of(s.id));
+    }
     match s.origin {
         Origin::Socket => Site::socket(),
         // A UNIX client: the name it connected to, once a look has read it.
@@ -366,6 +382,23 @@ fn site_of(s: &Socket) -> Site {
         },
         Origin::Recovered(role) => found_open_site(role, s).lost(),
     }
+}
+
+/// A UNIX socket found open with a peer and no name at either end: only `socketpair()` makes
+/// those (a connection has its listener's name at one end).
+fn is_socketpair_end(s: &Socket) -> bool {
+    let unnamed = |end: &Option<Endpoint>| end.as_ref().is_none_or(Endpoint::is_unnamed);
+    s.family == Family::Unix
+        && matches!(
+            s.origin,
+            Origin::Listed(Role::Unknown) | Origin::PreExisting(Role::Unknown)
+        )
+        && unnamed(&s.local)
+        && unnamed(&s.remote)
+        && s.evidence
+            .unix
+            .as_ref()
+            .is_some_and(|u| u.peer_inode.is_some())
 }
 
 /// What a socket found open is, as a site: as a traced accept's for accepted connections,
@@ -406,6 +439,7 @@ fn row(
     age_ms: u64,
     now_ns: u64,
     thresholds: &Thresholds,
+    peers: &PeerCommands,
 ) -> SocketRow {
     SocketRow {
         id: s.id,
@@ -433,6 +467,7 @@ fn row(
             u.peer_inode.map(|inode| Peer {
                 inode,
                 holders: u.peer_holders.to_vec(),
+                command: peers.of(s.id),
             })
         }),
         flags: socket_flags(s, now_ns, thresholds),
@@ -609,6 +644,7 @@ mod tests {
                 3_000,
                 4 * S,
                 &Thresholds::default(),
+                &PeerCommands::default(),
             );
             (r.state_age_ms, r.state_age_max_ms)
         };

@@ -150,6 +150,10 @@ pub struct Report {
 pub struct Peer {
     pub inode: u32,
     pub holders: Vec<u32>,
+    /// The command of the process holding it, or that last held it (a socketpair's child
+    /// after it exited); absent where none was seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Arc<str>>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -153,6 +153,10 @@ impl SocketTable {
         self.sockets.values()
     }
 
+    pub fn contains(&self, id: SockId) -> bool {
+        self.sockets.contains_key(&id)
+    }
+
     /// Names each socket's creation stack by what `resolve` makes of it (a copied stack by
     /// the unwound stack it turned out to be), so that one code path's sockets share one key.
     pub fn resolve_stacks(&mut self, mut resolve: impl FnMut(StackKey) -> Option<CreationStack>) {
