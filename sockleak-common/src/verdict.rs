@@ -13,6 +13,9 @@ pub enum Verdict {
     PeerClosed,
     /// Received data nobody reads.
     Unread,
+    /// A listener whose queue of connections not yet accepted is full, and stayed so: new
+    /// clients wait or are refused.
+    BacklogFull,
     /// Queued data the peer does not acknowledge.
     SendStuck,
     /// An established connection that moves no data.
@@ -22,11 +25,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 7] = [
+    pub const ALL: [Verdict; 8] = [
         Self::CloseWait,
         Self::ResetHeld,
         Self::PeerClosed,
         Self::Unread,
+        Self::BacklogFull,
         Self::SendStuck,
         Self::Idle,
         Self::Growing,
@@ -39,6 +43,7 @@ impl Verdict {
             Self::ResetHeld => "reset_held",
             Self::PeerClosed => "peer_closed",
             Self::Unread => "unread",
+            Self::BacklogFull => "backlog_full",
             Self::SendStuck => "send_stuck",
             Self::Idle => "idle",
             Self::Growing => "growing",

@@ -142,7 +142,8 @@ pub struct VerdictArgs {
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub close_wait_after: Duration,
     /// Flag `unread` when received data sits unconsumed this long (a reader making progress,
-    /// however slow, is not flagged).
+    /// however slow, is not flagged), and `backlog_full` when a listener's queue stays full
+    /// this long.
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
     pub unread_after: Duration,
     /// Flag `send_stuck` when queued data gets no acknowledgement this long.

@@ -71,6 +71,14 @@ pub fn socket_flags(s: &Socket, now_ns: u64, t: &Thresholds) -> Vec<Verdict> {
     {
         flags.push(Verdict::Unread);
     }
+    // A listener's queue full for the unread threshold: its owner stopped accepting.
+    if e.unix
+        .as_ref()
+        .and_then(|u| u.backlog_full_since_ns)
+        .is_some_and(|full| since(full) >= t.unread)
+    {
+        flags.push(Verdict::BacklogFull);
+    }
     // Bytes in the send queue and the peer acknowledged nothing for the whole threshold.
     if tcp && s.tx_queue > 0 && since(e.tx_progress_ns) >= t.send_stuck {
         flags.push(Verdict::SendStuck);

@@ -6,6 +6,9 @@ suite's scenario protocol), run by Debian's python3:
   spawn N           N children (sleep), each holding one end of a socketpair whose other end
                     this process keeps (as a service spawning children with piped stdio)
   reap N            kill N of those children and wait for them: their ends are released
+  stall PATH B      listen on PATH with backlog B and never accept
+  try-connect PATH N  N non-blocking stream connections to PATH, kept; answers how many
+                    connected (a full listener refuses the rest)
 A PATH of the form @HEX is the abstract name of those bytes (any byte may follow the NUL).
 """
 import ctypes
@@ -75,4 +78,22 @@ for line in sys.stdin:
             child = children.pop()
             child.kill()
             child.wait()
+    elif words[0] == "stall":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address(words[1]))
+        listener.listen(int(words[2]))
+        kept.append(listener)
+    elif words[0] == "try-connect":
+        connected = 0
+        for _ in range(int(words[2])):
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            try:
+                client.connect(address(words[1]))
+                connected += 1
+                clients.append(client)
+            except BlockingIOError:
+                client.close()
+        print("ok", connected, flush=True)
+        continue
     print("ok", flush=True)

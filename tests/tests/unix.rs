@@ -367,3 +367,38 @@ fn socketpairs_group_by_the_command_holding_their_other_ends() {
         );
     }
 }
+
+/// A listener whose owner stopped accepting is `backlog_full` once its queue is past its
+/// backlog (the kernel refuses the next clients) for the threshold; a listener whose owner
+/// accepts as fast as clients come is not.
+#[test]
+fn a_listener_nobody_accepts_from_is_backlog_full_and_a_serving_one_is_not() {
+    let dir = socket_dir("unix-backlog");
+    let stalled = dir.join("stalled.sock");
+    let served = dir.join("served.sock");
+    let (stalled, served) = (stalled.to_str().unwrap(), served.to_str().unwrap());
+    let mut server = unix_peer();
+    server.run(&format!("stall {stalled} 4"));
+    server.run(&format!("serve {served}"));
+    let mut client = unix_peer();
+    let tracer = Trace::start_also(
+        &[server.pid(), client.pid()],
+        &["--family", "unix", "--unread-after", "1s"],
+    );
+    let connected = client.run(&format!("try-connect {stalled} 10"));
+    // A backlog of 4 queues 5: the kernel refuses a client once more than 4 wait.
+    assert_eq!(connected, ["5"]);
+    assert_eq!(client.run(&format!("try-connect {served} 10")), ["10"]);
+
+    let listener = |r: &sockleak_tests::Report, path: &str| -> Vec<Verdict> {
+        r.sockets
+            .iter()
+            .find(|s| s.state == sockleak_tests::SocketState::Listen && s.local.to_string() == path)
+            .map(|s| s.flags.clone())
+            .unwrap_or_default()
+    };
+    let report = tracer.report_when(|r| listener(r, stalled) == [Verdict::BacklogFull]);
+    assert_eq!(listener(&report, stalled), [Verdict::BacklogFull]);
+    assert_eq!(listener(&report, served), []);
+    let _ = std::fs::remove_dir_all(&dir);
+}

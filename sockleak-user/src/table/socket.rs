@@ -155,6 +155,9 @@ pub struct UnixEvidence {
     /// The first sample that found the peer released (`None` while it is not): no clock of
     /// the kernel's says since when, so the verdict counts from there.
     pub peer_gone_since_ns: Option<u64>,
+    /// A listener: the first sample of the current stretch that found its queue of
+    /// connections not yet accepted full (`None` while it is not).
+    pub backlog_full_since_ns: Option<u64>,
 }
 
 /// What the kernel said about a socket over time: the raw material of verdicts.
@@ -338,6 +341,13 @@ impl Socket {
             u.peer_gone_since_ns = match unix.peer_inode {
                 Some(0) => Some(u.peer_gone_since_ns.unwrap_or(now_ns)),
                 _ => None,
+            };
+            // Past the limit, as the kernel counts it: the next client waits or is refused.
+            let full =
+                d.state == TcpState::LISTEN && unix.pending.len() > unix.backlog_limit as usize;
+            u.backlog_full_since_ns = match full {
+                true => Some(u.backlog_full_since_ns.unwrap_or(now_ns)),
+                false => None,
             };
         }
         match d.tcp {
