@@ -228,6 +228,7 @@ impl Tracer {
             .and_then(|l| unsafe { AsyncFd::register(l) }.ok());
 
         let mut table = SocketTable::new(*max_sockets);
+        table.leave_out_sockets_of(std::process::id());
         if newborn_slots != 0 {
             table.expect_newborn_in_kernel();
         }

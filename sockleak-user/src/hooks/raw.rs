@@ -31,11 +31,11 @@ pub fn link_unix_connect(
     name: &str,
     cgroup: &File,
 ) -> Result<CgroupLink> {
-    let instructions = relocated(ebpf, object, name)?;
+    let (instructions, license) = relocated(ebpf, object, name)?;
     let attach_type = bpf_attach_type::BPF_CGROUP_UNIX_CONNECT as u32;
     let program = load(
         name,
-        &instructions,
+        (&instructions, &license),
         bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32,
         attach_type,
     )?;
@@ -47,8 +47,9 @@ pub fn link_unix_connect(
 }
 
 /// Program `name`'s instructions, with its maps' fds (aya's, so that it shares every map and
-/// the globals aya wrote) and its calls linked in, as aya would load them.
-fn relocated(ebpf: &Ebpf, object: &[u8], name: &str) -> Result<Vec<bpf_insn>> {
+/// the globals aya wrote) and its calls linked in, as aya would load them; and the object's
+/// license.
+fn relocated(ebpf: &Ebpf, object: &[u8], name: &str) -> Result<(Vec<bpf_insn>, CString)> {
     let mut obj = aya_obj::Object::parse(object).context("parsing the eBPF object")?;
     // Relocating takes the object mutably and its maps by reference: the maps are copied out.
     // A map already taken out of `ebpf` is one this program does not use, or relocating it
@@ -73,7 +74,8 @@ fn relocated(ebpf: &Ebpf, object: &[u8], name: &str) -> Result<Vec<bpf_insn>> {
         .programs
         .get(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?;
-    Ok(obj.functions[&program.function_key()].instructions.clone())
+    let instructions = obj.functions[&program.function_key()].instructions.clone();
+    Ok((instructions, obj.license))
 }
 
 /// The fd of the kernel map behind `map`.
@@ -145,11 +147,10 @@ const LOG_BYTES: usize = 1 << 20;
 
 fn load(
     name: &str,
-    instructions: &[bpf_insn],
+    (instructions, license): (&[bpf_insn], &CString),
     prog_type: u32,
     expected_attach_type: u32,
 ) -> Result<OwnedFd> {
-    let license = CString::new("GPL").expect("no NUL");
     let mut prog_name = [0u8; 16];
     // The kernel keeps 15 bytes of a program's name.
     let kept = &name.as_bytes()[..name.len().min(15)];

@@ -117,6 +117,9 @@ pub struct SocketTable {
     deferred: Vec<SockEvent>,
     capacity: usize,
     owners: Owners,
+    /// sockleak's own process, whose sockets (its runtime's wake-up socketpair, say) a look
+    /// never adopts: they are no service's.
+    own_pid: Option<u32>,
     pub stats: TableStats,
 }
 
@@ -137,8 +140,14 @@ impl SocketTable {
             deferred: Vec::new(),
             capacity,
             owners: Owners::default(),
+            own_pid: None,
             stats: TableStats::default(),
         }
+    }
+
+    /// Sockets only `pid` (sockleak itself) holds are never adopted by a look.
+    pub fn leave_out_sockets_of(&mut self, pid: u32) {
+        self.own_pid = Some(pid);
     }
 
     pub fn len(&self) -> usize {

@@ -258,16 +258,19 @@ impl SocketTable {
         let mut refused = HashSet::new();
         // One read of /proc/PID/{comm,cgroup} per process, however many sockets it holds.
         let mut followed: HashMap<u32, Option<Arc<str>>> = HashMap::new();
+        let own = self.own_pid;
         let mut first_followed = |pids: &[u32]| {
-            pids.iter().find_map(|&pid| {
-                let comm = followed.entry(pid).or_insert_with(|| {
-                    let comm = processes.comm(pid).unwrap_or_default();
-                    filter
-                        .follows_process(pid, &comm, || processes.cgroup(pid))
-                        .then(|| Arc::from(comm.as_str()))
-                });
-                comm.clone().map(|comm| (pid, comm))
-            })
+            pids.iter()
+                .filter(|&&pid| Some(pid) != own)
+                .find_map(|&pid| {
+                    let comm = followed.entry(pid).or_insert_with(|| {
+                        let comm = processes.comm(pid).unwrap_or_default();
+                        filter
+                            .follows_process(pid, &comm, || processes.cgroup(pid))
+                            .then(|| Arc::from(comm.as_str()))
+                    });
+                    comm.clone().map(|comm| (pid, comm))
+                })
         };
         for d in diag {
             if d.inode == 0

@@ -404,3 +404,26 @@ fn a_look_folded_in_batches_ends_as_one_taken_in_one_go() {
     assert_eq!(found.origin, Origin::Recovered(Role::Connected));
     assert_eq!(t.stats.recovered, 1);
 }
+
+/// sockleak's own sockets (its runtime's wake-up socketpair) are no service's: a look adopts a
+/// socket only sockleak holds under nobody, and one it shares under the other holder.
+#[test]
+fn sockets_only_sockleak_holds_are_never_adopted() {
+    let mut t = SocketTable::new(16);
+    let me = std::process::id();
+    let parent = std::os::unix::process::parent_id();
+    t.leave_out_sockets_of(me);
+    let holders = Holders::from_pairs(vec![(900, me), (901, me), (901, parent)]);
+    t.seed_pre_existing(
+        &[
+            diag(42, TcpState::ESTABLISHED, 900),
+            diag(43, TcpState::ESTABLISHED, 901),
+        ],
+        &holders,
+        5,
+        &Filter::default(),
+        &nobody_holds(),
+    );
+    assert!(t.get(42).is_none());
+    assert_eq!(t.get(43).map(|s| s.owner.pid), Some(parent));
+}
