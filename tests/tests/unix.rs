@@ -184,7 +184,8 @@ fn clients_leaking_connections_to_a_path_name_their_function() {
     let dir = socket_dir("unix-stacks");
     let c_client_bin = dir.join("unix_client");
     sockleak_tests::build_with_frame_pointers("unix_client.c", &c_client_bin, &[]);
-    let go_client_bin = dir.join("leaky_go");
+    // Beside the stack tests' build of it, sharing Go's cache.
+    let go_client_bin = Path::new(env!("CARGO_TARGET_TMPDIR")).join("leaky_go");
     sockleak_tests::build_go("leaky.go", &go_client_bin);
     let path = dir.join("app.sock");
     let path = path.to_str().unwrap();
