@@ -123,25 +123,7 @@ impl SocketTable {
             return;
         }
         self.stats.created += 1;
-        self.insert(Socket {
-            id: ev.id(),
-            origin: Origin::Socket,
-            owner,
-            family,
-            protocol,
-            created_ns: ev.ts_ns,
-            state: TcpState::CLOSE,
-            skaddr: ev.skaddr,
-            inode: ev.inode,
-            local: None,
-            remote: None,
-            rx_queue: 0,
-            tx_queue: 0,
-            holders: HolderPids::default(),
-            stack: CreationStack::of(ev),
-            looked: Looked::default(),
-            evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
-        });
+        self.insert(made_socket(ev, Origin::Socket, owner, (family, protocol)));
     }
 
     /// A UNIX socket connecting: its first word (no hook sees its `socket()`), or, for one a
@@ -164,25 +146,8 @@ impl SocketTable {
             return;
         }
         self.stats.connected += 1;
-        self.insert(Socket {
-            id: ev.id(),
-            origin: Origin::Connect,
-            owner,
-            family: Family::Unix,
-            protocol: Protocol::unix(sock_type),
-            created_ns: ev.ts_ns,
-            state: TcpState::CLOSE,
-            skaddr: ev.skaddr,
-            inode: ev.inode,
-            local: None,
-            remote: None,
-            rx_queue: 0,
-            tx_queue: 0,
-            holders: HolderPids::default(),
-            stack: CreationStack::of(ev),
-            looked: Looked::default(),
-            evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
-        });
+        let kind = (Family::Unix, Protocol::unix(sock_type));
+        self.insert(made_socket(ev, Origin::Connect, owner, kind));
     }
 
     /// The socket an fd event names, if the table knows it. Joined by address only (no
@@ -434,6 +399,35 @@ impl SocketTable {
 /// (and before it assigned one on the way to SYN_SENT): a zero port never replaces a known one.
 fn newer_address(old: SocketAddr, new: SocketAddr) -> SocketAddr {
     if new.port() == 0 { old } else { new }
+}
+
+/// A socket its owner was seen making (`socket()`, a UNIX `connect()`), as the table first
+/// keeps it: not connected yet as far as it knows, with the event's inode and stack.
+fn made_socket(
+    ev: &SockEvent,
+    origin: Origin,
+    owner: Arc<Owner>,
+    (family, protocol): (Family, Protocol),
+) -> Socket {
+    Socket {
+        id: ev.id(),
+        origin,
+        owner,
+        family,
+        protocol,
+        created_ns: ev.ts_ns,
+        state: TcpState::CLOSE,
+        skaddr: ev.skaddr,
+        inode: ev.inode,
+        local: None,
+        remote: None,
+        rx_queue: 0,
+        tx_queue: 0,
+        holders: HolderPids::default(),
+        stack: CreationStack::of(ev),
+        looked: Looked::default(),
+        evidence: Evidence::new(ev.ts_ns, TcpState::CLOSE, true),
+    }
 }
 
 /// A connection accepted through a listener, as the table first keeps it: no file (inode 0)
