@@ -318,7 +318,11 @@ mod tests {
 
     /// The hooks a walk of the table picks where every program that is tried attaches.
     fn picked(config: &Config, btf: Result<(), String>, stacks: bool) -> Vec<AttachPoint> {
-        let mut found = Findings::new(config, btf, stacks);
+        walk(Findings::new(config, btf, stacks))
+    }
+
+    /// The hooks a walk of the table picks from `found`, every program tried attaching.
+    fn walk(mut found: Findings) -> Vec<AttachPoint> {
         let mut hooks = Vec::new();
         for row in TABLE {
             if choose(row, &found) == Choice::Try {
@@ -365,14 +369,7 @@ mod tests {
             if unix {
                 found.follow_unix_sockets();
             }
-            let mut hooks = Vec::new();
-            for row in TABLE {
-                if choose(row, &found) == Choice::Try {
-                    found.attached(row.hook);
-                    hooks.push(row.hook);
-                }
-            }
-            hooks
+            walk(found)
                 .into_iter()
                 .filter(|h| h.name().starts_with("cgroup/connect_unix"))
                 .collect()
