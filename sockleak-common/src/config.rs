@@ -125,12 +125,3 @@ pub struct KernelFilter {
     pub cgroup_ids: [u64; FILTER_CGROUPS],
     pub cgroup_levels: [u32; FILTER_CGROUPS],
 }
-
-impl KernelFilter {
-    /// Whether UNIX sockets are followed: only where asked for (`--family unix`, a UNIX
-    /// `--protocol`), for now.
-    pub const fn follows_unix(&self) -> bool {
-        self.family == crate::Family::Unix.af()
-            || self.protocol & crate::Protocol::UNIX_TYPE_BIT != 0
-    }
-}

@@ -77,6 +77,9 @@ pub struct Options {
     /// Bytes of stack copies per second (see [`sockleak_common::StackCopyHeader`]); 0 copies
     /// none.
     pub stack_copy_budget: u64,
+    /// UNIX sockets are followed ([`crate::filter::Filter::follows_unix`]): their programs
+    /// load.
+    pub unix_sockets: bool,
 }
 
 /// Enough for every socket of a typical service, a sample of a connection storm's.
@@ -90,6 +93,7 @@ impl Default for Options {
             without_btf: false,
             stack_rate: Some(DEFAULT_STACK_RATE),
             stack_copy_budget: sockleak_common::STACK_COPY_BUDGET,
+            unix_sockets: false,
         }
     }
 }
@@ -135,7 +139,7 @@ pub fn attach(options: &Options, cgroup_root: &Path, filter: &KernelFilter) -> R
         btf.as_ref().map(|_| ()).map_err(Clone::clone),
         creation_stacks,
     );
-    if filter.follows_unix() {
+    if options.unix_sockets {
         findings.follow_unix_sockets();
     }
     let mut programs = Programs {
@@ -171,6 +175,8 @@ fn configure(options: &Options, warnings: &mut Vec<String>) -> Result<(Config, b
         without_btf,
         stack_rate,
         stack_copy_budget,
+        // Which programs load, not what they are configured with.
+        unix_sockets: _,
     } = *options;
     let creation_stacks = stack_rate.is_some();
     let tracefs = tracefs::ensure_mounted()?;
