@@ -219,28 +219,20 @@ fn clients_leaking_connections_to_a_path_name_their_function() {
         let count = |pid| -> usize { r.groups_at(pid, &connected).iter().map(|g| g.count).sum() };
         count(c_client.pid()) == 20 && count(go_client.pid()) == 7
     });
-    let c_group = report.group_at(c_client.pid(), &connected);
-    assert_eq!(c_group.count, 20, "{:#?}", report.groups);
-    let c_site = format!(
-        "leak_unix_connections (unix_client.c:{})",
-        line_of("unix_client.c", "LEAK SITE")
-    );
-    assert!(
-        frames(c_group).contains(&c_site.as_str()),
-        "{c_site} not in {:#?}",
-        frames(c_group)
-    );
-    let go_group = report.group_at(go_client.pid(), &connected);
-    assert_eq!(go_group.count, 7, "{:#?}", report.groups);
-    let go_site = format!(
-        "main.(*Pool).open (leaky.go:{})",
-        line_of("leaky.go", "LEAK SITE")
-    );
-    assert!(
-        frames(go_group).contains(&go_site.as_str()),
-        "{go_site} not in {:#?}",
-        frames(go_group)
-    );
+    // Each client's connections: one group of `count`, its stack holding `function` at the
+    // line of `source` marked as the leak site.
+    let leaked_from = |pid, count, function: &str, source: &str| {
+        let group = report.group_at(pid, &connected);
+        assert_eq!(group.count, count, "{:#?}", report.groups);
+        let site = format!("{function} ({source}:{})", line_of(source, "LEAK SITE"));
+        assert!(
+            frames(group).contains(&site.as_str()),
+            "{site} not in {:#?}",
+            frames(group)
+        );
+    };
+    leaked_from(c_client.pid(), 20, "leak_unix_connections", "unix_client.c");
+    leaked_from(go_client.pid(), 7, "main.(*Pool).open", "leaky.go");
     assert!(
         report
             .sockets
